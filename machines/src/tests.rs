@@ -1,0 +1,177 @@
+use super::*;
+use proptest::prelude::*;
+use std::collections::BTreeMap;
+
+/// The intended machine, written out independently of the DSL: (from, trigger) -> (to, action).
+fn specification() -> BTreeMap<(Phase, Trigger), (Phase, Action)> {
+    use Action::*;
+    use Phase::*;
+    use Trigger::*;
+    let building = [Pending, ProvisioningRedis, ProvisioningServer];
+    let live = [Running, Updating, Degraded];
+    let mut spec = BTreeMap::new();
+    spec.insert((New, Observed), (Pending, CreateNamespace));
+    spec.insert(
+        (Pending, NamespaceReady),
+        (ProvisioningRedis, ProvisionRedis),
+    );
+    spec.insert(
+        (ProvisioningRedis, RedisReady),
+        (ProvisioningServer, ProvisionServer),
+    );
+    spec.insert((ProvisioningServer, AllReady), (Running, MarkRunning));
+    spec.insert((Running, SpecChanged), (Updating, RollOutUpdate));
+    spec.insert((Running, ComponentLost), (Degraded, MarkDegraded));
+    spec.insert((Updating, AllReady), (Running, MarkRunning));
+    spec.insert((Updating, SpecChanged), (Updating, RollOutUpdate));
+    spec.insert((Degraded, AllReady), (Running, MarkRunning));
+    spec.insert((Degraded, SpecChanged), (Updating, RollOutUpdate));
+    spec.insert((Failed, ProblemResolved), (Pending, CreateNamespace));
+    spec.insert((Deleting, CleanupDone), (Deleted, ReleaseFinalizer));
+    for phase in std::iter::once(New).chain(building).chain(live) {
+        spec.insert((phase, SpecInvalid), (Failed, ReportFailure));
+    }
+    for phase in std::iter::once(New)
+        .chain(building)
+        .chain(live)
+        .chain([Failed])
+    {
+        spec.insert((phase, DeletionRequested), (Deleting, Teardown));
+    }
+    spec
+}
+
+#[test]
+fn every_phase_and_trigger_pair_matches_the_specification() {
+    let spec = specification();
+    let mut checked = 0;
+    for phase in Phase::ALL {
+        for trigger in Trigger::ALL {
+            let got = step(phase, &Input::new(trigger, 1)).map(|t| {
+                assert_eq!(t.from, phase);
+                assert!(t.outputs.len() <= 1);
+                (t.to, t.outputs[0])
+            });
+            assert_eq!(
+                got,
+                spec.get(&(phase, trigger)).copied(),
+                "{phase} on {trigger}"
+            );
+            assert_eq!(accepts(phase, trigger), got.is_some());
+            checked += 1;
+        }
+    }
+    assert_eq!(checked, Phase::ALL.len() * Trigger::ALL.len());
+}
+
+#[test]
+fn deleted_is_terminal_and_deletion_is_reachable_from_every_live_phase() {
+    for trigger in Trigger::ALL {
+        assert!(step(Phase::Deleted, &Input::new(trigger, 1)).is_none());
+    }
+    for phase in Phase::ALL {
+        let deleting = step(phase, &Input::new(Trigger::DeletionRequested, 1));
+        match phase {
+            Phase::Deleting | Phase::Deleted => assert!(deleting.is_none()),
+            _ => assert_eq!(deleting.map(|t| t.to), Some(Phase::Deleting)),
+        }
+    }
+}
+
+#[test]
+fn the_happy_path_reaches_running_with_the_guides_message() {
+    let inputs = [
+        Trigger::Observed,
+        Trigger::NamespaceReady,
+        Trigger::RedisReady,
+        Trigger::AllReady,
+    ]
+    .map(|t| Input::new(t, 1));
+    let path = run(Phase::New, &inputs);
+    let phases: Vec<Phase> = path.iter().map(|t| t.to).collect();
+    assert_eq!(
+        phases,
+        [
+            Phase::Pending,
+            Phase::ProvisioningRedis,
+            Phase::ProvisioningServer,
+            Phase::Running
+        ]
+    );
+    assert_eq!(path[3].message, "Tenant is running");
+}
+
+#[test]
+fn messages_carry_the_reason() {
+    let input =
+        Input::new(Trigger::SpecInvalid, 3).with_reason("spec.redis.config.dir is reserved");
+    let t = step(Phase::Running, &input).expect("transition");
+    assert_eq!(
+        t.message,
+        "Tenant cannot be provisioned: spec.redis.config.dir is reserved"
+    );
+}
+
+#[test]
+fn phase_names_round_trip() {
+    for phase in Phase::ALL {
+        assert_eq!(phase.as_str().parse::<Phase>(), Ok(phase));
+        let json = serde_json::to_string(&phase).expect("serialize");
+        assert_eq!(json, format!("\"{phase}\""));
+    }
+    assert!("Runing".parse::<Phase>().is_err());
+}
+
+#[test]
+fn the_committed_diagram_matches_the_machine() {
+    let readme = include_str!("../README.md");
+    let expected = format!("```mermaid\n{}```", mermaid());
+    assert!(
+        readme.contains(&expected),
+        "machines/README.md is out of date; regenerate it with \
+         `cargo run -p neurallog-machines --example diagram` and paste:\n{expected}"
+    );
+}
+
+fn any_input() -> impl Strategy<Value = Input> {
+    (
+        0..Trigger::ALL.len(),
+        1i64..5,
+        proptest::option::of("[a-z ]{0,12}"),
+    )
+        .prop_map(|(i, generation, reason)| Input {
+            trigger: Trigger::ALL[i],
+            generation,
+            redis: None,
+            server: None,
+            reason,
+        })
+}
+
+proptest! {
+    #[test]
+    fn runs_are_deterministic_and_chained(inputs in proptest::collection::vec(any_input(), 0..64)) {
+        let first = run(Phase::New, &inputs);
+        let second = run(Phase::New, &inputs);
+        prop_assert_eq!(&first, &second);
+        let mut phase = Phase::New;
+        for t in &first {
+            prop_assert_eq!(t.from, phase);
+            prop_assert_eq!(t.outputs.len(), 1);
+            phase = t.to;
+        }
+    }
+
+    #[test]
+    fn nothing_leaves_deleted_and_running_needs_all_ready(inputs in proptest::collection::vec(any_input(), 0..64)) {
+        let path = run(Phase::New, &inputs);
+        let mut seen_deleted = false;
+        for t in &path {
+            prop_assert!(!seen_deleted, "transition after Deleted: {:?}", t);
+            seen_deleted = t.to == Phase::Deleted;
+            if t.to == Phase::Running {
+                prop_assert!(matches!(t.from, Phase::ProvisioningServer | Phase::Updating | Phase::Degraded));
+            }
+        }
+    }
+}
