@@ -1,0 +1,131 @@
+#!/usr/bin/env bash
+# Builds the local control plane (kube-apiserver, kube-controller-manager, kube-scheduler,
+# kubectl, etcd, kwok, kwokctl) and helm from Go modules at the versions in versions.env,
+# into a cache directory outside the clone keyed by those versions. Reuses what is already
+# built.
+# Prints the bin directory on stdout as its last line.
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+# shellcheck source=/dev/null
+source "$here/lib.sh"
+
+need_go
+bin=$(cluster_bin_dir)
+mkdir -p "$bin"
+exec 9>"$(cluster_cache_dir)/build.lock"
+flock 9
+
+ldflags_for_kube() {
+  local v=$KUBE_VERSION minor
+  minor=$(echo "$v" | cut -d. -f2)
+  local pkg=k8s.io/component-base/version
+  echo "-s -w -X $pkg.gitVersion=$v -X $pkg.gitMajor=1 -X $pkg.gitMinor=$minor \
+-X $pkg.gitTreeState=clean -X $pkg.buildDate=1970-01-01T00:00:00Z \
+-X k8s.io/client-go/pkg/version.gitVersion=$v"
+}
+
+# Copies a committed wrapper module into the cache, where `go get` may edit it freely.
+prepare_module() {
+  local name=$1 dir
+  dir=$(cluster_cache_dir)/src/$name
+  rm -rf "$dir"
+  mkdir -p "$dir"
+  cp "$here/$name/go.mod" "$dir/go.mod"
+  cp "$here/$name/"*.go "$dir/" 2>/dev/null || true
+  echo "$dir"
+}
+
+build_kube() {
+  local names=(kube-apiserver kube-controller-manager kube-scheduler kubectl) missing=0
+  for n in "${names[@]}"; do [ -x "$bin/$n" ] || missing=1; done
+  [ "$missing" = 1 ] || return 0
+  log "building Kubernetes $KUBE_VERSION (${names[*]}); a cold build takes several minutes"
+  local dir staging modfile
+  dir=$(prepare_module kube)
+  cd "$dir"
+  # k8s.io/kubernetes pins its staging modules to v0.0.0 and redirects them to ./staging,
+  # which Go ignores for a dependency: pin each to its published v0.<minor>.<patch> instead.
+  staging="v0.${KUBE_VERSION#v1.}"
+  go mod download -json "k8s.io/kubernetes@$KUBE_VERSION" >/dev/null
+  modfile="$(go env GOMODCACHE)/cache/download/k8s.io/kubernetes/@v/$KUBE_VERSION.mod"
+  local replaces=()
+  while read -r m; do
+    replaces+=("-replace=$m=$m@$staging")
+  done < <(sed -nE 's#^[[:space:]]*(k8s\.io/[A-Za-z0-9._-]+)[[:space:]]+=>[[:space:]]+\./staging/.*#\1#p' "$modfile")
+  [ "${#replaces[@]}" -gt 0 ] || die "no staging replace lines found in $modfile"
+  go mod edit "${replaces[@]}"
+  local pkgs=()
+  for n in "${names[@]}"; do pkgs+=("k8s.io/kubernetes/cmd/$n"); done
+  go get "${pkgs[@]/%/@$KUBE_VERSION}"
+  CGO_ENABLED=0 go build -trimpath -ldflags "$(ldflags_for_kube)" -o "$bin/" "${pkgs[@]}"
+}
+
+build_etcd() {
+  [ -x "$bin/etcd" ] && return 0
+  log "building etcd $ETCD_VERSION"
+  local dir
+  dir=$(prepare_module etcd)
+  cd "$dir"
+  go get "go.etcd.io/etcd/server/v3@$ETCD_VERSION"
+  CGO_ENABLED=0 go build -trimpath -ldflags "-s -w" -o "$bin/etcd" go.etcd.io/etcd/server/v3
+}
+
+build_kwok() {
+  [ -x "$bin/kwok" ] && [ -x "$bin/kwokctl" ] && return 0
+  log "building kwok $KWOK_VERSION"
+  local dir
+  dir=$(prepare_module kwok)
+  cd "$dir"
+  go get "sigs.k8s.io/kwok/cmd/kwok@$KWOK_VERSION" "sigs.k8s.io/kwok/cmd/kwokctl@$KWOK_VERSION"
+  local pkg=sigs.k8s.io/kwok/pkg/consts
+  CGO_ENABLED=0 go build -trimpath \
+    -ldflags "-s -w -X $pkg.Version=$KWOK_VERSION -X $pkg.KubeVersion=$KUBE_VERSION" \
+    -o "$bin/" sigs.k8s.io/kwok/cmd/kwok sigs.k8s.io/kwok/cmd/kwokctl
+  # kwokctl reads its default stages from the module source.
+  cp -r "$(go env GOMODCACHE)/sigs.k8s.io/kwok@$KWOK_VERSION/kustomize/stage" "$(cluster_cache_dir)/stages"
+  chmod -R u+w "$(cluster_cache_dir)/stages"
+}
+
+build_provisioner() {
+  [ -x "$bin/provisioner" ] && return 0
+  log "building the test volume provisioner against client-go ${KUBE_VERSION/v1./v0.}"
+  local dir staging="v0.${KUBE_VERSION#v1.}"
+  dir=$(prepare_module provisioner)
+  cd "$dir"
+  go get "k8s.io/client-go@$staging" "k8s.io/api@$staging" "k8s.io/apimachinery@$staging"
+  go mod tidy
+  CGO_ENABLED=0 go build -trimpath -ldflags "-s -w" -o "$bin/provisioner" .
+}
+
+# The cache key does not include HELM_VERSION (see versions.env): the version check below
+# is what makes a bump rebuild helm, and only helm.
+build_helm() {
+  if [ -x "$bin/helm" ] &&
+    [ "$("$bin/helm" version --template '{{.Version}}' 2>/dev/null)" = "$HELM_VERSION" ]; then
+    return 0
+  fi
+  log "building helm $HELM_VERSION"
+  local dir client_go major minor
+  dir=$(prepare_module helm)
+  cd "$dir"
+  go get "helm.sh/helm/v3/cmd/helm@$HELM_VERSION"
+  # Helm's Makefile sets its default Kubernetes version (for `helm template`'s
+  # .Capabilities) from the client-go it builds against: v0.<minor>.x is 1.<minor>.
+  client_go=$(go list -m -f '{{.Version}}' k8s.io/client-go)
+  major=1
+  minor=$(echo "$client_go" | cut -d. -f2)
+  local pkg=helm.sh/helm/v3
+  CGO_ENABLED=0 go build -trimpath -ldflags "-s -w \
+-X $pkg/internal/version.version=$HELM_VERSION -X $pkg/internal/version.gitTreeState=clean \
+-X $pkg/pkg/lint/rules.k8sVersionMajor=$major -X $pkg/pkg/lint/rules.k8sVersionMinor=$minor \
+-X $pkg/pkg/chartutil.k8sVersionMajor=$major -X $pkg/pkg/chartutil.k8sVersionMinor=$minor" \
+    -o "$bin/helm" helm.sh/helm/v3/cmd/helm
+}
+
+start=$(date +%s)
+components=${*:-kwok etcd kube provisioner helm}
+for c in $components; do
+  "build_$c"
+done
+log "control plane binaries ready in $bin ($(( $(date +%s) - start ))s)"
+echo "$bin"
