@@ -1,0 +1,272 @@
+//! Journal benchmark: durable append latency and throughput against raw sled, and the time
+//! to read and verify a large journal. Prints figures; asserts nothing about speed.
+//!
+//! ```text
+//! cargo bench --bench journal
+//! JOURNAL_BENCH_APPENDS=200 JOURNAL_BENCH_RECORDS=20000 cargo bench --bench journal
+//! ```
+//!
+//! | variable | default | meaning |
+//! |----------|---------|---------|
+//! | `JOURNAL_BENCH_APPENDS` | 2000 | flushed appends (and raw sled inserts) to time |
+//! | `JOURNAL_BENCH_TENANTS` | 16 | chains the timed appends rotate over |
+//! | `JOURNAL_BENCH_RECORDS` | 1000000 | records in the journal that is verified |
+//! | `JOURNAL_BENCH_CHAIN_LEN` | 100 | records per chain in that journal |
+//! | `JOURNAL_BENCH_DIR` | system temp dir | where the databases are created |
+
+use chrono::{DateTime, Duration, Utc};
+use neurallog_machines::{Input, Phase, Transition, Trigger, run};
+use neurallog_operator::journal::{Journal, NewRecord, spec_digest};
+use std::path::Path;
+use std::time::Instant;
+
+struct Config {
+    appends: u64,
+    tenants: u64,
+    records: u64,
+    chain_len: u64,
+    dir: tempfile::TempDir,
+}
+
+impl Config {
+    fn from_env() -> Self {
+        let parent = std::env::var_os("JOURNAL_BENCH_DIR")
+            .map(std::path::PathBuf::from)
+            .unwrap_or_else(std::env::temp_dir);
+        Config {
+            appends: env_u64("JOURNAL_BENCH_APPENDS", 2000),
+            tenants: env_u64("JOURNAL_BENCH_TENANTS", 16).max(1),
+            records: env_u64("JOURNAL_BENCH_RECORDS", 1_000_000),
+            chain_len: env_u64("JOURNAL_BENCH_CHAIN_LEN", 100).max(1),
+            dir: tempfile::tempdir_in(parent).expect("create the benchmark directory"),
+        }
+    }
+}
+
+fn env_u64(name: &str, default: u64) -> u64 {
+    match std::env::var(name) {
+        Ok(value) => value
+            .replace('_', "")
+            .parse()
+            .unwrap_or_else(|_| panic!("{name}={value} is not a number")),
+        Err(_) => default,
+    }
+}
+
+/// Realistic records: every chain provisions to `Running`, then alternates between
+/// `Updating` and `Running`.
+struct Workload {
+    provisioning: Vec<(Input, Transition)>,
+    updates: Vec<(Input, Transition)>,
+    start: DateTime<Utc>,
+    digest: String,
+}
+
+impl Workload {
+    fn new() -> Self {
+        let provision = [
+            Trigger::Observed,
+            Trigger::NamespaceReady,
+            Trigger::RedisReady,
+            Trigger::AllReady,
+        ];
+        let update = [Trigger::SpecChanged, Trigger::AllReady];
+        Workload {
+            provisioning: transitions(Phase::New, &provision),
+            updates: transitions(Phase::Running, &update),
+            start: DateTime::from_timestamp(1_735_787_045, 0).unwrap_or_default(),
+            digest: spec_digest(&serde_json::json!({"redis": {"replicas": 3}, "server": {}})),
+        }
+    }
+
+    fn entry(&self, chain: u64, seq: u64) -> NewRecord {
+        let index = (seq - 1) as usize;
+        let (input, transition) = match self.provisioning.get(index) {
+            Some(step) => step.clone(),
+            None => self.updates[(index - self.provisioning.len()) % self.updates.len()].clone(),
+        };
+        NewRecord::from_transition(
+            format!("tenant-{chain:06}"),
+            format!("{chain:08x}-5b1e-4d7a-9c3f-6a2e8b4d0c1f"),
+            seq,
+            self.start + Duration::milliseconds(seq as i64),
+            input.generation,
+            input,
+            transition,
+            self.digest.clone(),
+        )
+    }
+}
+
+fn transitions(start: Phase, triggers: &[Trigger]) -> Vec<(Input, Transition)> {
+    let inputs: Vec<Input> = triggers.iter().map(|t| Input::new(*t, 1)).collect();
+    inputs.iter().cloned().zip(run(start, &inputs)).collect()
+}
+
+/// Latencies in microseconds, sorted.
+struct Latencies(Vec<f64>);
+
+impl Latencies {
+    fn new(mut micros: Vec<f64>) -> Self {
+        micros.sort_by(f64::total_cmp);
+        Latencies(micros)
+    }
+
+    fn quantile(&self, q: f64) -> f64 {
+        let rank = ((self.0.len() as f64 * q).ceil() as usize).clamp(1, self.0.len());
+        self.0[rank - 1]
+    }
+
+    fn per_second(&self) -> f64 {
+        self.0.len() as f64 / (self.0.iter().sum::<f64>() / 1e6)
+    }
+
+    fn print(&self, label: &str) {
+        println!(
+            "{label:<28} {:>9.0} ops/s   p50 {:>8.3} ms   p99 {:>8.3} ms   max {:>8.3} ms",
+            self.per_second(),
+            self.quantile(0.50) / 1e3,
+            self.quantile(0.99) / 1e3,
+            self.quantile(1.0) / 1e3,
+        );
+    }
+}
+
+fn time<T>(f: impl FnOnce() -> T) -> (T, f64) {
+    let start = Instant::now();
+    let out = f();
+    (out, start.elapsed().as_secs_f64())
+}
+
+/// Raw sled: insert a value of the journal's record size under a record-shaped key, flush.
+fn raw_sled_appends(path: &Path, appends: u64, value_len: usize) -> Latencies {
+    let db = sled::open(path).expect("open raw sled");
+    let tree = db.open_tree("records").expect("open tree");
+    let value = vec![0x5a_u8; value_len];
+    let micros = (1..=appends)
+        .map(|seq| {
+            let mut key = b"aaaaaaaa-5b1e-4d7a-9c3f-6a2e8b4d0c1f\0".to_vec();
+            key.extend_from_slice(&seq.to_be_bytes());
+            let start = Instant::now();
+            tree.insert(key, value.as_slice()).expect("insert");
+            db.flush().expect("flush");
+            start.elapsed().as_secs_f64() * 1e6
+        })
+        .collect();
+    Latencies::new(micros)
+}
+
+/// Journal appends, rotating over `tenants` chains; each one flushed.
+fn journal_appends(path: &Path, workload: &Workload, appends: u64, tenants: u64) -> Latencies {
+    let journal = Journal::open(path).expect("open journal");
+    let micros = (0..appends)
+        .map(|i| {
+            let entry = workload.entry(i % tenants, i / tenants + 1);
+            let start = Instant::now();
+            journal.append(entry).expect("append");
+            start.elapsed().as_secs_f64() * 1e6
+        })
+        .collect();
+    Latencies::new(micros)
+}
+
+/// The size of a stored record value, read back from the closed journal's database.
+fn stored_value_len(path: &Path) -> usize {
+    let db = sled::open(path).expect("open raw sled");
+    let tree = db.open_tree("records").expect("open tree");
+    let first = tree.first().expect("read").expect("at least one record");
+    first.1.len()
+}
+
+fn build_large_journal(path: &Path, workload: &Workload, records: u64, chain_len: u64) -> f64 {
+    let journal = Journal::open(path).expect("open journal");
+    let entries = (0..records).map(|i| workload.entry(i / chain_len, i % chain_len + 1));
+    let (written, seconds) = time(|| {
+        let written = journal.bulk_append_unflushed(entries).expect("bulk append");
+        journal.flush().expect("flush");
+        written
+    });
+    assert_eq!(written, records);
+    seconds
+}
+
+fn raw_scan(path: &Path) -> (u64, f64) {
+    let db = sled::open(path).expect("open raw sled");
+    let tree = db.open_tree("records").expect("open tree");
+    time(|| {
+        tree.iter()
+            .map(|item| item.map(|(_, v)| v.len() as u64).expect("scan"))
+            .sum::<u64>()
+    })
+}
+
+fn dir_size(path: &Path) -> u64 {
+    std::fs::read_dir(path)
+        .map(|entries| {
+            entries
+                .filter_map(Result::ok)
+                .map(|e| match e.metadata() {
+                    Ok(m) if m.is_dir() => dir_size(&e.path()),
+                    Ok(m) => m.len(),
+                    Err(_) => 0,
+                })
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
+fn main() {
+    let config = Config::from_env();
+    let workload = Workload::new();
+    let root = config.dir.path();
+    println!("journal benchmark in {}", root.display());
+    println!(
+        "appends: {} over {} chains; verify: {} records in chains of {}",
+        config.appends, config.tenants, config.records, config.chain_len
+    );
+
+    println!("\n== durable appends (each flushed) ==");
+    let journal = journal_appends(
+        &root.join("appends"),
+        &workload,
+        config.appends,
+        config.tenants,
+    );
+    let value_len = stored_value_len(&root.join("appends"));
+    let baseline = raw_sled_appends(&root.join("raw"), config.appends, value_len);
+    println!("record value: {value_len} bytes (raw sled uses the same size)");
+    baseline.print("raw sled insert+flush");
+    journal.print("journal append");
+    println!(
+        "journal/baseline             throughput {:.2}x   p50 {:.2}x   p99 {:.2}x",
+        journal.per_second() / baseline.per_second(),
+        journal.quantile(0.50) / baseline.quantile(0.50),
+        journal.quantile(0.99) / baseline.quantile(0.99),
+    );
+
+    println!("\n== read + verify {} records ==", config.records);
+    let path = root.join("large");
+    let build = build_large_journal(&path, &workload, config.records, config.chain_len);
+    println!(
+        "bulk build (unflushed batches, one flush)  {build:>7.3} s   on disk {:.0} MiB",
+        dir_size(&path) as f64 / (1 << 20) as f64
+    );
+    let (bytes, scan) = raw_scan(&path);
+    println!(
+        "raw sled scan (fresh open, no decode)      {scan:>7.3} s   {:.0} MiB of values",
+        bytes as f64 / (1 << 20) as f64
+    );
+    let journal = Journal::open(&path).expect("reopen journal");
+    for label in ["verify (fresh open)", "verify (warm cache)"] {
+        let (report, seconds) = time(|| journal.verify().expect("verify"));
+        assert!(report.is_ok(), "{:?}", report.first_problem);
+        assert_eq!(report.records, config.records);
+        println!(
+            "{label:<42} {seconds:>7.3} s   {:.0} records/s   {} chains",
+            report.records as f64 / seconds,
+            report.chains
+        );
+    }
+    let (count, seconds) = time(|| journal.records().filter(|r| r.is_ok()).count());
+    println!("read all as Record (export path)           {seconds:>7.3} s   {count} records");
+}

@@ -1,0 +1,416 @@
+//! `neurallog-operator run`: the operator process.
+
+use crate::auth::{AuthClient, AuthConfig};
+use crate::controller::{self, Context};
+use crate::http::{self, HttpState};
+use crate::journal::Journal;
+use crate::leader::{self, Leadership, LeaseConfig};
+use crate::metrics::Metrics;
+use crate::render::RenderSettings;
+use anyhow::Context as _;
+use prometheus_client::metrics::gauge::Gauge;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use std::time::Duration;
+use tokio::sync::watch;
+
+#[derive(clap::Args)]
+pub struct RunArgs {
+    /// Kubeconfig to use; in-cluster configuration (or $KUBECONFIG) when unset.
+    #[arg(long, env = "NEURALLOG_KUBECONFIG")]
+    kubeconfig: Option<PathBuf>,
+    /// Directory of the journal (sled). One operator process per journal.
+    #[arg(
+        long,
+        env = "NEURALLOG_JOURNAL",
+        default_value = "/var/lib/neurallog-operator/journal"
+    )]
+    journal: PathBuf,
+    /// Base URL of the NeuralLog Auth service, as the operator reaches it.
+    #[arg(
+        long,
+        env = "NEURALLOG_AUTH_URL",
+        default_value = "http://auth.neurallog.svc.cluster.local:3040"
+    )]
+    auth_url: String,
+    /// File holding the Auth bearer token.
+    #[arg(long, env = "NEURALLOG_AUTH_TOKEN_FILE")]
+    auth_token_file: Option<PathBuf>,
+    /// Timeout of one Auth request, in seconds.
+    #[arg(long, env = "NEURALLOG_AUTH_TIMEOUT_SECONDS", default_value_t = 5.0)]
+    auth_timeout_seconds: f64,
+    /// Admin user registered for tenants that do not set spec.auth.adminUserId.
+    #[arg(long, env = "NEURALLOG_AUTH_ADMIN_USER_ID", default_value = "admin")]
+    auth_admin_user_id: String,
+    /// AUTH_URL given to tenant servers (how pods reach Auth).
+    #[arg(
+        long,
+        env = "NEURALLOG_TENANT_AUTH_URL",
+        default_value = "http://auth.neurallog.svc.cluster.local:3040"
+    )]
+    tenant_auth_url: String,
+    /// Namespace of the Auth service (tenant servers may reach it).
+    #[arg(long, env = "NEURALLOG_AUTH_NAMESPACE", default_value = "neurallog")]
+    auth_namespace: String,
+    /// Port of the Auth service (tenant servers may reach it).
+    #[arg(long, env = "NEURALLOG_AUTH_PORT", default_value_t = 3040)]
+    auth_port: i32,
+    /// Cluster DNS domain.
+    #[arg(
+        long,
+        env = "NEURALLOG_CLUSTER_DOMAIN",
+        default_value = "cluster.local"
+    )]
+    cluster_domain: String,
+    /// Address of /metrics, /healthz and /readyz.
+    #[arg(long, env = "NEURALLOG_METRICS_ADDR", default_value = "127.0.0.1:8080")]
+    metrics_addr: SocketAddr,
+    /// Tenants reconciled at once.
+    #[arg(long, env = "NEURALLOG_CONCURRENCY", default_value_t = 8)]
+    concurrency: u16,
+    /// Only reconcile Tenants matching this label selector (shards tenants across
+    /// operators, each with its own journal).
+    #[arg(long, env = "NEURALLOG_TENANT_SELECTOR")]
+    tenant_selector: Option<String>,
+    /// Log format.
+    #[arg(long, env = "NEURALLOG_LOG_FORMAT", value_enum, default_value = "text")]
+    log_format: LogFormat,
+    #[command(flatten)]
+    leader_election: LeaderElectionArgs,
+}
+
+#[derive(clap::Args)]
+pub struct LeaderElectionArgs {
+    /// Run the controller only while holding the leader Lease, so that one replica is
+    /// active at a time. Others wait, not ready, and take over when it expires.
+    #[arg(
+        long = "leader-election",
+        env = "NEURALLOG_LEADER_ELECTION",
+        action = clap::ArgAction::SetTrue,
+        value_parser = clap::builder::BoolishValueParser::new()
+    )]
+    enabled: bool,
+    /// Name of the leader Lease.
+    #[arg(
+        long,
+        env = "NEURALLOG_LEASE_NAME",
+        default_value = "neurallog-operator"
+    )]
+    lease_name: String,
+    /// Namespace of the leader Lease.
+    #[arg(
+        long,
+        env = "NEURALLOG_LEASE_NAMESPACE",
+        default_value = "neurallog-system"
+    )]
+    lease_namespace: String,
+    /// How long the lease stays valid after its holder's last renewal.
+    #[arg(long, env = "NEURALLOG_LEASE_DURATION_SECONDS", default_value_t = 15)]
+    lease_duration_seconds: u32,
+    /// How long the leader keeps failing to renew before it stops leading (and exits).
+    /// Below the lease duration.
+    #[arg(
+        long,
+        env = "NEURALLOG_LEASE_RENEW_DEADLINE_SECONDS",
+        default_value_t = 10.0
+    )]
+    lease_renew_deadline_seconds: f64,
+    /// How often candidates try to acquire the lease and the leader renews it. Below the
+    /// renew deadline.
+    #[arg(
+        long,
+        env = "NEURALLOG_LEASE_RETRY_PERIOD_SECONDS",
+        default_value_t = 2.0
+    )]
+    lease_retry_period_seconds: f64,
+    /// This replica's name in the lease; unique per replica. Default: $POD_NAME, else
+    /// hostname-pid.
+    #[arg(long, env = "POD_NAME")]
+    identity: Option<String>,
+}
+
+impl LeaderElectionArgs {
+    /// The validated lease settings, or `None` when leader election is off.
+    fn lease_config(&self) -> anyhow::Result<Option<LeaseConfig>> {
+        if !self.enabled {
+            return Ok(None);
+        }
+        let seconds = |name: &str, value: f64| {
+            Duration::try_from_secs_f64(value)
+                .map_err(|_| anyhow::anyhow!("--{name} must be a non-negative number of seconds"))
+        };
+        let config = LeaseConfig {
+            name: self.lease_name.clone(),
+            namespace: self.lease_namespace.clone(),
+            identity: self
+                .identity
+                .clone()
+                .filter(|i| !i.is_empty())
+                .unwrap_or_else(leader::default_identity),
+            lease_duration: Duration::from_secs(self.lease_duration_seconds.into()),
+            renew_deadline: seconds(
+                "lease-renew-deadline-seconds",
+                self.lease_renew_deadline_seconds,
+            )?,
+            retry_period: seconds(
+                "lease-retry-period-seconds",
+                self.lease_retry_period_seconds,
+            )?,
+        };
+        config.validate().map_err(anyhow::Error::msg)?;
+        Ok(Some(config))
+    }
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,kube=warn"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+async fn kube_client(kubeconfig: Option<&PathBuf>) -> anyhow::Result<kube::Client> {
+    let config = match kubeconfig {
+        Some(path) => {
+            let kubeconfig = kube::config::Kubeconfig::read_from(path)
+                .with_context(|| format!("cannot read kubeconfig {}", path.display()))?;
+            kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default()).await?
+        }
+        None => kube::Config::infer().await?,
+    };
+    Ok(kube::Client::try_from(config)?)
+}
+
+pub async fn run(args: RunArgs) -> anyhow::Result<()> {
+    init_logging(args.log_format);
+    let lease = args.leader_election.lease_config()?;
+    let client = kube_client(args.kubeconfig.as_ref()).await?;
+    let auth = auth_client(&args)?;
+    let mut metrics = Metrics::default();
+    let leading = register_leader_gauge(&mut metrics);
+    let metrics = Arc::new(metrics);
+    let ready = Arc::new(AtomicBool::new(false));
+    let stop = stop_on_signal();
+    let http_state = HttpState {
+        metrics: metrics.clone(),
+        ready: ready.clone(),
+    };
+    let server = tokio::spawn(http::serve(
+        args.metrics_addr,
+        http::router(http_state),
+        stopped(stop.clone()),
+    ));
+    let leadership = match lease {
+        None => None,
+        Some(lease) => {
+            let acquire = leader::acquire(client.clone(), lease);
+            let Some(leadership) = until_stopped(acquire, stop.clone()).await else {
+                server.await??;
+                tracing::info!("stopped before leading; bye");
+                return Ok(());
+            };
+            Some(leadership)
+        }
+    };
+    leading.set(1);
+    // Opened only by the leader: a waiting replica never touches (or locks) the journal.
+    let journal = open_journal(&args.journal).await?;
+    let settings = render_settings(&args);
+    let instance = std::env::var("POD_NAME")
+        .or_else(|_| std::env::var("HOSTNAME"))
+        .unwrap_or_else(|_| "neurallog-operator".into());
+    let ctx_journal = journal.clone();
+    let ctx_client = client.clone();
+    let controller = controller::run(
+        client,
+        move |stores| {
+            Context::new(
+                ctx_client,
+                ctx_journal,
+                auth,
+                settings,
+                metrics,
+                stores,
+                instance,
+            )
+        },
+        args.concurrency,
+        args.tenant_selector.as_deref(),
+        ready,
+        stopped(stop),
+    );
+    run_while_leading(controller, leadership, &journal).await;
+    leading.set(0);
+    journal.flush()?;
+    server.await??;
+    tracing::info!("journal flushed; bye");
+    Ok(())
+}
+
+fn auth_client(args: &RunArgs) -> anyhow::Result<AuthClient> {
+    let mut config = AuthConfig::new(&args.auth_url, args.auth_admin_user_id.clone())?
+        .with_timeout(Duration::from_secs_f64(args.auth_timeout_seconds.max(0.1)));
+    if let Some(file) = &args.auth_token_file {
+        config = config.with_token_file(file)?;
+    }
+    Ok(AuthClient::new(config)?)
+}
+
+fn render_settings(args: &RunArgs) -> RenderSettings {
+    RenderSettings {
+        tenant_auth_url: args.tenant_auth_url.clone(),
+        auth_namespace: args.auth_namespace.clone(),
+        auth_port: args.auth_port,
+        cluster_domain: args.cluster_domain.clone(),
+    }
+}
+
+async fn open_journal(path: &Path) -> anyhow::Result<Arc<Journal>> {
+    let path = path.to_path_buf();
+    let journal = tokio::task::spawn_blocking(move || Journal::open(&path)).await??;
+    Ok(Arc::new(journal))
+}
+
+/// The stop signal, sent on SIGTERM or Ctrl-C.
+fn stop_on_signal() -> watch::Receiver<bool> {
+    let (stop_tx, stop_rx) = watch::channel(false);
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        tracing::info!("shutting down: finishing in-flight reconciles");
+        let _ = stop_tx.send(true);
+    });
+    stop_rx
+}
+
+/// Resolves when the stop signal is sent.
+async fn stopped(mut rx: watch::Receiver<bool>) {
+    let _ = rx.wait_for(|stop| *stop).await;
+}
+
+/// `work`'s output, or `None` when the stop signal comes first.
+async fn until_stopped<T>(work: impl Future<Output = T>, stop: watch::Receiver<bool>) -> Option<T> {
+    tokio::select! {
+        value = work => Some(value),
+        () = stopped(stop) => None,
+    }
+}
+
+fn register_leader_gauge(metrics: &mut Metrics) -> Gauge {
+    let leading = Gauge::default();
+    metrics.registry.register(
+        "neurallog_leader",
+        "1 while this process runs the controller (holds the leader lease, or leader election is off)",
+        leading.clone(),
+    );
+    leading
+}
+
+/// Runs the controller to its end, then steps down (releasing the lease). A leader that
+/// loses the lease exits at once: another replica may already be reconciling, and the
+/// restart makes this one a candidate again.
+async fn run_while_leading(
+    controller: impl Future<Output = ()>,
+    leadership: Option<Leadership>,
+    journal: &Journal,
+) {
+    let Some(mut leadership) = leadership else {
+        controller.await;
+        return;
+    };
+    tokio::pin!(controller);
+    tokio::select! {
+        () = &mut controller => leadership.step_down().await,
+        lost = leadership.lost() => {
+            tracing::error!(reason = %lost, "lost the leader lease: exiting without finishing in-flight reconciles");
+            if let Err(e) = journal.flush() {
+                tracing::error!(error = %e, "cannot flush the journal");
+            }
+            std::process::exit(1);
+        }
+    }
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        if let Ok(mut term) =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        {
+            tokio::select! {
+                _ = ctrl_c => {},
+                _ = term.recv() => {},
+            }
+            return;
+        }
+    }
+    let _ = ctrl_c.await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Election {
+        #[command(flatten)]
+        args: LeaderElectionArgs,
+    }
+
+    fn lease_config(args: &[&str]) -> anyhow::Result<Option<LeaseConfig>> {
+        let parsed = Election::try_parse_from(std::iter::once("test").chain(args.iter().copied()))?;
+        parsed.args.lease_config()
+    }
+
+    #[test]
+    fn leader_election_is_off_unless_asked_for() {
+        assert!(lease_config(&[]).expect("valid").is_none());
+    }
+
+    #[test]
+    fn leader_election_defaults_to_the_deployed_lease_and_client_go_timing() {
+        let config = lease_config(&["--leader-election", "--identity", "pod-1"])
+            .expect("valid")
+            .expect("enabled");
+        assert_eq!(
+            (
+                config.name.as_str(),
+                config.namespace.as_str(),
+                config.identity.as_str()
+            ),
+            ("neurallog-operator", "neurallog-system", "pod-1")
+        );
+        assert_eq!(config.lease_duration, Duration::from_secs(15));
+        assert_eq!(config.renew_deadline, Duration::from_secs(10));
+        assert_eq!(config.retry_period, Duration::from_secs(2));
+    }
+
+    #[test]
+    fn unsafe_lease_timing_is_refused() {
+        let error = lease_config(&[
+            "--leader-election",
+            "--identity",
+            "pod-1",
+            "--lease-duration-seconds",
+            "5",
+        ])
+        .expect_err("a renew deadline of 10s with a 5s lease");
+        assert!(error.to_string().contains("renew deadline"));
+        assert!(lease_config(&["--leader-election", "--lease-retry-period-seconds=-1"]).is_err());
+    }
+}

@@ -1,0 +1,480 @@
+//! The applier: makes the cluster hold what the tenant's phase needs. Level-triggered: it
+//! ensures everything phase P needs on every reconcile in P, not what the transition into
+//! P emitted, so a crash between journaling and applying is repaired by the next pass.
+
+use super::compare::{DESIRED_HASH_ANNOTATION, desired_hash, is_up_to_date};
+use super::events::{self, EventType};
+use super::observation::{AuthState, NamespaceState, Observation};
+use super::{Context, Error, FINALIZER};
+use crate::crd::{Tenant, namespace_for};
+use crate::render;
+use backon::{ExponentialBuilder, Retryable};
+use k8s_openapi::NamespaceResourceScope;
+use k8s_openapi::api::core::v1::{Event, Namespace};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
+use kube::api::{DeleteParams, Patch, PatchParams, PostParams, Preconditions};
+use kube::runtime::reflector::{ObjectRef, Store};
+use kube::{Api, Resource, ResourceExt};
+use neurallog_machines::Phase;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use serde_json::{Value, json};
+use std::fmt::Debug;
+use std::future::Future;
+use std::time::Duration;
+
+/// The one field manager for everything the operator applies.
+pub const FIELD_MANAGER: &str = "neurallog-operator";
+
+pub struct Applier<'a> {
+    pub ctx: &'a Context,
+    pub tenant: &'a Tenant,
+    pub obs: &'a Observation,
+}
+
+impl Applier<'_> {
+    pub async fn ensure(&self, phase: Phase) -> Result<(), Error> {
+        match phase {
+            Phase::New => Ok(()),
+            Phase::Failed => self.ensure_finalizer().await,
+            Phase::Pending => {
+                self.ensure_finalizer().await?;
+                self.ensure_namespace().await
+            }
+            Phase::ProvisioningRedis => {
+                self.ensure_finalizer().await?;
+                self.ensure_namespace().await?;
+                if self.namespace_usable() {
+                    self.ensure_namespace_guards().await?;
+                    self.ensure_redis().await?;
+                }
+                Ok(())
+            }
+            Phase::ProvisioningServer | Phase::Running | Phase::Updating | Phase::Degraded => {
+                self.ensure_finalizer().await?;
+                self.ensure_namespace().await?;
+                if self.namespace_usable() {
+                    self.ensure_namespace_guards().await?;
+                    self.ensure_redis().await?;
+                    self.ensure_server().await?;
+                }
+                self.ensure_registered().await
+            }
+            Phase::Deleting => self.tear_down().await,
+            Phase::Deleted => self.release_finalizer().await,
+        }
+    }
+
+    fn name(&self) -> String {
+        self.tenant.name_any()
+    }
+
+    fn namespace(&self) -> String {
+        namespace_for(&self.name())
+    }
+
+    fn namespace_usable(&self) -> bool {
+        // Right after creating it the cache may not show it yet; applying into it is fine.
+        matches!(
+            self.obs.namespace,
+            NamespaceState::Ours { active: true } | NamespaceState::Missing
+        )
+    }
+
+    async fn ensure_finalizer(&self) -> Result<(), Error> {
+        if self.tenant.finalizers().iter().any(|f| f == FINALIZER) {
+            return Ok(());
+        }
+        let mut finalizers = self.tenant.finalizers().to_vec();
+        finalizers.push(FINALIZER.into());
+        self.patch_finalizers(finalizers).await
+    }
+
+    async fn release_finalizer(&self) -> Result<(), Error> {
+        if !self.tenant.finalizers().iter().any(|f| f == FINALIZER) {
+            return Ok(());
+        }
+        let finalizers = self
+            .tenant
+            .finalizers()
+            .iter()
+            .filter(|f| *f != FINALIZER)
+            .cloned()
+            .collect();
+        self.patch_finalizers(finalizers).await
+    }
+
+    /// A JSON patch guarded by the resourceVersion, so another controller's finalizer added
+    /// meanwhile is never lost (the conflict is retried from a fresh read).
+    async fn patch_finalizers(&self, finalizers: Vec<String>) -> Result<(), Error> {
+        let api: Api<Tenant> = Api::all(self.ctx.client.clone());
+        let patch: json_patch::Patch = serde_json::from_value(json!([
+            {"op": "test", "path": "/metadata/resourceVersion", "value": self.tenant.resource_version()},
+            {"op": "add", "path": "/metadata/finalizers", "value": finalizers},
+        ]))
+        .map_err(Error::Serialize)?;
+        self.ctx.metrics.count_write("patch", "tenants");
+        api.patch(
+            &self.name(),
+            &PatchParams::default(),
+            &Patch::Json::<()>(patch),
+        )
+        .await
+        .map_err(Error::Kube)?;
+        Ok(())
+    }
+
+    async fn ensure_namespace(&self) -> Result<(), Error> {
+        let desired = render::namespace(self.tenant).map_err(Error::Render)?;
+        let api: Api<Namespace> = Api::all(self.ctx.client.clone());
+        match &self.obs.namespace {
+            NamespaceState::Foreign { .. } | NamespaceState::Ours { active: false } => Ok(()),
+            // Create, never apply: if a namespace of that name appeared meanwhile, this
+            // fails with AlreadyExists instead of adopting it.
+            NamespaceState::Missing => {
+                self.ctx.metrics.count_write("create", "namespaces");
+                match api.create(&PostParams::default(), &desired).await {
+                    Ok(created) => {
+                        let message = format!("Created namespace {}", self.namespace());
+                        self.created_event("Namespace", &created, &message).await
+                    }
+                    Err(kube::Error::Api(e)) if e.code == 409 => Ok(()),
+                    Err(e) => Err(Error::Kube(e)),
+                }
+            }
+            NamespaceState::Ours { active: true } => {
+                let observed = self
+                    .ctx
+                    .stores
+                    .namespaces
+                    .get(&ObjectRef::new(&self.namespace()));
+                self.apply_cluster_scoped(&api, desired, observed.as_deref())
+                    .await
+            }
+        }
+    }
+
+    /// Quota, limit range and network policies: in place before any pod is created.
+    async fn ensure_namespace_guards(&self) -> Result<(), Error> {
+        let stores = &self.ctx.stores;
+        self.apply(
+            render::limit_range(self.tenant).map_err(Error::Render)?,
+            &stores.limit_ranges,
+            None,
+        )
+        .await?;
+        self.apply(
+            render::resource_quota(self.tenant).map_err(Error::Render)?,
+            &stores.quotas,
+            None,
+        )
+        .await?;
+        let policies =
+            render::network_policies(self.tenant, &self.ctx.settings).map_err(Error::Render)?;
+        let wanted: Vec<String> = policies
+            .iter()
+            .filter_map(|p| p.metadata.name.clone())
+            .collect();
+        for policy in policies {
+            self.apply(policy, &stores.network_policies, None).await?;
+        }
+        self.prune_network_policies(&wanted).await
+    }
+
+    /// Deletes our policies the spec no longer asks for (a removed rule, policies disabled).
+    async fn prune_network_policies(&self, wanted: &[String]) -> Result<(), Error> {
+        let ns = self.namespace();
+        let tenant = self.name();
+        let stale: Vec<String> = self
+            .ctx
+            .stores
+            .network_policies
+            .state()
+            .iter()
+            .filter(|p| p.namespace().as_deref() == Some(ns.as_str()))
+            .filter(|p| p.labels().get(render::TENANT_LABEL) == Some(&tenant))
+            .map(|p| p.name_any())
+            .filter(|name| !wanted.contains(name))
+            .collect();
+        let api: Api<NetworkPolicy> = Api::namespaced(self.ctx.client.clone(), &ns);
+        let params = DeleteParams::default();
+        for name in stale {
+            self.ctx.metrics.count_write("delete", "networkpolicies");
+            match retry(|| api.delete(&name, &params)).await {
+                Ok(_) => {}
+                Err(kube::Error::Api(e)) if e.code == 404 => {}
+                Err(e) => return Err(Error::Kube(e)),
+            }
+        }
+        Ok(())
+    }
+
+    async fn ensure_redis(&self) -> Result<(), Error> {
+        let stores = &self.ctx.stores;
+        let t = self.tenant;
+        self.apply(
+            render::redis_config_map(t).map_err(Error::Render)?,
+            &stores.config_maps,
+            Some("Redis ConfigMap"),
+        )
+        .await?;
+        self.apply(
+            render::redis_service(t).map_err(Error::Render)?,
+            &stores.services,
+            Some("Redis Service"),
+        )
+        .await?;
+        self.apply(
+            render::redis_statefulset(t).map_err(Error::Render)?,
+            &stores.statefulsets,
+            Some("Redis StatefulSet"),
+        )
+        .await
+    }
+
+    async fn ensure_server(&self) -> Result<(), Error> {
+        let stores = &self.ctx.stores;
+        let t = self.tenant;
+        self.apply(
+            render::server_service(t).map_err(Error::Render)?,
+            &stores.services,
+            Some("Server Service"),
+        )
+        .await?;
+        let deployment = render::server_deployment(t, &self.ctx.settings).map_err(Error::Render)?;
+        self.apply(deployment, &stores.deployments, Some("Server Deployment"))
+            .await
+    }
+
+    async fn ensure_registered(&self) -> Result<(), Error> {
+        if self.ctx.auth_state(self.tenant) == AuthState::Registered {
+            return Ok(());
+        }
+        let admin = self
+            .tenant
+            .spec
+            .auth
+            .as_ref()
+            .and_then(|a| a.admin_user_id.clone())
+            .unwrap_or_else(|| self.ctx.auth.default_admin_user_id().to_string());
+        let result = self.ctx.auth.register(&self.name(), &admin).await;
+        self.record_auth(result.map(|_| AuthState::Registered))
+            .await
+    }
+
+    async fn tear_down(&self) -> Result<(), Error> {
+        if let NamespaceState::Ours { active: true } = self.obs.namespace {
+            let api: Api<Namespace> = Api::all(self.ctx.client.clone());
+            let params = DeleteParams {
+                preconditions: Some(Preconditions {
+                    uid: self
+                        .ctx
+                        .stores
+                        .namespaces
+                        .get(&ObjectRef::new(&self.namespace()))
+                        .and_then(|n| n.uid()),
+                    resource_version: None,
+                }),
+                ..DeleteParams::default()
+            };
+            self.ctx.metrics.count_write("delete", "namespaces");
+            let ns = self.namespace();
+            match retry(|| api.delete(&ns, &params)).await {
+                Ok(_) => {}
+                Err(kube::Error::Api(e)) if e.code == 404 || e.code == 409 => {}
+                Err(e) => return Err(Error::Kube(e)),
+            }
+        }
+        if self.ctx.auth_state(self.tenant) != AuthState::Deregistered {
+            let result = self.ctx.auth.deregister(&self.name()).await;
+            self.record_auth(result.map(|_| AuthState::Deregistered))
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Remembers the Auth outcome; a failure becomes a Warning Event (once per distinct
+    /// message) and a requeue, never a transition.
+    async fn record_auth(
+        &self,
+        result: Result<AuthState, crate::auth::AuthError>,
+    ) -> Result<(), Error> {
+        match result {
+            Ok(state) => {
+                self.ctx.set_auth_state(self.tenant, state);
+                Ok(())
+            }
+            Err(e) => {
+                let state = AuthState::Failed {
+                    reason: e.reason().to_string(),
+                    message: e.to_string(),
+                };
+                self.ctx.set_auth_state(self.tenant, state);
+                let name = events::warning_event_name(self.tenant, e.reason(), &e.to_string());
+                self.emit(name, EventType::Warning, e.reason(), &e.to_string())
+                    .await?;
+                Err(Error::Auth(e))
+            }
+        }
+    }
+
+    /// Server-side applies `desired` unless the cached object already is what it would
+    /// become. `created` labels the "Created ..." Event sent when the object is new.
+    async fn apply<K>(
+        &self,
+        desired: K,
+        store: &Store<K>,
+        created: Option<&str>,
+    ) -> Result<(), Error>
+    where
+        K: Resource<DynamicType = (), Scope = NamespaceResourceScope>
+            + Clone
+            + Debug
+            + Serialize
+            + DeserializeOwned,
+    {
+        let name = desired.meta().name.clone().unwrap_or_default();
+        let ns = self.namespace();
+        let observed = store.get(&ObjectRef::new(&name).within(&ns));
+        let (body, hash) = with_hash(&desired)?;
+        if let Some(observed) = &observed {
+            let observed = serde_json::to_value(observed.as_ref()).map_err(Error::Serialize)?;
+            if is_up_to_date(&strip_hash(&body), &observed, &hash) {
+                return Ok(());
+            }
+        }
+        let api: Api<K> = Api::namespaced(self.ctx.client.clone(), &ns);
+        let params = PatchParams::apply(FIELD_MANAGER).force();
+        self.ctx.metrics.count_write("patch", &K::plural(&()));
+        let patch = Patch::Apply(&body);
+        let applied = retry(|| api.patch(&name, &params, &patch))
+            .await
+            .map_err(Error::Kube)?;
+        match (observed, created) {
+            (None, Some(label)) => {
+                self.created_event(&K::kind(&()), &applied, &format!("Created {label}"))
+                    .await
+            }
+            _ => Ok(()),
+        }
+    }
+
+    async fn apply_cluster_scoped<K>(
+        &self,
+        api: &Api<K>,
+        desired: K,
+        observed: Option<&K>,
+    ) -> Result<(), Error>
+    where
+        K: Resource<DynamicType = ()> + Clone + Debug + Serialize + DeserializeOwned,
+    {
+        let name = desired.meta().name.clone().unwrap_or_default();
+        let (body, hash) = with_hash(&desired)?;
+        if let Some(observed) = observed {
+            let observed = serde_json::to_value(observed).map_err(Error::Serialize)?;
+            if is_up_to_date(&strip_hash(&body), &observed, &hash) {
+                return Ok(());
+            }
+        }
+        let params = PatchParams::apply(FIELD_MANAGER).force();
+        self.ctx.metrics.count_write("patch", &K::plural(&()));
+        let patch = Patch::Apply(&body);
+        retry(|| api.patch(&name, &params, &patch))
+            .await
+            .map_err(Error::Kube)?;
+        Ok(())
+    }
+
+    /// "Created X" once per object lifetime: the name derives from the object's uid.
+    async fn created_event<K: Resource>(
+        &self,
+        kind: &str,
+        object: &K,
+        message: &str,
+    ) -> Result<(), Error> {
+        let object_name = object.meta().name.clone().unwrap_or_default();
+        let object_uid = object.meta().uid.clone().unwrap_or_default();
+        let name = events::created_event_name(self.tenant, kind, &object_name, &object_uid);
+        self.emit(name, EventType::Normal, "Created", message).await
+    }
+
+    async fn emit(
+        &self,
+        name: String,
+        type_: EventType,
+        reason: &str,
+        message: &str,
+    ) -> Result<(), Error> {
+        self.ctx
+            .emit_event(self.tenant, name, type_, reason, message)
+            .await
+    }
+}
+
+/// The body to apply (with the desired-state hash annotation) and that hash.
+fn with_hash<K: Serialize>(desired: &K) -> Result<(Value, String), Error> {
+    let mut body = serde_json::to_value(desired).map_err(Error::Serialize)?;
+    let hash = desired_hash(&body);
+    if let Some(meta) = body.get_mut("metadata").and_then(Value::as_object_mut) {
+        let annotations = meta.entry("annotations").or_insert_with(|| json!({}));
+        if let Some(a) = annotations.as_object_mut() {
+            a.insert(DESIRED_HASH_ANNOTATION.into(), Value::String(hash.clone()));
+        }
+    }
+    Ok((body, hash))
+}
+
+fn strip_hash(body: &Value) -> Value {
+    let mut body = body.clone();
+    if let Some(a) = body
+        .pointer_mut("/metadata/annotations")
+        .and_then(Value::as_object_mut)
+    {
+        a.remove(DESIRED_HASH_ANNOTATION);
+    }
+    body
+}
+
+/// Whether the desired object, as applied, would hold: what observation uses to decide
+/// that a workload is "current".
+pub fn matches_desired<K: Serialize>(desired: &K, observed: Option<&K>) -> bool {
+    let (Ok((body, hash)), Some(observed)) = (with_hash(desired), observed) else {
+        return false;
+    };
+    serde_json::to_value(observed).is_ok_and(|o| is_up_to_date(&strip_hash(&body), &o, &hash))
+}
+
+/// Retries conflicts, throttling and server errors with exponential backoff and jitter.
+pub async fn retry<T, F, Fut>(call: F) -> Result<T, kube::Error>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, kube::Error>>,
+{
+    call.retry(
+        ExponentialBuilder::default()
+            .with_min_delay(Duration::from_millis(50))
+            .with_max_delay(Duration::from_secs(2))
+            .with_max_times(4)
+            .with_jitter(),
+    )
+    .when(is_transient)
+    .await
+}
+
+pub fn is_transient(error: &kube::Error) -> bool {
+    match error {
+        kube::Error::Api(e) => e.code == 409 || e.code == 429 || e.code >= 500,
+        kube::Error::HyperError(_) | kube::Error::Service(_) => true,
+        _ => false,
+    }
+}
+
+/// Creates an Event; `AlreadyExists` means it was mirrored before.
+pub async fn create_event(client: &kube::Client, event: &Event) -> Result<bool, kube::Error> {
+    let api: Api<Event> = Api::namespaced(client.clone(), events::EVENT_NAMESPACE);
+    match api.create(&PostParams::default(), event).await {
+        Ok(_) => Ok(true),
+        Err(kube::Error::Api(e)) if e.code == 409 => Ok(false),
+        Err(e) => Err(e),
+    }
+}

@@ -1,0 +1,160 @@
+//! Kubernetes Events with deterministic names, so a retried or repeated mirror finds the
+//! Event it already wrote (`AlreadyExists` means "already mirrored").
+
+use crate::crd::Tenant;
+use chrono::{DateTime, Utc};
+use k8s_openapi::api::core::v1::{Event, EventSource, ObjectReference};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta, Time};
+use kube::{Resource, ResourceExt};
+use sha2::{Digest, Sha256};
+
+/// The controller name users see in `kubectl describe`'s From column.
+pub const REPORTER: &str = "tenant-controller";
+/// Events of a cluster-scoped Tenant live here, where `kubectl describe` finds them.
+pub const EVENT_NAMESPACE: &str = "default";
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EventType {
+    Normal,
+    Warning,
+}
+
+/// The Event mirroring journal record `seq` of the tenant.
+pub fn transition_event_name(tenant: &Tenant, seq: u64) -> String {
+    format!("{}.{}.t{seq:06}", tenant.name_any(), short_uid(tenant))
+}
+
+/// The Event announcing that the applier created an object: one per object lifetime.
+pub fn created_event_name(
+    tenant: &Tenant,
+    kind: &str,
+    object_name: &str,
+    object_uid: &str,
+) -> String {
+    let digest = Sha256::digest(format!(
+        "{}/{kind}/{object_name}/{object_uid}",
+        tenant.uid().unwrap_or_default()
+    ));
+    format!(
+        "{}.{}.c{}",
+        tenant.name_any(),
+        short_uid(tenant),
+        &hex::encode(digest)[..16]
+    )
+}
+
+/// A Tenant-level diagnostic (a failing Auth call, say), one per (reason, message).
+pub fn warning_event_name(tenant: &Tenant, reason: &str, message: &str) -> String {
+    let digest = Sha256::digest(format!(
+        "{}/{reason}/{message}",
+        tenant.uid().unwrap_or_default()
+    ));
+    format!(
+        "{}.{}.w{}",
+        tenant.name_any(),
+        short_uid(tenant),
+        &hex::encode(digest)[..16]
+    )
+}
+
+pub fn event(
+    tenant: &Tenant,
+    name: String,
+    type_: EventType,
+    reason: &str,
+    message: &str,
+    now: DateTime<Utc>,
+    instance: &str,
+) -> Event {
+    let time = k8s_openapi::jiff::Timestamp::from_second(now.timestamp()).unwrap_or_default();
+    let micro =
+        k8s_openapi::jiff::Timestamp::from_microsecond(now.timestamp_micros()).unwrap_or_default();
+    Event {
+        metadata: ObjectMeta {
+            name: Some(name),
+            namespace: Some(EVENT_NAMESPACE.into()),
+            ..ObjectMeta::default()
+        },
+        involved_object: ObjectReference {
+            api_version: Some(Tenant::api_version(&()).into_owned()),
+            kind: Some(Tenant::kind(&()).into_owned()),
+            name: tenant.metadata.name.clone(),
+            uid: tenant.metadata.uid.clone(),
+            resource_version: tenant.metadata.resource_version.clone(),
+            ..ObjectReference::default()
+        },
+        reason: Some(reason.into()),
+        message: Some(message.chars().take(1024).collect()),
+        type_: Some(
+            match type_ {
+                EventType::Normal => "Normal",
+                EventType::Warning => "Warning",
+            }
+            .into(),
+        ),
+        source: Some(EventSource {
+            component: Some(REPORTER.into()),
+            host: None,
+        }),
+        reporting_component: Some(REPORTER.into()),
+        reporting_instance: Some(instance.chars().take(128).collect()),
+        first_timestamp: Some(Time(time)),
+        last_timestamp: Some(Time(time)),
+        event_time: Some(MicroTime(micro)),
+        count: Some(1),
+        action: Some(reason.into()),
+        ..Event::default()
+    }
+}
+
+fn short_uid(tenant: &Tenant) -> String {
+    tenant.uid().unwrap_or_default().chars().take(8).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::render::test_support::basic;
+
+    #[test]
+    fn names_are_deterministic_valid_and_distinct() {
+        let tenant = basic();
+        assert_eq!(
+            transition_event_name(&tenant, 7),
+            "my-tenant.0b6f3f0e.t000007"
+        );
+        let a = created_event_name(&tenant, "ConfigMap", "x", "uid-1");
+        assert_eq!(a, created_event_name(&tenant, "ConfigMap", "x", "uid-1"));
+        assert_ne!(a, created_event_name(&tenant, "ConfigMap", "x", "uid-2"));
+        for name in [
+            a,
+            transition_event_name(&tenant, 1),
+            warning_event_name(&tenant, "AuthUnavailable", "down"),
+        ] {
+            assert!(name.len() <= 253);
+            assert!(
+                name.chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.')
+            );
+        }
+    }
+
+    #[test]
+    fn events_come_from_the_tenant_controller() {
+        let e = event(
+            &basic(),
+            "n".into(),
+            EventType::Normal,
+            "Running",
+            "Tenant is running",
+            Utc::now(),
+            "pod-1",
+        );
+        assert_eq!(
+            e.source.and_then(|s| s.component).as_deref(),
+            Some("tenant-controller")
+        );
+        assert_eq!(e.involved_object.kind.as_deref(), Some("Tenant"));
+        assert_eq!(e.type_.as_deref(), Some("Normal"));
+    }
+}

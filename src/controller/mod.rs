@@ -1,0 +1,577 @@
+//! The reconciler. Each pass, in this order (see the design notes):
+//! observe -> derive the machine input -> transition -> journal (durable) -> apply what the
+//! phase needs -> mirror to Events and status. A crash between any two steps converges on
+//! the next pass: the journal is the truth for phase, the cluster for objects.
+
+pub mod apply;
+pub mod compare;
+pub mod events;
+pub mod input;
+pub mod observation;
+pub mod status;
+
+use crate::auth::{AuthClient, AuthError};
+use crate::crd::{Tenant, TenantStatus, namespace_for};
+use crate::journal::{Journal, JournalError, NewRecord, Record, spec_digest};
+use crate::metrics::{Metrics, ResultLabel};
+use crate::render::{self, RenderError, RenderSettings};
+use apply::{Applier, create_event};
+use chrono::Utc;
+use events::EventType;
+use futures::{Stream, StreamExt};
+use input::{TenantFacts, derive_input};
+use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
+use k8s_openapi::api::core::v1::{ConfigMap, LimitRange, Namespace, ResourceQuota, Service};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
+use kube::api::{Patch, PatchParams};
+use kube::runtime::controller::{self, Action, Controller};
+use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Api, Client, Resource, ResourceExt};
+use neurallog_machines::{Phase, step};
+use observation::{AuthState, Observation, deployment_state, namespace_state, statefulset_state};
+use serde::de::DeserializeOwned;
+use std::collections::HashMap;
+use std::fmt::Debug;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tracing::{Instrument, info, info_span, warn};
+
+pub const FINALIZER: &str = "neurallog.io/finalizer";
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("Kubernetes API: {0}")]
+    Kube(#[source] kube::Error),
+    #[error("journal: {0}")]
+    Journal(#[source] JournalError),
+    #[error("Auth service: {0}")]
+    Auth(#[source] AuthError),
+    #[error("cannot render: {0}")]
+    Render(#[source] RenderError),
+    #[error("cannot serialize: {0}")]
+    Serialize(#[source] serde_json::Error),
+    #[error("the journal task failed: {0}")]
+    Join(String),
+    #[error("the Tenant has no uid")]
+    MissingUid,
+}
+
+impl Error {
+    /// A stable reason for metrics and logs.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Error::Kube(kube::Error::Api(e)) if e.code == 409 => "Conflict",
+            Error::Kube(_) => "KubernetesApi",
+            Error::Journal(_) | Error::Join(_) => "JournalUnavailable",
+            Error::Auth(e) => e.reason(),
+            Error::Render(_) => "RenderFailed",
+            Error::Serialize(_) => "Serialize",
+            Error::MissingUid => "MissingUid",
+        }
+    }
+}
+
+/// Watch caches of everything the operator owns, label-selected and without managed fields.
+#[derive(Clone)]
+pub struct Stores {
+    pub namespaces: Store<Namespace>,
+    pub config_maps: Store<ConfigMap>,
+    pub services: Store<Service>,
+    pub statefulsets: Store<StatefulSet>,
+    pub deployments: Store<Deployment>,
+    pub network_policies: Store<NetworkPolicy>,
+    pub quotas: Store<ResourceQuota>,
+    pub limit_ranges: Store<LimitRange>,
+}
+
+/// What the operator remembers about a tenant between passes. Losing it (a restart) costs
+/// at most one Auth call and one Event create per tenant, both idempotent.
+#[derive(Clone, Debug, Default)]
+struct TenantMemo {
+    auth: AuthState,
+    /// Journal records up to this sequence have their Event.
+    mirrored: u64,
+    failures: u32,
+}
+
+pub struct Context {
+    pub client: Client,
+    pub journal: Arc<Journal>,
+    pub auth: AuthClient,
+    pub settings: RenderSettings,
+    pub metrics: Arc<Metrics>,
+    pub stores: Stores,
+    /// Who writes the Events (pod name, or host).
+    pub instance: String,
+    memo: Mutex<HashMap<String, TenantMemo>>,
+}
+
+impl Context {
+    pub fn new(
+        client: Client,
+        journal: Arc<Journal>,
+        auth: AuthClient,
+        settings: RenderSettings,
+        metrics: Arc<Metrics>,
+        stores: Stores,
+        instance: String,
+    ) -> Self {
+        Self {
+            client,
+            journal,
+            auth,
+            settings,
+            metrics,
+            stores,
+            instance,
+            memo: Mutex::default(),
+        }
+    }
+
+    fn memo<T>(&self, tenant: &Tenant, f: impl FnOnce(&mut TenantMemo) -> T) -> T {
+        let uid = tenant.uid().unwrap_or_default();
+        let mut memo = self
+            .memo
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        f(memo.entry(uid).or_default())
+    }
+
+    fn forget(&self, tenant: &Tenant) {
+        let uid = tenant.uid().unwrap_or_default();
+        self.memo
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&uid);
+    }
+
+    pub fn auth_state(&self, tenant: &Tenant) -> AuthState {
+        self.memo(tenant, |m| m.auth.clone())
+    }
+
+    pub fn set_auth_state(&self, tenant: &Tenant, state: AuthState) {
+        self.memo(tenant, |m| m.auth = state);
+    }
+
+    pub async fn emit_event(
+        &self,
+        tenant: &Tenant,
+        name: String,
+        type_: EventType,
+        reason: &str,
+        message: &str,
+    ) -> Result<(), Error> {
+        let event = events::event(
+            tenant,
+            name,
+            type_,
+            reason,
+            message,
+            Utc::now(),
+            &self.instance,
+        );
+        self.metrics.count_write("create", "events");
+        create_event(&self.client, &event)
+            .await
+            .map_err(Error::Kube)?;
+        Ok(())
+    }
+
+    async fn blocking<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Journal) -> Result<T, JournalError> + Send + 'static,
+    ) -> Result<T, Error> {
+        let journal = self.journal.clone();
+        tokio::task::spawn_blocking(move || f(&journal))
+            .await
+            .map_err(|e| Error::Join(e.to_string()))?
+            .map_err(Error::Journal)
+    }
+
+    /// Reads the tenant's objects from the caches. The namespace is also read from the API
+    /// server when the (label-selected) cache lacks it: a foreign namespace of the same
+    /// name carries none of our labels.
+    async fn observe(&self, tenant: &Tenant) -> Result<Observation, Error> {
+        let name = tenant.name_any();
+        let ns_name = namespace_for(&name);
+        let cached = self.stores.namespaces.get(&ObjectRef::new(&ns_name));
+        let namespace = match cached {
+            Some(ns) => Some(ns.as_ref().clone()),
+            None => Api::<Namespace>::all(self.client.clone())
+                .get_opt(&ns_name)
+                .await
+                .map_err(Error::Kube)?,
+        };
+        let owned = namespace
+            .as_ref()
+            .is_some_and(|ns| render::is_owned_by(ns, tenant));
+        let mut problems: Vec<String> = crate::validation::validate(&name, &tenant.spec)
+            .iter()
+            .map(|p| p.to_string())
+            .collect();
+        let sts = self
+            .stores
+            .statefulsets
+            .get(&ObjectRef::new(&render::redis_name(&name)).within(&ns_name));
+        let deployment = self
+            .stores
+            .deployments
+            .get(&ObjectRef::new(&render::server_name(&name)).within(&ns_name));
+        let (redis_matches, server_matches) = if problems.is_empty() {
+            match (
+                render::redis_statefulset(tenant),
+                render::server_deployment(tenant, &self.settings),
+            ) {
+                (Ok(s), Ok(d)) => (
+                    apply::matches_desired(&s, sts.as_deref()),
+                    apply::matches_desired(&d, deployment.as_deref()),
+                ),
+                (Err(e), _) | (_, Err(e)) => {
+                    problems.push(e.to_string());
+                    (false, false)
+                }
+            }
+        } else {
+            (false, false)
+        };
+        Ok(Observation {
+            namespace: namespace_state(namespace.as_ref(), owned),
+            redis: statefulset_state(sts.as_deref(), tenant.spec.redis.replicas, redis_matches),
+            server: deployment_state(
+                deployment.as_deref(),
+                tenant.spec.server.replicas,
+                server_matches,
+            ),
+            auth: self.auth_state(tenant),
+            problems,
+        })
+    }
+
+    async fn append(
+        &self,
+        tenant: &Tenant,
+        last: Option<&Record>,
+        input: neurallog_machines::Input,
+    ) -> Result<Option<Record>, Error> {
+        let phase = last.map_or(Phase::New, |r| r.to);
+        let Some(transition) = step(phase, &input) else {
+            return Ok(None);
+        };
+        let spec = serde_json::to_value(&tenant.spec).map_err(Error::Serialize)?;
+        let entry = NewRecord::from_transition(
+            tenant.name_any(),
+            tenant.uid().ok_or(Error::MissingUid)?,
+            last.map_or(1, |r| r.seq + 1),
+            Utc::now(),
+            tenant.metadata.generation.unwrap_or(0),
+            input,
+            transition,
+            spec_digest(&spec),
+        );
+        let started = Instant::now();
+        let record = self.blocking(move |j| j.append(entry)).await?;
+        self.metrics
+            .journal_append
+            .observe(started.elapsed().as_secs_f64());
+        info!(seq = record.seq, from = %record.from, to = %record.to, "journaled transition");
+        Ok(Some(record))
+    }
+
+    /// Creates the Event of every journal record not yet mirrored (normally just the last;
+    /// more after a failed mirror). Deterministic names make this idempotent.
+    async fn mirror_events(&self, tenant: &Tenant, tail: Option<&Record>) -> Result<(), Error> {
+        let Some(tail) = tail else { return Ok(()) };
+        let mirrored = self.memo(tenant, |m| m.mirrored);
+        if mirrored >= tail.seq {
+            return Ok(());
+        }
+        // Status is patched after the Events, so a status at sequence N means Events up to
+        // N exist: after a restart this saves one create (and its write) per tenant.
+        let from_status = tenant
+            .status
+            .as_ref()
+            .and_then(|s| s.journal.as_ref())
+            .map_or(0, |j| j.sequence);
+        if from_status >= tail.seq {
+            self.memo(tenant, |m| m.mirrored = tail.seq);
+            return Ok(());
+        }
+        let first = mirrored.max(from_status).saturating_add(1);
+        let uid = tail.uid.clone();
+        let records: Vec<Record> = self
+            .blocking(move |j| {
+                j.history(&uid)
+                    .filter(|r| r.as_ref().map_or(true, |r| r.seq >= first))
+                    .collect()
+            })
+            .await?;
+        for record in records {
+            let type_ = if record.to.is_warning() {
+                EventType::Warning
+            } else {
+                EventType::Normal
+            };
+            let name = events::transition_event_name(tenant, record.seq);
+            self.emit_event(tenant, name, type_, record.to.as_str(), &record.message)
+                .await?;
+            self.memo(tenant, |m| m.mirrored = record.seq);
+        }
+        Ok(())
+    }
+
+    async fn mirror_status(
+        &self,
+        tenant: &Tenant,
+        tail: Option<&Record>,
+        obs: &Observation,
+    ) -> Result<(), Error> {
+        let tail = tail.map(|r| status::JournalTail {
+            phase: r.to,
+            sequence: r.seq,
+            hash: r.hash.to_hex(),
+            message: r.message.clone(),
+        });
+        let desired = status::desired_status(
+            tail.as_ref(),
+            &namespace_for(&tenant.name_any()),
+            tenant.metadata.generation.unwrap_or(0),
+            obs,
+            tenant.status.as_ref(),
+            Utc::now(),
+        );
+        if tenant.status.as_ref() == Some(&desired) {
+            return Ok(());
+        }
+        let api: Api<Tenant> = Api::all(self.client.clone());
+        let body = serde_json::json!({ "status": desired });
+        let patch = Patch::Merge(&body);
+        let params = PatchParams::default();
+        let name = tenant.name_any();
+        self.metrics.count_write("patch", "tenants/status");
+        apply::retry(|| api.patch_status(&name, &params, &patch))
+            .await
+            .map_err(Error::Kube)?;
+        Ok(())
+    }
+
+    fn count_outcome(&self, record: &Record) {
+        match record.to {
+            Phase::Running if record.from == Phase::ProvisioningServer => {
+                self.metrics
+                    .tenant_creation
+                    .get_or_create(&ResultLabel {
+                        result: "success".into(),
+                    })
+                    .inc();
+            }
+            Phase::Failed => {
+                self.metrics
+                    .tenant_creation
+                    .get_or_create(&ResultLabel {
+                        result: "failure".into(),
+                    })
+                    .inc();
+            }
+            Phase::Deleted => {
+                self.metrics.tenant_deletion.inc();
+            }
+            _ => {}
+        }
+    }
+}
+
+/// One reconcile pass for one Tenant.
+pub async fn reconcile(tenant: Arc<Tenant>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let span = info_span!(
+        "reconcile",
+        tenant = %tenant.name_any(),
+        uid = %tenant.uid().unwrap_or_default(),
+        generation = tenant.metadata.generation.unwrap_or(0),
+    );
+    reconcile_tenant(tenant, ctx).instrument(span).await
+}
+
+async fn reconcile_tenant(tenant: Arc<Tenant>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let started = Instant::now();
+    let uid = tenant.uid().ok_or(Error::MissingUid)?;
+    let journal_uid = uid.clone();
+    let mut tail = ctx.blocking(move |j| j.last(&journal_uid)).await?;
+    ctx.mirror_events(&tenant, tail.as_ref()).await?;
+
+    let obs = ctx.observe(&tenant).await?;
+    let facts = TenantFacts {
+        generation: tenant.metadata.generation.unwrap_or(0),
+        deleting: tenant.metadata.deletion_timestamp.is_some(),
+        journaled_generation: tail.as_ref().map(|r| r.generation),
+    };
+    let input = derive_input(tail.as_ref().map_or(Phase::New, |r| r.to), facts, &obs);
+    if let Some(input) = input
+        && let Some(record) = ctx.append(&tenant, tail.as_ref(), input).await?
+    {
+        ctx.count_outcome(&record);
+        tail = Some(record);
+    }
+    let phase = tail.as_ref().map_or(Phase::New, |r| r.to);
+
+    let applied = Applier {
+        ctx: &ctx,
+        tenant: &tenant,
+        obs: &obs,
+    }
+    .ensure(phase)
+    .await;
+    ctx.mirror_events(&tenant, tail.as_ref()).await?;
+    if phase == Phase::Deleted {
+        applied?;
+        ctx.forget(&tenant);
+        ctx.metrics.set_phase(&uid, None);
+        return Ok(Action::await_change());
+    }
+    let obs = Observation {
+        auth: ctx.auth_state(&tenant),
+        ..obs
+    };
+    ctx.mirror_status(&tenant, tail.as_ref(), &obs).await?;
+    ctx.metrics.set_phase(&uid, Some(phase.as_str()));
+    ctx.metrics
+        .observe_reconcile(phase.as_str(), started.elapsed());
+    applied?;
+    ctx.memo(&tenant, |m| m.failures = 0);
+    Ok(match phase {
+        // The namespace controller can take a while; its deletion also triggers a pass.
+        Phase::Deleting => Action::requeue(Duration::from_secs(5)),
+        Phase::Failed => Action::await_change(),
+        _ => Action::requeue(Duration::from_secs(600)),
+    })
+}
+
+/// Failed passes retry with per-tenant exponential backoff and jitter; one stuck tenant
+/// never delays another.
+pub fn error_policy(tenant: Arc<Tenant>, error: &Error, ctx: Arc<Context>) -> Action {
+    ctx.metrics.count_error(error.reason());
+    let failures = ctx.memo(&tenant, |m| {
+        m.failures = m.failures.saturating_add(1);
+        m.failures
+    });
+    let base = match error {
+        Error::Auth(e) => e.retry_after().unwrap_or(Duration::from_secs(2)),
+        _ => Duration::from_millis(500),
+    };
+    let backoff = base
+        .saturating_mul(1u32 << failures.min(6))
+        .min(Duration::from_secs(120));
+    let jitter = Duration::from_millis(rand::random::<u64>() % 500);
+    warn!(tenant = %tenant.name_any(), reason = error.reason(), %error, retry_in = ?backoff, "reconcile failed");
+    Action::requeue(backoff + jitter)
+}
+
+/// Label selector of everything the operator creates.
+pub fn managed_selector() -> String {
+    format!("{}={}", render::MANAGED_BY_LABEL, render::MANAGED_BY_VALUE)
+}
+
+type Watch<K> = std::pin::Pin<Box<dyn Stream<Item = Result<K, watcher::Error>> + Send>>;
+
+fn cache<K>(client: &Client) -> (Store<K>, Watch<K>)
+where
+    K: Resource<DynamicType = ()> + Clone + Debug + DeserializeOwned + Send + Sync + 'static,
+{
+    let (reader, writer) = reflector::store();
+    let config = watcher::Config::default()
+        .labels(&managed_selector())
+        .any_semantic();
+    let stream = watcher(Api::<K>::all(client.clone()), config)
+        .default_backoff()
+        .modify(|o| {
+            o.meta_mut().managed_fields = None;
+        })
+        .reflect(writer)
+        .touched_objects();
+    (reader, Box::pin(stream))
+}
+
+/// Builds the caches and the controller and runs until `shutdown` resolves; in-flight
+/// reconciles finish first.
+pub async fn run(
+    client: Client,
+    make_context: impl FnOnce(Stores) -> Context,
+    concurrency: u16,
+    tenant_selector: Option<&str>,
+    ready: Arc<std::sync::atomic::AtomicBool>,
+    shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
+) {
+    let (namespaces, ns_watch) = cache::<Namespace>(&client);
+    let (config_maps, cm_watch) = cache::<ConfigMap>(&client);
+    let (services, svc_watch) = cache::<Service>(&client);
+    let (statefulsets, sts_watch) = cache::<StatefulSet>(&client);
+    let (deployments, deploy_watch) = cache::<Deployment>(&client);
+    let (network_policies, np_watch) = cache::<NetworkPolicy>(&client);
+    let (quotas, quota_watch) = cache::<ResourceQuota>(&client);
+    let (limit_ranges, lr_watch) = cache::<LimitRange>(&client);
+    let stores = Stores {
+        namespaces,
+        config_maps,
+        services,
+        statefulsets,
+        deployments,
+        network_policies,
+        quotas,
+        limit_ranges,
+    };
+    let ctx = Arc::new(make_context(stores.clone()));
+    let tenants: Api<Tenant> = Api::all(client.clone());
+    let mut tenant_watch = watcher::Config::default().any_semantic();
+    if let Some(selector) = tenant_selector {
+        tenant_watch = tenant_watch.labels(selector);
+    }
+    let controller = Controller::new(tenants, tenant_watch)
+        .owns_stream(ns_watch)
+        .owns_stream(cm_watch)
+        .owns_stream(svc_watch)
+        .owns_stream(sts_watch)
+        .owns_stream(deploy_watch)
+        .owns_stream(np_watch)
+        .owns_stream(quota_watch)
+        .owns_stream(lr_watch)
+        .with_config(
+            controller::Config::default()
+                .concurrency(concurrency)
+                .debounce(Duration::from_millis(100)),
+        )
+        .graceful_shutdown_on(shutdown);
+    let tenant_store = controller.store();
+    let readiness = tokio::spawn(async move {
+        let synced = futures::future::join_all([
+            Box::pin(stores.namespaces.wait_until_ready())
+                as std::pin::Pin<Box<dyn std::future::Future<Output = _> + Send>>,
+            Box::pin(stores.config_maps.wait_until_ready()),
+            Box::pin(stores.services.wait_until_ready()),
+            Box::pin(stores.statefulsets.wait_until_ready()),
+            Box::pin(stores.deployments.wait_until_ready()),
+            Box::pin(stores.network_policies.wait_until_ready()),
+            Box::pin(stores.quotas.wait_until_ready()),
+            Box::pin(stores.limit_ranges.wait_until_ready()),
+            Box::pin(tenant_store.wait_until_ready()),
+        ])
+        .await;
+        if synced.iter().all(Result::is_ok) {
+            ready.store(true, std::sync::atomic::Ordering::SeqCst);
+            info!("caches synced");
+        }
+    });
+    controller
+        .run(reconcile, error_policy, ctx)
+        .for_each(|result| async move {
+            if let Err(e) = result {
+                tracing::debug!(error = %e, "controller event");
+            }
+        })
+        .await;
+    readiness.abort();
+}
+
+#[doc(hidden)]
+pub fn status_of(tenant: &Tenant) -> Option<&TenantStatus> {
+    tenant.status.as_ref()
+}

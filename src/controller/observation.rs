@@ -1,0 +1,216 @@
+//! What the operator saw of one tenant, reduced to the facts the machine and the status
+//! need. Built from the watch caches by `Observer`; everything here is pure.
+
+use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
+use k8s_openapi::api::core::v1::Namespace;
+
+/// The tenant namespace as observed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum NamespaceState {
+    Missing,
+    /// Ours (labelled with this Tenant's uid).
+    Ours {
+        active: bool,
+    },
+    /// Someone else's, or a previous tenant's of the same name that is still terminating.
+    Foreign {
+        terminating: bool,
+    },
+}
+
+/// A workload (Redis StatefulSet or server Deployment) as observed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct WorkloadState {
+    pub exists: bool,
+    pub ready: i32,
+    pub desired: i32,
+    /// The controller has seen the current object generation, the object is what the
+    /// operator renders now, and every replica runs the current template and is ready.
+    pub current: bool,
+}
+
+impl WorkloadState {
+    pub fn is_ready(&self) -> bool {
+        self.exists && self.current && self.ready >= self.desired
+    }
+
+    pub fn readiness(&self) -> neurallog_machines::Readiness {
+        neurallog_machines::Readiness::new(self.ready, self.desired)
+    }
+}
+
+/// Auth registration as the operator last learned it.
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub enum AuthState {
+    #[default]
+    Unknown,
+    Registered,
+    Deregistered,
+    /// The last call failed: (stable reason, message).
+    Failed {
+        reason: String,
+        message: String,
+    },
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Observation {
+    pub namespace: NamespaceState,
+    pub redis: WorkloadState,
+    pub server: WorkloadState,
+    pub auth: AuthState,
+    /// Why the spec cannot be realised, if it cannot (one line each).
+    pub problems: Vec<String>,
+}
+
+pub fn namespace_state(ns: Option<&Namespace>, owned: bool) -> NamespaceState {
+    let Some(ns) = ns else {
+        return NamespaceState::Missing;
+    };
+    let terminating = ns.metadata.deletion_timestamp.is_some()
+        || ns
+            .status
+            .as_ref()
+            .and_then(|s| s.phase.as_deref())
+            .is_some_and(|p| p == "Terminating");
+    if owned {
+        NamespaceState::Ours {
+            active: !terminating,
+        }
+    } else {
+        NamespaceState::Foreign { terminating }
+    }
+}
+
+/// `matches_desired`: the observed object holds what the operator would apply now.
+pub fn statefulset_state(
+    sts: Option<&StatefulSet>,
+    desired: i32,
+    matches_desired: bool,
+) -> WorkloadState {
+    let Some(sts) = sts else {
+        return WorkloadState {
+            desired,
+            ..WorkloadState::default()
+        };
+    };
+    let status = sts.status.clone().unwrap_or_default();
+    let generation_seen = status.observed_generation >= sts.metadata.generation;
+    let revision_rolled =
+        status.update_revision.is_none() || status.update_revision == status.current_revision;
+    let ready = status.ready_replicas.unwrap_or(0);
+    WorkloadState {
+        exists: true,
+        ready,
+        desired,
+        current: matches_desired
+            && generation_seen
+            && revision_rolled
+            && status.updated_replicas.unwrap_or(0) >= desired
+            && status.replicas <= desired,
+    }
+}
+
+pub fn deployment_state(
+    deployment: Option<&Deployment>,
+    desired: i32,
+    matches_desired: bool,
+) -> WorkloadState {
+    let Some(deployment) = deployment else {
+        return WorkloadState {
+            desired,
+            ..WorkloadState::default()
+        };
+    };
+    let status = deployment.status.clone().unwrap_or_default();
+    let generation_seen = status.observed_generation >= deployment.metadata.generation;
+    let ready = status.ready_replicas.unwrap_or(0);
+    WorkloadState {
+        exists: true,
+        ready,
+        desired,
+        // Old pods still terminating count in `replicas`: the rollout is done when only
+        // updated ones remain.
+        current: matches_desired
+            && generation_seen
+            && status.updated_replicas.unwrap_or(0) >= desired
+            && status.replicas.unwrap_or(0) <= desired
+            && status.available_replicas.unwrap_or(0) >= desired,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::api::apps::v1::{DeploymentStatus, StatefulSetStatus};
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+
+    fn deployment(
+        generation: i64,
+        observed: i64,
+        replicas: i32,
+        updated: i32,
+        ready: i32,
+    ) -> Deployment {
+        Deployment {
+            metadata: ObjectMeta {
+                generation: Some(generation),
+                ..ObjectMeta::default()
+            },
+            status: Some(DeploymentStatus {
+                observed_generation: Some(observed),
+                replicas: Some(replicas),
+                updated_replicas: Some(updated),
+                ready_replicas: Some(ready),
+                available_replicas: Some(ready),
+                ..DeploymentStatus::default()
+            }),
+            ..Deployment::default()
+        }
+    }
+
+    #[test]
+    fn a_deployment_is_ready_only_when_rolled_out_at_the_current_generation() {
+        assert!(deployment_state(Some(&deployment(2, 2, 2, 2, 2)), 2, true).is_ready());
+        assert!(
+            !deployment_state(Some(&deployment(3, 2, 2, 2, 2)), 2, true).is_ready(),
+            "generation not observed"
+        );
+        assert!(
+            !deployment_state(Some(&deployment(2, 2, 3, 1, 2)), 2, true).is_ready(),
+            "rollout in progress"
+        );
+        assert!(
+            !deployment_state(Some(&deployment(2, 2, 2, 2, 1)), 2, true).is_ready(),
+            "a pod not ready"
+        );
+        assert!(
+            !deployment_state(Some(&deployment(2, 2, 2, 2, 2)), 2, false).is_ready(),
+            "drifted from desired"
+        );
+        assert!(!deployment_state(None, 2, true).is_ready());
+    }
+
+    #[test]
+    fn a_statefulset_is_ready_when_its_update_revision_is_current() {
+        let sts = |current: &str, update: &str, ready: i32| StatefulSet {
+            metadata: ObjectMeta {
+                generation: Some(1),
+                ..ObjectMeta::default()
+            },
+            status: Some(StatefulSetStatus {
+                observed_generation: Some(1),
+                replicas: 1,
+                updated_replicas: Some(1),
+                ready_replicas: Some(ready),
+                current_revision: Some(current.into()),
+                update_revision: Some(update.into()),
+                ..StatefulSetStatus::default()
+            }),
+            ..StatefulSet::default()
+        };
+        assert!(statefulset_state(Some(&sts("a", "a", 1)), 1, true).is_ready());
+        assert!(!statefulset_state(Some(&sts("a", "b", 1)), 1, true).is_ready());
+        assert!(!statefulset_state(Some(&sts("a", "a", 0)), 1, true).is_ready());
+    }
+}

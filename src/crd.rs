@@ -1,0 +1,560 @@
+//! The `Tenant` custom resource (`tenants.neurallog.io/v1`, cluster-scoped).
+//!
+//! Everything the API server can check at admission is expressed here, in the schema and
+//! in CEL rules, each with a message naming the field. What CEL cannot check is checked
+//! by [`crate::validation`] and reported on status.
+
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use kube::{CustomResource, KubeSchema};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+pub const DEFAULT_SERVER_IMAGE: &str = "neurallog/server:latest";
+pub const DEFAULT_REDIS_IMAGE: &str = "redis:7-alpine";
+pub const DEFAULT_REDIS_STORAGE: &str = "1Gi";
+/// `tenant-` plus the name must fit a 63-character namespace name.
+pub const MAX_TENANT_NAME_LEN: usize = 56;
+
+/// Environment variables the operator sets on the server; users may not shadow them.
+pub const OPERATOR_ENV: [&str; 6] = [
+    "PORT",
+    "TENANT_ID",
+    "AUTH_URL",
+    "STORAGE_TYPE",
+    "REDIS_HOST",
+    "REDIS_PORT",
+];
+
+/// Redis settings that would break the pod or escape its volume if a user changed them.
+pub const RESERVED_REDIS_KEYS: [&str; 19] = [
+    "bind",
+    "port",
+    "dir",
+    "dbfilename",
+    "appendfilename",
+    "appenddirname",
+    "include",
+    "rename-command",
+    "daemonize",
+    "pidfile",
+    "logfile",
+    "unixsocket",
+    "protected-mode",
+    "supervised",
+    // Secrets do not belong in a ConfigMap, and a password breaks the readiness probe.
+    "requirepass",
+    "masterauth",
+    "masteruser",
+    "aclfile",
+    "user",
+];
+
+/// A NeuralLog tenant: an isolated namespace with its own Redis and NeuralLog server,
+/// network policies, quota and an Auth service registration.
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[kube(
+    group = "neurallog.io",
+    version = "v1",
+    kind = "Tenant",
+    plural = "tenants",
+    singular = "tenant",
+    shortname = "tn",
+    category = "neurallog",
+    status = "TenantStatus",
+    derive = "PartialEq",
+    derive = "Default",
+    printcolumn = r#"{"name":"Display Name","type":"string","jsonPath":".spec.displayName"}"#,
+    printcolumn = r#"{"name":"Namespace","type":"string","jsonPath":".status.namespace"}"#,
+    printcolumn = r#"{"name":"Phase","type":"string","jsonPath":".status.phase"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#,
+    validation = Rule::new("size(self.metadata.name) <= 56").message("metadata.name: a tenant name is at most 56 characters, so that its namespace tenant-<name> fits in 63").field_path(".metadata.name"),
+    validation = Rule::new("self.metadata.name.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?$')").message("metadata.name: a tenant name must be a DNS label (lower-case letters, digits and '-', no dots), because it names the namespace tenant-<name>").field_path(".metadata.name")
+)]
+#[serde(rename_all = "camelCase")]
+pub struct TenantSpec {
+    /// Human-readable name shown by `kubectl get tenants`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 256))]
+    pub display_name: Option<String>,
+
+    /// Free-form description of the tenant.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 4096))]
+    pub description: Option<String>,
+
+    /// The NeuralLog server: Deployment and Service `<tenant>-server` (port 3030).
+    #[serde(default)]
+    pub server: ServerSpec,
+
+    /// Redis: StatefulSet and headless Service `<tenant>-redis` (port 6379) with a volume.
+    #[serde(default)]
+    pub redis: RedisSpec,
+
+    /// Network isolation of the tenant namespace.
+    #[serde(default)]
+    pub network_policy: NetworkPolicySpec,
+
+    /// Registration with the NeuralLog Auth service.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auth: Option<AuthSpec>,
+}
+
+/// The NeuralLog server of the tenant.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ServerSpec {
+    /// Number of server pods (at least 1).
+    #[serde(default = "one")]
+    #[schemars(range(min = 1, max = 100))]
+    pub replicas: i32,
+
+    /// Server container image.
+    #[serde(default = "default_server_image")]
+    #[schemars(length(min = 1, max = 512))]
+    pub image: String,
+
+    /// CPU and memory requests and limits of each server pod.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<Resources>,
+
+    /// Extra environment variables for the server. Names must be unique and may not
+    /// shadow the ones the operator sets (PORT, TENANT_ID, AUTH_URL, STORAGE_TYPE,
+    /// REDIS_HOST, REDIS_PORT).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 128))]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["name"]))]
+    pub env: Vec<EnvVar>,
+}
+
+/// An environment variable: a literal `value`, or `valueFrom` a Secret or ConfigMap key.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("!(has(self.value) && has(self.valueFrom))").message("spec.server.env: set either value or valueFrom, not both"))]
+#[x_kube(validation = Rule::new("!(self.name in ['PORT', 'TENANT_ID', 'AUTH_URL', 'STORAGE_TYPE', 'REDIS_HOST', 'REDIS_PORT'])").message("spec.server.env: PORT, TENANT_ID, AUTH_URL, STORAGE_TYPE, REDIS_HOST and REDIS_PORT are set by the operator and cannot be overridden"))]
+pub struct EnvVar {
+    /// Variable name: letters, digits, '_', '-' and '.', not starting with a digit.
+    #[schemars(
+        length(min = 1, max = 256),
+        regex(pattern = r"^[-._a-zA-Z][-._a-zA-Z0-9]*$")
+    )]
+    pub name: String,
+
+    /// Literal value.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<String>,
+
+    /// Take the value from a key of a Secret or ConfigMap in the tenant namespace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value_from: Option<EnvVarSource>,
+}
+
+/// Where an environment variable's value comes from: exactly one of the two references.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("has(self.secretKeyRef) != has(self.configMapKeyRef)").message("spec.server.env.valueFrom: set exactly one of secretKeyRef and configMapKeyRef"))]
+pub struct EnvVarSource {
+    /// A key of a Secret in the tenant namespace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_key_ref: Option<KeyRef>,
+    /// A key of a ConfigMap in the tenant namespace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config_map_key_ref: Option<KeyRef>,
+}
+
+/// A key of a named Secret or ConfigMap.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct KeyRef {
+    /// Name of the Secret or ConfigMap.
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+    /// The key within it.
+    #[schemars(length(min = 1, max = 253))]
+    pub key: String,
+    /// Start the pod even if the object or key is missing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub optional: Option<bool>,
+}
+
+/// CPU and memory of one container.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct Resources {
+    /// CPU request and limit, as Kubernetes quantities (e.g. 200m, 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu: Option<RequestLimit>,
+    /// Memory request and limit, as Kubernetes quantities (e.g. 256Mi, 1Gi).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory: Option<RequestLimit>,
+}
+
+/// A request and a limit; the request may not exceed the limit.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("!has(self.request) || !has(self.limit) || !isQuantity(string(self.request)) || !isQuantity(string(self.limit)) || quantity(string(self.request)).compareTo(quantity(string(self.limit))) <= 0").message("resources: request must not exceed limit"))]
+pub struct RequestLimit {
+    /// Guaranteed amount (a Kubernetes quantity).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("isQuantity(string(self)) && quantity(string(self)).isGreaterThan(quantity('0'))").message("resources: request must be a positive Kubernetes quantity such as 200m, 1, 256Mi or 1Gi"))]
+    pub request: Option<QuantityValue>,
+    /// Maximum amount (a Kubernetes quantity).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("isQuantity(string(self)) && quantity(string(self)).isGreaterThan(quantity('0'))").message("resources: limit must be a positive Kubernetes quantity such as 500m, 1, 512Mi or 2Gi"))]
+    pub limit: Option<QuantityValue>,
+}
+
+/// A Kubernetes quantity as the user wrote it: `cpu: 1` and `cpu: "1"` are both accepted,
+/// like in a Pod spec.
+#[derive(Serialize, Clone, Debug, PartialEq, Eq, Default)]
+#[serde(transparent)]
+pub struct QuantityValue(pub String);
+
+impl<'de> Deserialize<'de> for QuantityValue {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Text(String),
+            Int(i64),
+            Float(f64),
+        }
+        Ok(QuantityValue(match Raw::deserialize(d)? {
+            Raw::Text(s) => s,
+            Raw::Int(i) => i.to_string(),
+            Raw::Float(f) => f.to_string(),
+        }))
+    }
+}
+
+impl schemars::JsonSchema for QuantityValue {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "QuantityValue".into()
+    }
+
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "description": "A Kubernetes quantity, such as 200m, 1, 256Mi or 1Gi.",
+            "x-kubernetes-int-or-string": true,
+            "anyOf": [{"type": "integer"}, {"type": "string", "maxLength": 64}]
+        })
+    }
+}
+
+impl QuantityValue {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl From<&str> for QuantityValue {
+    fn from(s: &str) -> Self {
+        QuantityValue(s.to_string())
+    }
+}
+
+/// The tenant's Redis.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct RedisSpec {
+    /// Number of Redis pods. Only 1 is supported: more replicas without replication
+    /// would be independent masters with different data.
+    #[serde(default = "one")]
+    #[x_kube(validation = Rule::new("self == 1").message("spec.redis.replicas: only 1 is supported (more replicas without replication would be independent masters with different data)"))]
+    pub replicas: i32,
+
+    /// Redis container image.
+    #[serde(default = "default_redis_image")]
+    #[schemars(length(min = 1, max = 512))]
+    pub image: String,
+
+    /// CPU and memory requests and limits of the Redis pod.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<Resources>,
+
+    /// Size of the Redis data volume. Cannot be changed after creation (a StatefulSet's
+    /// volume claim templates are immutable).
+    #[serde(default = "default_redis_storage")]
+    #[schemars(length(min = 1, max = 64))]
+    #[x_kube(validation = Rule::new("self == oldSelf").message("spec.redis.storage is immutable: a StatefulSet's volume claim template cannot change; to use another size, delete the tenant and create it again"))]
+    #[x_kube(validation = Rule::new("isQuantity(self) && quantity(self).isGreaterThan(quantity('0'))").message("spec.redis.storage must be a positive Kubernetes quantity such as 1Gi"))]
+    pub storage: String,
+
+    /// Extra redis.conf settings, key to value (for example maxmemory-policy:
+    /// allkeys-lru, appendonly: "yes"). Sizes use Redis units (256mb, not 256Mi). Keys
+    /// that would break the pod or escape its volume (bind, port, dir, dbfilename,
+    /// include, rename-command, ...) are refused.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(extend("maxProperties" = 64, "additionalProperties" = {"type": "string", "maxLength": 1024}))]
+    #[x_kube(validation = Rule::new("self.all(k, !(k in ['bind', 'port', 'dir', 'dbfilename', 'appendfilename', 'appenddirname', 'include', 'rename-command', 'daemonize', 'pidfile', 'logfile', 'unixsocket', 'protected-mode', 'supervised', 'requirepass', 'masterauth', 'masteruser', 'aclfile', 'user']))").message("spec.redis.config: bind, port, dir, dbfilename, appendfilename, appenddirname, include, rename-command, daemonize, pidfile, logfile, unixsocket, protected-mode and supervised are managed by the operator; requirepass, masterauth, masteruser, aclfile and user hold secrets, which do not belong in a ConfigMap"))]
+    #[x_kube(validation = Rule::new("self.all(k, k.matches('^[a-z][a-z0-9-]*$'))").message("spec.redis.config: keys are lower-case redis.conf directives such as maxmemory-policy"))]
+    #[x_kube(validation = Rule::new("self.all(k, !self[k].contains('\\n') && !self[k].contains('\\r'))").message("spec.redis.config: values must be a single line"))]
+    pub config: BTreeMap<String, String>,
+}
+
+/// Network isolation of the tenant namespace.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct NetworkPolicySpec {
+    /// Create NetworkPolicies: deny by default, allow traffic inside the namespace, from
+    /// `allowedNamespaces`, DNS, and the custom rules.
+    #[serde(default = "yes")]
+    pub enabled: bool,
+
+    /// Namespaces whose pods may reach the tenant's server. Empty means none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(
+        length(max = 64),
+        inner(
+            length(min = 1, max = 63),
+            regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+        )
+    )]
+    pub allowed_namespaces: Vec<NamespaceName>,
+
+    /// Extra ingress rules, one NetworkPolicy each.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 32))]
+    pub ingress_rules: Vec<IngressRule>,
+
+    /// Extra egress rules, one NetworkPolicy each.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 32))]
+    pub egress_rules: Vec<EgressRule>,
+}
+
+/// A namespace name (a DNS label).
+pub type NamespaceName = String;
+
+/// Allow traffic into the tenant namespace from pods with these labels.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct IngressRule {
+    /// What the rule is for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 1024))]
+    pub description: Option<String>,
+    /// Labels of the pods (in any namespace) allowed in.
+    #[serde(default)]
+    #[schemars(extend("maxProperties" = 32, "additionalProperties" = {"type": "string", "maxLength": 63}))]
+    pub from: BTreeMap<String, String>,
+    /// Ports the rule opens; empty means all.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 32))]
+    pub ports: Vec<PortRule>,
+}
+
+/// Allow traffic out of the tenant namespace to pods with these labels.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct EgressRule {
+    /// What the rule is for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 1024))]
+    pub description: Option<String>,
+    /// Labels of the pods (in any namespace) the tenant may reach.
+    #[serde(default)]
+    #[schemars(extend("maxProperties" = 32, "additionalProperties" = {"type": "string", "maxLength": 63}))]
+    pub to: BTreeMap<String, String>,
+    /// Ports the rule opens; empty means all.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 32))]
+    pub ports: Vec<PortRule>,
+}
+
+/// A port and its protocol.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct PortRule {
+    /// TCP, UDP or SCTP.
+    #[serde(default)]
+    pub protocol: Protocol,
+    /// Port number, 1 to 65535.
+    #[schemars(range(min = 1, max = 65535))]
+    pub port: i32,
+}
+
+/// A transport protocol.
+#[derive(
+    schemars::JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default,
+)]
+pub enum Protocol {
+    #[default]
+    #[serde(rename = "TCP")]
+    Tcp,
+    #[serde(rename = "UDP")]
+    Udp,
+    #[serde(rename = "SCTP")]
+    Sctp,
+}
+
+/// Per-tenant Auth settings.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct AuthSpec {
+    /// Admin user registered for this tenant; defaults to the operator's
+    /// `--auth-admin-user-id`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 256))]
+    pub admin_user_id: Option<String>,
+}
+
+/// Observed state, mirrored from the operator's journal and the cluster.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct TenantStatus {
+    /// Current phase: Pending, ProvisioningRedis, ProvisioningServer, Running, Updating,
+    /// Degraded, Failed or Deleting. The journal is the source of truth.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<String>,
+    /// The tenant namespace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    /// Readiness of Redis.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub redis_status: Option<ComponentStatus>,
+    /// Readiness of the server.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server_status: Option<ComponentStatus>,
+    /// The generation the status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// Ready, Reconciling and Stalled, following kstatus conventions.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
+    pub conditions: Vec<Condition>,
+    /// Position of the last transition in the operator's journal.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub journal: Option<JournalPosition>,
+}
+
+/// Readiness of one component.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct ComponentStatus {
+    pub phase: String,
+    pub message: String,
+    pub ready_replicas: i32,
+    pub total_replicas: i32,
+}
+
+/// Where the last transition sits in the journal.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct JournalPosition {
+    pub sequence: u64,
+    pub hash: String,
+}
+
+fn one() -> i32 {
+    1
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn default_server_image() -> String {
+    DEFAULT_SERVER_IMAGE.to_string()
+}
+
+fn default_redis_image() -> String {
+    DEFAULT_REDIS_IMAGE.to_string()
+}
+
+fn default_redis_storage() -> String {
+    DEFAULT_REDIS_STORAGE.to_string()
+}
+
+impl Default for ServerSpec {
+    fn default() -> Self {
+        Self {
+            replicas: 1,
+            image: default_server_image(),
+            resources: None,
+            env: Vec::new(),
+        }
+    }
+}
+
+impl Default for RedisSpec {
+    fn default() -> Self {
+        Self {
+            replicas: 1,
+            image: default_redis_image(),
+            resources: None,
+            storage: default_redis_storage(),
+            config: BTreeMap::new(),
+        }
+    }
+}
+
+impl Default for NetworkPolicySpec {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            allowed_namespaces: Vec::new(),
+            ingress_rules: Vec::new(),
+            egress_rules: Vec::new(),
+        }
+    }
+}
+
+/// The namespace a tenant's resources live in.
+pub fn namespace_for(tenant_name: &str) -> String {
+    format!("tenant-{tenant_name}")
+}
+
+/// The CustomResourceDefinition of `Tenant`.
+pub fn crd() -> CustomResourceDefinition {
+    use kube::CustomResourceExt;
+    let mut crd = Tenant::crd();
+    declare_metadata_name_and_default_spec(&mut crd);
+    crd
+}
+
+/// The CRD as YAML, as `neurallog-operator crd` prints it.
+pub fn crd_yaml() -> Result<String, serde_yaml::Error> {
+    serde_yaml::to_string(&crd())
+}
+
+/// Declares `metadata.name` in the schema (the one metadata field a CRD may constrain), so
+/// the name rules report their errors on `metadata.name` instead of on the object; and
+/// makes `spec` optional, defaulting to `{}`.
+fn declare_metadata_name_and_default_spec(crd: &mut CustomResourceDefinition) {
+    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::JSONSchemaProps;
+    for version in &mut crd.spec.versions {
+        let Some(schema) = version
+            .schema
+            .as_mut()
+            .and_then(|s| s.open_api_v3_schema.as_mut())
+        else {
+            continue;
+        };
+        let name = JSONSchemaProps {
+            type_: Some("string".into()),
+            ..Default::default()
+        };
+        let metadata = JSONSchemaProps {
+            type_: Some("object".into()),
+            properties: Some([("name".to_string(), name)].into()),
+            ..Default::default()
+        };
+        let properties = schema.properties.get_or_insert_with(Default::default);
+        properties.insert("metadata".into(), metadata);
+        // `spec: {}` (or no spec at all) is a tenant with every default.
+        if let Some(spec) = properties.get_mut("spec") {
+            spec.default = Some(
+                k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::JSON(
+                    serde_json::json!({}),
+                ),
+            );
+        }
+        if let Some(required) = schema.required.as_mut() {
+            required.retain(|field| field != "spec");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

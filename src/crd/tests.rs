@@ -1,0 +1,84 @@
+use super::*;
+
+fn parse(yaml: &str) -> Tenant {
+    serde_yaml::from_str(yaml).expect("valid Tenant YAML")
+}
+
+#[test]
+fn the_committed_crd_matches_the_code() {
+    let committed = include_str!("../../deploy/crd/tenants.neurallog.io.yaml");
+    let generated = crd_yaml().expect("CRD serializes");
+    assert!(
+        committed == generated,
+        "deploy/crd/tenants.neurallog.io.yaml is stale: run `make crd` and commit it"
+    );
+}
+
+#[test]
+fn the_guides_basic_tenant_gets_the_guides_defaults() {
+    let tenant = parse(include_str!("../../examples/basic-tenant.yaml"));
+    let spec = &tenant.spec;
+    assert_eq!(spec.display_name.as_deref(), Some("My Tenant"));
+    assert_eq!(spec.server.replicas, 1);
+    assert_eq!(spec.server.image, "neurallog/server:latest");
+    assert_eq!(spec.redis.replicas, 1);
+    assert_eq!(spec.redis.image, "redis:7-alpine");
+    assert_eq!(spec.redis.storage, "1Gi");
+    assert!(spec.network_policy.enabled);
+    assert!(spec.network_policy.allowed_namespaces.is_empty());
+}
+
+#[test]
+fn the_guides_customized_tenant_parses_every_field() {
+    let tenant = parse(include_str!("../../examples/customized-tenant.yaml"));
+    let spec = &tenant.spec;
+    assert_eq!(spec.server.replicas, 2);
+    let cpu = spec.server.resources.as_ref().and_then(|r| r.cpu.as_ref());
+    assert_eq!(
+        cpu.and_then(|c| c.limit.as_ref()).map(|q| q.as_str()),
+        Some("500m")
+    );
+    assert_eq!(spec.server.env[0].name, "LOG_LEVEL");
+    assert_eq!(spec.redis.storage, "5Gi");
+    assert_eq!(spec.redis.config["maxmemory-policy"], "allkeys-lru");
+    assert_eq!(
+        spec.network_policy.allowed_namespaces,
+        ["default", "monitoring"]
+    );
+}
+
+#[test]
+fn quantities_may_be_numbers_or_strings() {
+    let tenant = parse(
+        "apiVersion: neurallog.io/v1\nkind: Tenant\nmetadata: {name: q}\nspec:\n  server:\n    resources: {cpu: {request: 1, limit: 1.5}, memory: {limit: 1Gi}}\n",
+    );
+    let cpu = tenant
+        .spec
+        .server
+        .resources
+        .and_then(|r| r.cpu)
+        .expect("cpu");
+    assert_eq!(cpu.request, Some(QuantityValue::from("1")));
+    assert_eq!(cpu.limit, Some(QuantityValue::from("1.5")));
+}
+
+#[test]
+fn printer_columns_are_the_guides() {
+    let crd = crd();
+    let columns: Vec<String> = crd.spec.versions[0]
+        .additional_printer_columns
+        .iter()
+        .flatten()
+        .map(|c| c.name.to_uppercase())
+        .collect();
+    assert_eq!(columns, ["DISPLAY NAME", "NAMESPACE", "PHASE", "AGE"]);
+    assert_eq!(crd.spec.scope, "Cluster");
+    assert_eq!(crd.metadata.name.as_deref(), Some("tenants.neurallog.io"));
+}
+
+#[test]
+fn the_namespace_is_tenant_dash_name() {
+    assert_eq!(namespace_for("my-tenant"), "tenant-my-tenant");
+    let longest = "a".repeat(MAX_TENANT_NAME_LEN);
+    assert_eq!(namespace_for(&longest).len(), 63);
+}

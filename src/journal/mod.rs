@@ -1,0 +1,87 @@
+//! The durable, hash-chained journal of tenant phase transitions.
+//!
+//! Every transition is appended here (and flushed) before it is mirrored to Kubernetes.
+//! Each Tenant uid has its own chain of [`Record`]s: `seq` runs gapless from 1, and each
+//! record's `prevHash` is the previous record's `hash`, so [`Journal::verify`] detects any
+//! changed, missing, reordered or truncated record. Nothing is ever deleted: a Tenant
+//! re-created under the same name has a new uid and starts a new chain.
+//!
+//! Storage is a sled database whose schema is owned and migrated by
+//! [`neurallog_migrations`]; the record encoding is in [`codec`]. The API is synchronous
+//! (async callers use `spawn_blocking`) and `Journal` is `Send + Sync`: share it in an
+//! `Arc`.
+
+mod append;
+pub mod codec;
+mod digest;
+mod error;
+mod read;
+mod record;
+mod verify;
+
+#[cfg(test)]
+mod schema_v1_fixture;
+#[cfg(test)]
+mod testing;
+#[cfg(test)]
+mod tests;
+
+pub use digest::{Digest, spec_digest};
+pub use error::JournalError;
+pub use read::RecordIter;
+pub use record::{NewRecord, Record, TenantSummary};
+pub use verify::{Problem, ProblemKind, VerifyProgress, VerifyReport, VerifyScope};
+
+use neurallog_migrations::layout::{RECORDS_TREE, TENANTS_TREE};
+use std::path::{Path, PathBuf};
+
+/// The journal's schema version (see [`neurallog_migrations`]).
+pub const SCHEMA_VERSION: u32 = neurallog_migrations::CURRENT_VERSION;
+
+/// An open journal. Only one process may hold it open at a time.
+pub struct Journal {
+    path: PathBuf,
+    db: sled::Db,
+    records: sled::Tree,
+    tenants: sled::Tree,
+}
+
+impl Journal {
+    /// Opens (creating if needed) the journal at `path` and migrates it to
+    /// [`SCHEMA_VERSION`]. Refuses a journal written by a newer operator, and one another
+    /// process holds open ([`JournalError::Locked`]).
+    pub fn open(path: &Path) -> Result<Journal, JournalError> {
+        let db = sled::Config::new()
+            .path(path)
+            .open()
+            .map_err(|e| JournalError::opening(path, e))?;
+        neurallog_migrations::migrate(&db).map_err(|e| JournalError::migrating(path, e))?;
+        let records = db.open_tree(RECORDS_TREE)?;
+        let tenants = db.open_tree(TENANTS_TREE)?;
+        Ok(Journal {
+            path: path.to_owned(),
+            db,
+            records,
+            tenants,
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Makes everything written so far durable. [`Journal::append`] already does this.
+    pub fn flush(&self) -> Result<(), JournalError> {
+        self.db.flush()?;
+        Ok(())
+    }
+}
+
+impl Drop for Journal {
+    fn drop(&mut self) {
+        // Appends are flushed already; this covers bulk appends whose caller forgot.
+        if let Err(error) = self.db.flush() {
+            tracing::error!(path = %self.path.display(), %error, "flushing the journal on close failed");
+        }
+    }
+}

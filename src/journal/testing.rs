@@ -1,0 +1,72 @@
+//! Helpers shared by the journal's tests.
+
+use super::{Journal, NewRecord, spec_digest};
+use chrono::{DateTime, Duration, Utc};
+use neurallog_machines::{Input, Phase, Trigger, step};
+
+/// The time of every helper chain's first record.
+pub(crate) fn t0() -> DateTime<Utc> {
+    DateTime::from_timestamp(1_735_787_045, 6).unwrap_or_default()
+}
+
+pub(crate) fn open_temp() -> (tempfile::TempDir, Journal) {
+    let dir = tempfile::tempdir().unwrap();
+    let journal = Journal::open(&dir.path().join("journal")).unwrap();
+    (dir, journal)
+}
+
+/// A plausible record at `seq`, one second after the previous one.
+pub(crate) fn sample_entry(tenant: &str, uid: &str, seq: u64) -> NewRecord {
+    let input = Input::new(Trigger::Observed, 1);
+    let transition = step(Phase::New, &input).unwrap();
+    NewRecord::from_transition(
+        tenant,
+        uid,
+        seq,
+        t0() + Duration::seconds(seq as i64 - 1),
+        1,
+        input,
+        transition,
+        spec_digest(&serde_json::json!({"redis": {"replicas": 1}})),
+    )
+}
+
+/// The records of feeding `triggers` through the machine from `New`, skipping triggers
+/// that cause no transition; `start` is the time of the first.
+pub(crate) fn lifecycle(
+    tenant: &str,
+    uid: &str,
+    start: DateTime<Utc>,
+    triggers: &[Trigger],
+) -> Vec<NewRecord> {
+    let mut phase = Phase::New;
+    let mut records = Vec::new();
+    for (i, trigger) in triggers.iter().enumerate() {
+        let generation = 1 + i as i64 / 4;
+        let input = Input::new(*trigger, generation);
+        let Some(transition) = step(phase, &input) else {
+            continue;
+        };
+        phase = transition.to;
+        let seq = records.len() as u64 + 1;
+        records.push(NewRecord::from_transition(
+            tenant,
+            uid,
+            seq,
+            start + Duration::seconds(seq as i64 - 1),
+            generation,
+            input,
+            transition,
+            spec_digest(&serde_json::json!({"tenant": tenant, "generation": generation})),
+        ));
+    }
+    records
+}
+
+/// Provisioning to `Running`.
+pub(crate) const TO_RUNNING: [Trigger; 4] = [
+    Trigger::Observed,
+    Trigger::NamespaceReady,
+    Trigger::RedisReady,
+    Trigger::AllReady,
+];

@@ -1,0 +1,316 @@
+//! NetworkPolicies of a tenant namespace: deny by default, then allow what the tenant
+//! needs and what its spec asks for.
+
+use super::labels::selector_labels;
+use super::server::SERVER_PORT;
+use super::{RenderError, RenderSettings, child_meta};
+use crate::crd::{PortRule, Protocol, Tenant};
+use k8s_openapi::api::networking::v1::{
+    NetworkPolicy, NetworkPolicyEgressRule, NetworkPolicyIngressRule, NetworkPolicyPeer,
+    NetworkPolicyPort, NetworkPolicySpec,
+};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, LabelSelectorRequirement};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use std::collections::BTreeMap;
+
+const NAMESPACE_NAME_LABEL: &str = "kubernetes.io/metadata.name";
+
+/// Every policy the tenant should have; empty when policies are disabled. Policies of ours
+/// that are not in this list (a removed custom rule, say) are to be deleted.
+pub fn network_policies(
+    tenant: &Tenant,
+    settings: &RenderSettings,
+) -> Result<Vec<NetworkPolicy>, RenderError> {
+    let spec = &tenant.spec.network_policy;
+    if !spec.enabled {
+        return Ok(Vec::new());
+    }
+    let name = tenant.metadata.name.clone().unwrap_or_default();
+    let mut policies = vec![
+        policy(
+            tenant,
+            "default-deny-all",
+            all_pods(),
+            &["Ingress", "Egress"],
+            vec![],
+            vec![],
+        )?,
+        policy(
+            tenant,
+            "allow-internal-traffic",
+            all_pods(),
+            &["Ingress", "Egress"],
+            vec![ingress(vec![same_namespace()], vec![])],
+            vec![egress(vec![same_namespace()], vec![])],
+        )?,
+        policy(
+            tenant,
+            "allow-dns",
+            all_pods(),
+            &["Egress"],
+            vec![],
+            vec![egress(
+                vec![namespaces(&["kube-system".to_string()])],
+                vec![port(Protocol::Udp, 53), port(Protocol::Tcp, 53)],
+            )],
+        )?,
+        policy(
+            tenant,
+            "allow-auth-egress",
+            pods_of(&name, "server"),
+            &["Egress"],
+            vec![],
+            vec![egress(
+                vec![namespaces(std::slice::from_ref(&settings.auth_namespace))],
+                vec![port(Protocol::Tcp, settings.auth_port)],
+            )],
+        )?,
+    ];
+    // An empty list allows nobody: then the policy is simply not there.
+    if !spec.allowed_namespaces.is_empty() {
+        policies.push(policy(
+            tenant,
+            "allow-api-access",
+            pods_of(&name, "server"),
+            &["Ingress"],
+            vec![ingress(
+                vec![namespaces(&spec.allowed_namespaces)],
+                vec![port(Protocol::Tcp, SERVER_PORT)],
+            )],
+            vec![],
+        )?);
+    }
+    for (i, rule) in spec.ingress_rules.iter().enumerate() {
+        policies.push(policy(
+            tenant,
+            &format!("custom-ingress-{i}"),
+            all_pods(),
+            &["Ingress"],
+            vec![ingress(vec![pods_anywhere(&rule.from)], ports(&rule.ports))],
+            vec![],
+        )?);
+    }
+    for (i, rule) in spec.egress_rules.iter().enumerate() {
+        policies.push(policy(
+            tenant,
+            &format!("custom-egress-{i}"),
+            all_pods(),
+            &["Egress"],
+            vec![],
+            vec![egress(vec![pods_anywhere(&rule.to)], ports(&rule.ports))],
+        )?);
+    }
+    Ok(policies)
+}
+
+fn policy(
+    tenant: &Tenant,
+    name: &str,
+    pod_selector: LabelSelector,
+    types: &[&str],
+    ingress: Vec<NetworkPolicyIngressRule>,
+    egress: Vec<NetworkPolicyEgressRule>,
+) -> Result<NetworkPolicy, RenderError> {
+    Ok(NetworkPolicy {
+        metadata: child_meta(tenant, name.to_string(), None)?,
+        spec: Some(NetworkPolicySpec {
+            pod_selector: Some(pod_selector),
+            policy_types: Some(types.iter().map(|t| t.to_string()).collect()),
+            ingress: (!ingress.is_empty()).then_some(ingress),
+            egress: (!egress.is_empty()).then_some(egress),
+        }),
+    })
+}
+
+fn ingress(
+    from: Vec<NetworkPolicyPeer>,
+    ports: Vec<NetworkPolicyPort>,
+) -> NetworkPolicyIngressRule {
+    NetworkPolicyIngressRule {
+        from: Some(from),
+        ports: (!ports.is_empty()).then_some(ports),
+    }
+}
+
+fn egress(to: Vec<NetworkPolicyPeer>, ports: Vec<NetworkPolicyPort>) -> NetworkPolicyEgressRule {
+    NetworkPolicyEgressRule {
+        to: Some(to),
+        ports: (!ports.is_empty()).then_some(ports),
+    }
+}
+
+fn all_pods() -> LabelSelector {
+    LabelSelector::default()
+}
+
+fn pods_of(tenant: &str, component: &str) -> LabelSelector {
+    LabelSelector {
+        match_labels: Some(selector_labels(tenant, component)),
+        ..LabelSelector::default()
+    }
+}
+
+fn same_namespace() -> NetworkPolicyPeer {
+    NetworkPolicyPeer {
+        pod_selector: Some(LabelSelector::default()),
+        ..NetworkPolicyPeer::default()
+    }
+}
+
+fn namespaces(names: &[String]) -> NetworkPolicyPeer {
+    NetworkPolicyPeer {
+        namespace_selector: Some(LabelSelector {
+            match_expressions: Some(vec![LabelSelectorRequirement {
+                key: NAMESPACE_NAME_LABEL.into(),
+                operator: "In".into(),
+                values: Some(names.to_vec()),
+            }]),
+            ..LabelSelector::default()
+        }),
+        ..NetworkPolicyPeer::default()
+    }
+}
+
+/// Pods with `labels` in any namespace.
+fn pods_anywhere(labels: &BTreeMap<String, String>) -> NetworkPolicyPeer {
+    NetworkPolicyPeer {
+        namespace_selector: Some(LabelSelector::default()),
+        pod_selector: Some(LabelSelector {
+            match_labels: Some(labels.clone()),
+            ..LabelSelector::default()
+        }),
+        ..NetworkPolicyPeer::default()
+    }
+}
+
+fn ports(rules: &[PortRule]) -> Vec<NetworkPolicyPort> {
+    rules.iter().map(|p| port(p.protocol, p.port)).collect()
+}
+
+fn port(protocol: Protocol, number: i32) -> NetworkPolicyPort {
+    let protocol = match protocol {
+        Protocol::Tcp => "TCP",
+        Protocol::Udp => "UDP",
+        Protocol::Sctp => "SCTP",
+    };
+    NetworkPolicyPort {
+        protocol: Some(protocol.into()),
+        port: Some(IntOrString::Int(number)),
+        end_port: None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crd::{EgressRule, IngressRule};
+    use crate::render::test_support::{basic, customized};
+
+    fn names(policies: &[NetworkPolicy]) -> Vec<String> {
+        policies
+            .iter()
+            .filter_map(|p| p.metadata.name.clone())
+            .collect()
+    }
+
+    #[test]
+    fn an_empty_allowed_namespaces_list_allows_nobody() {
+        let policies = network_policies(&basic(), &RenderSettings::default()).expect("renders");
+        assert_eq!(
+            names(&policies),
+            [
+                "default-deny-all",
+                "allow-internal-traffic",
+                "allow-dns",
+                "allow-auth-egress"
+            ]
+        );
+    }
+
+    #[test]
+    fn allowed_namespaces_may_reach_the_server_port_only() {
+        let policies =
+            network_policies(&customized(), &RenderSettings::default()).expect("renders");
+        let api = policies
+            .iter()
+            .find(|p| p.metadata.name.as_deref() == Some("allow-api-access"))
+            .expect("policy");
+        let rule = &api
+            .spec
+            .as_ref()
+            .and_then(|s| s.ingress.clone())
+            .expect("ingress")[0];
+        let selector = rule.from.as_ref().expect("from")[0]
+            .namespace_selector
+            .clone()
+            .expect("namespaces");
+        let values = selector.match_expressions.expect("expressions")[0]
+            .values
+            .clone();
+        assert_eq!(
+            values,
+            Some(vec!["default".to_string(), "monitoring".to_string()])
+        );
+        assert_eq!(
+            rule.ports.as_ref().expect("ports")[0].port,
+            Some(IntOrString::Int(3030))
+        );
+    }
+
+    #[test]
+    fn dns_egress_is_open_on_udp_and_tcp_53() {
+        let policies = network_policies(&basic(), &RenderSettings::default()).expect("renders");
+        let dns = policies
+            .iter()
+            .find(|p| p.metadata.name.as_deref() == Some("allow-dns"))
+            .expect("policy");
+        let ports = dns
+            .spec
+            .as_ref()
+            .and_then(|s| s.egress.clone())
+            .expect("egress")[0]
+            .ports
+            .clone()
+            .expect("ports");
+        let pairs: Vec<(Option<String>, Option<IntOrString>)> =
+            ports.into_iter().map(|p| (p.protocol, p.port)).collect();
+        assert_eq!(
+            pairs,
+            [
+                (Some("UDP".into()), Some(IntOrString::Int(53))),
+                (Some("TCP".into()), Some(IntOrString::Int(53)))
+            ]
+        );
+    }
+
+    #[test]
+    fn each_custom_rule_gets_its_own_policy_and_disabled_means_none() {
+        let mut tenant = basic();
+        tenant.spec.network_policy.ingress_rules = vec![IngressRule {
+            description: Some("web".into()),
+            from: [("app".to_string(), "web-frontend".to_string())].into(),
+            ports: vec![PortRule {
+                protocol: Protocol::Tcp,
+                port: 80,
+            }],
+        }];
+        tenant.spec.network_policy.egress_rules = vec![EgressRule {
+            description: None,
+            to: [("app".to_string(), "database".to_string())].into(),
+            ports: vec![PortRule {
+                protocol: Protocol::Tcp,
+                port: 5432,
+            }],
+        }];
+        let policies = network_policies(&tenant, &RenderSettings::default()).expect("renders");
+        let all = names(&policies);
+        assert!(all.contains(&"custom-ingress-0".to_string()));
+        assert!(all.contains(&"custom-egress-0".to_string()));
+        tenant.spec.network_policy.enabled = false;
+        assert!(
+            network_policies(&tenant, &RenderSettings::default())
+                .expect("renders")
+                .is_empty()
+        );
+    }
+}

@@ -1,0 +1,151 @@
+//! A ResourceQuota and LimitRange for the tenant namespace, derived from the spec: room
+//! for every replica of each component plus one rolling-update surge pod.
+
+use super::resources::{
+    ContainerResources, REDIS_DEFAULTS, ResourceDefaults, SERVER_DEFAULTS, effective_resources,
+};
+use super::{RenderError, child_meta};
+use crate::crd::Tenant;
+use crate::quantity::Quantity;
+use k8s_openapi::api::core::v1::{
+    LimitRange, LimitRangeItem, LimitRangeSpec, ResourceQuota, ResourceQuotaSpec,
+};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity as K8sQuantity;
+use std::collections::BTreeMap;
+
+pub const QUOTA_NAME: &str = "tenant-quota";
+pub const LIMIT_RANGE_NAME: &str = "tenant-limits";
+
+pub fn resource_quota(tenant: &Tenant) -> Result<ResourceQuota, RenderError> {
+    let server = &tenant.spec.server;
+    let redis = &tenant.spec.redis;
+    let server_pods = i64::from(server.replicas) + 1;
+    let redis_pods = i64::from(redis.replicas) + 1;
+    let server_each = effective_resources(
+        server.resources.as_ref(),
+        &SERVER_DEFAULTS,
+        "spec.server.resources",
+    )?;
+    let redis_each = effective_resources(
+        redis.resources.as_ref(),
+        &REDIS_DEFAULTS,
+        "spec.redis.resources",
+    )?;
+    let total = |pick: fn(&ContainerResources) -> &Quantity| -> Result<Quantity, RenderError> {
+        let server = scaled(pick(&server_each), server_pods)?;
+        let redis = scaled(pick(&redis_each), redis_pods)?;
+        server.checked_add(&redis).ok_or_else(overflow)
+    };
+    let storage = Quantity::parse(&redis.storage).map_err(|e| RenderError::InvalidField {
+        field: "spec.redis.storage".into(),
+        message: e.to_string(),
+    })?;
+    let hard = BTreeMap::from([
+        ("pods".to_string(), (server_pods + redis_pods).to_string()),
+        (
+            "requests.cpu".to_string(),
+            total(|r| &r.cpu_request)?.to_cpu_string(),
+        ),
+        (
+            "limits.cpu".to_string(),
+            total(|r| &r.cpu_limit)?.to_cpu_string(),
+        ),
+        (
+            "requests.memory".to_string(),
+            total(|r| &r.memory_request)?.to_bytes_string(),
+        ),
+        (
+            "limits.memory".to_string(),
+            total(|r| &r.memory_limit)?.to_bytes_string(),
+        ),
+        (
+            "persistentvolumeclaims".to_string(),
+            redis.replicas.to_string(),
+        ),
+        (
+            "requests.storage".to_string(),
+            scaled(&storage, i64::from(redis.replicas))?.to_bytes_string(),
+        ),
+    ]);
+    Ok(ResourceQuota {
+        metadata: child_meta(tenant, QUOTA_NAME.into(), None)?,
+        spec: Some(ResourceQuotaSpec {
+            hard: Some(hard.into_iter().map(|(k, v)| (k, K8sQuantity(v))).collect()),
+            ..ResourceQuotaSpec::default()
+        }),
+        ..ResourceQuota::default()
+    })
+}
+
+/// Defaults for containers the operator did not render (a user's debug pod, say), so the
+/// quota does not reject them for lacking requests and limits.
+pub fn limit_range(tenant: &Tenant) -> Result<LimitRange, RenderError> {
+    let pair = |cpu: &str, memory: &str| {
+        BTreeMap::from([
+            ("cpu".to_string(), K8sQuantity(cpu.into())),
+            ("memory".to_string(), K8sQuantity(memory.into())),
+        ])
+    };
+    let d: &ResourceDefaults = &SERVER_DEFAULTS;
+    Ok(LimitRange {
+        metadata: child_meta(tenant, LIMIT_RANGE_NAME.into(), None)?,
+        spec: Some(LimitRangeSpec {
+            limits: vec![LimitRangeItem {
+                type_: "Container".into(),
+                default: Some(pair(d.cpu_limit, d.memory_limit)),
+                default_request: Some(pair(d.cpu_request, d.memory_request)),
+                ..LimitRangeItem::default()
+            }],
+        }),
+    })
+}
+
+fn scaled(each: &Quantity, count: i64) -> Result<Quantity, RenderError> {
+    each.checked_mul(count).ok_or_else(overflow)
+}
+
+fn overflow() -> RenderError {
+    RenderError::InvalidField {
+        field: "spec.resources".into(),
+        message: "the namespace quota would overflow; use smaller values".into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::render::test_support::{basic, customized};
+
+    fn hard(tenant: &Tenant) -> BTreeMap<String, String> {
+        resource_quota(tenant)
+            .expect("renders")
+            .spec
+            .and_then(|s| s.hard)
+            .expect("hard")
+            .into_iter()
+            .map(|(k, v)| (k, v.0))
+            .collect()
+    }
+
+    #[test]
+    fn the_quota_has_room_for_every_replica_plus_one_surge_pod_each() {
+        let hard = hard(&customized());
+        // server: 2 replicas + 1 surge at 200m/500m, 256Mi/512Mi;
+        // redis: 1 + 1 at 100m/300m, 128Mi/256Mi.
+        assert_eq!(hard["pods"], "5");
+        assert_eq!(hard["requests.cpu"], "800m");
+        assert_eq!(hard["limits.cpu"], "2100m");
+        assert_eq!(hard["requests.memory"], "1Gi");
+        assert_eq!(hard["limits.memory"], "2Gi");
+        assert_eq!(hard["persistentvolumeclaims"], "1");
+        assert_eq!(hard["requests.storage"], "5Gi");
+    }
+
+    #[test]
+    fn defaults_fill_in_when_the_spec_has_no_resources() {
+        let hard = hard(&basic());
+        assert_eq!(hard["pods"], "4");
+        assert_eq!(hard["limits.cpu"], "2");
+        assert_eq!(hard["requests.storage"], "1Gi");
+    }
+}

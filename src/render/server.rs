@@ -1,0 +1,280 @@
+//! The NeuralLog server: a Deployment and a ClusterIP Service on port 3030.
+
+use super::labels::selector_labels;
+use super::redis::{REDIS_PORT, redis_host};
+use super::resources::{SERVER_DEFAULTS, effective_resources};
+use super::security::{container_security, pod_security};
+use super::{RenderError, RenderSettings, child_meta};
+use crate::crd::{EnvVar, Tenant};
+use k8s_openapi::api::apps::v1::{
+    Deployment, DeploymentSpec, DeploymentStrategy, RollingUpdateDeployment,
+};
+use k8s_openapi::api::core::v1::{
+    ConfigMapKeySelector, Container, ContainerPort, EnvVar as K8sEnvVar, EnvVarSource,
+    HTTPGetAction, PodSpec, PodTemplateSpec, Probe, SecretKeySelector, Service, ServicePort,
+    ServiceSpec,
+};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+
+pub const SERVER_PORT: i32 = 3030;
+/// The `node` user of Node.js images.
+const SERVER_UID: i64 = 1000;
+
+pub fn server_name(tenant: &str) -> String {
+    format!("{tenant}-server")
+}
+
+pub fn server_service(tenant: &Tenant) -> Result<Service, RenderError> {
+    let name = tenant.metadata.name.clone().unwrap_or_default();
+    Ok(Service {
+        metadata: child_meta(tenant, server_name(&name), Some("server"))?,
+        spec: Some(ServiceSpec {
+            type_: Some("ClusterIP".into()),
+            selector: Some(selector_labels(&name, "server")),
+            ports: Some(vec![ServicePort {
+                name: Some("http".into()),
+                port: SERVER_PORT,
+                target_port: Some(IntOrString::Int(SERVER_PORT)),
+                protocol: Some("TCP".into()),
+                ..ServicePort::default()
+            }]),
+            ..ServiceSpec::default()
+        }),
+        ..Service::default()
+    })
+}
+
+pub fn server_deployment(
+    tenant: &Tenant,
+    settings: &RenderSettings,
+) -> Result<Deployment, RenderError> {
+    let name = tenant.metadata.name.clone().unwrap_or_default();
+    let mut pod_meta = child_meta(tenant, String::new(), Some("server"))?;
+    pod_meta.name = None;
+    pod_meta.namespace = None;
+    pod_meta.owner_references = None;
+    Ok(Deployment {
+        metadata: child_meta(tenant, server_name(&name), Some("server"))?,
+        spec: Some(DeploymentSpec {
+            replicas: Some(tenant.spec.server.replicas),
+            selector: LabelSelector {
+                match_labels: Some(selector_labels(&name, "server")),
+                ..LabelSelector::default()
+            },
+            // One surge pod and none unavailable: the namespace quota has room for exactly that.
+            strategy: Some(DeploymentStrategy {
+                type_: Some("RollingUpdate".into()),
+                rolling_update: Some(RollingUpdateDeployment {
+                    max_surge: Some(IntOrString::Int(1)),
+                    max_unavailable: Some(IntOrString::Int(0)),
+                }),
+            }),
+            template: PodTemplateSpec {
+                metadata: Some(pod_meta),
+                spec: Some(server_pod(tenant, settings)?),
+            },
+            ..DeploymentSpec::default()
+        }),
+        ..Deployment::default()
+    })
+}
+
+fn server_pod(tenant: &Tenant, settings: &RenderSettings) -> Result<PodSpec, RenderError> {
+    let spec = &tenant.spec.server;
+    let resources = effective_resources(
+        spec.resources.as_ref(),
+        &SERVER_DEFAULTS,
+        "spec.server.resources",
+    )?;
+    let http_probe = |initial_delay: i32| Probe {
+        http_get: Some(HTTPGetAction {
+            path: Some("/".into()),
+            port: IntOrString::Int(SERVER_PORT),
+            scheme: Some("HTTP".into()),
+            ..HTTPGetAction::default()
+        }),
+        initial_delay_seconds: Some(initial_delay),
+        period_seconds: Some(10),
+        ..Probe::default()
+    };
+    let container = Container {
+        name: "server".into(),
+        image: Some(spec.image.clone()),
+        ports: Some(vec![ContainerPort {
+            name: Some("http".into()),
+            container_port: SERVER_PORT,
+            protocol: Some("TCP".into()),
+            ..ContainerPort::default()
+        }]),
+        env: Some(server_env(tenant, settings)),
+        resources: Some(resources.requirements()),
+        readiness_probe: Some(http_probe(5)),
+        liveness_probe: Some(http_probe(15)),
+        security_context: Some(container_security(false)),
+        ..Container::default()
+    };
+    Ok(PodSpec {
+        containers: vec![container],
+        security_context: Some(pod_security(SERVER_UID)),
+        automount_service_account_token: Some(false),
+        ..PodSpec::default()
+    })
+}
+
+/// The operator's variables first, then the user's (validation refuses a user variable
+/// that shadows one of ours).
+pub fn server_env(tenant: &Tenant, settings: &RenderSettings) -> Vec<K8sEnvVar> {
+    let name = tenant.metadata.name.clone().unwrap_or_default();
+    let literal = |key: &str, value: String| K8sEnvVar {
+        name: key.into(),
+        value: Some(value),
+        value_from: None,
+    };
+    let mut env = vec![
+        literal("PORT", SERVER_PORT.to_string()),
+        literal("TENANT_ID", name.clone()),
+        literal("AUTH_URL", settings.tenant_auth_url.clone()),
+        literal("STORAGE_TYPE", "redis".into()),
+        literal("REDIS_HOST", redis_host(&name, settings)),
+        literal("REDIS_PORT", REDIS_PORT.to_string()),
+    ];
+    env.extend(tenant.spec.server.env.iter().map(user_env));
+    env
+}
+
+fn user_env(var: &EnvVar) -> K8sEnvVar {
+    let value_from = var.value_from.as_ref().map(|source| EnvVarSource {
+        secret_key_ref: source.secret_key_ref.as_ref().map(|r| SecretKeySelector {
+            name: r.name.clone(),
+            key: r.key.clone(),
+            optional: r.optional,
+        }),
+        config_map_key_ref: source
+            .config_map_key_ref
+            .as_ref()
+            .map(|r| ConfigMapKeySelector {
+                name: r.name.clone(),
+                key: r.key.clone(),
+                optional: r.optional,
+            }),
+        ..EnvVarSource::default()
+    });
+    K8sEnvVar {
+        name: var.name.clone(),
+        value: var.value.clone(),
+        value_from,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crd::{EnvVarSource as SpecSource, KeyRef};
+    use crate::render::test_support::customized;
+
+    fn env_of(tenant: &Tenant) -> Vec<(String, Option<String>)> {
+        server_env(tenant, &RenderSettings::default())
+            .into_iter()
+            .map(|e| (e.name, e.value))
+            .collect()
+    }
+
+    #[test]
+    fn the_server_gets_the_contract_env_then_the_users() {
+        let env = env_of(&customized());
+        let names: Vec<&str> = env.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "PORT",
+                "TENANT_ID",
+                "AUTH_URL",
+                "STORAGE_TYPE",
+                "REDIS_HOST",
+                "REDIS_PORT",
+                "LOG_LEVEL"
+            ]
+        );
+        assert_eq!(env[0].1.as_deref(), Some("3030"));
+        assert_eq!(env[1].1.as_deref(), Some("my-tenant"));
+        assert_eq!(env[3].1.as_deref(), Some("redis"));
+        assert_eq!(env[6].1.as_deref(), Some("debug"));
+    }
+
+    #[test]
+    fn redis_host_and_port_point_at_the_rendered_headless_service() {
+        let tenant = customized();
+        let env = env_of(&tenant);
+        let service = crate::render::redis_service(&tenant).expect("renders");
+        let expected_host = format!(
+            "{}.{}.svc.cluster.local",
+            service.metadata.name.as_deref().expect("name"),
+            service.metadata.namespace.as_deref().expect("namespace")
+        );
+        assert_eq!(env[4].1.as_deref(), Some(expected_host.as_str()));
+        let port = service.spec.and_then(|s| s.ports).expect("ports")[0].port;
+        assert_eq!(env[5].1, Some(port.to_string()));
+    }
+
+    #[test]
+    fn env_from_secrets_and_config_maps_is_passed_through() {
+        let mut tenant = customized();
+        tenant.spec.server.env.push(EnvVar {
+            name: "API_KEY".into(),
+            value: None,
+            value_from: Some(SpecSource {
+                secret_key_ref: Some(KeyRef {
+                    name: "api-keys".into(),
+                    key: "my-tenant".into(),
+                    optional: None,
+                }),
+                config_map_key_ref: None,
+            }),
+        });
+        let env = server_env(&tenant, &RenderSettings::default());
+        let api_key = env.last().expect("env");
+        let secret = api_key
+            .value_from
+            .as_ref()
+            .and_then(|v| v.secret_key_ref.as_ref())
+            .expect("secret ref");
+        assert_eq!(
+            (secret.name.as_str(), secret.key.as_str()),
+            ("api-keys", "my-tenant")
+        );
+    }
+
+    #[test]
+    fn the_deployment_has_the_spec_replicas_probes_and_restricted_security() {
+        let deployment =
+            server_deployment(&customized(), &RenderSettings::default()).expect("renders");
+        assert_eq!(
+            deployment.metadata.name.as_deref(),
+            Some("my-tenant-server")
+        );
+        let spec = deployment.spec.expect("spec");
+        assert_eq!(spec.replicas, Some(2));
+        let pod = spec.template.spec.expect("pod");
+        let container = &pod.containers[0];
+        let probe_path = container
+            .readiness_probe
+            .as_ref()
+            .and_then(|p| p.http_get.as_ref())
+            .and_then(|h| h.path.clone());
+        assert_eq!(probe_path.as_deref(), Some("/"));
+        let caps = container
+            .security_context
+            .as_ref()
+            .and_then(|s| s.capabilities.as_ref())
+            .and_then(|c| c.drop.clone());
+        assert_eq!(caps, Some(vec!["ALL".to_string()]));
+        let limits = container
+            .resources
+            .as_ref()
+            .and_then(|r| r.limits.as_ref())
+            .expect("limits");
+        assert_eq!(limits["cpu"].0, "500m");
+        assert_eq!(limits["memory"].0, "512Mi");
+    }
+}
