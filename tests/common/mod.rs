@@ -1,0 +1,482 @@
+//! Shared harness of the end-to-end tests: the local cluster (tests/cluster), an operator
+//! process per test with its own journal and tenant label, and an in-process Auth stub.
+#![allow(dead_code)]
+
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{Patch, PatchParams};
+use kube::{Api, Client, ResourceExt};
+use neurallog_operator::auth_stub::{AuthStub, AuthStubHandle};
+use neurallog_operator::crd::Tenant;
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub const RUN_LABEL: &str = "e2e.neurallog.io/run";
+
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+pub fn kubeconfig() -> PathBuf {
+    let path = std::env::var_os("NEURALLOG_E2E_KUBECONFIG")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo_root().join("target/cluster/kubeconfig"));
+    assert!(
+        path.exists(),
+        "no test cluster: {} is missing. Run `make test` (or `make cluster-up` first)",
+        path.display()
+    );
+    path
+}
+
+pub fn kubectl_path() -> PathBuf {
+    std::env::var_os("NEURALLOG_KUBECTL")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("kubectl"))
+}
+
+/// Runs kubectl against the test cluster; returns stdout, panics with stderr on failure.
+pub fn kubectl(args: &[&str]) -> String {
+    let output = Command::new(kubectl_path())
+        .arg("--kubeconfig")
+        .arg(kubeconfig())
+        .args(args)
+        .output()
+        .expect("kubectl runs");
+    assert!(
+        output.status.success(),
+        "kubectl {args:?} failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// kubectl with stdin; returns (success, stdout, stderr).
+pub fn kubectl_stdin(args: &[&str], input: &str) -> (bool, String, String) {
+    use std::io::Write;
+    let mut child = Command::new(kubectl_path())
+        .arg("--kubeconfig")
+        .arg(kubeconfig())
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("kubectl runs");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(input.as_bytes())
+        .expect("write stdin");
+    let output = child.wait_with_output().expect("kubectl finishes");
+    (
+        output.status.success(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+pub async fn client() -> Client {
+    let kubeconfig = kube::config::Kubeconfig::read_from(kubeconfig()).expect("kubeconfig parses");
+    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
+        .await
+        .expect("kubeconfig is usable");
+    Client::try_from(config).expect("client")
+}
+
+/// Polls `check` until it returns `Some`, or panics after `timeout` naming `what`.
+pub async fn wait_for<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Installs (server-side applies) the CRD and waits until it is established.
+pub async fn install_crd(client: &Client) {
+    let api: Api<CustomResourceDefinition> = Api::all(client.clone());
+    let crd = neurallog_operator::crd::crd();
+    api.patch(
+        "tenants.neurallog.io",
+        &PatchParams::apply("neurallog-e2e").force(),
+        &Patch::Apply(&crd),
+    )
+    .await
+    .expect("CRD applies");
+    wait_for(
+        "the Tenant CRD to be established",
+        Duration::from_secs(30),
+        || {
+            let api = api.clone();
+            async move {
+                let crd = api.get("tenants.neurallog.io").await.ok()?;
+                let established = crd
+                    .status?
+                    .conditions?
+                    .iter()
+                    .any(|c| c.type_ == "Established" && c.status == "True");
+                established.then_some(())
+            }
+        },
+    )
+    .await;
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+/// An operator process serving only the Tenants labelled with its run id.
+pub struct Operator {
+    pub run: String,
+    pub metrics_url: String,
+    pub journal: PathBuf,
+    pub log: PathBuf,
+    child: Option<Child>,
+    auth_url: String,
+    _dir: Option<tempfile::TempDir>,
+}
+
+impl Operator {
+    pub fn start(run: &str, auth_url: &str) -> Operator {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let journal = dir.path().join("journal");
+        let mut op = Operator {
+            run: run.to_string(),
+            metrics_url: String::new(),
+            journal,
+            log: repo_root().join(format!("target/e2e-logs/{run}.log")),
+            child: None,
+            auth_url: auth_url.to_string(),
+            _dir: Some(dir),
+        };
+        op.spawn();
+        op
+    }
+
+    fn spawn(&mut self) {
+        std::fs::create_dir_all(self.log.parent().expect("log dir")).expect("log dir");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .expect("log file");
+        let port = free_port();
+        self.metrics_url = format!("http://127.0.0.1:{port}");
+        let child = Command::new(env!("CARGO_BIN_EXE_neurallog-operator"))
+            .arg("run")
+            .arg("--kubeconfig")
+            .arg(kubeconfig())
+            .arg("--journal")
+            .arg(&self.journal)
+            .args(["--auth-url", &self.auth_url])
+            .args(["--auth-timeout-seconds", "1"])
+            .args(["--metrics-addr", &format!("127.0.0.1:{port}")])
+            .args(["--tenant-selector", &format!("{RUN_LABEL}={}", self.run)])
+            .env("RUST_LOG", "info,kube=warn,neurallog_operator=debug")
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .expect("the operator starts");
+        self.child = Some(child);
+    }
+
+    /// Waits until /readyz answers 200.
+    pub async fn wait_ready(&self) {
+        let url = format!("{}/readyz", self.metrics_url);
+        let what = format!("the operator to be ready (log: {})", self.log.display());
+        wait_for(&what, Duration::from_secs(90), || {
+            let url = url.clone();
+            async move {
+                let r = reqwest::get(&url).await.ok()?;
+                r.status().is_success().then_some(())
+            }
+        })
+        .await;
+    }
+
+    pub async fn metrics(&self) -> String {
+        reqwest::get(format!("{}/metrics", self.metrics_url))
+            .await
+            .expect("metrics answer")
+            .text()
+            .await
+            .expect("metrics body")
+    }
+
+    /// Sum of a counter family's samples whose line starts with `prefix`.
+    pub async fn counter(&self, prefix: &str) -> f64 {
+        self.metrics()
+            .await
+            .lines()
+            .filter(|l| l.starts_with(prefix))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    }
+
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Whether the process is still running (it never exits on its own).
+    pub fn is_alive(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+    }
+
+    pub fn restart(&mut self) {
+        self.kill();
+        self.spawn();
+    }
+
+    pub fn journal_path(&self) -> &Path {
+        &self.journal
+    }
+}
+
+impl Drop for Operator {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+pub async fn auth_stub() -> AuthStubHandle {
+    AuthStub::start("127.0.0.1:0".parse().expect("addr"), None)
+        .await
+        .expect("the Auth stub starts")
+}
+
+/// A Tenant from YAML, renamed and labelled for run `run`.
+pub fn tenant_from_yaml(yaml: &str, name: &str, run: &str) -> Tenant {
+    let mut tenant: Tenant = serde_yaml::from_str(yaml).expect("Tenant YAML parses");
+    tenant.metadata.name = Some(name.to_string());
+    tenant
+        .labels_mut()
+        .insert(RUN_LABEL.to_string(), run.to_string());
+    tenant
+}
+
+pub async fn apply_tenant(client: &Client, tenant: &Tenant) {
+    let api: Api<Tenant> = Api::all(client.clone());
+    api.patch(
+        &tenant.name_any(),
+        &PatchParams::apply("neurallog-e2e").force(),
+        &Patch::Apply(tenant),
+    )
+    .await
+    .expect("the Tenant applies");
+}
+
+pub async fn wait_for_phase(client: &Client, name: &str, phase: &str, timeout: Duration) -> Tenant {
+    let api: Api<Tenant> = Api::all(client.clone());
+    wait_for(&format!("tenant {name} to reach {phase}"), timeout, || {
+        let api = api.clone();
+        async move {
+            let t = api.get_opt(name).await.ok()??;
+            let current = t.status.as_ref()?.phase.clone()?;
+            (current == phase).then_some(t)
+        }
+    })
+    .await
+}
+
+pub async fn wait_until_gone<K>(api: &Api<K>, name: &str, timeout: Duration)
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    wait_for(&format!("{name} to be gone"), timeout, || {
+        let api = api.clone();
+        let name = name.to_string();
+        async move { api.get_opt(&name).await.ok()?.is_none().then_some(()) }
+    })
+    .await;
+}
+
+/// A short unique id for names of one test run.
+pub fn unique(prefix: &str) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    format!(
+        "{prefix}-{:x}{:04x}",
+        std::process::id() % 0xfff,
+        nanos % 0xffff
+    )
+}
+
+/// How `Operator::start_with_options` runs the operator, beyond what `start` sets.
+#[derive(Clone, Debug, Default)]
+pub struct OperatorOptions {
+    /// The operator's kubeconfig (a ServiceAccount token's, say); default: the admin one.
+    pub kubeconfig: Option<PathBuf>,
+    /// More `run` flags (leader election, say).
+    pub args: Vec<String>,
+    /// Tells apart the processes of one run: each logs to `target/e2e-logs/<run>-<name>.log`.
+    pub name: Option<String>,
+}
+
+impl Operator {
+    /// `start`, authenticating with `kubeconfig` instead of the cluster admin's.
+    pub fn start_with(run: &str, auth_url: &str, kubeconfig: &Path) -> Operator {
+        let options = OperatorOptions {
+            kubeconfig: Some(kubeconfig.to_path_buf()),
+            ..OperatorOptions::default()
+        };
+        Self::start_with_options(run, auth_url, &options)
+    }
+
+    /// `start` with `options`; each call has its own journal, even for the same run.
+    pub fn start_with_options(run: &str, auth_url: &str, options: &OperatorOptions) -> Operator {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let log_name = match &options.name {
+            Some(name) => format!("{run}-{name}"),
+            None => run.to_string(),
+        };
+        let mut op = Operator {
+            run: run.to_string(),
+            metrics_url: String::new(),
+            journal: dir.path().join("journal"),
+            log: repo_root().join(format!("target/e2e-logs/{log_name}.log")),
+            child: None,
+            auth_url: auth_url.to_string(),
+            _dir: Some(dir),
+        };
+        op.spawn_with(options);
+        op
+    }
+
+    /// Kills the process and starts it again with `options` (`restart` uses `start`'s).
+    pub fn restart_with(&mut self, options: &OperatorOptions) {
+        self.kill();
+        self.spawn_with(options);
+    }
+
+    fn spawn_with(&mut self, options: &OperatorOptions) {
+        std::fs::create_dir_all(self.log.parent().expect("log dir")).expect("log dir");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .expect("log file");
+        let port = free_port();
+        self.metrics_url = format!("http://127.0.0.1:{port}");
+        let kubeconfig = options.kubeconfig.clone().unwrap_or_else(kubeconfig);
+        let child = Command::new(env!("CARGO_BIN_EXE_neurallog-operator"))
+            .arg("run")
+            .arg("--kubeconfig")
+            .arg(kubeconfig)
+            .arg("--journal")
+            .arg(&self.journal)
+            .args(["--auth-url", &self.auth_url])
+            .args(["--auth-timeout-seconds", "1"])
+            .args(["--metrics-addr", &format!("127.0.0.1:{port}")])
+            .args(["--tenant-selector", &format!("{RUN_LABEL}={}", self.run)])
+            .args(&options.args)
+            .env("RUST_LOG", "info,kube=warn,neurallog_operator=debug")
+            .env_remove("POD_NAME")
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .expect("the operator starts");
+        self.child = Some(child);
+    }
+
+    /// The exit status, once the process has ended on its own (or been stopped).
+    pub fn exit_status(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.as_mut()?.try_wait().ok()?
+    }
+
+    /// Asks the operator to shut down (SIGTERM) and waits for it to exit.
+    pub async fn terminate(&mut self, timeout: Duration) -> std::process::ExitStatus {
+        let pid = self.child.as_ref().expect("a running operator").id();
+        let sent = Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status()
+            .expect("kill runs");
+        assert!(sent.success(), "cannot signal the operator (pid {pid})");
+        wait_for("the operator to exit", timeout, || {
+            let status = self.exit_status();
+            async move { status }
+        })
+        .await
+    }
+
+    /// Whether /readyz answers 200 right now.
+    pub async fn is_ready(&self) -> bool {
+        reqwest::get(format!("{}/readyz", self.metrics_url))
+            .await
+            .is_ok_and(|r| r.status().is_success())
+    }
+
+    /// The log so far (both output streams).
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+/// Best-effort removal of a tenant that a failed test left behind with its operator gone:
+/// deletes it, drops its finalizer (nobody else will) and deletes its namespace.
+pub fn discard_tenant(name: &str) {
+    let namespace = format!("tenant-{name}");
+    let steps: [&[&str]; 3] = [
+        &[
+            "delete",
+            "tenant",
+            name,
+            "--ignore-not-found",
+            "--wait=false",
+        ],
+        &[
+            "patch",
+            "tenant",
+            name,
+            "--type=merge",
+            "-p",
+            r#"{"metadata":{"finalizers":null}}"#,
+        ],
+        &[
+            "delete",
+            "namespace",
+            &namespace,
+            "--ignore-not-found",
+            "--wait=false",
+        ],
+    ];
+    for args in steps {
+        // The tenant is usually gone already (the test passed): nothing to patch.
+        let _ = kubectl_stdin(args, "");
+    }
+}
+
+/// Discards the named tenants when dropped, so a failing test leaves nothing stuck. Declare
+/// it before the operator: locals drop in reverse order, the operator first.
+pub struct TenantCleanup(pub Vec<String>);
+
+impl Drop for TenantCleanup {
+    fn drop(&mut self) {
+        for name in &self.0 {
+            discard_tenant(name);
+        }
+    }
+}

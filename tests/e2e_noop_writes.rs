@@ -1,0 +1,119 @@
+//! "Nothing to change" means "no write": after a full resync of Running tenants (an
+//! operator restart reconciles every one of them), the operator sent no write request,
+//! by its own counter and by the API server's `apiserver_request_total`.
+
+mod common;
+
+use common::*;
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+const TENANTS: usize = 5;
+const WRITE_VERBS: [&str; 5] = ["POST", "PUT", "PATCH", "DELETE", "APPLY"];
+/// Resources only the operator writes in steady state (controllers write their status
+/// subresources, kwok writes nodes and leases: those are not counted).
+const OUR_RESOURCES: [&str; 8] = [
+    "tenants",
+    "namespaces",
+    "configmaps",
+    "services",
+    "statefulsets",
+    "deployments",
+    "networkpolicies",
+    "limitranges",
+];
+
+/// Write requests the API server served for our resources, by (verb, resource, subresource).
+fn apiserver_writes() -> BTreeMap<String, f64> {
+    let metrics = kubectl(&["get", "--raw", "/metrics"]);
+    let mut writes = BTreeMap::new();
+    for line in metrics
+        .lines()
+        .filter(|l| l.starts_with("apiserver_request_total{"))
+    {
+        let Some((labels, value)) = line.rsplit_once(' ') else {
+            continue;
+        };
+        let label = |name: &str| {
+            labels
+                .split(&format!("{name}=\""))
+                .nth(1)
+                .and_then(|rest| rest.split('"').next())
+                .unwrap_or("")
+                .to_string()
+        };
+        let (verb, resource, subresource) =
+            (label("verb"), label("resource"), label("subresource"));
+        let ours = OUR_RESOURCES.contains(&resource.as_str())
+            && (subresource.is_empty() || resource == "tenants");
+        if ours && WRITE_VERBS.contains(&verb.as_str()) {
+            let key = format!("{verb} {resource}/{subresource}");
+            *writes.entry(key).or_insert(0.0) += value.parse::<f64>().unwrap_or(0.0);
+        }
+    }
+    writes
+}
+
+#[tokio::test]
+async fn a_resync_of_running_tenants_sends_no_write_request() {
+    let client = client().await;
+    install_crd(&client).await;
+    let run = unique("noop");
+    let auth = auth_stub().await;
+    let mut operator = Operator::start(&run, &auth.url());
+    operator.wait_ready().await;
+    let names: Vec<String> = (0..TENANTS).map(|i| format!("{run}-{i}")).collect();
+    for name in &names {
+        apply_tenant(
+            &client,
+            &tenant_from_yaml(include_str!("../examples/basic-tenant.yaml"), name, &run),
+        )
+        .await;
+    }
+    for name in &names {
+        wait_for_phase(&client, name, "Running", Duration::from_secs(180)).await;
+    }
+
+    operator.restart();
+    let before = apiserver_writes();
+    operator.wait_ready().await;
+    wait_for(
+        "the restarted operator to reconcile every tenant",
+        Duration::from_secs(60),
+        || {
+            let op = &operator;
+            async move {
+                let done = op
+                    .counter("neurallog_tenant_reconciliation_duration_seconds_count")
+                    .await;
+                (done >= TENANTS as f64).then_some(())
+            }
+        },
+    )
+    .await;
+    let operator_writes = operator.counter("neurallog_api_write_requests_total").await as u64;
+    let after = apiserver_writes();
+    let delta: BTreeMap<&String, f64> = after
+        .iter()
+        .map(|(k, v)| (k, v - before.get(k).copied().unwrap_or(0.0)))
+        .filter(|(_, d)| *d > 0.0)
+        .collect();
+    println!(
+        "resync of {TENANTS} Running tenants: operator write requests = {operator_writes}, \
+         API server write requests on operator-owned resources = {delta:?}"
+    );
+    assert_eq!(operator_writes, 0, "the operator counted its own writes");
+    assert!(delta.is_empty(), "the API server saw writes: {delta:?}");
+
+    for name in &names {
+        kubectl(&["delete", "tenant", name, "--wait=false"]);
+    }
+    for name in &names {
+        wait_until_gone(
+            &kube::Api::<neurallog_operator::crd::Tenant>::all(client.clone()),
+            name,
+            Duration::from_secs(120),
+        )
+        .await;
+    }
+}
