@@ -1,0 +1,37 @@
+# The two commands a newcomer needs: `make run` and `make test`. The rest are parts of them.
+SHELL := /bin/bash
+CLUSTER := tests/cluster/cluster.sh
+KUBECONFIG_FILE := $(CURDIR)/target/cluster/kubeconfig
+
+.PHONY: run test unit-test e2e-test lint cluster-up cluster-down cluster-build bench crd
+
+run: ## Start the local cluster (unless KUBECONFIG points elsewhere) and run the operator against it
+	@bash scripts/run.sh
+
+test: lint ## fmt + clippy, unit tests, then end-to-end tests on the local cluster
+	@bash scripts/test.sh
+
+lint:
+	cargo fmt --all --check
+	cargo clippy --workspace --all-targets -- -D warnings
+
+unit-test:
+	cargo test --workspace --lib --bins --examples
+
+e2e-test:
+	NEURALLOG_E2E_KUBECONFIG=$(KUBECONFIG_FILE) cargo test --workspace --tests
+
+cluster-build:
+	@bash tests/cluster/build.sh >/dev/null
+
+cluster-up:
+	@bash $(CLUSTER) up
+
+cluster-down:
+	@bash $(CLUSTER) down
+
+bench:
+	@bash scripts/bench.sh
+
+crd:
+	cargo run -q -- crd > deploy/crd/tenants.neurallog.io.yaml

@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# `make test` after lint: unit tests, then the end-to-end tests against the local control
+# plane (started here unless one is already up; stopped again if started here).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source tests/cluster/lib.sh
+
+log() { printf 'test: %s\n' "$*" >&2; }
+
+command -v redis-server >/dev/null 2>&1 || bash scripts/install-redis.sh
+
+log "unit tests"
+cargo test --workspace --lib --bins --examples
+
+started=0
+if bash tests/cluster/cluster.sh status; then
+  log "using the cluster that is already running"
+else
+  bash tests/cluster/cluster.sh up
+  started=1
+fi
+cleanup() { [ "$started" = 1 ] && bash tests/cluster/cluster.sh down; }
+trap cleanup EXIT
+
+export NEURALLOG_E2E_KUBECONFIG="$(cluster_state_dir)/kubeconfig"
+export NEURALLOG_KUBECTL="$(cluster_bin_dir)/kubectl"
+export NEURALLOG_HELM="$(bash tests/cluster/build.sh helm | tail -n 1)/helm"
+log "end-to-end tests"
+cargo test --workspace --test '*'
