@@ -1,5 +1,7 @@
-//! The operator's HTTP endpoints: `/metrics`, `/healthz`, `/readyz`.
+//! The operator's HTTP endpoints: `/metrics`, `/healthz`, `/readyz`, and the read-only
+//! journal API under `/journal/` ([`crate::journal_api`]).
 
+use crate::journal_api::{self, SharedJournal};
 use crate::metrics::Metrics;
 use axum::Router;
 use axum::extract::State;
@@ -15,14 +17,18 @@ pub struct HttpState {
     pub metrics: Arc<Metrics>,
     /// Caches synced and journal open.
     pub ready: Arc<AtomicBool>,
+    /// Set once this replica leads and has opened the journal.
+    pub journal: SharedJournal,
 }
 
 pub fn router(state: HttpState) -> Router {
+    let journal = journal_api::router(state.journal.clone());
     Router::new()
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
         .with_state(state)
+        .merge(journal)
 }
 
 async fn metrics(State(state): State<HttpState>) -> impl IntoResponse {

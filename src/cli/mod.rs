@@ -1,5 +1,8 @@
 //! The command line of `neurallog-operator`.
 
+pub mod journal;
+mod progress;
+pub mod replay;
 pub mod run;
 
 use clap::{Parser, Subcommand};
@@ -21,6 +24,10 @@ enum Command {
     Run(Box<run::RunArgs>),
     /// Print the Tenant CustomResourceDefinition as YAML.
     Crd,
+    /// Inspect the journal: list, show, export, verify.
+    Journal(journal::JournalArgs),
+    /// Feed a tenant's journaled inputs through the current phase machine.
+    Replay(replay::ReplayArgs),
 }
 
 impl Cli {
@@ -31,6 +38,8 @@ impl Cli {
                 Ok(())
             }
             Command::Run(args) => run::run(*args).await,
+            Command::Journal(args) => args.execute().await,
+            Command::Replay(args) => args.execute().await,
         }
     }
 }

@@ -4,6 +4,7 @@ use crate::auth::{AuthClient, AuthConfig};
 use crate::controller::{self, Context};
 use crate::http::{self, HttpState};
 use crate::journal::Journal;
+use crate::journal_api::SharedJournal;
 use crate::leader::{self, Leadership, LeaseConfig};
 use crate::metrics::Metrics;
 use crate::render::RenderSettings;
@@ -183,7 +184,7 @@ fn init_logging(format: LogFormat) {
     }
 }
 
-async fn kube_client(kubeconfig: Option<&PathBuf>) -> anyhow::Result<kube::Client> {
+pub(crate) async fn kube_client(kubeconfig: Option<&PathBuf>) -> anyhow::Result<kube::Client> {
     let config = match kubeconfig {
         Some(path) => {
             let kubeconfig = kube::config::Kubeconfig::read_from(path)
@@ -205,9 +206,11 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let metrics = Arc::new(metrics);
     let ready = Arc::new(AtomicBool::new(false));
     let stop = stop_on_signal();
+    let shared_journal = SharedJournal::default();
     let http_state = HttpState {
         metrics: metrics.clone(),
         ready: ready.clone(),
+        journal: shared_journal.clone(),
     };
     let server = tokio::spawn(http::serve(
         args.metrics_addr,
@@ -229,6 +232,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     leading.set(1);
     // Opened only by the leader: a waiting replica never touches (or locks) the journal.
     let journal = open_journal(&args.journal).await?;
+    let _ = shared_journal.set(journal.clone());
     let settings = render_settings(&args);
     let instance = std::env::var("POD_NAME")
         .or_else(|_| std::env::var("HOSTNAME"))

@@ -16,19 +16,21 @@ pub mod codec;
 mod digest;
 mod error;
 mod read;
+mod read_only;
 mod record;
 mod verify;
 
 #[cfg(test)]
 mod schema_v1_fixture;
 #[cfg(test)]
-mod testing;
+pub(crate) mod testing;
 #[cfg(test)]
 mod tests;
 
 pub use digest::{Digest, spec_digest};
 pub use error::JournalError;
 pub use read::RecordIter;
+pub use read_only::ReadOnlyError;
 pub use record::{NewRecord, Record, TenantSummary};
 pub use verify::{Problem, ProblemKind, VerifyProgress, VerifyReport, VerifyScope};
 

@@ -70,3 +70,14 @@ pub(crate) const TO_RUNNING: [Trigger; 4] = [
     Trigger::RedisReady,
     Trigger::AllReady,
 ];
+
+impl Journal {
+    /// Flips one byte in the middle of record `seq` of chain `uid`, as disk damage would.
+    pub(crate) fn corrupt_for_test(&self, uid: &str, seq: u64) {
+        let key = neurallog_migrations::layout::record_key(uid, seq);
+        let mut value = self.records.get(&key).unwrap().unwrap().to_vec();
+        let middle = value.len() / 2;
+        value[middle] ^= 0x01;
+        self.records.insert(key, value).unwrap();
+    }
+}

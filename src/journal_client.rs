@@ -1,0 +1,329 @@
+//! Where the journal tools read from: the journal directory (read-only, when no operator
+//! holds it), the operator's HTTP journal API (`--server URL`), or that API through the
+//! Kubernetes API server's service proxy (`--kube-service NS/NAME[:PORT]`), so an auditor
+//! needs only a kubeconfig allowed `services/proxy`. Every source gives the same
+//! [`crate::journal_view`] shapes; rendering is done once, there.
+
+use crate::journal::{Journal, Record, TenantSummary, VerifyProgress};
+use crate::journal_view::{
+    ExportFilter, History, VerifyOutcome, export_line, export_records, read_history, verify_journal,
+};
+use anyhow::{Context as _, anyhow, bail};
+use futures::AsyncReadExt as _;
+use serde::de::DeserializeOwned;
+use std::io::Write;
+use std::path::Path;
+
+/// The Service the operator's manifests (`deploy/manager/service.yaml`, the Helm chart)
+/// create, and its port.
+pub const DEFAULT_SERVICE: &str = "neurallog-system/neurallog-operator:8080";
+
+/// A Service addressed through the API server: `NAMESPACE/NAME[:PORT]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServiceRef {
+    pub namespace: String,
+    pub name: String,
+    /// A port number or name; the Service's only port when absent.
+    pub port: Option<String>,
+}
+
+impl std::str::FromStr for ServiceRef {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let usage = || format!("{text:?} is not NAMESPACE/NAME[:PORT] (like {DEFAULT_SERVICE})");
+        let (namespace, rest) = text.split_once('/').ok_or_else(usage)?;
+        let (name, port) = match rest.split_once(':') {
+            Some((name, port)) => (name, Some(port.to_owned())),
+            None => (rest, None),
+        };
+        let valid = |part: &str| {
+            !part.is_empty()
+                && part
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.')
+        };
+        if !valid(namespace) || !valid(name) || port.as_deref().is_some_and(|p| !valid(p)) {
+            return Err(usage());
+        }
+        Ok(ServiceRef {
+            namespace: namespace.to_owned(),
+            name: name.to_owned(),
+            port,
+        })
+    }
+}
+
+impl ServiceRef {
+    /// The API server path that proxies to the Service's root.
+    pub fn proxy_path(&self) -> String {
+        let port = self
+            .port
+            .as_deref()
+            .map(|p| format!(":{p}"))
+            .unwrap_or_default();
+        format!(
+            "/api/v1/namespaces/{}/services/{}{port}/proxy",
+            self.namespace, self.name
+        )
+    }
+}
+
+pub enum Source {
+    File(Box<Journal>),
+    Server { http: reqwest::Client, base: String },
+    Kube { client: kube::Client, base: String },
+}
+
+impl Source {
+    /// Opens the journal at `path` without writing to it.
+    pub fn file(path: &Path) -> anyhow::Result<Source> {
+        let journal = Journal::open_read_only(path)?;
+        Ok(Source::File(Box::new(journal)))
+    }
+
+    pub fn server(url: &str) -> anyhow::Result<Source> {
+        if !(url.starts_with("http://") || url.starts_with("https://")) {
+            bail!("--server {url:?} must be an http:// or https:// URL");
+        }
+        let http = reqwest::Client::builder()
+            .build()
+            .context("cannot build the HTTP client")?;
+        Ok(Source::Server {
+            http,
+            base: url.trim_end_matches('/').to_owned(),
+        })
+    }
+
+    pub fn kube(client: kube::Client, service: &ServiceRef) -> Source {
+        Source::Kube {
+            client,
+            base: service.proxy_path(),
+        }
+    }
+
+    pub async fn tenants(&self) -> anyhow::Result<Vec<TenantSummary>> {
+        match self {
+            Source::File(journal) => Ok(journal.tenants()?),
+            _ => self.get_json("/journal/tenants").await,
+        }
+    }
+
+    pub async fn history(&self, name: &str, uid: Option<&str>) -> anyhow::Result<History> {
+        let found = match self {
+            Source::File(journal) => read_history(journal, name, uid)?,
+            _ => {
+                let mut path = format!("/journal/tenants/{}", encode(name));
+                if let Some(uid) = uid {
+                    path.push_str(&format!("?uid={}", encode(uid)));
+                }
+                return self.get_json(&path).await;
+            }
+        };
+        found.ok_or_else(|| match uid {
+            Some(uid) => anyhow!("the journal has no chain {uid} of tenant {name}"),
+            None => anyhow!("the journal has no tenant {name}"),
+        })
+    }
+
+    /// Writes the selected records as JSON Lines to `out`, as they are read; returns how
+    /// many lines were written.
+    pub async fn export(
+        &self,
+        filter: &ExportFilter,
+        out: &mut impl Write,
+        mut on_line: impl FnMut(u64),
+    ) -> anyhow::Result<u64> {
+        let mut lines = 0;
+        match self {
+            Source::File(journal) => {
+                for record in export_records(journal, filter)? {
+                    out.write_all(export_line(&record?).as_bytes())?;
+                    lines += 1;
+                    on_line(lines);
+                }
+            }
+            _ => {
+                let path = format!("/journal/export{}", export_query(filter));
+                self.get_stream(&path, &mut |chunk| {
+                    out.write_all(chunk)?;
+                    lines += chunk.iter().filter(|b| **b == b'\n').count() as u64;
+                    on_line(lines);
+                    Ok(())
+                })
+                .await?;
+            }
+        }
+        out.flush()?;
+        Ok(lines)
+    }
+
+    pub async fn verify(
+        &self,
+        on_progress: impl FnMut(&VerifyProgress),
+    ) -> anyhow::Result<VerifyOutcome> {
+        match self {
+            Source::File(journal) => Ok(verify_journal(journal, on_progress)?),
+            _ => self.get_json("/journal/verify").await,
+        }
+    }
+
+    async fn get_json<T: DeserializeOwned>(&self, path: &str) -> anyhow::Result<T> {
+        let mut body = Vec::new();
+        self.get_stream(path, &mut |chunk| {
+            body.extend_from_slice(chunk);
+            Ok(())
+        })
+        .await?;
+        serde_json::from_slice(&body).with_context(|| {
+            format!(
+                "{} answered {path} with something that is not the journal API's JSON",
+                self.describe()
+            )
+        })
+    }
+
+    /// GETs `path` from the API, handing each chunk of the body to `sink`.
+    async fn get_stream(
+        &self,
+        path: &str,
+        sink: &mut dyn FnMut(&[u8]) -> std::io::Result<()>,
+    ) -> anyhow::Result<()> {
+        match self {
+            Source::File(_) => bail!("the journal file is read directly, not over HTTP"),
+            Source::Server { http, base } => {
+                let url = format!("{base}{path}");
+                let mut response = http
+                    .get(&url)
+                    .send()
+                    .await
+                    .with_context(|| format!("cannot reach the operator at {url}"))?;
+                let status = response.status();
+                if !status.is_success() {
+                    let text = response.text().await.unwrap_or_default();
+                    bail!("the operator answered {url} with {status}: {}", text.trim());
+                }
+                while let Some(chunk) = response
+                    .chunk()
+                    .await
+                    .with_context(|| format!("reading {url} failed"))?
+                {
+                    sink(&chunk)?;
+                }
+            }
+            Source::Kube { client, base } => {
+                let url = format!("{base}{path}");
+                let request = ::http::Request::get(&url)
+                    .body(Vec::new())
+                    .with_context(|| format!("invalid request path {url}"))?;
+                let mut body = client.request_stream(request).await.map_err(|e| {
+                    anyhow!("the API server's proxy to the operator ({url}) failed: {e}")
+                })?;
+                let mut buffer = vec![0u8; 64 * 1024];
+                loop {
+                    let read = body
+                        .read(&mut buffer)
+                        .await
+                        .with_context(|| format!("reading {url} failed"))?;
+                    if read == 0 {
+                        break;
+                    }
+                    sink(&buffer[..read])?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn describe(&self) -> String {
+        match self {
+            Source::File(journal) => journal.path().display().to_string(),
+            Source::Server { base, .. } => base.clone(),
+            Source::Kube { base, .. } => format!("the API server proxy {base}"),
+        }
+    }
+}
+
+fn export_query(filter: &ExportFilter) -> String {
+    let mut params = Vec::new();
+    if let Some(tenant) = &filter.tenant {
+        params.push(format!("tenant={}", encode(tenant)));
+    }
+    if let Some(since) = &filter.since {
+        params.push(format!("since={}", encode(&format_time_exact(since))));
+    }
+    if params.is_empty() {
+        String::new()
+    } else {
+        format!("?{}", params.join("&"))
+    }
+}
+
+/// Sub-second precision matters for `since`: records may be milliseconds apart.
+fn format_time_exact(time: &chrono::DateTime<chrono::Utc>) -> String {
+    time.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true)
+}
+
+/// Percent-encodes everything but RFC 3986's unreserved characters.
+fn encode(text: &str) -> String {
+    text.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// The records of one chain, for replay: the same from every source.
+pub async fn chain_records(
+    source: &Source,
+    name: &str,
+    uid: Option<&str>,
+) -> anyhow::Result<(History, Vec<Record>)> {
+    let mut history = source.history(name, uid).await?;
+    let records = std::mem::take(&mut history.records);
+    Ok((history, records))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn service_refs_parse_and_build_the_proxy_path() {
+        let service: ServiceRef = DEFAULT_SERVICE.parse().unwrap();
+        assert_eq!(
+            service.proxy_path(),
+            "/api/v1/namespaces/neurallog-system/services/neurallog-operator:8080/proxy"
+        );
+        let service: ServiceRef = "ops/journal".parse().unwrap();
+        assert_eq!(
+            service.proxy_path(),
+            "/api/v1/namespaces/ops/services/journal/proxy"
+        );
+        for bad in ["", "ops", "/x", "ops/", "ops/x:", "Ops/x", "ops/x/y"] {
+            assert!(bad.parse::<ServiceRef>().is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn queries_are_encoded() {
+        let filter = ExportFilter {
+            tenant: Some("a b".into()),
+            since: Some(crate::journal_view::parse_time("2025-01-02T03:04:05.5+00:00").unwrap()),
+        };
+        assert_eq!(
+            export_query(&filter),
+            "?tenant=a%20b&since=2025-01-02T03%3A04%3A05.500Z"
+        );
+        assert_eq!(export_query(&ExportFilter::default()), "");
+    }
+
+    #[test]
+    fn server_urls_must_be_http() {
+        assert!(Source::server("localhost:8080").is_err());
+        assert!(Source::server("http://127.0.0.1:8080/").is_ok());
+    }
+}
