@@ -321,6 +321,70 @@ mod tests {
         assert_eq!(export_query(&ExportFilter::default()), "");
     }
 
+    /// A kube client whose API server answers each request with `answer(path)`.
+    fn fake_api_server(
+        answer: impl Fn(&str) -> (u16, String) + Send + 'static,
+    ) -> (kube::Client, tokio::task::JoinHandle<Vec<String>>) {
+        use kube::client::Body;
+        let (service, mut handle) =
+            tower_test::mock::pair::<::http::Request<Body>, ::http::Response<Body>>();
+        let server = tokio::spawn(async move {
+            let mut seen = Vec::new();
+            while let Some((request, respond)) = handle.next_request().await {
+                let path = request.uri().to_string();
+                let (status, body) = answer(&path);
+                seen.push(path);
+                let response = ::http::Response::builder()
+                    .status(status)
+                    .body(Body::from(body.into_bytes()))
+                    .unwrap();
+                respond.send_response(response);
+            }
+            seen
+        });
+        (kube::Client::new(service, "default"), server)
+    }
+
+    #[tokio::test]
+    async fn the_kube_source_goes_through_the_service_proxy() {
+        let (client, server) = fake_api_server(|path| {
+            if path.ends_with("/journal/export?tenant=acme") {
+                (200, "{\"a\":1}\n{\"a\":2}\n".into())
+            } else {
+                (200, "[]".into())
+            }
+        });
+        let source = Source::kube(client, &DEFAULT_SERVICE.parse().unwrap());
+        assert!(source.tenants().await.unwrap().is_empty());
+        let mut out = Vec::new();
+        let filter = ExportFilter {
+            tenant: Some("acme".into()),
+            since: None,
+        };
+        assert_eq!(source.export(&filter, &mut out, |_| {}).await.unwrap(), 2);
+        drop(source);
+        let proxy = "/api/v1/namespaces/neurallog-system/services/neurallog-operator:8080/proxy";
+        assert_eq!(
+            server.await.unwrap(),
+            [
+                format!("{proxy}/journal/tenants"),
+                format!("{proxy}/journal/export?tenant=acme")
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_refused_proxy_request_says_why() {
+        let (client, _server) = fake_api_server(|_| (503, crate::journal_api::NOT_LEADER.into()));
+        let source = Source::kube(client, &"ops/journal:http".parse().unwrap());
+        let error = source.verify(|_| {}).await.unwrap_err().to_string();
+        assert!(
+            error.contains("services/journal:http/proxy/journal/verify"),
+            "{error}"
+        );
+        assert!(error.contains("not the leader"), "{error}");
+    }
+
     #[test]
     fn server_urls_must_be_http() {
         assert!(Source::server("localhost:8080").is_err());

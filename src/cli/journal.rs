@@ -179,3 +179,6 @@ pub async fn verify(source: &Source, out: &mut impl Write) -> anyhow::Result<()>
         Some(first) => bail!("the journal is damaged; first bad record: {first}"),
     }
 }
+
+#[cfg(test)]
+mod tests;

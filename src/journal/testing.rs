@@ -81,3 +81,39 @@ impl Journal {
         self.records.insert(key, value).unwrap();
     }
 }
+
+/// Ways to damage one stored record, as a copied or half-written journal may be damaged.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Damage {
+    FlipByte,
+    Truncate,
+    Remove,
+    /// Swaps the record with the next one of its chain.
+    SwapWithNext,
+}
+
+impl Journal {
+    pub(crate) fn damage_for_test(&self, uid: &str, seq: u64, damage: Damage) {
+        use neurallog_migrations::layout::record_key;
+        let key = record_key(uid, seq);
+        let value = self.records.get(&key).unwrap().unwrap();
+        match damage {
+            Damage::FlipByte => self.corrupt_for_test(uid, seq),
+            Damage::Truncate => {
+                self.records
+                    .insert(&key, &value[..value.len() / 2])
+                    .unwrap();
+            }
+            Damage::Remove => {
+                self.records.remove(&key).unwrap();
+            }
+            Damage::SwapWithNext => {
+                let next_key = record_key(uid, seq + 1);
+                let next = self.records.get(&next_key).unwrap().unwrap();
+                self.records.insert(&key, next).unwrap();
+                self.records.insert(next_key, value).unwrap();
+            }
+        }
+        self.flush().unwrap();
+    }
+}
