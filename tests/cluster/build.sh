@@ -87,14 +87,17 @@ build_kwok() {
 }
 
 build_provisioner() {
-  [ -x "$bin/provisioner" ] && return 0
+  # A binary from before the client rate-limit flags is rebuilt.
+  [ -x "$bin/provisioner" ] && "$bin/provisioner" -h 2>&1 | grep -q kube-api-qps && return 0
   log "building the test volume provisioner against client-go ${KUBE_VERSION/v1./v0.}"
   local dir staging="v0.${KUBE_VERSION#v1.}"
   dir=$(prepare_module provisioner)
   cd "$dir"
   go get "k8s.io/client-go@$staging" "k8s.io/api@$staging" "k8s.io/apimachinery@$staging"
   go mod tidy
-  CGO_ENABLED=0 go build -trimpath -ldflags "-s -w" -o "$bin/provisioner" .
+  # Built aside, then renamed: a running cluster keeps executing the old file.
+  CGO_ENABLED=0 go build -trimpath -ldflags "-s -w" -o "$bin/provisioner.new" .
+  mv -f "$bin/provisioner.new" "$bin/provisioner"
 }
 
 # The cache key does not include HELM_VERSION (see versions.env): the version check below

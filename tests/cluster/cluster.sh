@@ -10,7 +10,11 @@
 #
 # Settings (environment): NEURALLOG_CLUSTER_DIR (state, default target/cluster),
 # NEURALLOG_CACHE_DIR (binaries), NEURALLOG_APISERVER_PORT (default: a free port),
-# NEURALLOG_NODES (fake nodes, default 3).
+# NEURALLOG_NODES (fake nodes, default 3), NEURALLOG_NODE_PODS / NEURALLOG_NODE_CPU /
+# NEURALLOG_NODE_MEMORY (capacity of each, default 250 / 32 / 256Gi),
+# NEURALLOG_CONTROLLER_QPS / NEURALLOG_CONTROLLER_BURST (client limits of the controller
+# manager, scheduler and volume provisioner, default 200 / 400),
+# NEURALLOG_APISERVER_EXTRA_ARGS (more kube-apiserver flags: "key=value key=value").
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 # shellcheck source=/dev/null
@@ -66,10 +70,13 @@ stop_all() {
   rm -rf "$state"
 }
 
-# Binds every component to loopback and tunes it for tests. (kwokctl's --extra-args
+# Binds every component to loopback and tunes it for tests. The controller-manager and
+# scheduler run alone, without leader election: with it they exit for good whenever a
+# lease renewal misses its deadline (an API server restart, a loaded 2-core machine). (kwokctl's --extra-args
 # mis-indexes a component given more than one argument in v0.8.0; a config file works.)
 write_kwokctl_config() {
   local etcd_port=$1 etcd_peer=$2 kwok_port=$3 lo=127.0.0.1
+  local qps=${NEURALLOG_CONTROLLER_QPS:-200} burst=${NEURALLOG_CONTROLLER_BURST:-400}
   cat <<EOF
 apiVersion: config.kwok.x-k8s.io/v1alpha1
 kind: KwokctlConfiguration
@@ -87,20 +94,32 @@ componentsPatches:
   - {key: bind-address, value: "$lo"}
   - {key: max-requests-inflight, value: "800"}
   - {key: max-mutating-requests-inflight, value: "400"}
+$(apiserver_extra_args)
 - name: kube-controller-manager
   extraArgs:
   - {key: bind-address, value: "$lo"}
-  - {key: kube-api-qps, value: "200"}
-  - {key: kube-api-burst, value: "400"}
+  - {key: leader-elect, value: "false"}
+  - {key: kube-api-qps, value: "$qps"}
+  - {key: kube-api-burst, value: "$burst"}
 - name: kube-scheduler
   extraArgs:
   - {key: bind-address, value: "$lo"}
-  - {key: kube-api-qps, value: "200"}
-  - {key: kube-api-burst, value: "400"}
+  - {key: leader-elect, value: "false"}
+  - {key: kube-api-qps, value: "$qps"}
+  - {key: kube-api-burst, value: "$burst"}
 - name: kwok-controller
   extraArgs:
   - {key: server-address, value: "$lo:$kwok_port"}
 EOF
+}
+
+# NEURALLOG_APISERVER_EXTRA_ARGS ("key=value ..."), one extraArgs entry each.
+apiserver_extra_args() {
+  local pair
+  for pair in ${NEURALLOG_APISERVER_EXTRA_ARGS:-}; do
+    [[ $pair == *=* ]] || die "NEURALLOG_APISERVER_EXTRA_ARGS: \"$pair\" is not key=value"
+    printf '  - {key: %s, value: "%s"}\n' "${pair%%=*}" "${pair#*=}"
+  done
 }
 
 up() {
@@ -145,12 +164,15 @@ up() {
   # setsid: the provisioner outlives this script, and its command line names $state so
   # that stop_all finds it even after a killed run.
   setsid "$bin/provisioner" --kubeconfig "$kubeconfig" --base-dir "$state/volumes" \
+    --kube-api-qps "${NEURALLOG_CONTROLLER_QPS:-200}" --kube-api-burst "${NEURALLOG_CONTROLLER_BURST:-400}" \
     >"$state/logs/provisioner.log" 2>&1 </dev/null &
   echo $! >"$state/provisioner.pid"
 
   local nodes=${NEURALLOG_NODES:-3} i
   for i in $(seq 1 "$nodes"); do
-    sed "s/NAME/kwok-node-$i/" "$here/manifests/node.yaml"
+    sed -e "s/NAME/kwok-node-$i/" -e "s/NODE_PODS/${NEURALLOG_NODE_PODS:-250}/" \
+      -e "s/NODE_CPU/${NEURALLOG_NODE_CPU:-32}/" -e "s/NODE_MEMORY/${NEURALLOG_NODE_MEMORY:-256Gi}/" \
+      "$here/manifests/node.yaml"
   done | kubectl_ apply -f - >/dev/null
   kubectl_ wait --for=condition=Ready node --all --timeout=60s >/dev/null ||
     die "fake nodes did not become Ready within 60s"
@@ -181,12 +203,22 @@ restart_apiserver() {
   local pidfile="$kwok_dir/clusters/$cluster_name/pids/kube-apiserver.pid" pid cwd
   [ -f "$pidfile" ] || die "no running kube-apiserver in $state"
   pid=$(cat "$pidfile")
+  kill -0 "$pid" 2>/dev/null || die "kube-apiserver (pid $pid) is not running"
   mapfile -d '' cmd <"/proc/$pid/cmdline"
   cwd=$(readlink "/proc/$pid/cwd")
   kill "$pid"
   while kill -0 "$pid" 2>/dev/null; do sleep 0.1; done
-  (cd "$cwd" && setsid "${cmd[@]}" >>"$kwok_dir/clusters/$cluster_name/logs/kube-apiserver.log" 2>&1 </dev/null & echo $! >"$pidfile")
+  # setsid forks when it is a process-group leader, so $! may not be the server: the
+  # shell records its own pid and then becomes the server.
+  (cd "$cwd" && setsid bash -c 'echo $$ >"$0"; exec "$@"' "$pidfile" "${cmd[@]}" \
+    >>"$kwok_dir/clusters/$cluster_name/logs/kube-apiserver.log" 2>&1 </dev/null &)
   local waited=0
+  until [ -s "$pidfile" ] && [ "$(cat "$pidfile")" != "$pid" ]; do
+    waited=$((waited + 1))
+    [ "$waited" -gt 100 ] && die "kube-apiserver did not start"
+    sleep 0.1
+  done
+  waited=0
   until kubectl_ get --raw /readyz >/dev/null 2>&1; do
     waited=$((waited + 1))
     [ "$waited" -gt 600 ] && die "kube-apiserver did not come back within 60s"
@@ -195,8 +227,14 @@ restart_apiserver() {
   log "kube-apiserver restarted"
 }
 
+# Up means every component process is alive and the API server is ready.
 status() {
   bin=$(cluster_bin_dir)
+  local pids="$kwok_dir/clusters/$cluster_name/pids" component pid
+  for component in etcd kube-apiserver kube-controller-manager kube-scheduler kwok-controller; do
+    pid=$(cat "$pids/$component.pid" 2>/dev/null) || return 1
+    kill -0 "$pid" 2>/dev/null || { log "$component is not running"; return 1; }
+  done
   [ -f "$kubeconfig" ] && kubectl_ get --raw /readyz >/dev/null 2>&1
 }
 

@@ -36,12 +36,16 @@ func main() {
 	class := flag.String("storage-class", "standard", "StorageClass whose claims are provisioned")
 	name := flag.String("provisioner-name", "neurallog.io/test-provisioner", "provisioner name of the StorageClass")
 	baseDir := flag.String("base-dir", "/tmp/neurallog-pv", "hostPath root recorded in the volumes")
+	qps := flag.Float64("kube-api-qps", 200, "client-side request rate limit")
+	burst := flag.Int("kube-api-burst", 400, "client-side request burst")
 	flag.Parse()
 
 	config, err := clientcmd.BuildConfigFromFlags("", *kubeconfig)
 	if err != nil {
 		log.Fatalf("provisioner: kubeconfig: %v", err)
 	}
+	config.QPS = float32(*qps)
+	config.Burst = *burst
 	p := &provisioner{client: kubernetes.NewForConfigOrDie(config), name: *name, class: *class, baseDir: *baseDir}
 
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)

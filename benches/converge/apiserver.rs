@@ -1,0 +1,109 @@
+//! The API server's own count of the requests it served (`apiserver_request_total`),
+//! read from its /metrics before and after a phase.
+
+use kube::Client;
+use serde::Serialize;
+use std::collections::BTreeMap;
+
+const WRITE_VERBS: [&str; 5] = ["POST", "PUT", "PATCH", "DELETE", "APPLY"];
+
+/// Resources only the operator (or the baseline) writes in steady state: controllers
+/// write status subresources, kwok writes nodes and leases; those are not counted here.
+const TENANT_RESOURCES: [&str; 10] = [
+    "tenants",
+    "namespaces",
+    "configmaps",
+    "services",
+    "statefulsets",
+    "deployments",
+    "networkpolicies",
+    "limitranges",
+    "resourcequotas",
+    "events",
+];
+
+/// Write requests by "VERB resource[/subresource]".
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Writes(pub BTreeMap<String, u64>);
+
+impl Writes {
+    pub async fn read(client: &Client) -> anyhow::Result<Writes> {
+        let request = http::Request::get("/metrics").body(Vec::new())?;
+        let text = client.request_text(request).await?;
+        Ok(parse(&text))
+    }
+
+    /// What happened between `self` (before) and `after`.
+    pub fn delta(&self, after: &Writes) -> Writes {
+        let changed = after
+            .0
+            .iter()
+            .map(|(k, v)| (k.clone(), v - self.0.get(k).copied().unwrap_or(0).min(*v)))
+            .filter(|(_, d)| *d > 0)
+            .collect();
+        Writes(changed)
+    }
+
+    pub fn total(&self) -> u64 {
+        self.0.values().sum()
+    }
+
+    pub fn by_verb(&self) -> BTreeMap<String, u64> {
+        let mut verbs = BTreeMap::new();
+        for (key, count) in &self.0 {
+            let verb = key.split(' ').next().unwrap_or_default().to_string();
+            *verbs.entry(verb).or_insert(0) += count;
+        }
+        verbs
+    }
+
+    /// Writes to the objects a tenant is made of (not pods, claims, status subresources
+    /// of workloads, nodes, leases: those are the controllers').
+    pub fn on_tenant_objects(&self) -> Writes {
+        Writes(
+            self.0
+                .iter()
+                .filter(|(key, _)| is_tenant_object(key))
+                .map(|(k, v)| (k.clone(), *v))
+                .collect(),
+        )
+    }
+}
+
+fn is_tenant_object(key: &str) -> bool {
+    let target = key.split(' ').nth(1).unwrap_or_default();
+    let (resource, subresource) = target.split_once('/').unwrap_or((target, ""));
+    TENANT_RESOURCES.contains(&resource) && (subresource.is_empty() || resource == "tenants")
+}
+
+fn parse(metrics: &str) -> Writes {
+    let mut writes = BTreeMap::new();
+    for line in metrics
+        .lines()
+        .filter(|l| l.starts_with("apiserver_request_total{"))
+    {
+        let Some((labels, value)) = line.rsplit_once(' ') else {
+            continue;
+        };
+        let verb = label(labels, "verb");
+        if !WRITE_VERBS.contains(&verb) {
+            continue;
+        }
+        let (resource, subresource) = (label(labels, "resource"), label(labels, "subresource"));
+        let key = match subresource {
+            "" => format!("{verb} {resource}"),
+            sub => format!("{verb} {resource}/{sub}"),
+        };
+        *writes.entry(key).or_insert(0) += value.parse::<f64>().unwrap_or(0.0) as u64;
+    }
+    Writes(writes)
+}
+
+fn label<'a>(labels: &'a str, name: &str) -> &'a str {
+    labels
+        .split(&format!(",{name}=\""))
+        .nth(1)
+        .or_else(|| labels.split(&format!("{{{name}=\"")).nth(1))
+        .and_then(|rest| rest.split('"').next())
+        .unwrap_or("")
+}

@@ -1,0 +1,175 @@
+//! The results: one JSON document, and a Markdown table against the targets.
+
+use crate::apiserver::Writes;
+use crate::cpu::Usage;
+use crate::histogram::Summary;
+use serde::Serialize;
+use std::collections::BTreeMap;
+
+pub const TARGET_RATIO: f64 = 1.25;
+pub const TARGET_RESYNC_WRITES: u64 = 0;
+pub const TARGET_PEAK_RSS_MIB: f64 = 64.0;
+pub const TARGET_JOURNAL_P99_MS: f64 = 5.0;
+
+#[derive(Serialize)]
+pub struct Results {
+    pub date: String,
+    pub tenants: usize,
+    pub concurrency: usize,
+    pub machine_cpus: usize,
+    pub baseline: Convergence,
+    pub operator: Convergence,
+    pub operator_process: OperatorFigures,
+    pub ratio_operator_to_baseline: f64,
+    pub resync: Resync,
+}
+
+/// One side's convergence of N tenants, from the first Tenant create until the last
+/// tenant is ready (baseline: Redis StatefulSet and server Deployment ready; operator:
+/// phase Running, which requires the same).
+#[derive(Serialize)]
+pub struct Convergence {
+    pub seconds: f64,
+    /// Write requests the side sent itself (Tenant creates included).
+    pub client_writes: u64,
+    pub client_writes_per_tenant: f64,
+    /// Every write the API server served meanwhile (controllers, scheduler, kwok included).
+    pub apiserver_writes_per_tenant: f64,
+    /// Those on the objects a tenant is made of (and Events, Tenants).
+    pub apiserver_tenant_object_writes_per_tenant: f64,
+    pub apiserver_writes_by_verb: BTreeMap<String, u64>,
+    pub apiserver_writes: Writes,
+    pub cpu_seconds: Usage,
+}
+
+#[derive(Serialize)]
+pub struct OperatorFigures {
+    pub peak_rss_mib: f64,
+    pub writes_by_operator: u64,
+    pub reconcile: Summary,
+    pub journal_append: Summary,
+}
+
+#[derive(Serialize)]
+pub struct Resync {
+    /// From the restart until every tenant was reconciled once.
+    pub seconds: f64,
+    pub reconciles: u64,
+    pub operator_write_counter: u64,
+    pub apiserver_tenant_object_writes: Writes,
+    /// Every write the API server served in the window (kwok's node heartbeats ...).
+    pub apiserver_all_writes_by_verb: BTreeMap<String, u64>,
+    pub peak_rss_mib: f64,
+}
+
+fn ms(seconds: Option<f64>) -> String {
+    seconds.map_or("n/a".into(), |s| format!("{:.2} ms", s * 1e3))
+}
+
+fn verdict(met: bool) -> &'static str {
+    if met { "met" } else { "**missed**" }
+}
+
+impl Results {
+    pub fn markdown(&self) -> String {
+        let o = &self.operator_process;
+        let resync_writes =
+            self.resync.operator_write_counter + self.resync.apiserver_tenant_object_writes.total();
+        let peak_rss = o.peak_rss_mib.max(self.resync.peak_rss_mib);
+        let journal_p99 = o.journal_append.p99_seconds.unwrap_or(f64::INFINITY) * 1e3;
+        let rows = [
+            (
+                "Convergence, operator".to_string(),
+                format!("{:.1} s", self.operator.seconds),
+                String::new(),
+                String::new(),
+            ),
+            (
+                "Convergence, baseline".into(),
+                format!("{:.1} s", self.baseline.seconds),
+                String::new(),
+                String::new(),
+            ),
+            (
+                "Ratio operator / baseline".into(),
+                format!("{:.2}", self.ratio_operator_to_baseline),
+                format!("<= {TARGET_RATIO}"),
+                verdict(self.ratio_operator_to_baseline <= TARGET_RATIO).into(),
+            ),
+            (
+                "No-op resync: writes (operator counter + API server, tenant objects)".into(),
+                format!(
+                    "{} + {}",
+                    self.resync.operator_write_counter,
+                    self.resync.apiserver_tenant_object_writes.total()
+                ),
+                format!("{TARGET_RESYNC_WRITES}"),
+                verdict(resync_writes == TARGET_RESYNC_WRITES).into(),
+            ),
+            (
+                "Operator peak RSS (VmHWM)".into(),
+                format!("{peak_rss:.1} MiB"),
+                format!("<= {TARGET_PEAK_RSS_MIB} MiB"),
+                verdict(peak_rss <= TARGET_PEAK_RSS_MIB).into(),
+            ),
+            (
+                "Journal append p50 / p99".into(),
+                format!(
+                    "{} / {}",
+                    ms(o.journal_append.p50_seconds),
+                    ms(o.journal_append.p99_seconds)
+                ),
+                format!("p99 <= {TARGET_JOURNAL_P99_MS} ms"),
+                verdict(journal_p99 <= TARGET_JOURNAL_P99_MS).into(),
+            ),
+            (
+                "Reconcile p50 / p99".into(),
+                format!(
+                    "{} / {}",
+                    ms(o.reconcile.p50_seconds),
+                    ms(o.reconcile.p99_seconds)
+                ),
+                String::new(),
+                String::new(),
+            ),
+            (
+                "Writes per tenant, operator / baseline (own count)".into(),
+                format!(
+                    "{:.1} / {:.1}",
+                    self.operator.client_writes_per_tenant, self.baseline.client_writes_per_tenant
+                ),
+                String::new(),
+                String::new(),
+            ),
+            (
+                "API server writes per tenant, tenant objects, operator / baseline".into(),
+                format!(
+                    "{:.1} / {:.1}",
+                    self.operator.apiserver_tenant_object_writes_per_tenant,
+                    self.baseline.apiserver_tenant_object_writes_per_tenant
+                ),
+                String::new(),
+                String::new(),
+            ),
+            (
+                "API server writes per tenant, all clients, operator / baseline".into(),
+                format!(
+                    "{:.1} / {:.1}",
+                    self.operator.apiserver_writes_per_tenant,
+                    self.baseline.apiserver_writes_per_tenant
+                ),
+                String::new(),
+                String::new(),
+            ),
+        ];
+        let mut out = format!(
+            "N = {} tenants per side, concurrency {}, {} CPUs, {}\n\n\
+             | Figure | Value | Target | |\n| --- | --- | --- | --- |\n",
+            self.tenants, self.concurrency, self.machine_cpus, self.date
+        );
+        for (name, value, target, met) in rows {
+            out.push_str(&format!("| {name} | {value} | {target} | {met} |\n"));
+        }
+        out
+    }
+}

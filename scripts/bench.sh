@@ -1,0 +1,57 @@
+#!/usr/bin/env bash
+# `make bench`: converge N tenants with the release operator and with a plain client on
+# a control plane of its own (target/bench-cluster, stopped at the end), then a no-op
+# resync. Figures go to stdout and target/bench/results.json (benches/converge/).
+#
+#   scripts/bench.sh [--tenants N] [--concurrency C] [--keep-cluster]
+#
+# Environment: BENCH_TENANTS (1000), BENCH_CONCURRENCY (16), BENCH_QPS / BENCH_BURST
+# (client limits of the bench cluster's controllers, default 2000 / 4000).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+repo=$PWD
+
+tenants=${BENCH_TENANTS:-1000}
+concurrency=${BENCH_CONCURRENCY:-16}
+keep_cluster=0
+while [ $# -gt 0 ]; do
+  case $1 in
+    --tenants) tenants=$2; shift 2 ;;
+    --concurrency) concurrency=$2; shift 2 ;;
+    --keep-cluster) keep_cluster=1; shift ;;
+    *) echo "usage: $0 [--tenants N] [--concurrency C] [--keep-cluster]" >&2; exit 2 ;;
+  esac
+done
+
+log() { printf 'bench: %s\n' "$*" >&2; }
+
+export NEURALLOG_CLUSTER_DIR=$repo/target/bench-cluster
+# Room for both sides' pods (a Redis and a server pod per tenant) on the 3 fake nodes,
+# at the tenants' default requests (100m, 128Mi per container).
+pods_per_node=$(( (4 * tenants) / 3 + 100 ))
+export NEURALLOG_NODE_PODS=$pods_per_node
+export NEURALLOG_NODE_CPU=$(( pods_per_node / 10 + 10 ))
+export NEURALLOG_NODE_MEMORY="$(( pods_per_node * 256 / 1024 + 64 ))Gi"
+# The controllers every tenant's pods and volumes go through must not be the limit: the
+# defaults (200 / 400) would throttle the controller manager before the API server.
+export NEURALLOG_CONTROLLER_QPS=${BENCH_QPS:-2000}
+export NEURALLOG_CONTROLLER_BURST=${BENCH_BURST:-4000}
+# Room for both sides' request bursts; system:masters clients are exempt from priority
+# and fairness anyway, so CPU is what limits the API server.
+export NEURALLOG_APISERVER_EXTRA_ARGS=${BENCH_APISERVER_ARGS:-}
+
+log "building the release operator and the benchmark"
+cargo build --release --quiet --bin neurallog-operator
+cargo bench --quiet --no-run --bench converge 2>/dev/null
+
+if [ "$keep_cluster" = 0 ]; then
+  trap 'bash tests/cluster/cluster.sh down' EXIT
+fi
+bash tests/cluster/cluster.sh up
+
+log "$tenants tenants per side, concurrency $concurrency"
+CONVERGE_TENANTS=$tenants CONVERGE_CONCURRENCY=$concurrency \
+  CONVERGE_CLUSTER_DIR=$NEURALLOG_CLUSTER_DIR \
+  CONVERGE_OPERATOR_BIN=$repo/target/release/neurallog-operator \
+  CONVERGE_WORK_DIR=$repo/target/bench \
+  cargo bench --quiet --bench converge
