@@ -42,11 +42,25 @@ async fn metrics(State(state): State<HttpState>) -> impl IntoResponse {
 }
 
 async fn readyz(State(state): State<HttpState>) -> impl IntoResponse {
-    if state.ready.load(Ordering::SeqCst) {
-        (StatusCode::OK, "ready")
-    } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "caches not synced")
+    match not_ready_because(&state) {
+        None => (StatusCode::OK, "ready".to_string()),
+        Some(why) => (StatusCode::SERVICE_UNAVAILABLE, why),
     }
+}
+
+fn not_ready_because(state: &HttpState) -> Option<String> {
+    let Some(journal) = state.journal.get() else {
+        return Some("not leading yet: the journal is not open".into());
+    };
+    if let Some(error) = journal.unwritable() {
+        return Some(format!(
+            "journal unwritable, phase changes are held until it can be written: {error}"
+        ));
+    }
+    if !state.ready.load(Ordering::SeqCst) {
+        return Some("caches not synced".into());
+    }
+    None
 }
 
 /// Serves `router` on `addr` until `shutdown` resolves.

@@ -10,6 +10,7 @@
 //! every route answers 503.
 
 use crate::journal::{Journal, JournalError};
+use crate::journal_slot::JournalSlot;
 use crate::journal_view::{
     ExportFilter, History, VerifyOutcome, export_line, export_records, parse_time, read_history,
     verify_journal,
@@ -24,7 +25,7 @@ use serde::Deserialize;
 use std::sync::{Arc, OnceLock};
 
 /// The journal once this replica has opened it (as the leader).
-pub type SharedJournal = Arc<OnceLock<Arc<Journal>>>;
+pub type SharedJournal = Arc<OnceLock<Arc<JournalSlot>>>;
 
 /// Lines buffered between the journal reader and the response body: bounds memory.
 const EXPORT_BUFFER_LINES: usize = 256;
@@ -67,7 +68,8 @@ impl IntoResponse for ApiError {
 }
 
 fn opened(journal: &SharedJournal) -> Result<Arc<Journal>, ApiError> {
-    journal.get().cloned().ok_or(ApiError::NotLeader)
+    let slot = journal.get().ok_or(ApiError::NotLeader)?;
+    slot.get().map_err(|e| ApiError::Journal(e.to_string()))
 }
 
 /// Runs a journal read off the async threads.

@@ -51,7 +51,7 @@ fn for_run(yaml: &str, name: &str, run: &str) -> String {
     serde_yaml::to_string(&doc).expect("YAML")
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_bad_manifest_is_refused_or_stalled_with_its_field_named() {
     let cases = corpus();
     assert!(

@@ -179,7 +179,7 @@ async fn wait_for_server_replicas(client: &Client, tenant: &str, replicas: i32) 
     .await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_leader_is_replaced_within_the_lease_duration_and_tenants_keep_reconciling() {
     let election = Election::new("leader").await;
     let name = election.run.clone();
@@ -232,7 +232,7 @@ async fn a_killed_leader_is_replaced_within_the_lease_duration_and_tenants_keep_
     wait_until_gone(&election.tenants(), &name, PROVISION).await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_leader_that_shuts_down_releases_the_lease_and_the_follower_takes_over_at_once() {
     let election = Election::new("handover").await;
     let mut candidates = [election.start("a"), election.start("b")];
@@ -265,7 +265,7 @@ async fn a_leader_that_shuts_down_releases_the_lease_and_the_follower_takes_over
     );
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_leader_that_loses_its_lease_stops_reconciling_and_exits() {
     let election = Election::new("usurped").await;
     let mut leader = election.start("a");

@@ -54,7 +54,7 @@ fn apiserver_writes() -> BTreeMap<String, f64> {
     writes
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_resync_of_running_tenants_sends_no_write_request() {
     let client = client().await;
     install_crd(&client).await;

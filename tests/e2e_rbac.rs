@@ -250,7 +250,7 @@ async fn wait_for_policy(client: &Client, tenant: &str, policy: &str, present: b
     .await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_operator_runs_a_tenant_lifecycle_with_exactly_the_rbac_of_deploy() {
     let client = client().await;
     install_crd(&client).await;

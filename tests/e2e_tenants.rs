@@ -63,7 +63,7 @@ async fn delete_and_wait(env: &Env, name: &str) {
     wait_until_gone(&tenants(&env.client), name, PROVISION).await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_basic_tenant_runs_and_is_described_like_the_guide_then_deletes_cleanly() {
     let env = env("basic").await;
     let name = env.run.clone();
@@ -179,7 +179,7 @@ async fn the_basic_tenant_runs_and_is_described_like_the_guide_then_deletes_clea
     );
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_update_of_the_guide_takes_effect() {
     let env = env("update").await;
     let name = env.run.clone();
@@ -298,7 +298,7 @@ async fn every_update_of_the_guide_takes_effect() {
     delete_and_wait(&env, &name).await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn drift_of_children_is_restored() {
     let env = env("drift").await;
     let name = env.run.clone();
@@ -350,7 +350,7 @@ async fn drift_of_children_is_restored() {
     delete_and_wait(&env, &name).await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_foreign_namespace_is_never_adopted_or_deleted() {
     let env = env("foreign").await;
     let name = env.run.clone();
@@ -404,7 +404,7 @@ async fn a_foreign_namespace_is_never_adopted_or_deleted() {
         .expect("cleanup");
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_auth_outage_shows_as_reconciling_and_heals_by_itself() {
     let env = env("auth").await;
     let name = env.run.clone();
@@ -445,7 +445,7 @@ async fn an_auth_outage_shows_as_reconciling_and_heals_by_itself() {
     delete_and_wait(&env, &name).await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_spec_the_api_server_accepts_but_redis_would_not_is_failed_then_fixed() {
     let env = env("invalid").await;
     let name = env.run.clone();

@@ -5,6 +5,7 @@ use crate::controller::{self, Context};
 use crate::http::{self, HttpState};
 use crate::journal::Journal;
 use crate::journal_api::SharedJournal;
+use crate::journal_slot::JournalSlot;
 use crate::leader::{self, Leadership, LeaseConfig};
 use crate::metrics::Metrics;
 use crate::render::RenderSettings;
@@ -283,10 +284,10 @@ fn render_settings(args: &RunArgs) -> RenderSettings {
     }
 }
 
-async fn open_journal(path: &Path) -> anyhow::Result<Arc<Journal>> {
+async fn open_journal(path: &Path) -> anyhow::Result<Arc<JournalSlot>> {
     let path = path.to_path_buf();
     let journal = tokio::task::spawn_blocking(move || Journal::open(&path)).await??;
-    Ok(Arc::new(journal))
+    Ok(Arc::new(JournalSlot::new(journal)))
 }
 
 /// The stop signal, sent on SIGTERM or Ctrl-C.
@@ -329,7 +330,7 @@ fn register_leader_gauge(metrics: &mut Metrics) -> Gauge {
 async fn run_while_leading(
     controller: impl Future<Output = ()>,
     leadership: Option<Leadership>,
-    journal: &Journal,
+    journal: &JournalSlot,
 ) {
     let Some(mut leadership) = leadership else {
         controller.await;

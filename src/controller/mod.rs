@@ -13,6 +13,7 @@ pub mod status;
 use crate::auth::{AuthClient, AuthError};
 use crate::crd::{Tenant, TenantStatus, namespace_for};
 use crate::journal::{Journal, JournalError, NewRecord, Record, spec_digest};
+use crate::journal_slot::JournalSlot;
 use crate::metrics::{Metrics, ResultLabel};
 use crate::render::{self, RenderError, RenderSettings};
 use apply::{Applier, create_event};
@@ -39,6 +40,9 @@ use tracing::{Instrument, info, info_span, warn};
 
 pub const FINALIZER: &str = "neurallog.io/finalizer";
 
+/// Reason of the Warning Event (and error metric) while the journal cannot be written.
+pub const JOURNAL_UNWRITABLE: &str = "JournalUnwritable";
+
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("Kubernetes API: {0}")]
@@ -63,6 +67,8 @@ impl Error {
         match self {
             Error::Kube(kube::Error::Api(e)) if e.code == 409 => "Conflict",
             Error::Kube(_) => "KubernetesApi",
+            Error::Journal(e) if e.is_storage_failure() => JOURNAL_UNWRITABLE,
+            Error::Journal(JournalError::Unavailable { .. }) => JOURNAL_UNWRITABLE,
             Error::Journal(_) | Error::Join(_) => "JournalUnavailable",
             Error::Auth(e) => e.reason(),
             Error::Render(_) => "RenderFailed",
@@ -97,7 +103,7 @@ struct TenantMemo {
 
 pub struct Context {
     pub client: Client,
-    pub journal: Arc<Journal>,
+    pub journal: Arc<JournalSlot>,
     pub auth: AuthClient,
     pub settings: RenderSettings,
     pub metrics: Arc<Metrics>,
@@ -110,7 +116,7 @@ pub struct Context {
 impl Context {
     pub fn new(
         client: Client,
-        journal: Arc<Journal>,
+        journal: Arc<JournalSlot>,
         auth: AuthClient,
         settings: RenderSettings,
         metrics: Arc<Metrics>,
@@ -183,7 +189,7 @@ impl Context {
         f: impl FnOnce(&Journal) -> Result<T, JournalError> + Send + 'static,
     ) -> Result<T, Error> {
         let journal = self.journal.clone();
-        tokio::task::spawn_blocking(move || f(&journal))
+        tokio::task::spawn_blocking(move || journal.with(f))
             .await
             .map_err(|e| Error::Join(e.to_string()))?
             .map_err(Error::Journal)
@@ -389,7 +395,36 @@ pub async fn reconcile(tenant: Arc<Tenant>, ctx: Arc<Context>) -> Result<Action,
         uid = %tenant.uid().unwrap_or_default(),
         generation = tenant.metadata.generation.unwrap_or(0),
     );
-    reconcile_tenant(tenant, ctx).instrument(span).await
+    let result = reconcile_tenant(tenant.clone(), ctx.clone())
+        .instrument(span)
+        .await;
+    if let Err(error) = &result
+        && error.reason() == JOURNAL_UNWRITABLE
+    {
+        report_unwritable_journal(&tenant, &ctx, error).await;
+    }
+    result
+}
+
+/// Tells the tenant's owner, on the Tenant itself, that its phase changes are held: the
+/// journal (the truth for phases) cannot be written. One Event per distinct error.
+async fn report_unwritable_journal(tenant: &Tenant, ctx: &Context, error: &Error) {
+    let message = format!(
+        "Phase changes are held until the operator's journal can be written again: {error}"
+    );
+    let name = events::warning_event_name(tenant, JOURNAL_UNWRITABLE, &message);
+    let sent = ctx
+        .emit_event(
+            tenant,
+            name,
+            EventType::Warning,
+            JOURNAL_UNWRITABLE,
+            &message,
+        )
+        .await;
+    if let Err(e) = sent {
+        warn!(error = %e, "cannot send the JournalUnwritable Event");
+    }
 }
 
 async fn reconcile_tenant(tenant: Arc<Tenant>, ctx: Arc<Context>) -> Result<Action, Error> {
@@ -471,6 +506,65 @@ pub fn managed_selector() -> String {
     format!("{}={}", render::MANAGED_BY_LABEL, render::MANAGED_BY_VALUE)
 }
 
+/// Marks the operator ready once every cache holds its initial list, and says which
+/// caches it still waits for while it waits (an operator that never gets ready tells why).
+async fn report_readiness(
+    stores: Stores,
+    tenants: Store<Tenant>,
+    ready: Arc<std::sync::atomic::AtomicBool>,
+) {
+    use futures::future::BoxFuture;
+    let mut pending: Vec<(&'static str, BoxFuture<'static, _>)> = vec![
+        (
+            "tenants",
+            Box::pin(async move { tenants.wait_until_ready().await }),
+        ),
+        ("namespaces", wait_ready(stores.namespaces)),
+        ("configmaps", wait_ready(stores.config_maps)),
+        ("services", wait_ready(stores.services)),
+        ("statefulsets", wait_ready(stores.statefulsets)),
+        ("deployments", wait_ready(stores.deployments)),
+        ("networkpolicies", wait_ready(stores.network_policies)),
+        ("resourcequotas", wait_ready(stores.quotas)),
+        ("limitranges", wait_ready(stores.limit_ranges)),
+    ];
+    let mut next_report = std::time::Instant::now() + Duration::from_secs(10);
+    while !pending.is_empty() {
+        let mut still = Vec::new();
+        for (name, mut fut) in pending {
+            match futures::poll!(fut.as_mut()) {
+                std::task::Poll::Ready(Ok(())) => tracing::debug!(cache = name, "cache synced"),
+                std::task::Poll::Ready(Err(e)) => {
+                    tracing::error!(cache = name, error = %e, "cache can never sync");
+                    return;
+                }
+                std::task::Poll::Pending => still.push((name, fut)),
+            }
+        }
+        pending = still;
+        if pending.is_empty() {
+            break;
+        }
+        if std::time::Instant::now() >= next_report {
+            let names: Vec<_> = pending.iter().map(|(n, _)| *n).collect();
+            tracing::warn!(waiting_for = ?names, "caches not synced yet");
+            next_report += Duration::from_secs(10);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    ready.store(true, std::sync::atomic::Ordering::SeqCst);
+    info!("caches synced");
+}
+
+fn wait_ready<K>(
+    store: Store<K>,
+) -> futures::future::BoxFuture<'static, Result<(), reflector::store::WriterDropped>>
+where
+    K: Resource<DynamicType = ()> + Clone + Send + Sync + 'static,
+{
+    Box::pin(async move { store.wait_until_ready().await })
+}
+
 type Watch<K> = std::pin::Pin<Box<dyn Stream<Item = Result<K, watcher::Error>> + Send>>;
 
 fn cache<K>(client: &Client) -> (Store<K>, Watch<K>)
@@ -541,25 +635,7 @@ pub async fn run(
         )
         .graceful_shutdown_on(shutdown);
     let tenant_store = controller.store();
-    let readiness = tokio::spawn(async move {
-        let synced = futures::future::join_all([
-            Box::pin(stores.namespaces.wait_until_ready())
-                as std::pin::Pin<Box<dyn std::future::Future<Output = _> + Send>>,
-            Box::pin(stores.config_maps.wait_until_ready()),
-            Box::pin(stores.services.wait_until_ready()),
-            Box::pin(stores.statefulsets.wait_until_ready()),
-            Box::pin(stores.deployments.wait_until_ready()),
-            Box::pin(stores.network_policies.wait_until_ready()),
-            Box::pin(stores.quotas.wait_until_ready()),
-            Box::pin(stores.limit_ranges.wait_until_ready()),
-            Box::pin(tenant_store.wait_until_ready()),
-        ])
-        .await;
-        if synced.iter().all(Result::is_ok) {
-            ready.store(true, std::sync::atomic::Ordering::SeqCst);
-            info!("caches synced");
-        }
-    });
+    let readiness = tokio::spawn(report_readiness(stores, tenant_store, ready));
     controller
         .run(reconcile, error_policy, ctx)
         .for_each(|result| async move {

@@ -59,9 +59,19 @@ pub enum JournalError {
 
     #[error("journal storage error: {0}")]
     Storage(#[from] sled::Error),
+
+    /// An earlier storage failure closed the journal and it could not be reopened yet.
+    #[error("the journal is unavailable: {reason}")]
+    Unavailable { reason: String },
 }
 
 impl JournalError {
+    /// The disk or the storage engine failed (full, unwritable, I/O error): the journal
+    /// must be reopened before it is trusted again.
+    pub fn is_storage_failure(&self) -> bool {
+        matches!(self, JournalError::Storage(_))
+    }
+
     pub(crate) fn opening(path: &Path, source: sled::Error) -> Self {
         if is_lock_held(&source) {
             JournalError::Locked {

@@ -21,7 +21,7 @@ fn shared_journal() -> (tempfile::TempDir, SharedJournal) {
         journal.append(entry).unwrap();
     }
     let shared = SharedJournal::default();
-    let _ = shared.set(Arc::new(journal));
+    let _ = shared.set(Arc::new(crate::journal_slot::JournalSlot::new(journal)));
     (dir, shared)
 }
 

@@ -37,6 +37,7 @@ pub fn kubectl_path() -> PathBuf {
 }
 
 /// Runs kubectl against the test cluster; returns stdout, panics with stderr on failure.
+/// It blocks its thread: a test serving the Auth stub must run on a multi-thread runtime.
 pub fn kubectl(args: &[&str]) -> String {
     let output = Command::new(kubectl_path())
         .arg("--kubeconfig")
@@ -157,6 +158,20 @@ impl Operator {
     pub fn start(run: &str, auth_url: &str) -> Operator {
         let dir = tempfile::tempdir().expect("temp dir");
         let journal = dir.path().join("journal");
+        Operator::start_on(run, auth_url, journal, Some(dir))
+    }
+
+    /// An operator whose journal lives at `journal` (kept after the test).
+    pub fn start_with_journal(run: &str, auth_url: &str, journal: PathBuf) -> Operator {
+        Operator::start_on(run, auth_url, journal, None)
+    }
+
+    fn start_on(
+        run: &str,
+        auth_url: &str,
+        journal: PathBuf,
+        dir: Option<tempfile::TempDir>,
+    ) -> Operator {
         let mut op = Operator {
             run: run.to_string(),
             metrics_url: String::new(),
@@ -164,10 +179,19 @@ impl Operator {
             log: repo_root().join(format!("target/e2e-logs/{run}.log")),
             child: None,
             auth_url: auth_url.to_string(),
-            _dir: Some(dir),
+            _dir: dir,
         };
         op.spawn();
         op
+    }
+
+    /// The /readyz answer: (status code, body).
+    pub async fn readiness(&self) -> Option<(u16, String)> {
+        let response = reqwest::get(format!("{}/readyz", self.metrics_url))
+            .await
+            .ok()?;
+        let status = response.status().as_u16();
+        Some((status, response.text().await.ok()?))
     }
 
     fn spawn(&mut self) {
@@ -189,7 +213,11 @@ impl Operator {
             .args(["--auth-timeout-seconds", "1"])
             .args(["--metrics-addr", &format!("127.0.0.1:{port}")])
             .args(["--tenant-selector", &format!("{RUN_LABEL}={}", self.run)])
-            .env("RUST_LOG", "info,kube=warn,neurallog_operator=debug")
+            .env(
+                "RUST_LOG",
+                std::env::var("NEURALLOG_E2E_RUST_LOG")
+                    .unwrap_or_else(|_| "info,kube=warn,neurallog_operator=debug".into()),
+            )
             .stdout(log.try_clone().expect("log"))
             .stderr(log)
             .spawn()
@@ -393,7 +421,11 @@ impl Operator {
             .args(["--metrics-addr", &format!("127.0.0.1:{port}")])
             .args(["--tenant-selector", &format!("{RUN_LABEL}={}", self.run)])
             .args(&options.args)
-            .env("RUST_LOG", "info,kube=warn,neurallog_operator=debug")
+            .env(
+                "RUST_LOG",
+                std::env::var("NEURALLOG_E2E_RUST_LOG")
+                    .unwrap_or_else(|_| "info,kube=warn,neurallog_operator=debug".into()),
+            )
             .env_remove("POD_NAME")
             .stdout(log.try_clone().expect("log"))
             .stderr(log)

@@ -1,0 +1,153 @@
+//! The operator's handle on its journal, which survives a full or failing disk.
+//!
+//! Once sled hits an I/O error it refuses every later write, and its cache may still hold
+//! a record that never reached the disk. So after a storage failure the slot drops the
+//! journal at once (nothing half-written is read back and mirrored to Kubernetes) and
+//! reopens it from disk on a later use, at most once per [`REOPEN_INTERVAL`]: the operator
+//! resumes by itself when the disk has space again.
+
+use crate::journal::{Journal, JournalError};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+pub const REOPEN_INTERVAL: Duration = Duration::from_secs(1);
+
+pub struct JournalSlot {
+    path: PathBuf,
+    state: Mutex<State>,
+}
+
+enum State {
+    Open(Arc<Journal>),
+    Broken { error: String, next_try: Instant },
+}
+
+impl JournalSlot {
+    pub fn new(journal: Journal) -> Self {
+        JournalSlot {
+            path: journal.path().to_owned(),
+            state: Mutex::new(State::Open(Arc::new(journal))),
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The open journal, reopening it if a failure closed it and the retry interval has
+    /// passed. Blocks on disk I/O: call from a blocking context.
+    pub fn get(&self) -> Result<Arc<Journal>, JournalError> {
+        let mut state = self.lock();
+        match &*state {
+            State::Open(journal) => Ok(journal.clone()),
+            State::Broken { error, next_try } if Instant::now() < *next_try => {
+                Err(JournalError::Unavailable {
+                    reason: error.clone(),
+                })
+            }
+            State::Broken { .. } => match Journal::open(&self.path) {
+                Ok(journal) => {
+                    tracing::info!(path = %self.path.display(), "journal reopened; resuming");
+                    let journal = Arc::new(journal);
+                    *state = State::Open(journal.clone());
+                    Ok(journal)
+                }
+                Err(error) => {
+                    let reason = error.to_string();
+                    *state = State::Broken {
+                        error: reason.clone(),
+                        next_try: Instant::now() + REOPEN_INTERVAL,
+                    };
+                    Err(JournalError::Unavailable { reason })
+                }
+            },
+        }
+    }
+
+    /// Runs `f` on the journal; a storage failure closes the journal until it reopens.
+    pub fn with<T>(
+        &self,
+        f: impl FnOnce(&Journal) -> Result<T, JournalError>,
+    ) -> Result<T, JournalError> {
+        let journal = self.get()?;
+        let result = f(&journal);
+        if let Err(error) = &result
+            && error.is_storage_failure()
+        {
+            self.close_after(error);
+        }
+        result
+    }
+
+    /// Why the journal cannot be written now, if it cannot.
+    pub fn unwritable(&self) -> Option<String> {
+        match &*self.lock() {
+            State::Open(_) => None,
+            State::Broken { error, .. } => Some(error.clone()),
+        }
+    }
+
+    /// Flushes the journal if it is open (at shutdown).
+    pub fn flush(&self) -> Result<(), JournalError> {
+        match &*self.lock() {
+            State::Open(journal) => journal.flush(),
+            State::Broken { .. } => Ok(()),
+        }
+    }
+
+    fn close_after(&self, error: &JournalError) {
+        tracing::error!(path = %self.path.display(), %error, "journal write failed: holding every phase change until it can be written");
+        *self.lock() = State::Broken {
+            error: error.to_string(),
+            next_try: Instant::now() + REOPEN_INTERVAL,
+        };
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic while holding this lock cannot leave `State` half-updated.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn storage_error() -> JournalError {
+        JournalError::Storage(sled::Error::Io(std::io::Error::from_raw_os_error(28)))
+    }
+
+    #[test]
+    fn a_storage_failure_closes_the_journal_until_it_reopens() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let slot = JournalSlot::new(Journal::open(dir.path()).expect("open"));
+        let failed: Result<(), _> = slot.with(|_| Err(storage_error()));
+        assert!(failed.is_err());
+        let why = slot
+            .unwritable()
+            .expect("unwritable after a storage failure");
+        assert!(why.contains("No space left on device"), "{why}");
+        assert!(matches!(slot.get(), Err(JournalError::Unavailable { .. })));
+        // Nothing else holds the journal, so it reopens once the interval has passed.
+        std::thread::sleep(REOPEN_INTERVAL);
+        slot.get().expect("reopened");
+        assert_eq!(slot.unwritable(), None);
+    }
+
+    #[test]
+    fn other_errors_leave_the_journal_open() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let slot = JournalSlot::new(Journal::open(dir.path()).expect("open"));
+        let conflict: Result<(), _> = slot.with(|_| {
+            Err(JournalError::Conflict {
+                tenant: "t".into(),
+                uid: "u".into(),
+                seq: 2,
+                reason: "skips ahead".into(),
+            })
+        });
+        assert!(conflict.is_err());
+        assert_eq!(slot.unwritable(), None);
+    }
+}
