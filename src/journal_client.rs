@@ -4,7 +4,7 @@
 //! needs only a kubeconfig allowed `services/proxy`. Every source gives the same
 //! [`crate::journal_view`] shapes; rendering is done once, there.
 
-use crate::journal::{Journal, Record, TenantSummary, VerifyProgress};
+use crate::journal::{Journal, JournalCopy, Record, TenantSummary, VerifyProgress};
 use crate::journal_view::{
     ExportFilter, History, VerifyOutcome, export_line, export_records, read_history, verify_journal,
 };
@@ -70,7 +70,7 @@ impl ServiceRef {
 }
 
 pub enum Source {
-    File(Box<Journal>),
+    File(Box<JournalCopy>),
     Server { http: reqwest::Client, base: String },
     Kube { client: kube::Client, base: String },
 }
@@ -237,7 +237,7 @@ impl Source {
 
     fn describe(&self) -> String {
         match self {
-            Source::File(journal) => journal.path().display().to_string(),
+            Source::File(journal) => journal.original().display().to_string(),
             Source::Server { base, .. } => base.clone(),
             Source::Kube { base, .. } => format!("the API server proxy {base}"),
         }

@@ -1,11 +1,16 @@
 //! Opening a journal for inspection without changing it.
 //!
-//! sled has no read-only mode, so "read-only" means: never open a directory that is not
-//! already a journal (sled would create one), and never migrate (that writes). A journal at
-//! another schema version is refused with a message saying what to do instead.
+//! sled has no read-only mode: opening a database writes to it (it extends `db` and writes
+//! a snapshot), and opening a missing one creates it. So the tools never open the journal
+//! itself: they take a shared lock on it (which fails while an operator holds it), copy
+//! the directory to a private scratch directory, release the lock, and open the copy. The
+//! copy is refused unless it is a journal at the current schema (opening would otherwise
+//! migrate it) and is deleted when the [`JournalCopy`] is dropped.
 
 use super::{Journal, JournalError, SCHEMA_VERSION};
 use neurallog_migrations::layout::{META_TREE, RECORDS_TREE, SCHEMA_VERSION_KEY, TENANTS_TREE};
+use std::fs::{File, TryLockError};
+use std::ops::Deref;
 use std::path::{Path, PathBuf};
 
 /// Why a journal could not be opened for reading.
@@ -15,6 +20,12 @@ pub enum ReadOnlyError {
     Missing { path: PathBuf },
     #[error("{}: the operator holds this journal; use --server URL (or --kube-service NAMESPACE/NAME) to read it through the operator", path.display())]
     Locked { path: PathBuf },
+    #[error("cannot copy the journal at {} for reading: {source}", path.display())]
+    Copy {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("{} is not an operator journal: {detail}", path.display())]
     NotAJournal { path: PathBuf, detail: String },
     #[error(
@@ -30,36 +41,127 @@ pub enum ReadOnlyError {
     Journal(#[from] JournalError),
 }
 
+/// A private copy of a journal, open; the copy is deleted on drop.
+pub struct JournalCopy {
+    journal: Option<Journal>,
+    original: PathBuf,
+    _scratch: Scratch,
+}
+
+impl JournalCopy {
+    /// The journal this is a copy of.
+    pub fn original(&self) -> &Path {
+        &self.original
+    }
+}
+
+impl Deref for JournalCopy {
+    type Target = Journal;
+
+    fn deref(&self) -> &Journal {
+        // Only `drop` takes the journal out.
+        self.journal
+            .as_ref()
+            .expect("the journal copy is open until dropped")
+    }
+}
+
+impl Drop for JournalCopy {
+    fn drop(&mut self) {
+        // Close the database before `Scratch` deletes its files.
+        self.journal.take();
+    }
+}
+
+/// A scratch directory, deleted on drop.
+struct Scratch(PathBuf);
+
+impl Scratch {
+    fn new() -> Scratch {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        Scratch(
+            std::env::temp_dir().join(format!("neurallog-journal-{}-{nanos}", std::process::id())),
+        )
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 impl Journal {
-    /// Opens an existing journal at the current schema version without writing to it.
-    pub fn open_read_only(path: &Path) -> Result<Journal, ReadOnlyError> {
-        // sled keeps its data in `db`; without it, opening would create a new database.
-        if !path.join("db").is_file() {
-            return Err(ReadOnlyError::Missing {
-                path: path.to_owned(),
-            });
-        }
+    /// Opens a private copy of the journal at `path` (at the current schema version),
+    /// leaving `path` untouched.
+    pub fn open_read_only(path: &Path) -> Result<JournalCopy, ReadOnlyError> {
+        let scratch = Scratch::new();
+        copy_unlocked(path, &scratch.0)?;
         let db = sled::Config::new()
-            .path(path)
+            .path(&scratch.0)
             .open()
-            .map_err(|e| match JournalError::opening(path, e) {
-                JournalError::Locked { path } => ReadOnlyError::Locked { path },
-                other => ReadOnlyError::Journal(other),
-            })?;
+            .map_err(|e| JournalError::opening(path, e))?;
         check_schema(path, &db)?;
         let records = db.open_tree(RECORDS_TREE).map_err(JournalError::from)?;
         let tenants = db.open_tree(TENANTS_TREE).map_err(JournalError::from)?;
-        Ok(Journal {
-            path: path.to_owned(),
-            db,
-            records,
-            tenants,
+        Ok(JournalCopy {
+            journal: Some(Journal {
+                path: scratch.0.clone(),
+                db,
+                records,
+                tenants,
+            }),
+            original: path.to_owned(),
+            _scratch: scratch,
         })
     }
 }
 
+/// Copies the journal directory while holding a shared lock on its database file, which
+/// sled locks exclusively while open: a running operator makes this fail, and an operator
+/// starting meanwhile waits for nothing but fails to open until the copy is done.
+fn copy_unlocked(path: &Path, to: &Path) -> Result<(), ReadOnlyError> {
+    let copy_error = |source| ReadOnlyError::Copy {
+        path: path.to_owned(),
+        source,
+    };
+    let db_file = path.join("db");
+    if !db_file.is_file() {
+        return Err(ReadOnlyError::Missing {
+            path: path.to_owned(),
+        });
+    }
+    let lock = File::open(&db_file).map_err(copy_error)?;
+    match lock.try_lock_shared() {
+        Ok(()) => {}
+        Err(TryLockError::WouldBlock) => {
+            return Err(ReadOnlyError::Locked {
+                path: path.to_owned(),
+            });
+        }
+        Err(TryLockError::Error(source)) => return Err(copy_error(source)),
+    }
+    copy_dir(path, to).map_err(copy_error)
+}
+
+fn copy_dir(from: &Path, to: &Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(to)?;
+    for entry in std::fs::read_dir(from)? {
+        let entry = entry?;
+        let target = to.join(entry.file_name());
+        if entry.file_type()?.is_dir() {
+            copy_dir(&entry.path(), &target)?;
+        } else {
+            std::fs::copy(entry.path(), target)?;
+        }
+    }
+    Ok(())
+}
+
 /// Refuses anything but a journal at [`SCHEMA_VERSION`] with every tree present, opening
-/// only trees that exist (opening a missing tree creates it).
+/// only trees that exist (opening a missing tree creates it). `path` names the original.
 fn check_schema(path: &Path, db: &sled::Db) -> Result<(), ReadOnlyError> {
     let not_a_journal = |detail: &str| ReadOnlyError::NotAJournal {
         path: path.to_owned(),
@@ -109,6 +211,40 @@ mod tests {
         drop(journal);
         let journal = Journal::open_read_only(&dir.path().join("journal")).unwrap();
         assert_eq!(journal.tenants().unwrap().len(), 1);
+    }
+
+    /// Every file under `dir` with its bytes, sorted by path.
+    fn snapshot(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
+        let mut files = Vec::new();
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                files.extend(snapshot(&path));
+            } else {
+                files.push((path.clone(), std::fs::read(&path).unwrap()));
+            }
+        }
+        files.sort();
+        files
+    }
+
+    #[test]
+    fn reading_leaves_every_file_as_it_was() {
+        let (dir, journal) = open_temp();
+        for seq in 1..=3 {
+            journal.append(sample_entry("acme", "uid-1", seq)).unwrap();
+        }
+        drop(journal);
+        let path = dir.path().join("journal");
+        let before = snapshot(&path);
+        let journal = Journal::open_read_only(&path).unwrap();
+        assert_eq!(journal.history("uid-1").count(), 3);
+        assert!(journal.verify().unwrap().is_ok());
+        let copy = journal.path().to_owned();
+        assert!(copy.exists());
+        drop(journal);
+        assert!(snapshot(&path) == before, "the journal's files changed");
+        assert!(!copy.exists(), "the copy is deleted");
     }
 
     #[test]
