@@ -17,7 +17,8 @@ use std::io::{self, Write};
 pub struct History {
     pub tenant: String,
     pub uid: String,
-    /// The tenant's other chains (earlier Tenants of the same name), oldest first.
+    /// The tenant's other chains (other Tenants of the same name, deleted and re-created),
+    /// oldest first.
     pub other_uids: Vec<String>,
     pub records: Vec<Record>,
 }
@@ -232,7 +233,7 @@ pub fn write_history(out: &mut impl Write, history: &History) -> io::Result<()> 
     if !history.other_uids.is_empty() {
         writeln!(
             out,
-            "earlier chains of {} (show them with --uid): {}",
+            "other chains of {} (show them with --uid): {}",
             history.tenant,
             history.other_uids.join(", ")
         )?;
