@@ -18,7 +18,6 @@ mod error;
 mod read;
 mod read_only;
 mod record;
-mod recovery;
 mod verify;
 
 #[cfg(test)]
@@ -33,7 +32,6 @@ pub use error::JournalError;
 pub use read::RecordIter;
 pub use read_only::{JournalCopy, ReadOnlyError};
 pub use record::{NewRecord, Record, TenantSummary};
-pub use recovery::RecoveryMark;
 pub use verify::{Problem, ProblemKind, VerifyProgress, VerifyReport, VerifyScope};
 
 use neurallog_migrations::layout::{RECORDS_TREE, TENANTS_TREE};
