@@ -30,8 +30,13 @@ cluster-up:
 cluster-down:
 	@bash $(CLUSTER) down
 
-bench:
-	@bash scripts/bench.sh
+# Tenants per side and operator/baseline concurrency of `make bench` (N=50 for a quick run).
+N ?= 1000
+CONCURRENCY ?= 16
+
+bench: ## Converge N tenants with the operator and with a plain client on a bench cluster
+	@bash scripts/bench.sh --tenants $(N) --concurrency $(CONCURRENCY)
 
 crd:
 	cargo run -q -- crd > deploy/crd/tenants.neurallog.io.yaml
+	cp deploy/crd/tenants.neurallog.io.yaml charts/neurallog-operator/crds/tenants.neurallog.io.yaml

@@ -444,6 +444,10 @@ pub struct ComponentStatus {
 pub struct JournalPosition {
     pub sequence: u64,
     pub hash: String,
+    /// Set when the operator's journal was replaced after damage: which chain `sequence`
+    /// counts in.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chain: Option<String>,
 }
 
 fn one() -> i32 {

@@ -9,6 +9,7 @@ pub mod http;
 pub mod journal;
 pub mod journal_api;
 pub mod journal_client;
+pub mod journal_recovery;
 pub mod journal_slot;
 pub mod journal_view;
 pub mod leader;

@@ -2,14 +2,17 @@
 
 use crate::auth::{AuthClient, AuthConfig};
 use crate::controller::{self, Context};
+use crate::crd::Tenant;
 use crate::http::{self, HttpState};
-use crate::journal::Journal;
 use crate::journal_api::SharedJournal;
+use crate::journal_recovery::{self, StatusPosition};
 use crate::journal_slot::JournalSlot;
 use crate::leader::{self, Leadership, LeaseConfig};
 use crate::metrics::Metrics;
 use crate::render::RenderSettings;
 use anyhow::Context as _;
+use chrono::Utc;
+use kube::ResourceExt;
 use prometheus_client::metrics::gauge::Gauge;
 use std::future::Future;
 use std::net::SocketAddr;
@@ -232,7 +235,9 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     };
     leading.set(1);
     // Opened only by the leader: a waiting replica never touches (or locks) the journal.
-    let journal = open_journal(&args.journal).await?;
+    let statuses = status_positions(&client, args.tenant_selector.as_deref()).await?;
+    let journal = open_journal(&args.journal, statuses).await?;
+    let recovery = journal.with(|j| j.recovery())?;
     let _ = shared_journal.set(journal.clone());
     let settings = render_settings(&args);
     let instance = std::env::var("POD_NAME")
@@ -252,6 +257,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
                 stores,
                 instance,
             )
+            .with_recovery(recovery)
         },
         args.concurrency,
         args.tenant_selector.as_deref(),
@@ -284,10 +290,47 @@ fn render_settings(args: &RunArgs) -> RenderSettings {
     }
 }
 
-async fn open_journal(path: &Path) -> anyhow::Result<Arc<JournalSlot>> {
+/// Opens the journal, replacing it if it is damaged (see [`journal_recovery`]).
+async fn open_journal(
+    path: &Path,
+    statuses: Vec<StatusPosition>,
+) -> anyhow::Result<Arc<JournalSlot>> {
     let path = path.to_path_buf();
-    let journal = tokio::task::spawn_blocking(move || Journal::open(&path)).await??;
+    let journal = tokio::task::spawn_blocking(move || {
+        journal_recovery::open_or_replace(&path, &statuses, Utc::now())
+    })
+    .await??;
     Ok(Arc::new(JournalSlot::new(journal)))
+}
+
+/// Where each served Tenant's status says its journal chain ends: the witness of a
+/// journal that lost its tail.
+async fn status_positions(
+    client: &kube::Client,
+    selector: Option<&str>,
+) -> anyhow::Result<Vec<StatusPosition>> {
+    let mut params = kube::api::ListParams::default();
+    if let Some(selector) = selector {
+        params = params.labels(selector);
+    }
+    let tenants = kube::Api::<Tenant>::all(client.clone())
+        .list(&params)
+        .await
+        .context("listing Tenants to check the journal against their status")?;
+    Ok(tenants
+        .items
+        .into_iter()
+        .filter_map(|t| {
+            let position = t.status.as_ref()?.journal.clone()?;
+            Some(StatusPosition {
+                tenant: t.name_any(),
+                uid: t.uid()?,
+                sequence: position.sequence,
+                hash: position.hash,
+                chain: position.chain,
+            })
+        })
+        .collect())
 }
 
 /// The stop signal, sent on SIGTERM or Ctrl-C.

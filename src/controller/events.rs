@@ -20,8 +20,17 @@ pub enum EventType {
 }
 
 /// The Event mirroring journal record `seq` of the tenant.
-pub fn transition_event_name(tenant: &Tenant, seq: u64) -> String {
-    format!("{}.{}.t{seq:06}", tenant.name_any(), short_uid(tenant))
+/// The Event of journal record `seq`. A journal started after damage has a `chain` label:
+/// its records restart at seq 1 and must not take the names of the replaced chain's Events.
+pub fn transition_event_name(tenant: &Tenant, seq: u64, chain: Option<&str>) -> String {
+    match chain {
+        None => format!("{}.{}.t{seq:06}", tenant.name_any(), short_uid(tenant)),
+        Some(chain) => format!(
+            "{}.{}.{chain}.t{seq:06}",
+            tenant.name_any(),
+            short_uid(tenant)
+        ),
+    }
 }
 
 /// The Event announcing that the applier created an object: one per object lifetime.
@@ -120,15 +129,19 @@ mod tests {
     fn names_are_deterministic_valid_and_distinct() {
         let tenant = basic();
         assert_eq!(
-            transition_event_name(&tenant, 7),
+            transition_event_name(&tenant, 7, None),
             "my-tenant.0b6f3f0e.t000007"
+        );
+        assert_eq!(
+            transition_event_name(&tenant, 7, Some("r20261123125300")),
+            "my-tenant.0b6f3f0e.r20261123125300.t000007"
         );
         let a = created_event_name(&tenant, "ConfigMap", "x", "uid-1");
         assert_eq!(a, created_event_name(&tenant, "ConfigMap", "x", "uid-1"));
         assert_ne!(a, created_event_name(&tenant, "ConfigMap", "x", "uid-2"));
         for name in [
             a,
-            transition_event_name(&tenant, 1),
+            transition_event_name(&tenant, 1, Some("r20261123125300")),
             warning_event_name(&tenant, "AuthUnavailable", "down"),
         ] {
             assert!(name.len() <= 253);

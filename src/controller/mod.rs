@@ -12,7 +12,7 @@ pub mod status;
 
 use crate::auth::{AuthClient, AuthError};
 use crate::crd::{Tenant, TenantStatus, namespace_for};
-use crate::journal::{Journal, JournalError, NewRecord, Record, spec_digest};
+use crate::journal::{Journal, JournalError, NewRecord, Record, RecoveryMark, spec_digest};
 use crate::journal_slot::JournalSlot;
 use crate::metrics::{Metrics, ResultLabel};
 use crate::render::{self, RenderError, RenderSettings};
@@ -42,6 +42,9 @@ pub const FINALIZER: &str = "neurallog.io/finalizer";
 
 /// Reason of the Warning Event (and error metric) while the journal cannot be written.
 pub const JOURNAL_UNWRITABLE: &str = "JournalUnwritable";
+
+/// Reason of the Warning Event telling a tenant that a damaged journal was replaced.
+pub const JOURNAL_RECOVERED: &str = "JournalRecovered";
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -99,6 +102,8 @@ struct TenantMemo {
     /// Journal records up to this sequence have their Event.
     mirrored: u64,
     failures: u32,
+    /// The JournalRecovered Warning Event exists.
+    told_of_recovery: bool,
 }
 
 pub struct Context {
@@ -110,6 +115,9 @@ pub struct Context {
     pub stores: Stores,
     /// Who writes the Events (pod name, or host).
     pub instance: String,
+    /// Set when the journal replaced a damaged one at start-up.
+    pub recovery: Option<RecoveryMark>,
+    chain: Option<String>,
     memo: Mutex<HashMap<String, TenantMemo>>,
 }
 
@@ -131,8 +139,22 @@ impl Context {
             metrics,
             stores,
             instance,
+            chain: None,
+            recovery: None,
             memo: Mutex::default(),
         }
+    }
+
+    /// For a journal that replaced a damaged one at start-up.
+    pub fn with_recovery(mut self, recovery: Option<RecoveryMark>) -> Self {
+        self.chain = recovery.as_ref().map(RecoveryMark::chain_label);
+        self.recovery = recovery;
+        self
+    }
+
+    /// The label of the journal's chain when it replaced a damaged journal.
+    pub fn chain(&self) -> Option<&str> {
+        self.chain.as_deref()
     }
 
     fn memo<T>(&self, tenant: &Tenant, f: impl FnOnce(&mut TenantMemo) -> T) -> T {
@@ -298,6 +320,7 @@ impl Context {
             .status
             .as_ref()
             .and_then(|s| s.journal.as_ref())
+            .filter(|j| j.chain.as_deref() == self.chain())
             .map_or(0, |j| j.sequence);
         if from_status >= tail.seq {
             self.memo(tenant, |m| m.mirrored = tail.seq);
@@ -318,7 +341,7 @@ impl Context {
             } else {
                 EventType::Normal
             };
-            let name = events::transition_event_name(tenant, record.seq);
+            let name = events::transition_event_name(tenant, record.seq, self.chain());
             self.emit_event(tenant, name, type_, record.to.as_str(), &record.message)
                 .await?;
             self.memo(tenant, |m| m.mirrored = record.seq);
@@ -337,6 +360,7 @@ impl Context {
             sequence: r.seq,
             hash: r.hash.to_hex(),
             message: r.message.clone(),
+            chain: self.chain().map(str::to_string),
         });
         let desired = status::desired_status(
             tail.as_ref(),
@@ -358,6 +382,35 @@ impl Context {
         apply::retry(|| api.patch_status(&name, &params, &patch))
             .await
             .map_err(Error::Kube)?;
+        Ok(())
+    }
+
+    /// After the journal was replaced, tells each tenant's owner once, on the Tenant, where
+    /// the history before the replacement is kept.
+    async fn tell_of_recovery(&self, tenant: &Tenant) -> Result<(), Error> {
+        let Some(mark) = &self.recovery else {
+            return Ok(());
+        };
+        if self.memo(tenant, |m| m.told_of_recovery) {
+            return Ok(());
+        }
+        let message = format!(
+            "The operator's journal was damaged ({}); it was moved to {} and kept, and a new \
+             journal was started at {}. This tenant's earlier history is in the moved journal.",
+            mark.reason,
+            mark.moved_to,
+            mark.at.to_rfc3339()
+        );
+        let name = events::warning_event_name(tenant, JOURNAL_RECOVERED, &mark.moved_to);
+        self.emit_event(
+            tenant,
+            name,
+            EventType::Warning,
+            JOURNAL_RECOVERED,
+            &message,
+        )
+        .await?;
+        self.memo(tenant, |m| m.told_of_recovery = true);
         Ok(())
     }
 
@@ -432,6 +485,7 @@ async fn reconcile_tenant(tenant: Arc<Tenant>, ctx: Arc<Context>) -> Result<Acti
     let uid = tenant.uid().ok_or(Error::MissingUid)?;
     let journal_uid = uid.clone();
     let mut tail = ctx.blocking(move |j| j.last(&journal_uid)).await?;
+    ctx.tell_of_recovery(&tenant).await?;
     ctx.mirror_events(&tenant, tail.as_ref()).await?;
 
     let obs = ctx.observe(&tenant).await?;

@@ -14,6 +14,7 @@ pub struct JournalTail {
     pub sequence: u64,
     pub hash: String,
     pub message: String,
+    pub chain: Option<String>,
 }
 
 /// The status the Tenant should have. `previous` lends its condition timestamps where a
@@ -44,6 +45,7 @@ pub fn desired_status(
         journal: tail.map(|t| JournalPosition {
             sequence: t.sequence,
             hash: t.hash.clone(),
+            chain: t.chain.clone(),
         }),
     }
 }
@@ -204,6 +206,7 @@ mod tests {
             phase,
             sequence: 4,
             hash: "abc".into(),
+            chain: None,
             message: neurallog_machines::message(
                 phase,
                 &neurallog_machines::Input::new(neurallog_machines::Trigger::AllReady, 1),
@@ -251,7 +254,8 @@ mod tests {
             s.journal,
             Some(JournalPosition {
                 sequence: 4,
-                hash: "abc".into()
+                hash: "abc".into(),
+                chain: None,
             })
         );
     }

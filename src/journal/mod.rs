@@ -18,6 +18,7 @@ mod error;
 mod read;
 mod read_only;
 mod record;
+mod recovery;
 mod verify;
 
 #[cfg(test)]
@@ -32,6 +33,7 @@ pub use error::JournalError;
 pub use read::RecordIter;
 pub use read_only::{JournalCopy, ReadOnlyError};
 pub use record::{NewRecord, Record, TenantSummary};
+pub use recovery::RecoveryMark;
 pub use verify::{Problem, ProblemKind, VerifyProgress, VerifyReport, VerifyScope};
 
 use neurallog_migrations::layout::{RECORDS_TREE, TENANTS_TREE};

@@ -1,0 +1,133 @@
+//! Opening the journal at start-up, and replacing it when it is damaged.
+//!
+//! Damage is whatever makes the journal untrustworthy: sled cannot read it, `verify` finds
+//! a broken chain, or a Tenant's status points at a record the journal no longer has (sled
+//! silently drops a torn or corrupted tail, so only the cluster still shows that it
+//! existed). A damaged journal is moved aside and kept, never repaired in place, and a new
+//! journal starts with a [`RecoveryMark`] pointing at it.
+
+use crate::journal::{Journal, JournalError, RecoveryMark};
+use chrono::{DateTime, Utc};
+use std::path::{Path, PathBuf};
+
+/// What a Tenant's status says about its journal chain.
+#[derive(Clone, Debug)]
+pub struct StatusPosition {
+    pub tenant: String,
+    pub uid: String,
+    pub sequence: u64,
+    pub hash: String,
+    /// The chain label the status was written under (`None`: an original journal).
+    pub chain: Option<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RecoveryError {
+    #[error(transparent)]
+    Journal(#[from] JournalError),
+    #[error("the journal at {} is damaged ({reason}) and could not be moved to {}: {source}", from.display(), to.display())]
+    Move {
+        from: PathBuf,
+        to: PathBuf,
+        reason: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Opens the journal at `path`; a damaged one is moved aside and replaced by a new one.
+pub fn open_or_replace(
+    path: &Path,
+    statuses: &[StatusPosition],
+    now: DateTime<Utc>,
+) -> Result<Journal, RecoveryError> {
+    let reason = match Journal::open(path) {
+        Ok(journal) => match damage(&journal, statuses)? {
+            None => return Ok(journal),
+            Some(reason) => reason,
+        },
+        Err(error) if is_damage(&error) => error.to_string(),
+        Err(error) => return Err(error.into()),
+    };
+    replace(path, reason, now)
+}
+
+/// Errors that mean the bytes are bad, not that the journal is busy, too new or unreachable.
+fn is_damage(error: &JournalError) -> bool {
+    match error {
+        JournalError::Open { source, .. } | JournalError::Storage(source) => match source {
+            sled::Error::Corruption { .. } => true,
+            sled::Error::Io(io) => matches!(
+                io.kind(),
+                std::io::ErrorKind::InvalidData | std::io::ErrorKind::UnexpectedEof
+            ),
+            _ => false,
+        },
+        JournalError::Corrupt { .. } | JournalError::Migration { .. } => true,
+        _ => false,
+    }
+}
+
+/// Why the open journal cannot be trusted, if it cannot.
+fn damage(journal: &Journal, statuses: &[StatusPosition]) -> Result<Option<String>, JournalError> {
+    let report = journal.verify()?;
+    if let Some(problem) = report.first_problem {
+        return Ok(Some(format!("verify: {problem}")));
+    }
+    let chain = journal.recovery()?.map(|m| m.chain_label());
+    for status in statuses.iter().filter(|s| s.chain == chain) {
+        // A status is written only after its record is durable: a missing record was lost
+        // (an emptied journal volume loses every record, and is damage too).
+        let lost = match journal.record(&status.uid, status.sequence)? {
+            None => format!(
+                "Tenant {} shows journal record {} but the journal ends at {}: its tail was lost",
+                status.tenant,
+                status.sequence,
+                journal.last(&status.uid)?.map_or(0, |r| r.seq)
+            ),
+            Some(record) if record.hash.to_hex() != status.hash => format!(
+                "Tenant {} shows journal record {} with hash {} but the journal holds {}",
+                status.tenant,
+                status.sequence,
+                status.hash,
+                record.hash.to_hex()
+            ),
+            Some(_) => continue,
+        };
+        return Ok(Some(lost));
+    }
+    Ok(None)
+}
+
+fn replace(path: &Path, reason: String, now: DateTime<Utc>) -> Result<Journal, RecoveryError> {
+    let moved_to = aside(path, now);
+    std::fs::rename(path, &moved_to).map_err(|source| RecoveryError::Move {
+        from: path.to_owned(),
+        to: moved_to.clone(),
+        reason: reason.clone(),
+        source,
+    })?;
+    let journal = Journal::open(path)?;
+    let mark = RecoveryMark {
+        moved_to: moved_to.display().to_string(),
+        reason,
+        at: now,
+    };
+    journal.mark_recovery(&mark)?;
+    tracing::error!(
+        moved_to = %mark.moved_to,
+        reason = %mark.reason,
+        "the journal was damaged: moved it aside (kept) and started a new one"
+    );
+    Ok(journal)
+}
+
+/// `<path>.damaged-<UTC time>`, next to the journal.
+fn aside(path: &Path, now: DateTime<Utc>) -> PathBuf {
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(format!(".damaged-{}", now.format("%Y%m%dT%H%M%SZ")));
+    path.with_file_name(name)
+}
+
+#[cfg(test)]
+mod tests;
