@@ -67,6 +67,8 @@ impl IntoResponse for ApiError {
     }
 }
 
+/// The open journal. May reopen it from disk after a storage failure: call it off the
+/// async threads.
 fn opened(journal: &SharedJournal) -> Result<Arc<Journal>, ApiError> {
     let slot = journal.get().ok_or(ApiError::NotLeader)?;
     slot.get().map_err(|e| ApiError::Journal(e.to_string()))
@@ -77,8 +79,8 @@ async fn read<T: Send + 'static>(
     journal: &SharedJournal,
     f: impl FnOnce(&Journal) -> Result<T, ApiError> + Send + 'static,
 ) -> Result<T, ApiError> {
-    let journal = opened(journal)?;
-    tokio::task::spawn_blocking(move || f(&journal))
+    let journal = journal.clone();
+    tokio::task::spawn_blocking(move || f(&*opened(&journal)?))
         .await
         .map_err(|e| ApiError::Journal(format!("the journal read failed: {e}")))?
 }
@@ -136,7 +138,9 @@ async fn export(
     Query(query): Query<ExportQuery>,
 ) -> Result<Response, ApiError> {
     let filter = query.filter()?;
-    let journal = opened(&journal)?;
+    let journal = tokio::task::spawn_blocking(move || opened(&journal))
+        .await
+        .map_err(|e| ApiError::Journal(format!("the journal read failed: {e}")))??;
     let (tx, rx) =
         tokio::sync::mpsc::channel::<Result<String, std::io::Error>>(EXPORT_BUFFER_LINES);
     tokio::task::spawn_blocking(move || stream_export(&journal, &filter, &tx));

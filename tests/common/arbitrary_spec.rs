@@ -1,0 +1,185 @@
+// Strategies for arbitrary Tenant specs: mostly plausible values, with arbitrary strings
+// and integers mixed in to reach every branch. Shared (through `include!`) by the
+// validation unit tests and the dry-run e2e test; the including module brings the CRD
+// types, `crd`, `redis_config` and `proptest::prelude::*` into scope.
+
+use super::*;
+use proptest::collection::{btree_map, vec};
+use proptest::option;
+
+pub fn text() -> impl Strategy<Value = String> {
+    prop_oneof![
+        any::<String>(),
+        "[a-z0-9.-]{0,70}",
+        "[A-Za-z0-9._/ -]{0,12}",
+        Just(String::new()),
+    ]
+}
+
+fn quantity_text() -> impl Strategy<Value = QuantityValue> {
+    prop_oneof![
+        "[-+]?[0-9]{0,4}(\\.[0-9]{0,3})?(m|k|Mi|Gi|e3|E-2)?",
+        any::<String>(),
+    ]
+    .prop_map(QuantityValue)
+}
+
+fn count() -> impl Strategy<Value = i32> {
+    prop_oneof![-2..4i32, any::<i32>()]
+}
+
+fn request_limit() -> impl Strategy<Value = RequestLimit> {
+    (option::of(quantity_text()), option::of(quantity_text()))
+        .prop_map(|(request, limit)| RequestLimit { request, limit })
+}
+
+fn resources() -> impl Strategy<Value = Option<Resources>> {
+    option::of(
+        (option::of(request_limit()), option::of(request_limit()))
+            .prop_map(|(cpu, memory)| Resources { cpu, memory }),
+    )
+}
+
+fn key_ref() -> impl Strategy<Value = Option<KeyRef>> {
+    option::of((text(), text(), option::of(any::<bool>())).prop_map(
+        |(name, key, optional)| KeyRef {
+            name,
+            key,
+            optional,
+        },
+    ))
+}
+
+fn env_var() -> impl Strategy<Value = EnvVar> {
+    let source = (key_ref(), key_ref()).prop_map(|(secret_key_ref, config_map_key_ref)| {
+        EnvVarSource {
+            secret_key_ref,
+            config_map_key_ref,
+        }
+    });
+    let name = prop_oneof![text(), Just("PORT".to_string()), Just("A".to_string())];
+    (name, option::of(text()), option::of(source)).prop_map(|(name, value, value_from)| {
+        EnvVar {
+            name,
+            value,
+            value_from,
+        }
+    })
+}
+
+fn server() -> impl Strategy<Value = ServerSpec> {
+    (count(), text(), resources(), vec(env_var(), 0..4)).prop_map(
+        |(replicas, image, resources, env)| ServerSpec {
+            replicas,
+            image,
+            resources,
+            env,
+        },
+    )
+}
+
+fn redis_key() -> impl Strategy<Value = String> {
+    let known: Vec<String> = redis_config::SUPPORTED_DIRECTIVES
+        .iter()
+        .map(|d| d.name.to_string())
+        .chain(
+            crd::RESERVED_REDIS_KEYS
+                .iter()
+                .map(|k| k.to_string()),
+        )
+        .collect();
+    prop_oneof![proptest::sample::select(known), text()]
+}
+
+fn redis() -> impl Strategy<Value = RedisSpec> {
+    let value = prop_oneof![text(), "[-0-9a-zA-Z $]{0,12}"];
+    (
+        count(),
+        text(),
+        resources(),
+        prop_oneof![quantity_text().prop_map(|q| q.0), text()],
+        btree_map(redis_key(), value, 0..4),
+    )
+        .prop_map(|(replicas, image, resources, storage, config)| RedisSpec {
+            replicas,
+            image,
+            resources,
+            storage,
+            config,
+        })
+}
+
+fn ports() -> impl Strategy<Value = Vec<PortRule>> {
+    let protocol = prop_oneof![
+        Just(Protocol::Tcp),
+        Just(Protocol::Udp),
+        Just(Protocol::Sctp)
+    ];
+    vec(
+        (protocol, prop_oneof![0..70000i32, any::<i32>()])
+            .prop_map(|(protocol, port)| PortRule { protocol, port }),
+        0..3,
+    )
+}
+
+fn labels() -> impl Strategy<Value = BTreeMap<String, String>> {
+    btree_map(text(), text(), 0..3)
+}
+
+fn network_policy() -> impl Strategy<Value = NetworkPolicySpec> {
+    let ingress =
+        (option::of(text()), labels(), ports()).prop_map(|(description, from, ports)| {
+            IngressRule {
+                description,
+                from,
+                ports,
+            }
+        });
+    let egress =
+        (option::of(text()), labels(), ports()).prop_map(|(description, to, ports)| {
+            EgressRule {
+                description,
+                to,
+                ports,
+            }
+        });
+    (
+        any::<bool>(),
+        vec(text(), 0..3),
+        vec(ingress, 0..3),
+        vec(egress, 0..3),
+    )
+        .prop_map(
+            |(enabled, allowed_namespaces, ingress_rules, egress_rules)| {
+                NetworkPolicySpec {
+                    enabled,
+                    allowed_namespaces,
+                    ingress_rules,
+                    egress_rules,
+                }
+            },
+        )
+}
+
+pub fn spec() -> impl Strategy<Value = TenantSpec> {
+    let auth =
+        option::of(option::of(text()).prop_map(|admin_user_id| AuthSpec { admin_user_id }));
+    (
+        option::of(text()),
+        option::of(text()),
+        server(),
+        redis(),
+        network_policy(),
+        auth,
+    )
+        .prop_map(
+            |(display_name, description, server, redis, network_policy, auth)| TenantSpec {
+                display_name,
+                description,
+                server,
+                redis,
+                network_policy,
+                auth,
+            },
+        )
+}

@@ -1,0 +1,338 @@
+//! Arbitrary Tenant specs through validation and rendering: nothing panics, and every
+//! object rendered for a spec the operator accepts passes the API server's own admission
+//! (server-side dry-run create), so an accepted spec never stalls on a refused object.
+
+mod common;
+
+/// What the shared strategies expect their including module's parent to import.
+mod specs {
+    use neurallog_operator::crd::*;
+    use neurallog_operator::{crd, redis_config};
+    use proptest::prelude::*;
+    use std::collections::BTreeMap;
+
+    #[allow(dead_code)]
+    pub mod arbitrary {
+        include!(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/common/arbitrary_spec.rs"
+        ));
+    }
+}
+use specs::arbitrary;
+
+/// Specs drawn from valid-looking values, so most pass validation and reach the renderers
+/// (arbitrary ones almost never do).
+mod plausible {
+    use neurallog_operator::crd::*;
+    use proptest::collection::{btree_map, vec};
+    use proptest::option;
+    use proptest::prelude::*;
+    use proptest::sample::select;
+
+    /// request <= limit: both from one ascending list.
+    fn request_limit(values: &'static [&'static str]) -> impl Strategy<Value = RequestLimit> {
+        (0..values.len(), 0..values.len(), any::<(bool, bool)>()).prop_map(
+            move |(a, b, (has_request, has_limit))| RequestLimit {
+                request: has_request.then(|| QuantityValue(values[a.min(b)].into())),
+                limit: has_limit.then(|| QuantityValue(values[a.max(b)].into())),
+            },
+        )
+    }
+
+    fn resources() -> impl Strategy<Value = Option<Resources>> {
+        const CPU: &[&str] = &["50m", "100m", "250m", "500m", "1", "2"];
+        const MEMORY: &[&str] = &["64Mi", "128Mi", "256Mi", "512Mi", "1Gi", "2Gi"];
+        option::of(
+            (
+                option::of(request_limit(CPU)),
+                option::of(request_limit(MEMORY)),
+            )
+                .prop_map(|(cpu, memory)| Resources { cpu, memory }),
+        )
+    }
+
+    fn env() -> impl Strategy<Value = Vec<EnvVar>> {
+        let names = select(&["LOG_LEVEL", "FEATURE_X", "API_TOKEN", "A_B", "x1"][..]);
+        btree_map(names, "[ -~]{0,30}", 0..4).prop_map(|vars| {
+            vars.into_iter()
+                .map(|(name, value)| EnvVar {
+                    name: name.to_string(),
+                    value: Some(value),
+                    value_from: None,
+                })
+                .collect()
+        })
+    }
+
+    fn redis_config() -> impl Strategy<Value = std::collections::BTreeMap<String, String>> {
+        let pair = select(
+            &[
+                ("maxmemory", "256mb"),
+                ("maxmemory-policy", "allkeys-lru"),
+                ("appendonly", "yes"),
+                ("appendfsync", "everysec"),
+                ("databases", "4"),
+                ("hz", "20"),
+                ("loglevel", "warning"),
+                ("activerehashing", "no"),
+            ][..],
+        );
+        vec(pair, 0..4).prop_map(|pairs| {
+            pairs
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        })
+    }
+
+    fn ports() -> impl Strategy<Value = Vec<PortRule>> {
+        let protocol = prop_oneof![Just(Protocol::Tcp), Just(Protocol::Udp)];
+        vec(
+            (protocol, 1..=65535i32).prop_map(|(protocol, port)| PortRule { protocol, port }),
+            0..3,
+        )
+    }
+
+    fn labels() -> impl Strategy<Value = std::collections::BTreeMap<String, String>> {
+        btree_map("[a-z]{1,8}(/[a-z]{1,8})?", "[a-z0-9]{0,8}", 0..3)
+    }
+
+    fn network_policy() -> impl Strategy<Value = NetworkPolicySpec> {
+        let description = option::of("[ -~]{0,20}");
+        let ingress =
+            (description.clone(), labels(), ports()).prop_map(|(description, from, ports)| {
+                IngressRule {
+                    description,
+                    from,
+                    ports,
+                }
+            });
+        let egress =
+            (description, labels(), ports()).prop_map(|(description, to, ports)| EgressRule {
+                description,
+                to,
+                ports,
+            });
+        (
+            any::<bool>(),
+            vec("[a-z][a-z0-9-]{0,20}[a-z0-9]", 0..3),
+            vec(ingress, 0..3),
+            vec(egress, 0..3),
+        )
+            .prop_map(
+                |(enabled, allowed_namespaces, ingress_rules, egress_rules)| NetworkPolicySpec {
+                    enabled,
+                    allowed_namespaces,
+                    ingress_rules,
+                    egress_rules,
+                },
+            )
+    }
+
+    pub fn spec() -> impl Strategy<Value = TenantSpec> {
+        let images = select(
+            &[
+                "neurallog/server:latest",
+                "registry.local:5000/nl/server:1.2.3",
+            ][..],
+        );
+        let server =
+            (1..5i32, images, resources(), env()).prop_map(|(replicas, image, resources, env)| {
+                ServerSpec {
+                    replicas,
+                    image: image.to_string(),
+                    resources,
+                    env,
+                }
+            });
+        let redis = (
+            resources(),
+            select(&["512Mi", "1Gi", "10Gi"][..]),
+            redis_config(),
+        )
+            .prop_map(|(resources, storage, config)| RedisSpec {
+                replicas: 1,
+                image: "redis:7-alpine".into(),
+                resources,
+                storage: storage.to_string(),
+                config,
+            });
+        let auth = option::of(
+            option::of("[a-z0-9-]{1,20}").prop_map(|admin_user_id| AuthSpec { admin_user_id }),
+        );
+        (
+            option::of("[ -~]{0,40}"),
+            option::of("[ -~]{0,80}"),
+            server,
+            redis,
+            network_policy(),
+            auth,
+        )
+            .prop_map(
+                |(display_name, description, server, redis, network_policy, auth)| TenantSpec {
+                    display_name,
+                    description,
+                    server,
+                    redis,
+                    network_policy,
+                    auth,
+                },
+            )
+    }
+}
+
+use common::*;
+use k8s_openapi::NamespaceResourceScope;
+use k8s_openapi::api::core::v1::Namespace;
+use kube::api::{Api, PostParams};
+use kube::{Client, Resource};
+use neurallog_operator::crd::{Tenant, TenantSpec};
+use neurallog_operator::render::{self, RenderSettings};
+use neurallog_operator::validation::validate;
+use proptest::strategy::{Strategy, ValueTree};
+use proptest::test_runner::TestRunner;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use std::fmt::Debug;
+
+const SPECS: usize = 300;
+const NAME: &str = "dry-run-tenant";
+
+fn tenant(spec: TenantSpec) -> Tenant {
+    let mut tenant = Tenant::new(NAME, spec);
+    tenant.metadata.uid = Some("0b6f3f0e-0000-4000-8000-000000000001".into());
+    tenant
+}
+
+/// Every object the operator would apply for `tenant`, or the render error.
+fn rendered(tenant: &Tenant, settings: &RenderSettings) -> Result<Rendered, String> {
+    let e = |e: render::RenderError| e.to_string();
+    Ok(Rendered {
+        namespace: render::namespace(tenant).map_err(e)?,
+        config_map: render::redis_config_map(tenant).map_err(e)?,
+        services: vec![
+            render::redis_service(tenant).map_err(e)?,
+            render::server_service(tenant).map_err(e)?,
+        ],
+        statefulset: render::redis_statefulset(tenant).map_err(e)?,
+        deployment: render::server_deployment(tenant, settings).map_err(e)?,
+        policies: render::network_policies(tenant, settings).map_err(e)?,
+        quota: render::resource_quota(tenant).map_err(e)?,
+        limit_range: render::limit_range(tenant).map_err(e)?,
+    })
+}
+
+struct Rendered {
+    namespace: Namespace,
+    config_map: k8s_openapi::api::core::v1::ConfigMap,
+    services: Vec<k8s_openapi::api::core::v1::Service>,
+    statefulset: k8s_openapi::api::apps::v1::StatefulSet,
+    deployment: k8s_openapi::api::apps::v1::Deployment,
+    policies: Vec<k8s_openapi::api::networking::v1::NetworkPolicy>,
+    quota: k8s_openapi::api::core::v1::ResourceQuota,
+    limit_range: k8s_openapi::api::core::v1::LimitRange,
+}
+
+/// Dry-run creates `object` in namespace `ns` (the tenant namespace does not exist here).
+async fn admitted<K>(client: &Client, ns: &str, mut object: K) -> Result<(), String>
+where
+    K: Resource<DynamicType = (), Scope = NamespaceResourceScope>
+        + Clone
+        + Debug
+        + Serialize
+        + DeserializeOwned,
+{
+    object.meta_mut().namespace = Some(ns.to_string());
+    let params = PostParams {
+        dry_run: true,
+        ..PostParams::default()
+    };
+    Api::<K>::namespaced(client.clone(), ns)
+        .create(&params, &object)
+        .await
+        .map(|_| ())
+        .map_err(|e| format!("{} {:?}: {e}", K::kind(&()), object.meta().name))
+}
+
+async fn all_admitted(client: &Client, ns: &str, r: Rendered) -> Vec<String> {
+    let params = PostParams {
+        dry_run: true,
+        ..PostParams::default()
+    };
+    let mut refused = Vec::new();
+    let mut note = |result: Result<(), String>| {
+        if let Err(e) = result {
+            refused.push(e);
+        }
+    };
+    note(
+        Api::<Namespace>::all(client.clone())
+            .create(&params, &r.namespace)
+            .await
+            .map(|_| ())
+            .map_err(|e| format!("Namespace: {e}")),
+    );
+    note(admitted(client, ns, r.config_map).await);
+    for service in r.services {
+        note(admitted(client, ns, service).await);
+    }
+    note(admitted(client, ns, r.statefulset).await);
+    note(admitted(client, ns, r.deployment).await);
+    for policy in r.policies {
+        note(admitted(client, ns, policy).await);
+    }
+    note(admitted(client, ns, r.quota).await);
+    note(admitted(client, ns, r.limit_range).await);
+    refused
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_object_rendered_for_an_accepted_spec_passes_admission() {
+    let client = client().await;
+    let ns = unique("dryrun");
+    Api::<Namespace>::all(client.clone())
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(serde_json::json!({"metadata": {"name": ns}})).expect("ns"),
+        )
+        .await
+        .expect("the dry-run namespace");
+
+    let settings = RenderSettings::default();
+    let mut runner = TestRunner::deterministic();
+    let arbitrary = arbitrary::spec().boxed();
+    let plausible = plausible::spec().boxed();
+    let (mut accepted, mut objects_checked) = (0, 0);
+    let mut refused = Vec::new();
+    for i in 0..SPECS {
+        let strategy = if i % 3 == 0 { &arbitrary } else { &plausible };
+        let spec = strategy.new_tree(&mut runner).expect("a spec").current();
+        if !validate(NAME, &spec).is_empty() {
+            // The operator never renders a rejected spec; rendering must still not panic.
+            let _ = rendered(&tenant(spec), &settings);
+            continue;
+        }
+        accepted += 1;
+        let tenant = tenant(spec);
+        let objects = rendered(&tenant, &settings)
+            .unwrap_or_else(|e| panic!("an accepted spec does not render: {e}: {:?}", tenant.spec));
+        objects_checked += 6 + objects.policies.len() + 2;
+        for problem in all_admitted(&client, &ns, objects).await {
+            refused.push(format!("{problem}\n  spec: {:?}", tenant.spec));
+        }
+    }
+    let _ = Api::<Namespace>::all(client.clone())
+        .delete(&ns, &Default::default())
+        .await;
+    println!(
+        "dry-run: {SPECS} specs (a third arbitrary, the rest plausible), {accepted} accepted by validation, \
+         {objects_checked} rendered objects sent to server-side dry-run, {} refused",
+        refused.len()
+    );
+    assert!(
+        accepted >= SPECS / 4,
+        "only {accepted} of {SPECS} specs were valid: the strategy no longer explores valid specs"
+    );
+    assert!(refused.is_empty(), "refused:\n{}", refused.join("\n"));
+}
