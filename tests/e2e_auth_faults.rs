@@ -5,9 +5,7 @@
 mod common;
 
 use common::*;
-use kube::Api;
 use neurallog_operator::auth_stub::{Faults, RateLimit};
-use neurallog_operator::crd::Tenant;
 use std::time::Duration;
 
 const BASIC: &str = include_str!("../examples/basic-tenant.yaml");
@@ -22,25 +20,7 @@ async fn waits_with_reason_then_recovers(prefix: &str, faults: Faults, reason: &
     let operator = Operator::start(&run, &auth.url());
     operator.wait_ready().await;
     apply_tenant(&client, &tenant_from_yaml(BASIC, &run, &run)).await;
-    let tenants: Api<Tenant> = Api::all(client.clone());
-    wait_for(
-        &format!("Reconciling=True with reason {reason}"),
-        LONG,
-        || {
-            let api = tenants.clone();
-            let name = run.clone();
-            async move {
-                let t = api.get(&name).await.ok()?;
-                let c = t
-                    .status?
-                    .conditions
-                    .into_iter()
-                    .find(|c| c.type_ == "Reconciling")?;
-                (c.status == "True" && c.reason == reason).then_some(())
-            }
-        },
-    )
-    .await;
+    wait_for_true_condition(&client, &run, "Reconciling", reason, LONG).await;
     auth.set_faults(Faults::default())
         .await
         .expect("faults cleared");

@@ -416,22 +416,12 @@ async fn an_auth_outage_shows_as_reconciling_and_heals_by_itself() {
         .await
         .expect("down");
     apply_tenant(&env.client, &tenant_from_yaml(BASIC, &name, &env.run)).await;
-    wait_for(
-        "Reconciling=True with reason AuthUnavailable",
+    wait_for_true_condition(
+        &env.client,
+        &name,
+        "Reconciling",
+        "AuthUnavailable",
         PROVISION,
-        || {
-            let api = tenants(&env.client);
-            let name = name.clone();
-            async move {
-                let t = api.get(&name).await.ok()?;
-                let c = t
-                    .status?
-                    .conditions
-                    .into_iter()
-                    .find(|c| c.type_ == "Reconciling")?;
-                (c.status == "True" && c.reason == "AuthUnavailable").then_some(())
-            }
-        },
     )
     .await;
     let waiting = tenants(&env.client).get(&name).await.expect("tenant");

@@ -328,6 +328,31 @@ pub async fn wait_for_phase(client: &Client, name: &str, phase: &str, timeout: D
     .await
 }
 
+/// Waits until the tenant's condition `type_` is True with `reason`.
+pub async fn wait_for_true_condition(
+    client: &Client,
+    name: &str,
+    type_: &str,
+    reason: &str,
+    timeout: Duration,
+) {
+    let api: Api<Tenant> = Api::all(client.clone());
+    let what = format!("tenant {name}: {type_}=True with reason {reason}");
+    wait_for(&what, timeout, || {
+        let api = api.clone();
+        async move {
+            let t = api.get_opt(name).await.ok()??;
+            let c = t
+                .status?
+                .conditions
+                .into_iter()
+                .find(|c| c.type_ == type_)?;
+            (c.status == "True" && c.reason == reason).then_some(())
+        }
+    })
+    .await;
+}
+
 pub async fn wait_until_gone<K>(api: &Api<K>, name: &str, timeout: Duration)
 where
     K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
