@@ -87,8 +87,8 @@ build_kwok() {
 }
 
 build_provisioner() {
-  # A binary from before the client rate-limit flags is rebuilt.
-  [ -x "$bin/provisioner" ] && "$bin/provisioner" -h 2>&1 | grep -q kube-api-qps && return 0
+  # A binary from before the client rate-limit and worker flags is rebuilt.
+  [ -x "$bin/provisioner" ] && "$bin/provisioner" -h 2>&1 | grep -q -- -workers && return 0
   log "building the test volume provisioner against client-go ${KUBE_VERSION/v1./v0.}"
   local dir staging="v0.${KUBE_VERSION#v1.}"
   dir=$(prepare_module provisioner)

@@ -25,6 +25,8 @@ import (
 const provisionedBy = "pv.kubernetes.io/provisioned-by"
 
 type provisioner struct {
+	// One token per claim being provisioned: creates run in parallel, up to its capacity.
+	slots   chan struct{}
 	client  kubernetes.Interface
 	name    string
 	class   string
@@ -38,6 +40,7 @@ func main() {
 	baseDir := flag.String("base-dir", "/tmp/neurallog-pv", "hostPath root recorded in the volumes")
 	qps := flag.Float64("kube-api-qps", 200, "client-side request rate limit")
 	burst := flag.Int("kube-api-burst", 400, "client-side request burst")
+	workers := flag.Int("workers", 16, "claims provisioned at once")
 	flag.Parse()
 
 	config, err := clientcmd.BuildConfigFromFlags("", *kubeconfig)
@@ -46,7 +49,7 @@ func main() {
 	}
 	config.QPS = float32(*qps)
 	config.Burst = *burst
-	p := &provisioner{client: kubernetes.NewForConfigOrDie(config), name: *name, class: *class, baseDir: *baseDir}
+	p := &provisioner{slots: make(chan struct{}, max(*workers, 1)), client: kubernetes.NewForConfigOrDie(config), name: *name, class: *class, baseDir: *baseDir}
 
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
@@ -55,8 +58,8 @@ func main() {
 	claims := factory.Core().V1().PersistentVolumeClaims().Informer()
 	volumes := factory.Core().V1().PersistentVolumes().Informer()
 	_, _ = claims.AddEventHandler(cache.ResourceEventHandlerFuncs{
-		AddFunc:    func(obj interface{}) { p.provision(ctx, obj) },
-		UpdateFunc: func(_, obj interface{}) { p.provision(ctx, obj) },
+		AddFunc:    func(obj interface{}) { p.provisionAsync(ctx, obj) },
+		UpdateFunc: func(_, obj interface{}) { p.provisionAsync(ctx, obj) },
 	})
 	_, _ = volumes.AddEventHandler(cache.ResourceEventHandlerFuncs{
 		AddFunc:    func(obj interface{}) { p.reclaim(ctx, obj) },
@@ -66,6 +69,17 @@ func main() {
 	factory.WaitForCacheSync(ctx.Done())
 	log.Printf("provisioner: serving StorageClass %s as %s", p.class, p.name)
 	<-ctx.Done()
+}
+
+// provisionAsync provisions in the background, blocking the informer only while every
+// slot is taken: one create at a time made the volumes, not the API server, the limit of
+// large runs. Two passes over one claim are harmless: the second gets AlreadyExists.
+func (p *provisioner) provisionAsync(ctx context.Context, obj interface{}) {
+	p.slots <- struct{}{}
+	go func() {
+		defer func() { <-p.slots }()
+		p.provision(ctx, obj)
+	}()
 }
 
 func (p *provisioner) provision(ctx context.Context, obj interface{}) {
