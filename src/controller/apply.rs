@@ -130,8 +130,11 @@ impl Applier<'_> {
         match &self.obs.namespace {
             NamespaceState::Foreign { .. } | NamespaceState::Ours { active: false } => Ok(()),
             // Create, never apply: if a namespace of that name appeared meanwhile, this
-            // fails with AlreadyExists instead of adopting it.
+            // fails with AlreadyExists instead of adopting it. Created with its desired
+            // hash, so the next pass finds it up to date instead of applying it again.
             NamespaceState::Missing => {
+                let (body, _) = with_hash(&desired)?;
+                let desired: Namespace = serde_json::from_value(body).map_err(Error::Serialize)?;
                 self.ctx.metrics.count_write("create", "namespaces");
                 match api.create(&PostParams::default(), &desired).await {
                     Ok(created) => {

@@ -27,6 +27,7 @@ use k8s_openapi::api::networking::v1::NetworkPolicy;
 use kube::api::{Patch, PatchParams};
 use kube::runtime::controller::{self, Action, Controller};
 use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::utils::{Backoff, ResetTimerBackoff};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, Resource, ResourceExt};
 use neurallog_machines::{Phase, step};
@@ -118,6 +119,10 @@ pub struct Context {
     /// Set when the journal replaced a damaged one at start-up.
     pub recovery: Option<RecoveryMark>,
     chain: Option<String>,
+    /// Every owned-object cache holds its initial list. Before that a missing object may
+    /// only be not-yet-listed: observing it would apply it again, or journal a spurious
+    /// Degraded.
+    caches_synced: Arc<std::sync::atomic::AtomicBool>,
     memo: Mutex<HashMap<String, TenantMemo>>,
 }
 
@@ -141,8 +146,15 @@ impl Context {
             instance,
             chain: None,
             recovery: None,
+            caches_synced: Arc::new(std::sync::atomic::AtomicBool::new(true)),
             memo: Mutex::default(),
         }
+    }
+
+    /// Reconciles wait until `synced` is set (by the readiness task).
+    pub fn with_caches_synced(mut self, synced: Arc<std::sync::atomic::AtomicBool>) -> Self {
+        self.caches_synced = synced;
+        self
     }
 
     /// For a journal that replaced a damaged one at start-up.
@@ -442,6 +454,9 @@ impl Context {
 
 /// One reconcile pass for one Tenant.
 pub async fn reconcile(tenant: Arc<Tenant>, ctx: Arc<Context>) -> Result<Action, Error> {
+    if !ctx.caches_synced.load(std::sync::atomic::Ordering::SeqCst) {
+        return Ok(Action::requeue(Duration::from_millis(500)));
+    }
     let span = info_span!(
         "reconcile",
         tenant = %tenant.name_any(),
@@ -619,6 +634,42 @@ where
     Box::pin(async move { store.wait_until_ready().await })
 }
 
+/// Backoff of the controller's merged trigger stream. One backoff pauses every watch at
+/// once, and kube's default grows to 30 s and resets only after 120 s without an error: after
+/// an API server restart each watch fails once in turn, and the pauses added up to minutes
+/// without any Tenant event. The owned caches back off on their own; this stays short.
+#[derive(Debug, Clone)]
+struct TriggerBackoff {
+    next: Duration,
+}
+
+impl TriggerBackoff {
+    const FIRST: Duration = Duration::from_millis(200);
+    const MAX: Duration = Duration::from_secs(3);
+}
+
+impl Default for TriggerBackoff {
+    fn default() -> Self {
+        TriggerBackoff { next: Self::FIRST }
+    }
+}
+
+impl Iterator for TriggerBackoff {
+    type Item = Duration;
+
+    fn next(&mut self) -> Option<Duration> {
+        let current = self.next;
+        self.next = (current * 2).min(Self::MAX);
+        Some(current)
+    }
+}
+
+impl Backoff for TriggerBackoff {
+    fn reset(&mut self) {
+        self.next = Self::FIRST;
+    }
+}
+
 type Watch<K> = std::pin::Pin<Box<dyn Stream<Item = Result<K, watcher::Error>> + Send>>;
 
 fn cache<K>(client: &Client) -> (Store<K>, Watch<K>)
@@ -667,7 +718,7 @@ pub async fn run(
         quotas,
         limit_ranges,
     };
-    let ctx = Arc::new(make_context(stores.clone()));
+    let ctx = Arc::new(make_context(stores.clone()).with_caches_synced(ready.clone()));
     let tenants: Api<Tenant> = Api::all(client.clone());
     let mut tenant_watch = watcher::Config::default().any_semantic();
     if let Some(selector) = tenant_selector {
@@ -687,6 +738,10 @@ pub async fn run(
                 .concurrency(concurrency)
                 .debounce(Duration::from_millis(100)),
         )
+        .trigger_backoff(ResetTimerBackoff::new(
+            TriggerBackoff::default(),
+            Duration::from_secs(30),
+        ))
         .graceful_shutdown_on(shutdown);
     let tenant_store = controller.store();
     let readiness = tokio::spawn(report_readiness(stores, tenant_store, ready));
@@ -704,4 +759,18 @@ pub async fn run(
 #[doc(hidden)]
 pub fn status_of(tenant: &Tenant) -> Option<&TenantStatus> {
     tenant.status.as_ref()
+}
+
+#[cfg(test)]
+mod trigger_backoff_tests {
+    use super::*;
+
+    #[test]
+    fn trigger_backoff_doubles_to_its_cap_and_resets() {
+        let mut b = TriggerBackoff::default();
+        let first: Vec<u64> = b.by_ref().take(6).map(|d| d.as_millis() as u64).collect();
+        assert_eq!(first, vec![200, 400, 800, 1600, 3000, 3000]);
+        b.reset();
+        assert_eq!(b.next(), Some(Duration::from_millis(200)));
+    }
 }

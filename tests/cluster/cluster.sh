@@ -196,8 +196,8 @@ down() {
   log "cluster stopped"
 }
 
-# Kills kube-apiserver and starts it again with the same command line: tests use it to
-# prove that watches resume after an API server restart.
+# Kills kube-apiserver (SIGKILL) and starts it again with the same command line: tests use
+# it to prove that watches resume after an API server crash.
 restart_apiserver() {
   bin=$(cluster_bin_dir)
   local pidfile="$kwok_dir/clusters/$cluster_name/pids/kube-apiserver.pid" pid cwd
@@ -206,7 +206,8 @@ restart_apiserver() {
   kill -0 "$pid" 2>/dev/null || die "kube-apiserver (pid $pid) is not running"
   mapfile -d '' cmd <"/proc/$pid/cmdline"
   cwd=$(readlink "/proc/$pid/cwd")
-  kill "$pid"
+  # SIGKILL: a crash, and no 60 s graceful drain of open watches before the restart.
+  kill -9 "$pid"
   while kill -0 "$pid" 2>/dev/null; do sleep 0.1; done
   # setsid forks when it is a process-group leader, so $! may not be the server: the
   # shell records its own pid and then becomes the server.
