@@ -517,6 +517,11 @@ async fn reconcile_tenant(tenant: Arc<Tenant>, ctx: Arc<Context>) -> Result<Acti
         tail = Some(record);
     }
     let phase = tail.as_ref().map_or(Phase::New, |r| r.to);
+    if phase == Phase::Deleted {
+        // Before the finalizer goes: once the Tenant is gone nothing reconciles it again,
+        // so a crash in between would leave its last transition without an Event.
+        ctx.mirror_events(&tenant, tail.as_ref()).await?;
+    }
 
     let applied = Applier {
         ctx: &ctx,
