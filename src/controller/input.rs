@@ -95,20 +95,11 @@ mod tests {
     use super::*;
     use crate::controller::observation::WorkloadState;
 
-    fn ready(n: i32) -> WorkloadState {
-        WorkloadState {
-            exists: true,
-            ready: n,
-            desired: n,
-            current: true,
-        }
-    }
-
     fn obs() -> Observation {
         Observation {
             namespace: NamespaceState::Ours { active: true },
-            redis: ready(1),
-            server: ready(2),
+            redis: WorkloadState::all_ready(1),
+            server: WorkloadState::all_ready(2),
             auth: AuthState::Registered,
             problems: Vec::new(),
         }
@@ -138,12 +129,12 @@ mod tests {
             Some(Trigger::NamespaceReady)
         );
         assert_eq!(trigger(Phase::ProvisioningRedis, facts(), &o), None);
-        o.redis = ready(1);
+        o.redis = WorkloadState::all_ready(1);
         assert_eq!(
             trigger(Phase::ProvisioningRedis, facts(), &o),
             Some(Trigger::RedisReady)
         );
-        o.server = ready(2);
+        o.server = WorkloadState::all_ready(2);
         assert_eq!(
             trigger(Phase::ProvisioningServer, facts(), &o),
             None,

@@ -39,6 +39,19 @@ impl WorkloadState {
     }
 }
 
+#[cfg(test)]
+impl WorkloadState {
+    /// `n` replicas, all ready and current: a test fixture.
+    pub fn all_ready(n: i32) -> Self {
+        WorkloadState {
+            exists: true,
+            ready: n,
+            desired: n,
+            current: true,
+        }
+    }
+}
+
 /// Auth registration as the operator last learned it.
 #[derive(Clone, Debug, PartialEq, Eq, Default)]
 pub enum AuthState {

@@ -182,20 +182,11 @@ fn keep_transition_time(
 mod tests {
     use super::*;
 
-    fn ready(n: i32) -> WorkloadState {
-        WorkloadState {
-            exists: true,
-            ready: n,
-            desired: n,
-            current: true,
-        }
-    }
-
     fn running_obs() -> Observation {
         Observation {
             namespace: NamespaceState::Ours { active: true },
-            redis: ready(1),
-            server: ready(1),
+            redis: WorkloadState::all_ready(1),
+            server: WorkloadState::all_ready(1),
             auth: AuthState::Registered,
             problems: vec![],
         }
