@@ -40,6 +40,9 @@ pub struct Metrics {
     pub reconcile_errors: Family<ReasonLabel, Counter>,
     pub api_writes: Family<WriteLabels, Counter>,
     pub journal_append: Histogram,
+    /// The part of an append spent in the journal's own thread (transaction and flush),
+    /// without the hand-off to and from it: what tells storage from scheduling.
+    pub journal_storage: Histogram,
     /// uid -> phase, to keep `neurallog_tenant_count` exact.
     phases: Mutex<HashMap<String, String>>,
 }
@@ -56,6 +59,7 @@ impl Default for Metrics {
         let reconcile_errors = Family::<ReasonLabel, Counter>::default();
         let api_writes = Family::<WriteLabels, Counter>::default();
         let journal_append = Histogram::new(exponential_buckets(0.0001, 2.0, 16));
+        let journal_storage = Histogram::new(exponential_buckets(0.0001, 2.0, 16));
         registry.register(
             "neurallog_tenant_creation",
             "Tenants that finished provisioning (success) or failed",
@@ -91,6 +95,11 @@ impl Default for Metrics {
             "Durable journal append latency",
             journal_append.clone(),
         );
+        registry.register(
+            "neurallog_journal_storage_duration_seconds",
+            "Journal append latency inside the journal thread: transaction and flush",
+            journal_storage.clone(),
+        );
         Self {
             registry,
             tenant_creation,
@@ -100,6 +109,7 @@ impl Default for Metrics {
             reconcile_errors,
             api_writes,
             journal_append,
+            journal_storage,
             phases: Mutex::new(HashMap::new()),
         }
     }

@@ -21,19 +21,47 @@ use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 use std::fmt::Debug;
 use std::future::Future;
+use std::sync::Mutex;
 use std::time::Duration;
 
 /// The one field manager for everything the operator applies.
 pub const FIELD_MANAGER: &str = "neurallog-operator";
 
+/// How long a pass waits for the watch caches to show its own writes.
+const OWN_WRITES_DEADLINE: Duration = Duration::from_secs(2);
+const OWN_WRITES_POLL: Duration = Duration::from_millis(10);
+
+/// Whether a watch cache shows one write of this pass.
+type CacheCheck = Box<dyn Fn() -> bool + Send + Sync>;
+
 pub struct Applier<'a> {
-    pub ctx: &'a Context,
-    pub tenant: &'a Tenant,
-    pub obs: &'a Observation,
+    ctx: &'a Context,
+    tenant: &'a Tenant,
+    obs: &'a Observation,
+    written: Mutex<Vec<CacheCheck>>,
 }
 
-impl Applier<'_> {
+impl<'a> Applier<'a> {
+    pub fn new(ctx: &'a Context, tenant: &'a Tenant, obs: &'a Observation) -> Self {
+        Self {
+            ctx,
+            tenant,
+            obs,
+            written: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// Makes the cluster hold what `phase` needs, then waits until the caches show what
+    /// this pass wrote. The next pass, usually triggered by this pass's own status patch
+    /// within milliseconds, would otherwise find a cache without the new objects and apply
+    /// them (and post their Created Events) a second time.
     pub async fn ensure(&self, phase: Phase) -> Result<(), Error> {
+        let result = self.ensure_phase(phase).await;
+        self.await_own_writes().await;
+        result
+    }
+
+    async fn ensure_phase(&self, phase: Phase) -> Result<(), Error> {
         match phase {
             Phase::New => Ok(()),
             Phase::Failed => self.ensure_finalizer().await,
@@ -67,6 +95,50 @@ impl Applier<'_> {
 
     fn name(&self) -> String {
         self.tenant.name_any()
+    }
+
+    /// Remembers that `store` should come to hold object `key` with desired hash `hash`.
+    fn expect_cached<K>(&self, store: &Store<K>, key: ObjectRef<K>, hash: String)
+    where
+        K: Resource<DynamicType = ()> + Clone + Send + Sync + 'static,
+    {
+        let store = store.clone();
+        let check = move || {
+            store.get(&key).is_some_and(|cached| {
+                cached
+                    .meta()
+                    .annotations
+                    .as_ref()
+                    .and_then(|a| a.get(DESIRED_HASH_ANNOTATION))
+                    == Some(&hash)
+            })
+        };
+        self.written
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .push(Box::new(check));
+    }
+
+    /// Bounded: a cache that never shows a write (the object was changed or deleted at
+    /// once by someone else) only costs this pass the deadline, never correctness.
+    async fn await_own_writes(&self) {
+        let checks = std::mem::take(
+            &mut *self
+                .written
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner()),
+        );
+        if checks.is_empty() {
+            return;
+        }
+        let deadline = tokio::time::Instant::now() + OWN_WRITES_DEADLINE;
+        while !checks.iter().all(|cached| cached()) {
+            if tokio::time::Instant::now() >= deadline {
+                tracing::debug!("the caches do not show this pass's writes yet; moving on");
+                return;
+            }
+            tokio::time::sleep(OWN_WRITES_POLL).await;
+        }
     }
 
     fn namespace(&self) -> String {
@@ -133,11 +205,13 @@ impl Applier<'_> {
             // fails with AlreadyExists instead of adopting it. Created with its desired
             // hash, so the next pass finds it up to date instead of applying it again.
             NamespaceState::Missing => {
-                let (body, _) = with_hash(&desired)?;
+                let (body, hash) = with_hash(&desired)?;
                 let desired: Namespace = serde_json::from_value(body).map_err(Error::Serialize)?;
                 self.ctx.metrics.count_write("create", "namespaces");
                 match api.create(&PostParams::default(), &desired).await {
                     Ok(created) => {
+                        let key = ObjectRef::new(&self.namespace());
+                        self.expect_cached(&self.ctx.stores.namespaces, key, hash);
                         let message = format!("Created namespace {}", self.namespace());
                         self.created_event("Namespace", &created, &message).await
                     }
@@ -146,12 +220,7 @@ impl Applier<'_> {
                 }
             }
             NamespaceState::Ours { active: true } => {
-                let observed = self
-                    .ctx
-                    .stores
-                    .namespaces
-                    .get(&ObjectRef::new(&self.namespace()));
-                self.apply_cluster_scoped(&api, desired, observed.as_deref())
+                self.apply_cluster_scoped(&api, desired, &self.ctx.stores.namespaces)
                     .await
             }
         }
@@ -334,7 +403,10 @@ impl Applier<'_> {
             + Clone
             + Debug
             + Serialize
-            + DeserializeOwned,
+            + DeserializeOwned
+            + Send
+            + Sync
+            + 'static,
     {
         let name = desired.meta().name.clone().unwrap_or_default();
         let ns = self.namespace();
@@ -353,6 +425,7 @@ impl Applier<'_> {
         let applied = retry(|| api.patch(&name, &params, &patch))
             .await
             .map_err(Error::Kube)?;
+        self.expect_cached(store, ObjectRef::new(&name).within(&ns), hash);
         match (observed, created) {
             (None, Some(label)) => {
                 self.created_event(&K::kind(&()), &applied, &format!("Created {label}"))
@@ -366,15 +439,23 @@ impl Applier<'_> {
         &self,
         api: &Api<K>,
         desired: K,
-        observed: Option<&K>,
+        store: &Store<K>,
     ) -> Result<(), Error>
     where
-        K: Resource<DynamicType = ()> + Clone + Debug + Serialize + DeserializeOwned,
+        K: Resource<DynamicType = ()>
+            + Clone
+            + Debug
+            + Serialize
+            + DeserializeOwned
+            + Send
+            + Sync
+            + 'static,
     {
         let name = desired.meta().name.clone().unwrap_or_default();
+        let observed = store.get(&ObjectRef::new(&name));
         let (body, hash) = with_hash(&desired)?;
         if let Some(observed) = observed {
-            let observed = serde_json::to_value(observed).map_err(Error::Serialize)?;
+            let observed = serde_json::to_value(observed.as_ref()).map_err(Error::Serialize)?;
             if is_up_to_date(&strip_hash(&body), &observed, &hash) {
                 return Ok(());
             }
@@ -385,6 +466,7 @@ impl Applier<'_> {
         retry(|| api.patch(&name, &params, &patch))
             .await
             .map_err(Error::Kube)?;
+        self.expect_cached(store, ObjectRef::new(&name), hash);
         Ok(())
     }
 

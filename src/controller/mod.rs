@@ -105,6 +105,10 @@ struct TenantMemo {
     failures: u32,
     /// The JournalRecovered Warning Event exists.
     told_of_recovery: bool,
+    /// The Tenant's resourceVersion this pass's status patch was made from, and the status
+    /// it wrote. A pass that still sees that version (the watch has not caught up with the
+    /// patch) needs no second patch: the patch's own watch event will bring a new pass.
+    status_patched_from: Option<(String, TenantStatus)>,
 }
 
 pub struct Context {
@@ -310,10 +314,18 @@ impl Context {
             spec_digest(&spec),
         );
         let started = Instant::now();
-        let record = self.blocking(move |j| j.append(entry)).await?;
+        let (record, in_storage) = self
+            .blocking(move |j| {
+                let started = Instant::now();
+                j.append(entry).map(|record| (record, started.elapsed()))
+            })
+            .await?;
         self.metrics
             .journal_append
             .observe(started.elapsed().as_secs_f64());
+        self.metrics
+            .journal_storage
+            .observe(in_storage.as_secs_f64());
         info!(seq = record.seq, from = %record.from, to = %record.to, "journaled transition");
         Ok(Some(record))
     }
@@ -385,6 +397,15 @@ impl Context {
         if tenant.status.as_ref() == Some(&desired) {
             return Ok(());
         }
+        let version = tenant.resource_version();
+        let already_patched = self.memo(tenant, |m| {
+            m.status_patched_from
+                .as_ref()
+                .is_some_and(|(from, status)| Some(from) == version.as_ref() && *status == desired)
+        });
+        if already_patched {
+            return Ok(());
+        }
         let api: Api<Tenant> = Api::all(self.client.clone());
         let body = serde_json::json!({ "status": desired });
         let patch = Patch::Merge(&body);
@@ -394,6 +415,9 @@ impl Context {
         apply::retry(|| api.patch_status(&name, &params, &patch))
             .await
             .map_err(Error::Kube)?;
+        self.memo(tenant, |m| {
+            m.status_patched_from = version.map(|from| (from, desired));
+        });
         Ok(())
     }
 
@@ -523,13 +547,7 @@ async fn reconcile_tenant(tenant: Arc<Tenant>, ctx: Arc<Context>) -> Result<Acti
         ctx.mirror_events(&tenant, tail.as_ref()).await?;
     }
 
-    let applied = Applier {
-        ctx: &ctx,
-        tenant: &tenant,
-        obs: &obs,
-    }
-    .ensure(phase)
-    .await;
+    let applied = Applier::new(&ctx, &tenant, &obs).ensure(phase).await;
     ctx.mirror_events(&tenant, tail.as_ref()).await?;
     if phase == Phase::Deleted {
         applied?;
@@ -537,10 +555,9 @@ async fn reconcile_tenant(tenant: Arc<Tenant>, ctx: Arc<Context>) -> Result<Acti
         ctx.metrics.set_phase(&uid, None);
         return Ok(Action::await_change());
     }
-    let obs = Observation {
-        auth: ctx.auth_state(&tenant),
-        ..obs
-    };
+    // Observed again: the caches now show what this pass created, so the status says
+    // "0/1 replicas ready" at once instead of "not created yet" and a second patch later.
+    let obs = ctx.observe(&tenant).await?;
     ctx.mirror_status(&tenant, tail.as_ref(), &obs).await?;
     ctx.metrics.set_phase(&uid, Some(phase.as_str()));
     ctx.metrics
@@ -677,6 +694,11 @@ impl Backoff for TriggerBackoff {
 
 type Watch<K> = std::pin::Pin<Box<dyn Stream<Item = Result<K, watcher::Error>> + Send>>;
 
+/// Objects per page of a cache's initial list. Eight caches list at once at start-up, and
+/// each page is held whole while it is decoded: kube's default of 500 made those pages the
+/// operator's peak memory at 1,000 tenants.
+const LIST_PAGE_SIZE: u32 = 50;
+
 fn cache<K>(client: &Client) -> (Store<K>, Watch<K>)
 where
     K: Resource<DynamicType = ()> + Clone + Debug + DeserializeOwned + Send + Sync + 'static,
@@ -684,7 +706,8 @@ where
     let (reader, writer) = reflector::store();
     let config = watcher::Config::default()
         .labels(&managed_selector())
-        .any_semantic();
+        .any_semantic()
+        .page_size(LIST_PAGE_SIZE);
     let stream = watcher(Api::<K>::all(client.clone()), config)
         .default_backoff()
         .modify(|o| {
@@ -693,6 +716,23 @@ where
         .reflect(writer)
         .touched_objects();
     (reader, Box::pin(stream))
+}
+
+/// The Tenants owning `child`, as references without a namespace. kube's `owns_stream`
+/// gives a cluster-scoped owner of a namespaced child the child's namespace; the runner
+/// then takes that reference for another object than the Tenant's own and runs two passes
+/// of one Tenant at once (two appends at the same journal sequence, twice the applies).
+fn owning_tenants<K: Resource>(child: K) -> Vec<ObjectRef<Tenant>> {
+    let api_version = Tenant::api_version(&());
+    let kind = Tenant::kind(&());
+    child
+        .meta()
+        .owner_references
+        .iter()
+        .flatten()
+        .filter(|owner| owner.api_version == api_version && owner.kind == kind)
+        .map(|owner| ObjectRef::new(&owner.name))
+        .collect()
 }
 
 /// Builds the caches and the controller and runs until `shutdown` resolves; in-flight
@@ -725,19 +765,21 @@ pub async fn run(
     };
     let ctx = Arc::new(make_context(stores.clone()).with_caches_synced(ready.clone()));
     let tenants: Api<Tenant> = Api::all(client.clone());
-    let mut tenant_watch = watcher::Config::default().any_semantic();
+    let mut tenant_watch = watcher::Config::default()
+        .any_semantic()
+        .page_size(LIST_PAGE_SIZE);
     if let Some(selector) = tenant_selector {
         tenant_watch = tenant_watch.labels(selector);
     }
     let controller = Controller::new(tenants, tenant_watch)
-        .owns_stream(ns_watch)
-        .owns_stream(cm_watch)
-        .owns_stream(svc_watch)
-        .owns_stream(sts_watch)
-        .owns_stream(deploy_watch)
-        .owns_stream(np_watch)
-        .owns_stream(quota_watch)
-        .owns_stream(lr_watch)
+        .watches_stream(ns_watch, owning_tenants)
+        .watches_stream(cm_watch, owning_tenants)
+        .watches_stream(svc_watch, owning_tenants)
+        .watches_stream(sts_watch, owning_tenants)
+        .watches_stream(deploy_watch, owning_tenants)
+        .watches_stream(np_watch, owning_tenants)
+        .watches_stream(quota_watch, owning_tenants)
+        .watches_stream(lr_watch, owning_tenants)
         .with_config(
             controller::Config::default()
                 .concurrency(concurrency)
@@ -777,5 +819,43 @@ mod trigger_backoff_tests {
         assert_eq!(first, vec![200, 400, 800, 1600, 3000, 3000]);
         b.reset();
         assert_eq!(b.next(), Some(Duration::from_millis(200)));
+    }
+}
+
+#[cfg(test)]
+mod owner_trigger_tests {
+    use super::*;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
+
+    fn owned_by(api_version: &str, kind: &str, name: &str) -> ConfigMap {
+        ConfigMap {
+            metadata: ObjectMeta {
+                name: Some("t-redis-config".into()),
+                namespace: Some("tenant-t".into()),
+                owner_references: Some(vec![OwnerReference {
+                    api_version: api_version.into(),
+                    kind: kind.into(),
+                    name: name.into(),
+                    uid: "uid-1".into(),
+                    ..OwnerReference::default()
+                }]),
+                ..ObjectMeta::default()
+            },
+            ..ConfigMap::default()
+        }
+    }
+
+    #[test]
+    fn a_namespaced_child_triggers_the_same_reference_as_the_tenant_itself() {
+        let triggered = owning_tenants(owned_by("neurallog.io/v1", "Tenant", "t"));
+        assert_eq!(triggered, vec![ObjectRef::<Tenant>::new("t")]);
+        assert_eq!(triggered[0].namespace, None);
+    }
+
+    #[test]
+    fn other_owners_trigger_nothing() {
+        assert!(owning_tenants(owned_by("apps/v1", "Deployment", "t")).is_empty());
+        assert!(owning_tenants(owned_by("neurallog.io/v2", "Tenant", "t")).is_empty());
+        assert!(owning_tenants(ConfigMap::default()).is_empty());
     }
 }

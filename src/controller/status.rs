@@ -59,7 +59,9 @@ fn component_status(name: &str, state: &WorkloadState, phase: Phase) -> Componen
         }
     } else if state.is_ready() {
         ("Running", format!("{name} is running"))
-    } else if state.current {
+    } else if state.current || is_first_rollout(phase) {
+        // A workload being created passes through "rolling out" for a moment; showing
+        // that step would cost every new tenant two more status writes and tell nothing.
         (
             "NotReady",
             format!(
@@ -82,6 +84,10 @@ fn component_status(name: &str, state: &WorkloadState, phase: Phase) -> Componen
         ready_replicas: state.ready,
         total_replicas: state.desired,
     }
+}
+
+fn is_first_rollout(phase: Phase) -> bool {
+    matches!(phase, Phase::ProvisioningRedis | Phase::ProvisioningServer)
 }
 
 /// kstatus conventions: Ready (normal-true), Reconciling and Stalled (abnormal-true).
