@@ -57,6 +57,11 @@ impl Writes {
         verbs
     }
 
+    /// Writes to the tenant objects and Events alone, whoever made them.
+    pub fn is_quiet(&self) -> bool {
+        self.on_tenant_objects().total() == 0
+    }
+
     /// Writes to the objects a tenant is made of (not pods, claims, status subresources
     /// of workloads, nodes, leases: those are the controllers').
     pub fn on_tenant_objects(&self) -> Writes {
@@ -90,10 +95,16 @@ fn parse(metrics: &str) -> Writes {
             continue;
         }
         let (resource, subresource) = (label(labels, "resource"), label(labels, "subresource"));
-        let key = match subresource {
+        let mut key = match subresource {
             "" => format!("{verb} {resource}"),
             sub => format!("{verb} {resource}/{sub}"),
         };
+        // Refused requests (409 AlreadyExists or Conflict, 429, 5xx) are kept apart: they
+        // tell retries and duplicates from the writes that changed something.
+        let code = label(labels, "code");
+        if !code.starts_with('2') {
+            key.push_str(&format!(" ({code})"));
+        }
         *writes.entry(key).or_insert(0) += value.parse::<f64>().unwrap_or(0.0) as u64;
     }
     Writes(writes)

@@ -246,13 +246,17 @@ async fn converge_operator(
             "neurallog_tenant_reconciliation_duration_seconds",
         ),
         journal_append: histogram::summarize(&metrics, "neurallog_journal_append_duration_seconds"),
+        journal_storage: histogram::summarize(
+            &metrics,
+            "neurallog_journal_storage_duration_seconds",
+        ),
     };
     Ok((convergence, figures))
 }
 
 /// Restarts the operator on the same journal: a full resync of N Running tenants.
 async fn resync(client: &Client, settings: &Settings, auth_url: &str) -> anyhow::Result<Resync> {
-    let before = Writes::read(client).await?;
+    let before = wait_until_quiet(client, Duration::from_secs(120)).await?;
     let started = Instant::now();
     let mut op = OperatorProcess::start(settings, "operator-resync", auth_url, &selector())?;
     op.wait_ready(Duration::from_secs(120)).await?;
@@ -282,4 +286,27 @@ async fn resync(client: &Client, settings: &Settings, auth_url: &str) -> anyhow:
     };
     op.stop(Duration::from_secs(120)).await?;
     Ok(resync)
+}
+
+/// Waits until nobody has written a tenant object or an Event for two seconds (the
+/// controllers' Events of the converged run die down), so that the resync's counts are
+/// the restarted operator's alone. Returns the counters at that point.
+async fn wait_until_quiet(client: &Client, timeout: Duration) -> anyhow::Result<Writes> {
+    const QUIET: Duration = Duration::from_secs(2);
+    let deadline = Instant::now() + timeout;
+    let mut last = Writes::read(client).await?;
+    loop {
+        tokio::time::sleep(QUIET).await;
+        let now = Writes::read(client).await?;
+        let delta = last.delta(&now);
+        if delta.is_quiet() {
+            return Ok(now);
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "the cluster still writes tenant objects after {timeout:?}: {:?}",
+            delta.on_tenant_objects().0
+        );
+        last = now;
+    }
 }
