@@ -55,6 +55,8 @@ pub enum RedisConfigProblem {
     Reserved { key: String, reason: &'static str },
     #[error("{key} is not allowed: {reason}")]
     Refused { key: String, reason: &'static str },
+    #[error("{} is not allowed: {reason}", quoted(.value))]
+    RefusedValue { value: String, reason: &'static str },
     #[error("{old} was renamed to {new} in Redis 7; use {new}")]
     Renamed { old: String, new: &'static str },
     #[error("{} is not a supported redis.conf directive; {}", quoted(.key), unknown_hint(.suggestions))]
@@ -77,9 +79,18 @@ pub enum RedisConfigProblem {
 
 const INT_MAX: i64 = i32::MAX as i64;
 const INT_MIN: i64 = i32::MIN as i64;
-const UINT_MAX: i64 = u32::MAX as i64;
 const LONG_MAX: i64 = i64::MAX;
 const MAX_SIZE: u64 = i64::MAX as u64;
+/// Redis allocates every database when it starts (about 450 bytes each): 2^31 of them
+/// need a terabyte and Redis aborts. 10000 cost about 5 MB.
+const MAX_DATABASES: i64 = 10_000;
+/// Linux caps a process's open files at `fs.nr_open` (1048576 by default) and Redis keeps
+/// 32 of them for itself, so more clients can never be served. Redis lowers a larger
+/// maxclients to its file limit 16 at a time before it listens: from 2^32 that takes
+/// minutes, and the liveness probe restarts the pod first.
+const MAX_CLIENTS: i64 = 1_048_576 - 32;
+/// `memtoull` copies the digits of a size into a 128-byte buffer and refuses longer ones.
+const MAX_SIZE_DIGITS: usize = 127;
 
 const MAXMEMORY_POLICIES: &[&str] = &[
     "volatile-lru",
@@ -123,7 +134,9 @@ const fn one_of(name: &'static str, values: &'static [&'static str]) -> Directiv
 }
 
 /// The directives users may set, sorted by name. Names and limits are those of Redis 7.0
-/// (`src/config.c`), so that any Redis 7 image accepts them.
+/// (`src/config.c`), narrowed where Redis would take a value but then not start, or not in
+/// time for the liveness probe, so that any Redis 7 image starts on them.
+/// tests/redis_real.rs checks them against a real redis-server.
 pub const SUPPORTED_DIRECTIVES: &[Directive] = &[
     integer("active-defrag-cycle-max", 1, 99),
     integer("active-defrag-cycle-min", 1, 99),
@@ -143,7 +156,7 @@ pub const SUPPORTED_DIRECTIVES: &[Directive] = &[
     memory("auto-aof-rewrite-min-size", 0, MAX_SIZE),
     integer("auto-aof-rewrite-percentage", 0, INT_MAX),
     integer("busy-reply-threshold", 0, LONG_MAX),
-    integer("databases", 1, INT_MAX),
+    integer("databases", 1, MAX_DATABASES),
     yes_no("dynamic-hz"),
     integer("hash-max-listpack-entries", 0, LONG_MAX),
     memory("hash-max-listpack-value", 0, MAX_SIZE),
@@ -165,7 +178,7 @@ pub const SUPPORTED_DIRECTIVES: &[Directive] = &[
     integer("list-compress-depth", 0, INT_MAX),
     integer("list-max-listpack-size", INT_MIN, INT_MAX),
     one_of("loglevel", LOG_LEVELS),
-    integer("maxclients", 1, UINT_MAX),
+    integer("maxclients", 1, MAX_CLIENTS),
     memory("maxmemory", 0, u64::MAX),
     integer("maxmemory-eviction-tenacity", 0, 100),
     one_of("maxmemory-policy", MAXMEMORY_POLICIES),
@@ -232,6 +245,14 @@ const REFUSED_DIRECTIVES: [(&str, &str); 14] = [
     ("sentinel", REPLICATION_REASON),
 ];
 
+/// Values that some Redis 7 builds accept and others refuse to start on, as (directive,
+/// value, reason); the directive's other values are allowed.
+const REFUSED_VALUES: [(&str, &str, &str); 1] = [(
+    "activedefrag",
+    "yes",
+    "active defragmentation needs a Redis built with its bundled jemalloc, and other builds (such as Debian's redis-server) refuse to start with it: \"Active defragmentation cannot be enabled: it requires a Redis server compiled with a modified Jemalloc\"",
+)];
+
 /// Redis 6 names that Redis 7 still reads as aliases; we ask for the current name so that
 /// one setting cannot be given twice under two names.
 const RENAMED_DIRECTIVES: [(&str, &str); 6] = [
@@ -260,7 +281,8 @@ pub fn validate_entry(key: &str, value: &str) -> Result<(), RedisConfigError> {
     };
     let directive = supported(key).map_err(fail)?;
     check_value_text(value).map_err(fail)?;
-    check_value(directive.kind, value).map_err(fail)
+    check_value(directive.kind, value).map_err(fail)?;
+    check_not_refused_value(key, value).map_err(fail)
 }
 
 /// One redis.conf line, `key value`, quoted where redis.conf needs it: an empty value is
@@ -321,6 +343,19 @@ fn reserved_reason(key: &str) -> &'static str {
     }
 }
 
+fn check_not_refused_value(key: &str, value: &str) -> Result<(), RedisConfigProblem> {
+    match REFUSED_VALUES
+        .iter()
+        .find(|(name, refused, _)| *name == key && refused.eq_ignore_ascii_case(value))
+    {
+        Some((_, _, reason)) => Err(RedisConfigProblem::RefusedValue {
+            value: value.to_string(),
+            reason,
+        }),
+        None => Ok(()),
+    }
+}
+
 /// Rules every value follows, whatever its directive.
 fn check_value_text(value: &str) -> Result<(), RedisConfigProblem> {
     if value.contains(['\n', '\r']) {
@@ -371,10 +406,13 @@ fn parse_redis_integer(value: &str) -> Option<i64> {
     if canonical { value.parse().ok() } else { None }
 }
 
-/// The bytes of a Redis memory size, as Redis's `memtoull` reads it: digits, then
-/// nothing, `b`, `k` (1000), `kb` (1024), `m`, `mb`, `g` or `gb`, in any case.
+/// The bytes of a Redis memory size, as Redis's `memtoull` reads it: up to 127 digits,
+/// then nothing, `b`, `k` (1000), `kb` (1024), `m`, `mb`, `g` or `gb`, in any case.
 pub fn memory_size_bytes(value: &str) -> Option<u64> {
     let digits_len = value.bytes().take_while(u8::is_ascii_digit).count();
+    if digits_len > MAX_SIZE_DIGITS {
+        return None;
+    }
     let (digits, unit) = value.split_at(digits_len);
     let multiplier: u64 = match unit.to_ascii_lowercase().as_str() {
         "" | "b" => 1,
@@ -650,7 +688,6 @@ mod tests {
         accepts("timeout", "300");
         accepts("slowlog-log-slower-than", "-1");
         accepts("list-max-listpack-size", "-2");
-        accepts("maxclients", "4294967295");
         for bad in ["-5", "007", "+3", "3s", "", " 3", "1e3", "2147483648", "-0"] {
             assert!(
                 matches!(problem("timeout", bad), RedisConfigProblem::Invalid { .. }),
@@ -689,6 +726,43 @@ mod tests {
         }
         assert!(validate_entry("maxmemory", "17179869184gb").is_err());
         assert!(validate_entry("active-defrag-ignore-bytes", "0").is_err());
+    }
+
+    #[test]
+    fn sizes_longer_than_redis_reads_are_refused() {
+        let padded = |zeros: usize| format!("{}1mb", "0".repeat(zeros));
+        assert_eq!(memory_size_bytes(&padded(126)), Some(1 << 20));
+        accepts("maxmemory", &padded(126));
+        assert_eq!(memory_size_bytes(&padded(127)), None);
+        assert!(validate_entry("maxmemory", &padded(127)).is_err());
+    }
+
+    #[test]
+    fn databases_and_maxclients_stop_where_redis_still_starts_promptly() {
+        accepts("databases", "10000");
+        assert!(validate_entry("databases", "10001").is_err());
+        assert!(validate_entry("databases", "2147483647").is_err());
+        accepts("maxclients", "1048544");
+        assert!(validate_entry("maxclients", "1048545").is_err());
+        assert!(validate_entry("maxclients", "4294967263").is_err());
+    }
+
+    #[test]
+    fn active_defragmentation_is_refused_because_some_builds_cannot_start_with_it() {
+        accepts("activedefrag", "no");
+        accepts("active-defrag-cycle-max", "50");
+        for yes in ["yes", "YES"] {
+            assert!(matches!(
+                problem("activedefrag", yes),
+                RedisConfigProblem::RefusedValue { .. }
+            ));
+        }
+        let msg = message("activedefrag", "yes");
+        assert!(
+            msg.starts_with("spec.redis.config.activedefrag: \"yes\" is not allowed: "),
+            "{msg}"
+        );
+        assert!(msg.contains("modified Jemalloc"), "{msg}");
     }
 
     #[test]

@@ -202,19 +202,72 @@ mod tests {
         assert_eq!(env[6].1.as_deref(), Some("debug"));
     }
 
+    /// The server's REDIS_HOST and REDIS_PORT, from the rendered Deployment, reach the
+    /// Redis that the other renderers describe: the headless Service's DNS name in the
+    /// configured cluster domain and its port, which selects the StatefulSet's pods and
+    /// forwards to the port redis.conf listens on.
     #[test]
     fn redis_host_and_port_point_at_the_rendered_headless_service() {
+        use crate::render::{redis_conf, redis_service, redis_statefulset};
         let tenant = customized();
-        let env = env_of(&tenant);
-        let service = crate::render::redis_service(&tenant).expect("renders");
-        let expected_host = format!(
-            "{}.{}.svc.cluster.local",
-            service.metadata.name.as_deref().expect("name"),
-            service.metadata.namespace.as_deref().expect("namespace")
+        let settings = RenderSettings {
+            cluster_domain: "example.internal".into(),
+            ..RenderSettings::default()
+        };
+        let deployment = server_deployment(&tenant, &settings).expect("renders");
+        let env = deployment
+            .spec
+            .and_then(|s| s.template.spec)
+            .and_then(|p| p.containers.into_iter().next())
+            .and_then(|c| c.env)
+            .expect("server env");
+        let env_value = |name: &str| {
+            env.iter()
+                .find(|e| e.name == name)
+                .and_then(|e| e.value.clone())
+                .unwrap_or_else(|| panic!("{name} is not set"))
+        };
+        let service = redis_service(&tenant).expect("renders");
+        let service_name = service.metadata.name.clone().expect("name");
+        let namespace = service.metadata.namespace.clone().expect("namespace");
+        assert_eq!(
+            env_value("REDIS_HOST"),
+            format!("{service_name}.{namespace}.svc.example.internal")
         );
-        assert_eq!(env[4].1.as_deref(), Some(expected_host.as_str()));
-        let port = service.spec.and_then(|s| s.ports).expect("ports")[0].port;
-        assert_eq!(env[5].1, Some(port.to_string()));
+        let service_spec = service.spec.expect("spec");
+        assert_eq!(service_spec.cluster_ip.as_deref(), Some("None"), "headless");
+        let ports = service_spec.ports.expect("ports");
+        let [service_port] = ports.as_slice() else {
+            panic!("one Service port: {ports:?}")
+        };
+        assert_eq!(env_value("REDIS_PORT"), service_port.port.to_string());
+
+        let statefulset = redis_statefulset(&tenant).expect("renders");
+        assert_eq!(statefulset.metadata.namespace.as_ref(), Some(&namespace));
+        let sts_spec = statefulset.spec.expect("spec");
+        assert_eq!(sts_spec.service_name.as_ref(), Some(&service_name));
+        let pod_labels = sts_spec
+            .template
+            .metadata
+            .and_then(|m| m.labels)
+            .expect("pod labels");
+        let selector = service_spec.selector.expect("selector");
+        assert!(!selector.is_empty());
+        for (key, value) in &selector {
+            assert_eq!(pod_labels.get(key), Some(value), "selector {key}");
+        }
+        let pod = sts_spec.template.spec.expect("pod");
+        let redis_port = pod.containers[0].ports.as_ref().expect("ports")[0].clone();
+        let target_reaches_redis = match service_port.target_port.as_ref() {
+            Some(IntOrString::Int(port)) => *port == redis_port.container_port,
+            Some(IntOrString::String(name)) => redis_port.name.as_ref() == Some(name),
+            None => service_port.port == redis_port.container_port,
+        };
+        assert!(target_reaches_redis, "{service_port:?} vs {redis_port:?}");
+        let conf = redis_conf(&tenant);
+        let listen = format!("port {}", redis_port.container_port);
+        assert!(conf.lines().any(|line| line == listen), "{conf}");
+        assert!(conf.lines().any(|line| line == "bind 0.0.0.0"), "{conf}");
     }
 
     #[test]
