@@ -44,11 +44,13 @@ fn corpus() -> Vec<Case> {
 }
 
 /// The manifest renamed and labelled for this run, so only this test's operator sees it.
+/// Written as JSON: serde_yaml writes the string "yes" bare, which kubectl's YAML 1.1
+/// reader would turn into a boolean.
 fn for_run(yaml: &str, name: &str, run: &str) -> String {
     let mut doc: serde_yaml::Value = serde_yaml::from_str(yaml).expect("YAML");
     doc["metadata"]["name"] = name.into();
     doc["metadata"]["labels"][RUN_LABEL] = run.into();
-    serde_yaml::to_string(&doc).expect("YAML")
+    serde_json::to_string(&doc).expect("JSON")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
