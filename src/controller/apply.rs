@@ -220,8 +220,10 @@ impl<'a> Applier<'a> {
                 }
             }
             NamespaceState::Ours { active: true } => {
-                self.apply_cluster_scoped(&api, desired, &self.ctx.stores.namespaces)
+                let key = ObjectRef::new(&self.namespace());
+                self.apply_unless_current(&api, key, desired, &self.ctx.stores.namespaces)
                     .await
+                    .map(|_| ())
             }
         }
     }
@@ -410,24 +412,11 @@ impl<'a> Applier<'a> {
     {
         let name = desired.meta().name.clone().unwrap_or_default();
         let ns = self.namespace();
-        let observed = store.get(&ObjectRef::new(&name).within(&ns));
-        let (body, hash) = with_hash(&desired)?;
-        if let Some(observed) = &observed {
-            let observed = serde_json::to_value(observed.as_ref()).map_err(Error::Serialize)?;
-            if is_up_to_date(&strip_hash(&body), &observed, &hash) {
-                return Ok(());
-            }
-        }
         let api: Api<K> = Api::namespaced(self.ctx.client.clone(), &ns);
-        let params = PatchParams::apply(FIELD_MANAGER).force();
-        self.ctx.metrics.count_write("patch", &K::plural(&()));
-        let patch = Patch::Apply(&body);
-        let applied = retry(|| api.patch(&name, &params, &patch))
-            .await
-            .map_err(Error::Kube)?;
-        self.expect_cached(store, ObjectRef::new(&name).within(&ns), hash);
-        match (observed, created) {
-            (None, Some(label)) => {
+        let key = ObjectRef::new(&name).within(&ns);
+        let new_object = self.apply_unless_current(&api, key, desired, store).await?;
+        match (new_object, created) {
+            (Some(applied), Some(label)) => {
                 self.created_event(&K::kind(&()), &applied, &format!("Created {label}"))
                     .await
             }
@@ -435,12 +424,15 @@ impl<'a> Applier<'a> {
         }
     }
 
-    async fn apply_cluster_scoped<K>(
+    /// Applies `desired` as `key` through `api` unless the cache shows it current, and
+    /// returns the applied object when the cache had none (a new object).
+    async fn apply_unless_current<K>(
         &self,
         api: &Api<K>,
+        key: ObjectRef<K>,
         desired: K,
         store: &Store<K>,
-    ) -> Result<(), Error>
+    ) -> Result<Option<K>, Error>
     where
         K: Resource<DynamicType = ()>
             + Clone
@@ -451,23 +443,22 @@ impl<'a> Applier<'a> {
             + Sync
             + 'static,
     {
-        let name = desired.meta().name.clone().unwrap_or_default();
-        let observed = store.get(&ObjectRef::new(&name));
+        let observed = store.get(&key);
         let (body, hash) = with_hash(&desired)?;
-        if let Some(observed) = observed {
+        if let Some(observed) = &observed {
             let observed = serde_json::to_value(observed.as_ref()).map_err(Error::Serialize)?;
             if is_up_to_date(&strip_hash(&body), &observed, &hash) {
-                return Ok(());
+                return Ok(None);
             }
         }
         let params = PatchParams::apply(FIELD_MANAGER).force();
         self.ctx.metrics.count_write("patch", &K::plural(&()));
         let patch = Patch::Apply(&body);
-        retry(|| api.patch(&name, &params, &patch))
+        let applied = retry(|| api.patch(&key.name, &params, &patch))
             .await
             .map_err(Error::Kube)?;
-        self.expect_cached(store, ObjectRef::new(&name), hash);
-        Ok(())
+        self.expect_cached(store, key, hash);
+        Ok(observed.is_none().then_some(applied))
     }
 
     /// "Created X" once per object lifetime: the name derives from the object's uid.
