@@ -771,7 +771,14 @@ pub async fn run(
     if let Some(selector) = tenant_selector {
         tenant_watch = tenant_watch.labels(selector);
     }
-    let controller = Controller::new(tenants, tenant_watch)
+    let (tenant_store, tenant_writer) = reflector::store();
+    // Managed fields are dropped here too: a Tenant's status entry alone decodes into a
+    // tree of maps many times the size of the status it describes.
+    let tenant_stream = watcher(tenants, tenant_watch)
+        .modify(|t| t.meta_mut().managed_fields = None)
+        .reflect(tenant_writer)
+        .applied_objects();
+    let controller = Controller::for_stream(tenant_stream, tenant_store)
         .watches_stream(ns_watch, owning_tenants)
         .watches_stream(cm_watch, owning_tenants)
         .watches_stream(svc_watch, owning_tenants)
