@@ -564,6 +564,16 @@ async fn reconcile_tenant(tenant: Arc<Tenant>, ctx: Arc<Context>) -> Result<Acti
         .observe_reconcile(phase.as_str(), started.elapsed());
     applied?;
     ctx.memo(&tenant, |m| m.failures = 0);
+    // What this pass did (an Auth registration, objects that became ready meanwhile) may
+    // already allow the next transition, and with an unchanged status nothing else would
+    // start the pass that takes it.
+    let facts = TenantFacts {
+        journaled_generation: tail.as_ref().map(|r| r.generation),
+        ..facts
+    };
+    if derive_input(phase, facts, &obs).is_some_and(|input| step(phase, &input).is_some()) {
+        return Ok(Action::requeue(NEXT_TRANSITION_DELAY));
+    }
     Ok(match phase {
         // The namespace controller can take a while; its deletion also triggers a pass.
         Phase::Deleting => Action::requeue(Duration::from_secs(5)),
@@ -693,6 +703,9 @@ impl Backoff for TriggerBackoff {
 }
 
 type Watch<K> = std::pin::Pin<Box<dyn Stream<Item = Result<K, watcher::Error>> + Send>>;
+
+/// How soon a pass that made the next transition possible is followed by the one taking it.
+const NEXT_TRANSITION_DELAY: Duration = Duration::from_millis(100);
 
 /// Objects per page of a cache's initial list. Eight caches list at once at start-up, and
 /// each page is held whole while it is decoded: kube's default of 500 made those pages the
