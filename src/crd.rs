@@ -13,8 +13,21 @@ use std::collections::BTreeMap;
 pub const DEFAULT_SERVER_IMAGE: &str = "neurallog/server:latest";
 pub const DEFAULT_REDIS_IMAGE: &str = "redis:7-alpine";
 pub const DEFAULT_REDIS_STORAGE: &str = "1Gi";
-/// `tenant-` plus the name must fit a 63-character namespace name.
-pub const MAX_TENANT_NAME_LEN: usize = 56;
+/// Longest DNS label: namespace and Service names, and every label value.
+pub const DNS_LABEL_MAX: usize = 63;
+/// Suffix of the Redis StatefulSet and headless Service, `<tenant>-redis`.
+pub const REDIS_SUFFIX: &str = "-redis";
+/// The StatefulSet controller labels each pod `controller-revision-hash: <statefulset>-<hash>`
+/// with a hash of up to 10 characters, and creates no pod when that value exceeds 63
+/// characters (kubernetes/kubernetes#64023). This is the longest derived name or label.
+pub const REVISION_HASH_SUFFIX_MAX: usize = 1 + 10;
+/// The longest tenant name whose every derived name and label fits: see
+/// [`crate::render::derived_names`].
+pub const MAX_TENANT_NAME_LEN: usize =
+    DNS_LABEL_MAX - REDIS_SUFFIX.len() - REVISION_HASH_SUFFIX_MAX;
+/// A tenant name: a DNS-1035 label (Services `<tenant>-redis` and `<tenant>-server` must
+/// start with a letter), lower case, no dots.
+pub const TENANT_NAME_PATTERN: &str = "^[a-z]([-a-z0-9]*[a-z0-9])?$";
 
 /// Environment variables the operator sets on the server; users may not shadow them.
 pub const OPERATOR_ENV: [&str; 6] = [
@@ -68,8 +81,8 @@ pub const RESERVED_REDIS_KEYS: [&str; 19] = [
     printcolumn = r#"{"name":"Namespace","type":"string","jsonPath":".status.namespace"}"#,
     printcolumn = r#"{"name":"Phase","type":"string","jsonPath":".status.phase"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#,
-    validation = Rule::new("size(self.metadata.name) <= 56").message("metadata.name: a tenant name is at most 56 characters, so that its namespace tenant-<name> fits in 63").field_path(".metadata.name"),
-    validation = Rule::new("self.metadata.name.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?$')").message("metadata.name: a tenant name must be a DNS label (lower-case letters, digits and '-', no dots), because it names the namespace tenant-<name>").field_path(".metadata.name")
+    validation = Rule::new(format!("size(self.metadata.name) <= {MAX_TENANT_NAME_LEN}")).message(name_length_message().as_str()).field_path(".metadata.name"),
+    validation = Rule::new(format!("self.metadata.name.matches('{TENANT_NAME_PATTERN}')")).message(NAME_FORM_MESSAGE).field_path(".metadata.name")
 )]
 #[serde(rename_all = "camelCase")]
 pub struct TenantSpec {
@@ -505,6 +518,21 @@ impl Default for NetworkPolicySpec {
 }
 
 /// The namespace a tenant's resources live in.
+/// Why a tenant name has a length limit, as admission and validation say it.
+pub fn name_length_message() -> String {
+    format!(
+        "metadata.name: a tenant name is at most {MAX_TENANT_NAME_LEN} characters, so that every \
+         name derived from it fits in {DNS_LABEL_MAX}: the StatefulSet <name>{REDIS_SUFFIX} labels \
+         its pods <name>{REDIS_SUFFIX}-<revision hash of up to 10 characters>"
+    )
+}
+
+/// Why a tenant name has its form, as admission says it.
+pub const NAME_FORM_MESSAGE: &str = "metadata.name: a tenant name must start with a lower-case \
+     letter and hold only lower-case letters, digits and '-', ending with a letter or digit, \
+     because it names the Services <name>-redis and <name>-server (DNS-1035 labels) and the \
+     namespace tenant-<name>";
+
 pub fn namespace_for(tenant_name: &str) -> String {
     format!("tenant-{tenant_name}")
 }

@@ -7,9 +7,9 @@
 //! panics, whatever the input.
 
 use crate::crd::{
-    EgressRule, EnvVar, EnvVarSource, IngressRule, KeyRef, MAX_TENANT_NAME_LEN, NetworkPolicySpec,
-    OPERATOR_ENV, PortRule, QuantityValue, RedisSpec, RequestLimit, Resources, ServerSpec,
-    TenantSpec,
+    EgressRule, EnvVar, EnvVarSource, IngressRule, KeyRef, MAX_TENANT_NAME_LEN, NAME_FORM_MESSAGE,
+    NetworkPolicySpec, OPERATOR_ENV, PortRule, QuantityValue, RedisSpec, RequestLimit, Resources,
+    ServerSpec, TenantSpec, name_length_message,
 };
 use crate::quantity::Quantity;
 use crate::redis_config::{self, quoted};
@@ -112,20 +112,19 @@ fn check_tenant_name(name: &str, problems: &mut Problems) {
     const FIELD: &str = "metadata.name";
     let length = name.chars().count();
     if length > MAX_TENANT_NAME_LEN {
-        problems.add(
-            FIELD,
-            format!(
-                "a tenant name is at most {MAX_TENANT_NAME_LEN} characters, so that its namespace tenant-<name> fits in 63; {} has {length}",
-                quoted(name)
-            ),
-        );
+        let why = name_length_message();
+        let why = why.trim_start_matches("metadata.name: ");
+        problems.add(FIELD, format!("{why}; {} has {length}", quoted(name)));
     }
-    if !syntax::has_dns_label_form(name) {
+    if !syntax::has_dns_label_form(name) || !name.starts_with(|c: char| c.is_ascii_lowercase()) {
         problems.add(
             FIELD,
             format!(
-                "{} is not a DNS label: a tenant name names the namespace tenant-<name>, so it must be lower-case letters, digits and '-', starting and ending with a letter or digit (no dots)",
-                quoted(name)
+                "{} {}",
+                quoted(name),
+                NAME_FORM_MESSAGE
+                    .trim_start_matches("metadata.name: a tenant name")
+                    .trim_start()
             ),
         );
     }
@@ -904,18 +903,29 @@ mod tests {
     #[test]
     fn a_tenant_name_is_a_short_dns_label() {
         let spec = TenantSpec::default();
-        assert!(validate(&"a".repeat(56), &spec).is_empty());
-        for length in [57, 64, 300] {
+        assert!(validate(&"a".repeat(46), &spec).is_empty());
+        for length in [47, 56, 57, 64, 300] {
             let long = validate(&"a".repeat(length), &spec);
             assert_eq!(long.len(), 1, "{long:?}");
             assert_eq!(long[0].field, "metadata.name");
-            assert!(long[0].message.contains("at most 56"), "{}", long[0]);
+            assert!(long[0].message.contains("at most 46"), "{}", long[0]);
         }
-        for bad in ["My-Tenant", "my.tenant", "-x", "x-", "", "my_tenant"] {
+        for bad in [
+            "My-Tenant",
+            "my.tenant",
+            "-x",
+            "x-",
+            "",
+            "my_tenant",
+            "7eleven",
+            "0",
+        ] {
             let problems = validate(bad, &spec);
             assert_eq!(problems.len(), 1, "{bad}: {problems:?}");
             assert!(
-                problems[0].message.contains("not a DNS label"),
+                problems[0]
+                    .message
+                    .contains("must start with a lower-case letter"),
                 "{}",
                 problems[0]
             );

@@ -187,8 +187,9 @@ use k8s_openapi::NamespaceResourceScope;
 use k8s_openapi::api::core::v1::Namespace;
 use kube::api::{Api, PostParams};
 use kube::{Client, Resource};
-use neurallog_operator::crd::{Tenant, TenantSpec};
-use neurallog_operator::render::{self, RenderSettings};
+use neurallog_operator::controller::compare::is_subset;
+use neurallog_operator::crd::{MAX_TENANT_NAME_LEN, Tenant, TenantSpec};
+use neurallog_operator::render::{self, RenderSettings, invalid_derived_names};
 use neurallog_operator::validation::validate;
 use proptest::strategy::{Strategy, ValueTree};
 use proptest::test_runner::TestRunner;
@@ -197,10 +198,21 @@ use serde::de::DeserializeOwned;
 use std::fmt::Debug;
 
 const SPECS: usize = 300;
-const NAME: &str = "dry-run-tenant";
 
-fn tenant(spec: TenantSpec) -> Tenant {
-    let mut tenant = Tenant::new(NAME, spec);
+/// Tenant names of every admitted length (1 to the limit, cycling), and some the CRD
+/// refuses (a leading digit, one character too long), which validation must refuse too.
+fn name_for(i: usize) -> String {
+    let length = i % (MAX_TENANT_NAME_LEN + 2) + 1;
+    let letters = "drytenantnamesateverylengthuptothelimitandonemoreforgoodmeasure";
+    let mut name: String = letters.chars().cycle().take(length).collect();
+    if i % 7 == 3 {
+        name.replace_range(0..1, "7");
+    }
+    name
+}
+
+fn tenant(name: &str, spec: TenantSpec) -> Tenant {
+    let mut tenant = Tenant::new(name, spec);
     tenant.metadata.uid = Some("0b6f3f0e-0000-4000-8000-000000000001".into());
     tenant
 }
@@ -248,11 +260,30 @@ where
         dry_run: true,
         ..PostParams::default()
     };
-    Api::<K>::namespaced(client.clone(), ns)
+    let stored = Api::<K>::namespaced(client.clone(), ns)
         .create(&params, &object)
         .await
-        .map(|_| ())
-        .map_err(|e| format!("{} {:?}: {e}", K::kind(&()), object.meta().name))
+        .map_err(|e| format!("{} {:?}: {e}", K::kind(&()), object.meta().name))?;
+    kept_as_rendered(&object, &stored)
+}
+
+/// The API server stores what was rendered: a value it drops or rewrites (an empty env
+/// value, an empty selector) would make the operator see drift and apply again forever.
+fn kept_as_rendered<K: Resource<DynamicType = ()> + Serialize>(
+    desired: &K,
+    stored: &K,
+) -> Result<(), String> {
+    let desired_json = serde_json::to_value(desired).map_err(|e| e.to_string())?;
+    let stored_json = serde_json::to_value(stored).map_err(|e| e.to_string())?;
+    if is_subset(&desired_json, &stored_json) {
+        Ok(())
+    } else {
+        Err(format!(
+            "{} {:?} is stored differently from how it was rendered:\n  rendered: {desired_json}\n  stored:   {stored_json}",
+            K::kind(&()),
+            desired.meta().name
+        ))
+    }
 }
 
 async fn all_admitted(client: &Client, ns: &str, r: Rendered) -> Vec<String> {
@@ -270,8 +301,8 @@ async fn all_admitted(client: &Client, ns: &str, r: Rendered) -> Vec<String> {
         Api::<Namespace>::all(client.clone())
             .create(&params, &r.namespace)
             .await
-            .map(|_| ())
-            .map_err(|e| format!("Namespace: {e}")),
+            .map_err(|e| format!("Namespace: {e}"))
+            .and_then(|stored| kept_as_rendered(&r.namespace, &stored)),
     );
     note(admitted(client, ns, r.config_map).await);
     for service in r.services {
@@ -308,13 +339,19 @@ async fn every_object_rendered_for_an_accepted_spec_passes_admission() {
     for i in 0..SPECS {
         let strategy = if i % 3 == 0 { &arbitrary } else { &plausible };
         let spec = strategy.new_tree(&mut runner).expect("a spec").current();
-        if !validate(NAME, &spec).is_empty() {
+        let name = name_for(i);
+        if !validate(&name, &spec).is_empty() {
             // The operator never renders a rejected spec; rendering must still not panic.
-            let _ = rendered(&tenant(spec), &settings);
+            let _ = rendered(&tenant(&name, spec), &settings);
             continue;
         }
+        let too_long = invalid_derived_names(&name);
+        assert!(
+            too_long.is_empty(),
+            "validation accepted {name:?}, which breaks {too_long:?}"
+        );
         accepted += 1;
-        let tenant = tenant(spec);
+        let tenant = tenant(&name, spec);
         let objects = rendered(&tenant, &settings)
             .unwrap_or_else(|e| panic!("an accepted spec does not render: {e}: {:?}", tenant.spec));
         objects_checked += 6 + objects.policies.len() + 2;

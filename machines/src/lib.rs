@@ -23,6 +23,9 @@ pub enum Phase {
     Failed,
     Deleting,
     Deleted,
+    /// No progress within the deadline, or a failure that will not pass by itself; the
+    /// operator keeps trying and leaves when progress resumes or the spec changes.
+    Stalled,
 }
 
 /// The observed fact that drives a transition.
@@ -48,6 +51,10 @@ pub enum Trigger {
     DeletionRequested,
     /// The namespace is gone and Auth no longer knows the tenant.
     CleanupDone,
+    /// No progress within the progress deadline, or a write the API server refuses.
+    ProgressStalled,
+    /// A stalled tenant made progress again (more replicas ready than when it stalled).
+    ProgressResumed,
 }
 
 /// What the operator must do after a transition. Recorded for audit and replay; the
@@ -63,6 +70,7 @@ pub enum Action {
     ReportFailure,
     Teardown,
     ReleaseFinalizer,
+    ReportStall,
 }
 
 mod fsm {
@@ -81,16 +89,19 @@ mod fsm {
             NamespaceReady => ProvisioningRedis [ProvisionRedis],
             SpecInvalid => Failed [ReportFailure],
             DeletionRequested => Deleting [Teardown],
+            ProgressStalled => Stalled [ReportStall],
         },
         ProvisioningRedis => {
             RedisReady => ProvisioningServer [ProvisionServer],
             SpecInvalid => Failed [ReportFailure],
             DeletionRequested => Deleting [Teardown],
+            ProgressStalled => Stalled [ReportStall],
         },
         ProvisioningServer => {
             AllReady => Running [MarkRunning],
             SpecInvalid => Failed [ReportFailure],
             DeletionRequested => Deleting [Teardown],
+            ProgressStalled => Stalled [ReportStall],
         },
         Running => {
             SpecChanged => Updating [RollOutUpdate],
@@ -103,10 +114,19 @@ mod fsm {
             SpecChanged => Updating [RollOutUpdate],
             SpecInvalid => Failed [ReportFailure],
             DeletionRequested => Deleting [Teardown],
+            ProgressStalled => Stalled [ReportStall],
         },
         Degraded => {
             AllReady => Running [MarkRunning],
             SpecChanged => Updating [RollOutUpdate],
+            SpecInvalid => Failed [ReportFailure],
+            DeletionRequested => Deleting [Teardown],
+            ProgressStalled => Stalled [ReportStall],
+        },
+        Stalled => {
+            AllReady => Running [MarkRunning],
+            SpecChanged => Updating [RollOutUpdate],
+            ProgressResumed => Pending [CreateNamespace],
             SpecInvalid => Failed [ReportFailure],
             DeletionRequested => Deleting [Teardown],
         },
@@ -218,11 +238,12 @@ pub fn message(to: Phase, input: &Input) -> String {
         Phase::Failed => format!("Tenant cannot be provisioned: {reason}"),
         Phase::Deleting => "Tenant is being deleted".to_string(),
         Phase::Deleted => "Tenant resources are gone; releasing the finalizer".to_string(),
+        Phase::Stalled => format!("Tenant is stalled: {reason}"),
     }
 }
 
 impl Phase {
-    pub const ALL: [Phase; 10] = [
+    pub const ALL: [Phase; 11] = [
         Phase::New,
         Phase::Pending,
         Phase::ProvisioningRedis,
@@ -233,6 +254,7 @@ impl Phase {
         Phase::Failed,
         Phase::Deleting,
         Phase::Deleted,
+        Phase::Stalled,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -247,12 +269,25 @@ impl Phase {
             Phase::Failed => "Failed",
             Phase::Deleting => "Deleting",
             Phase::Deleted => "Deleted",
+            Phase::Stalled => "Stalled",
         }
     }
 
     /// Phases a user should look at: mirrored as Warning Events.
     pub fn is_warning(self) -> bool {
-        matches!(self, Phase::Degraded | Phase::Failed)
+        matches!(self, Phase::Degraded | Phase::Failed | Phase::Stalled)
+    }
+
+    /// Phases that wait for the cluster to make progress, under the progress deadline.
+    pub fn awaits_progress(self) -> bool {
+        matches!(
+            self,
+            Phase::Pending
+                | Phase::ProvisioningRedis
+                | Phase::ProvisioningServer
+                | Phase::Updating
+                | Phase::Degraded
+        )
     }
 
     /// Phases in which the tenant's resources should exist and be kept as the spec says.
@@ -265,6 +300,7 @@ impl Phase {
                 | Phase::Running
                 | Phase::Updating
                 | Phase::Degraded
+                | Phase::Stalled
         )
     }
 }
@@ -286,7 +322,7 @@ impl std::str::FromStr for Phase {
 }
 
 impl Trigger {
-    pub const ALL: [Trigger; 10] = [
+    pub const ALL: [Trigger; 12] = [
         Trigger::Observed,
         Trigger::NamespaceReady,
         Trigger::RedisReady,
@@ -297,6 +333,8 @@ impl Trigger {
         Trigger::ProblemResolved,
         Trigger::DeletionRequested,
         Trigger::CleanupDone,
+        Trigger::ProgressStalled,
+        Trigger::ProgressResumed,
     ];
 }
 

@@ -28,13 +28,29 @@ fn specification() -> BTreeMap<(Phase, Trigger), (Phase, Action)> {
     spec.insert((Degraded, SpecChanged), (Updating, RollOutUpdate));
     spec.insert((Failed, ProblemResolved), (Pending, CreateNamespace));
     spec.insert((Deleting, CleanupDone), (Deleted, ReleaseFinalizer));
-    for phase in std::iter::once(New).chain(building).chain(live) {
+    for phase in [
+        Pending,
+        ProvisioningRedis,
+        ProvisioningServer,
+        Updating,
+        Degraded,
+    ] {
+        spec.insert((phase, ProgressStalled), (Stalled, ReportStall));
+    }
+    spec.insert((Stalled, AllReady), (Running, MarkRunning));
+    spec.insert((Stalled, SpecChanged), (Updating, RollOutUpdate));
+    spec.insert((Stalled, ProgressResumed), (Pending, CreateNamespace));
+    for phase in std::iter::once(New)
+        .chain(building)
+        .chain(live)
+        .chain([Stalled])
+    {
         spec.insert((phase, SpecInvalid), (Failed, ReportFailure));
     }
     for phase in std::iter::once(New)
         .chain(building)
         .chain(live)
-        .chain([Failed])
+        .chain([Failed, Stalled])
     {
         spec.insert((phase, DeletionRequested), (Deleting, Teardown));
     }
@@ -170,7 +186,7 @@ proptest! {
             prop_assert!(!seen_deleted, "transition after Deleted: {:?}", t);
             seen_deleted = t.to == Phase::Deleted;
             if t.to == Phase::Running {
-                prop_assert!(matches!(t.from, Phase::ProvisioningServer | Phase::Updating | Phase::Degraded));
+                prop_assert!(matches!(t.from, Phase::ProvisioningServer | Phase::Updating | Phase::Degraded | Phase::Stalled));
             }
         }
     }

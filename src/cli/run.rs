@@ -76,6 +76,15 @@ pub struct RunArgs {
     /// Tenants reconciled at once.
     #[arg(long, env = "NEURALLOG_CONCURRENCY", default_value_t = 8)]
     concurrency: u16,
+    /// Seconds a tenant may wait for the cluster (pods scheduled, pulled, started, ready)
+    /// in one phase before it is journaled as Stalled. A write the API server refuses
+    /// stalls it at once.
+    #[arg(
+        long,
+        env = "NEURALLOG_PROGRESS_DEADLINE_SECONDS",
+        default_value_t = 600
+    )]
+    progress_deadline_seconds: u64,
     /// Only reconcile Tenants matching this label selector (shards tenants across
     /// operators, each with its own journal).
     #[arg(long, env = "NEURALLOG_TENANT_SELECTOR")]
@@ -245,6 +254,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         .unwrap_or_else(|_| "neurallog-operator".into());
     let ctx_journal = journal.clone();
     let ctx_client = client.clone();
+    let progress_deadline_seconds = args.progress_deadline_seconds.max(1);
     let controller = controller::run(
         client,
         move |stores| {
@@ -258,6 +268,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
                 instance,
             )
             .with_recovery(recovery)
+            .with_progress_deadline(Duration::from_secs(progress_deadline_seconds))
         },
         args.concurrency,
         args.tenant_selector.as_deref(),

@@ -38,15 +38,55 @@ pub struct Applier<'a> {
     ctx: &'a Context,
     tenant: &'a Tenant,
     obs: &'a Observation,
+    /// The journal sequence of the current phase: "Created" Events are named after it.
+    seq: u64,
     written: Mutex<Vec<CacheCheck>>,
 }
 
+/// An object that announces its creation with an Event: its place in the guide's order
+/// (namespace, Redis ConfigMap, Service, StatefulSet, server Service, Deployment) and the
+/// words of the Event.
+#[derive(Clone, Copy)]
+struct Announced {
+    order: u8,
+    label: &'static str,
+}
+
+const REDIS_CONFIG_MAP: Announced = Announced {
+    order: 2,
+    label: "Redis ConfigMap",
+};
+const REDIS_SERVICE: Announced = Announced {
+    order: 3,
+    label: "Redis Service",
+};
+const REDIS_STATEFULSET: Announced = Announced {
+    order: 4,
+    label: "Redis StatefulSet",
+};
+const SERVER_SERVICE: Announced = Announced {
+    order: 5,
+    label: "Server Service",
+};
+const SERVER_DEPLOYMENT: Announced = Announced {
+    order: 6,
+    label: "Server Deployment",
+};
+const NAMESPACE_ORDER: u8 = 1;
+
+/// A failed write, named after the object it was for.
+fn write_error(kind: &str, name: &str) -> impl FnOnce(kube::Error) -> Error {
+    let object = format!("{kind} {name}");
+    move |source| Error::Write { object, source }
+}
+
 impl<'a> Applier<'a> {
-    pub fn new(ctx: &'a Context, tenant: &'a Tenant, obs: &'a Observation) -> Self {
+    pub fn new(ctx: &'a Context, tenant: &'a Tenant, obs: &'a Observation, seq: u64) -> Self {
         Self {
             ctx,
             tenant,
             obs,
+            seq,
             written: Mutex::new(Vec::new()),
         }
     }
@@ -78,7 +118,11 @@ impl<'a> Applier<'a> {
                 }
                 Ok(())
             }
-            Phase::ProvisioningServer | Phase::Running | Phase::Updating | Phase::Degraded => {
+            Phase::ProvisioningServer
+            | Phase::Running
+            | Phase::Updating
+            | Phase::Degraded
+            | Phase::Stalled => {
                 self.ensure_finalizer().await?;
                 self.ensure_namespace().await?;
                 if self.namespace_usable() {
@@ -213,10 +257,12 @@ impl<'a> Applier<'a> {
                         let key = ObjectRef::new(&self.namespace());
                         self.expect_cached(&self.ctx.stores.namespaces, key, hash);
                         let message = format!("Created namespace {}", self.namespace());
-                        self.created_event("Namespace", &created, &message).await
+                        self.created_event("Namespace", &created, NAMESPACE_ORDER, &message)
+                            .await;
+                        Ok(())
                     }
                     Err(kube::Error::Api(e)) if e.code == 409 => Ok(()),
-                    Err(e) => Err(Error::Kube(e)),
+                    Err(e) => Err(write_error("Namespace", &self.namespace())(e)),
                 }
             }
             NamespaceState::Ours { active: true } => {
@@ -277,7 +323,7 @@ impl<'a> Applier<'a> {
             match retry(|| api.delete(&name, &params)).await {
                 Ok(_) => {}
                 Err(kube::Error::Api(e)) if e.code == 404 => {}
-                Err(e) => return Err(Error::Kube(e)),
+                Err(e) => return Err(write_error("NetworkPolicy", &name)(e)),
             }
         }
         Ok(())
@@ -289,19 +335,19 @@ impl<'a> Applier<'a> {
         self.apply(
             render::redis_config_map(t).map_err(Error::Render)?,
             &stores.config_maps,
-            Some("Redis ConfigMap"),
+            Some(REDIS_CONFIG_MAP),
         )
         .await?;
         self.apply(
             render::redis_service(t).map_err(Error::Render)?,
             &stores.services,
-            Some("Redis Service"),
+            Some(REDIS_SERVICE),
         )
         .await?;
         self.apply(
             render::redis_statefulset(t).map_err(Error::Render)?,
             &stores.statefulsets,
-            Some("Redis StatefulSet"),
+            Some(REDIS_STATEFULSET),
         )
         .await
     }
@@ -312,11 +358,11 @@ impl<'a> Applier<'a> {
         self.apply(
             render::server_service(t).map_err(Error::Render)?,
             &stores.services,
-            Some("Server Service"),
+            Some(SERVER_SERVICE),
         )
         .await?;
         let deployment = render::server_deployment(t, &self.ctx.settings).map_err(Error::Render)?;
-        self.apply(deployment, &stores.deployments, Some("Server Deployment"))
+        self.apply(deployment, &stores.deployments, Some(SERVER_DEPLOYMENT))
             .await
     }
 
@@ -356,7 +402,7 @@ impl<'a> Applier<'a> {
             match retry(|| api.delete(&ns, &params)).await {
                 Ok(_) => {}
                 Err(kube::Error::Api(e)) if e.code == 404 || e.code == 409 => {}
-                Err(e) => return Err(Error::Kube(e)),
+                Err(e) => return Err(write_error("Namespace", &ns)(e)),
             }
         }
         if self.ctx.auth_state(self.tenant) != AuthState::Deregistered {
@@ -384,21 +430,22 @@ impl<'a> Applier<'a> {
                     message: e.to_string(),
                 };
                 self.ctx.set_auth_state(self.tenant, state);
-                let name = events::warning_event_name(self.tenant, e.reason(), &e.to_string());
-                self.emit(name, EventType::Warning, e.reason(), &e.to_string())
-                    .await?;
+                let message = e.to_string();
+                self.ctx
+                    .warn_once(self.tenant, e.reason(), &message, &message)
+                    .await;
                 Err(Error::Auth(e))
             }
         }
     }
 
     /// Server-side applies `desired` unless the cached object already is what it would
-    /// become. `created` labels the "Created ..." Event sent when the object is new.
+    /// become. `announced` objects get a "Created ..." Event when they are new.
     async fn apply<K>(
         &self,
         desired: K,
         store: &Store<K>,
-        created: Option<&str>,
+        announced: Option<Announced>,
     ) -> Result<(), Error>
     where
         K: Resource<DynamicType = (), Scope = NamespaceResourceScope>
@@ -415,13 +462,12 @@ impl<'a> Applier<'a> {
         let api: Api<K> = Api::namespaced(self.ctx.client.clone(), &ns);
         let key = ObjectRef::new(&name).within(&ns);
         let new_object = self.apply_unless_current(&api, key, desired, store).await?;
-        match (new_object, created) {
-            (Some(applied), Some(label)) => {
-                self.created_event(&K::kind(&()), &applied, &format!("Created {label}"))
-                    .await
-            }
-            _ => Ok(()),
+        if let (Some(applied), Some(announced)) = (new_object, announced) {
+            let message = format!("Created {}", announced.label);
+            self.created_event(&K::kind(&()), &applied, announced.order, &message)
+                .await;
         }
+        Ok(())
     }
 
     /// Applies `desired` as `key` through `api` unless the cache shows it current, and
@@ -456,34 +502,26 @@ impl<'a> Applier<'a> {
         let patch = Patch::Apply(&body);
         let applied = retry(|| api.patch(&key.name, &params, &patch))
             .await
-            .map_err(Error::Kube)?;
+            .map_err(write_error(&K::kind(&()), &key.name))?;
         self.expect_cached(store, key, hash);
         Ok(observed.is_none().then_some(applied))
     }
 
-    /// "Created X" once per object lifetime: the name derives from the object's uid.
-    async fn created_event<K: Resource>(
-        &self,
-        kind: &str,
-        object: &K,
-        message: &str,
-    ) -> Result<(), Error> {
+    /// "Created X" once per object lifetime: the name derives from the object's uid, and
+    /// sorts after the Event of the phase that created it.
+    async fn created_event<K: Resource>(&self, kind: &str, object: &K, order: u8, message: &str) {
         let object_name = object.meta().name.clone().unwrap_or_default();
         let object_uid = object.meta().uid.clone().unwrap_or_default();
-        let name = events::created_event_name(self.tenant, kind, &object_name, &object_uid);
-        self.emit(name, EventType::Normal, "Created", message).await
-    }
-
-    async fn emit(
-        &self,
-        name: String,
-        type_: EventType,
-        reason: &str,
-        message: &str,
-    ) -> Result<(), Error> {
+        let name = events::created_event_name(
+            self.tenant,
+            self.ctx.chain(),
+            self.seq,
+            order,
+            &format!("{kind}/{object_name}/{object_uid}"),
+        );
         self.ctx
-            .emit_event(self.tenant, name, type_, reason, message)
-            .await
+            .emit_event(self.tenant, name, EventType::Normal, "Created", message)
+            .await;
     }
 }
 

@@ -19,37 +19,40 @@ pub enum EventType {
     Warning,
 }
 
-/// The Event mirroring journal record `seq` of the tenant.
 /// The Event of journal record `seq`. A journal started after damage has a `chain` label:
 /// its records restart at seq 1 and must not take the names of the replaced chain's Events.
+///
+/// Names decide the order `kubectl describe` shows: it sorts by `lastTimestamp`, whose
+/// resolution is one second, and ties keep the API server's order, which is by name. So
+/// `t000002` (the transition) sorts before `t000002.c3...` (what its phase created), which
+/// sorts before `t000003`.
 pub fn transition_event_name(tenant: &Tenant, seq: u64, chain: Option<&str>) -> String {
-    match chain {
-        None => format!("{}.{}.t{seq:06}", tenant.name_any(), short_uid(tenant)),
-        Some(chain) => format!(
-            "{}.{}.{chain}.t{seq:06}",
-            tenant.name_any(),
-            short_uid(tenant)
-        ),
-    }
+    format!("{}.t{seq:06}", event_prefix(tenant, chain))
 }
 
-/// The Event announcing that the applier created an object: one per object lifetime.
+/// The Event announcing that the applier created an object, in the phase of journal
+/// record `seq`: one per object lifetime (`object` names it with its uid). `order` is its
+/// place among the objects a phase creates, so that they read in the guide's order.
 pub fn created_event_name(
     tenant: &Tenant,
-    kind: &str,
-    object_name: &str,
-    object_uid: &str,
+    chain: Option<&str>,
+    seq: u64,
+    order: u8,
+    object: &str,
 ) -> String {
-    let digest = Sha256::digest(format!(
-        "{}/{kind}/{object_name}/{object_uid}",
-        tenant.uid().unwrap_or_default()
-    ));
+    let digest = Sha256::digest(format!("{}/{object}", tenant.uid().unwrap_or_default()));
     format!(
-        "{}.{}.c{}",
-        tenant.name_any(),
-        short_uid(tenant),
-        &hex::encode(digest)[..16]
+        "{}.c{order}-{}",
+        transition_event_name(tenant, seq, chain),
+        &hex::encode(digest)[..12]
     )
+}
+
+fn event_prefix(tenant: &Tenant, chain: Option<&str>) -> String {
+    match chain {
+        None => format!("{}.{}", tenant.name_any(), short_uid(tenant)),
+        Some(chain) => format!("{}.{}.{chain}", tenant.name_any(), short_uid(tenant)),
+    }
 }
 
 /// A Tenant-level diagnostic (a failing Auth call, say), one per (reason, message).
@@ -136,9 +139,15 @@ mod tests {
             transition_event_name(&tenant, 7, Some("r20261123125300")),
             "my-tenant.0b6f3f0e.r20261123125300.t000007"
         );
-        let a = created_event_name(&tenant, "ConfigMap", "x", "uid-1");
-        assert_eq!(a, created_event_name(&tenant, "ConfigMap", "x", "uid-1"));
-        assert_ne!(a, created_event_name(&tenant, "ConfigMap", "x", "uid-2"));
+        let a = created_event_name(&tenant, None, 2, 3, "ConfigMap/x/uid-1");
+        assert_eq!(
+            a,
+            created_event_name(&tenant, None, 2, 3, "ConfigMap/x/uid-1")
+        );
+        assert_ne!(
+            a,
+            created_event_name(&tenant, None, 2, 3, "ConfigMap/x/uid-2")
+        );
         for name in [
             a,
             transition_event_name(&tenant, 1, Some("r20261123125300")),
@@ -150,6 +159,27 @@ mod tests {
                     .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.')
             );
         }
+    }
+
+    #[test]
+    fn names_sort_in_causal_order() {
+        let tenant = basic();
+        let story = [
+            transition_event_name(&tenant, 1, None),
+            created_event_name(&tenant, None, 1, 1, "Namespace/n/u"),
+            transition_event_name(&tenant, 2, None),
+            created_event_name(&tenant, None, 2, 2, "ConfigMap/c/u"),
+            created_event_name(&tenant, None, 2, 3, "Service/r/u"),
+            created_event_name(&tenant, None, 2, 4, "StatefulSet/r/u"),
+            transition_event_name(&tenant, 3, None),
+            created_event_name(&tenant, None, 3, 5, "Service/s/u"),
+            created_event_name(&tenant, None, 3, 6, "Deployment/s/u"),
+            transition_event_name(&tenant, 4, None),
+            transition_event_name(&tenant, 10, None),
+        ];
+        let mut sorted = story.clone();
+        sorted.sort();
+        assert_eq!(sorted, story);
     }
 
     #[test]

@@ -2,7 +2,9 @@
 //! matters now. Pure, so that it can be tested on every phase.
 
 use super::observation::{AuthState, NamespaceState, Observation};
-use neurallog_machines::{Input, Phase, Trigger, accepts};
+use chrono::{DateTime, Utc};
+use neurallog_machines::{Input, Phase, Readiness, Trigger, accepts};
+use std::time::Duration;
 
 /// What the reconciler knows besides the observation.
 #[derive(Clone, Copy, Debug)]
@@ -11,6 +13,21 @@ pub struct TenantFacts {
     pub deleting: bool,
     /// The generation recorded by the last journaled transition.
     pub journaled_generation: Option<i64>,
+    /// When the last journaled transition happened: the progress deadline runs from it.
+    pub phase_since: Option<DateTime<Utc>>,
+    pub now: DateTime<Utc>,
+    /// How long a phase that waits for the cluster may go without progress.
+    pub progress_deadline: Duration,
+    /// Redis and server readiness when the tenant stalled (in `Stalled`).
+    pub stalled_with: Option<(Readiness, Readiness)>,
+}
+
+impl TenantFacts {
+    /// When the progress deadline of the current phase passes, if it has one.
+    pub fn deadline(&self) -> Option<DateTime<Utc>> {
+        let deadline = chrono::Duration::from_std(self.progress_deadline).ok()?;
+        self.phase_since.map(|since| since + deadline)
+    }
 }
 
 /// The input to feed the machine in `phase`, or `None` when nothing calls for a transition.
@@ -35,7 +52,7 @@ pub fn derive_input(phase: Phase, facts: TenantFacts, obs: &Observation) -> Opti
         .is_some_and(|g| facts.generation > g);
     let all_ready =
         obs.redis.is_ready() && obs.server.is_ready() && obs.auth == AuthState::Registered;
-    let trigger = match phase {
+    let trigger: Option<Trigger> = match phase {
         Phase::New => Some(Trigger::Observed),
         Phase::Failed => Some(Trigger::ProblemResolved),
         Phase::Pending => matches!(obs.namespace, NamespaceState::Ours { active: true })
@@ -46,15 +63,81 @@ pub fn derive_input(phase: Phase, facts: TenantFacts, obs: &Observation) -> Opti
         Phase::Running => {
             (!(obs.redis.is_ready() && obs.server.is_ready())).then_some(Trigger::ComponentLost)
         }
-        Phase::Updating | Phase::Degraded if spec_changed => Some(Trigger::SpecChanged),
+        Phase::Updating | Phase::Degraded | Phase::Stalled if spec_changed => {
+            Some(Trigger::SpecChanged)
+        }
         Phase::Updating | Phase::Degraded => all_ready.then_some(Trigger::AllReady),
+        Phase::Stalled if all_ready => Some(Trigger::AllReady),
+        Phase::Stalled => resumed(facts, obs).then_some(Trigger::ProgressResumed),
         Phase::Deleting | Phase::Deleted => None,
-    }?;
+    };
+    let Some(trigger) = trigger else {
+        return stall_reason(phase, facts, obs)
+            .map(|reason| input(Trigger::ProgressStalled).with_reason(reason));
+    };
     let mut derived = input(trigger);
     if trigger == Trigger::ComponentLost {
-        derived = derived.with_reason(lost_components(obs));
+        let reason = match obs.blocker() {
+            Some(blocker) => blocker.message,
+            None => lost_components(obs),
+        };
+        derived = derived.with_reason(reason);
     }
     Some(derived)
+}
+
+/// Why a phase that waits for the cluster stalls now: a refused write at once, anything
+/// else once the progress deadline has passed.
+fn stall_reason(phase: Phase, facts: TenantFacts, obs: &Observation) -> Option<String> {
+    if !phase.awaits_progress() {
+        return None;
+    }
+    let blocker = obs.blocker();
+    if let Some(blocker) = blocker.as_ref().filter(|b| b.refused) {
+        return Some(blocker.message.clone());
+    }
+    if facts.deadline().is_none_or(|deadline| facts.now < deadline) {
+        return None;
+    }
+    let waited = minutes_or_seconds(facts.progress_deadline);
+    let why = match blocker {
+        Some(blocker) => blocker.message,
+        None => waiting_for(phase, obs),
+    };
+    Some(format!("no progress for {waited}: {why}"))
+}
+
+/// A stalled tenant resumes when more replicas are ready than when it stalled.
+fn resumed(facts: TenantFacts, obs: &Observation) -> bool {
+    facts.stalled_with.is_some_and(|(redis, server)| {
+        obs.redis.ready > redis.ready || obs.server.ready > server.ready
+    })
+}
+
+fn waiting_for(phase: Phase, obs: &Observation) -> String {
+    if phase == Phase::Pending {
+        return "the namespace is not active yet".into();
+    }
+    let lost = lost_components(obs);
+    if !lost.is_empty() {
+        return lost;
+    }
+    match &obs.auth {
+        AuthState::Failed { message, .. } => {
+            format!("the Auth service registration fails: {message}")
+        }
+        _ => "waiting for the Auth service registration".into(),
+    }
+}
+
+/// `10m`, `90s`: how a deadline reads in a message.
+pub fn minutes_or_seconds(d: Duration) -> String {
+    let secs = d.as_secs();
+    if secs.is_multiple_of(60) && secs > 0 {
+        format!("{}m", secs / 60)
+    } else {
+        format!("{secs}s")
+    }
 }
 
 /// The first reason the tenant cannot be provisioned at all.
@@ -102,6 +185,7 @@ mod tests {
             server: WorkloadState::all_ready(2),
             auth: AuthState::Registered,
             problems: Vec::new(),
+            ..Observation::default()
         }
     }
 
@@ -110,7 +194,109 @@ mod tests {
             generation: 1,
             deleting: false,
             journaled_generation: Some(1),
+            phase_since: Some(start()),
+            now: start() + chrono::Duration::seconds(1),
+            progress_deadline: Duration::from_secs(600),
+            stalled_with: None,
         }
+    }
+
+    fn start() -> DateTime<Utc> {
+        DateTime::from_timestamp(1_800_000_000, 0).expect("a time")
+    }
+
+    fn at(secs: i64) -> TenantFacts {
+        TenantFacts {
+            now: start() + chrono::Duration::seconds(secs),
+            ..facts()
+        }
+    }
+
+    fn not_ready_obs() -> Observation {
+        Observation {
+            redis: WorkloadState {
+                exists: true,
+                ready: 0,
+                desired: 1,
+                current: true,
+            },
+            ..obs()
+        }
+    }
+
+    #[test]
+    fn a_phase_without_progress_stalls_at_its_deadline_and_says_why() {
+        let o = not_ready_obs();
+        assert_eq!(derive_input(Phase::ProvisioningRedis, at(599), &o), None);
+        let input = derive_input(Phase::ProvisioningRedis, at(600), &o).expect("a stall");
+        assert_eq!(input.trigger, Trigger::ProgressStalled);
+        assert_eq!(
+            input.reason.as_deref(),
+            Some("no progress for 10m: redis has 0/1 replicas ready")
+        );
+        let mut with_pod = o.clone();
+        with_pod.redis_problem = Some(crate::controller::failures::PodProblem {
+            reason: "Unschedulable".into(),
+            message: "t-redis-0: Unschedulable: 0/3 nodes are available".into(),
+        });
+        assert_eq!(
+            derive_input(Phase::ProvisioningRedis, at(700), &with_pod).and_then(|i| i.reason),
+            Some("no progress for 10m: Redis is not ready: t-redis-0: Unschedulable: 0/3 nodes are available".into())
+        );
+        assert_eq!(
+            derive_input(Phase::Running, at(7000), &obs()),
+            None,
+            "a running tenant has no deadline"
+        );
+    }
+
+    #[test]
+    fn a_refused_write_stalls_at_once() {
+        let mut o = not_ready_obs();
+        o.write_failure = Some(crate::controller::failures::WriteFailure {
+            object: "Service t-server".into(),
+            reason: "Invalid".into(),
+            message: "bad".into(),
+            refused: true,
+        });
+        let input = derive_input(Phase::ProvisioningServer, at(1), &o).expect("a stall");
+        assert_eq!(input.trigger, Trigger::ProgressStalled);
+        assert_eq!(
+            input.reason.as_deref(),
+            Some("the API server refused Service t-server: Invalid: bad")
+        );
+    }
+
+    #[test]
+    fn a_stalled_tenant_resumes_on_progress_only() {
+        let stalled = TenantFacts {
+            stalled_with: Some((Readiness::new(0, 1), Readiness::new(2, 2))),
+            ..at(5000)
+        };
+        let o = not_ready_obs();
+        assert_eq!(
+            derive_input(Phase::Stalled, stalled, &o),
+            None,
+            "no progress, no stall loop"
+        );
+        let mut better = o.clone();
+        better.redis.ready = 1;
+        assert_eq!(
+            trigger(Phase::Stalled, stalled, &better),
+            Some(Trigger::ProgressResumed)
+        );
+        assert_eq!(
+            trigger(Phase::Stalled, stalled, &obs()),
+            Some(Trigger::AllReady)
+        );
+        let changed = TenantFacts {
+            generation: 2,
+            ..stalled
+        };
+        assert_eq!(
+            trigger(Phase::Stalled, changed, &o),
+            Some(Trigger::SpecChanged)
+        );
     }
 
     fn trigger(phase: Phase, facts: TenantFacts, obs: &Observation) -> Option<Trigger> {

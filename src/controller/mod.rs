@@ -6,6 +6,7 @@
 pub mod apply;
 pub mod compare;
 pub mod events;
+pub mod failures;
 pub mod input;
 pub mod observation;
 pub mod status;
@@ -22,7 +23,7 @@ use events::EventType;
 use futures::{Stream, StreamExt};
 use input::{TenantFacts, derive_input};
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
-use k8s_openapi::api::core::v1::{ConfigMap, LimitRange, Namespace, ResourceQuota, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, LimitRange, Namespace, Pod, ResourceQuota, Service};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use kube::api::{Patch, PatchParams};
 use kube::runtime::controller::{self, Action, Controller};
@@ -51,6 +52,12 @@ pub const JOURNAL_RECOVERED: &str = "JournalRecovered";
 pub enum Error {
     #[error("Kubernetes API: {0}")]
     Kube(#[source] kube::Error),
+    #[error("writing {object}: {source}")]
+    Write {
+        object: String,
+        #[source]
+        source: kube::Error,
+    },
     #[error("journal: {0}")]
     Journal(#[source] JournalError),
     #[error("Auth service: {0}")]
@@ -66,11 +73,23 @@ pub enum Error {
 }
 
 impl Error {
+    /// A write the API server refused for what it holds (it would refuse it again).
+    pub fn is_refused_write(&self) -> bool {
+        self.reason() == "WriteRefused"
+    }
+
     /// A stable reason for metrics and logs.
     pub fn reason(&self) -> &'static str {
         match self {
             Error::Kube(kube::Error::Api(e)) if e.code == 409 => "Conflict",
             Error::Kube(_) => "KubernetesApi",
+            Error::Write { source, .. } => match source {
+                kube::Error::Api(e) if e.code == 409 => "Conflict",
+                kube::Error::Api(e) if (400..500).contains(&e.code) && e.code != 429 => {
+                    "WriteRefused"
+                }
+                _ => "WriteFailed",
+            },
             Error::Journal(e) if e.is_storage_failure() => JOURNAL_UNWRITABLE,
             Error::Journal(JournalError::Unavailable { .. }) => JOURNAL_UNWRITABLE,
             Error::Journal(_) | Error::Join(_) => "JournalUnavailable",
@@ -93,6 +112,8 @@ pub struct Stores {
     pub network_policies: Store<NetworkPolicy>,
     pub quotas: Store<ResourceQuota>,
     pub limit_ranges: Store<LimitRange>,
+    /// The tenants' pods, status only: why a component is not ready.
+    pub pods: Store<Pod>,
 }
 
 /// What the operator remembers about a tenant between passes. Losing it (a restart) costs
@@ -109,6 +130,12 @@ struct TenantMemo {
     /// it wrote. A pass that still sees that version (the watch has not caught up with the
     /// patch) needs no second patch: the patch's own watch event will bring a new pass.
     status_patched_from: Option<(String, TenantStatus)>,
+    /// The write that failed in the last pass, until a pass writes everything it needs.
+    write_failure: Option<failures::WriteFailure>,
+    /// Warning Events already sent (by name): a repeated cause costs no second create.
+    warnings_sent: std::collections::BTreeSet<String>,
+    /// An Event could not be written: the next pass comes soon to mirror it.
+    events_behind: bool,
 }
 
 pub struct Context {
@@ -128,6 +155,10 @@ pub struct Context {
     /// Degraded.
     caches_synced: Arc<std::sync::atomic::AtomicBool>,
     memo: Mutex<HashMap<String, TenantMemo>>,
+    /// How long a phase that waits for the cluster may go without progress.
+    progress_deadline: Duration,
+    /// A failed Event write is logged at warning level once; later ones at debug.
+    event_failure_logged: std::sync::atomic::AtomicBool,
 }
 
 impl Context {
@@ -152,7 +183,14 @@ impl Context {
             recovery: None,
             caches_synced: Arc::new(std::sync::atomic::AtomicBool::new(true)),
             memo: Mutex::default(),
+            progress_deadline: DEFAULT_PROGRESS_DEADLINE,
+            event_failure_logged: std::sync::atomic::AtomicBool::new(false),
         }
+    }
+
+    pub fn with_progress_deadline(mut self, deadline: Duration) -> Self {
+        self.progress_deadline = deadline;
+        self
     }
 
     /// Reconciles wait until `synced` is set (by the readiness task).
@@ -198,6 +236,9 @@ impl Context {
         self.memo(tenant, |m| m.auth = state);
     }
 
+    /// Creates an Event; whether it exists now. Never an error: Events are a mirror, and
+    /// a failed write must hold neither status nor provisioning. The failure is counted,
+    /// logged once, and the Event retried by a later pass.
     pub async fn emit_event(
         &self,
         tenant: &Tenant,
@@ -205,7 +246,7 @@ impl Context {
         type_: EventType,
         reason: &str,
         message: &str,
-    ) -> Result<(), Error> {
+    ) -> bool {
         let event = events::event(
             tenant,
             name,
@@ -216,10 +257,36 @@ impl Context {
             &self.instance,
         );
         self.metrics.count_write("create", "events");
-        create_event(&self.client, &event)
+        match create_event(&self.client, &event).await {
+            Ok(_) => true,
+            Err(error) => {
+                self.metrics.count_error(EVENT_WRITE_FAILED);
+                self.memo(tenant, |m| m.events_behind = true);
+                let first = !self
+                    .event_failure_logged
+                    .swap(true, std::sync::atomic::Ordering::Relaxed);
+                if first {
+                    warn!(%error, reason, "cannot write an Event; it is retried later (further failures are logged at debug level)");
+                } else {
+                    tracing::debug!(%error, reason, "cannot write an Event");
+                }
+                false
+            }
+        }
+    }
+
+    /// A Warning Event for one distinct cause (named by `key`), sent once.
+    pub async fn warn_once(&self, tenant: &Tenant, reason: &str, key: &str, message: &str) {
+        let name = events::warning_event_name(tenant, reason, key);
+        if self.memo(tenant, |m| m.warnings_sent.contains(&name)) {
+            return;
+        }
+        if self
+            .emit_event(tenant, name.clone(), EventType::Warning, reason, message)
             .await
-            .map_err(Error::Kube)?;
-        Ok(())
+        {
+            self.memo(tenant, |m| m.warnings_sent.insert(name));
+        }
     }
 
     async fn blocking<T: Send + 'static>(
@@ -279,17 +346,52 @@ impl Context {
         } else {
             (false, false)
         };
+        let redis = statefulset_state(sts.as_deref(), tenant.spec.redis.replicas, redis_matches);
+        let server = deployment_state(
+            deployment.as_deref(),
+            tenant.spec.server.replicas,
+            server_matches,
+        );
+        let redis_problem = if redis.is_ready() {
+            None
+        } else {
+            self.pod_problem(&ns_name, "redis")
+        };
+        let server_problem = if server.is_ready() {
+            None
+        } else {
+            self.pod_problem(&ns_name, "server")
+                .or_else(|| deployment.as_deref().and_then(failures::deployment_problem))
+        };
         Ok(Observation {
             namespace: namespace_state(namespace.as_ref(), owned),
-            redis: statefulset_state(sts.as_deref(), tenant.spec.redis.replicas, redis_matches),
-            server: deployment_state(
-                deployment.as_deref(),
-                tenant.spec.server.replicas,
-                server_matches,
-            ),
+            redis,
+            server,
             auth: self.auth_state(tenant),
             problems,
+            redis_problem,
+            server_problem,
+            write_failure: self.memo(tenant, |m| m.write_failure.clone()),
         })
+    }
+
+    /// Why a pod of `component` in `namespace` does not run, from the pod cache.
+    fn pod_problem(&self, namespace: &str, component: &str) -> Option<failures::PodProblem> {
+        let pods: Vec<Arc<Pod>> = self
+            .stores
+            .pods
+            .state()
+            .into_iter()
+            .filter(|pod| {
+                pod.metadata.namespace.as_deref() == Some(namespace)
+                    && pod
+                        .labels()
+                        .get(render::COMPONENT_LABEL)
+                        .map(String::as_str)
+                        == Some(component)
+            })
+            .collect();
+        failures::pod_problem(pods.iter().map(|p| p.as_ref()))
     }
 
     async fn append(
@@ -331,7 +433,8 @@ impl Context {
     }
 
     /// Creates the Event of every journal record not yet mirrored (normally just the last;
-    /// more after a failed mirror). Deterministic names make this idempotent.
+    /// more after a failed mirror). Deterministic names make this idempotent. Only a
+    /// journal read can fail it; a failed Event write is left for a later pass.
     async fn mirror_events(&self, tenant: &Tenant, tail: Option<&Record>) -> Result<(), Error> {
         let Some(tail) = tail else { return Ok(()) };
         let mirrored = self.memo(tenant, |m| m.mirrored);
@@ -366,10 +469,15 @@ impl Context {
                 EventType::Normal
             };
             let name = events::transition_event_name(tenant, record.seq, self.chain());
-            self.emit_event(tenant, name, type_, record.to.as_str(), &record.message)
-                .await?;
+            if !self
+                .emit_event(tenant, name, type_, record.to.as_str(), &record.message)
+                .await
+            {
+                return Ok(());
+            }
             self.memo(tenant, |m| m.mirrored = record.seq);
         }
+        self.memo(tenant, |m| m.events_behind = false);
         Ok(())
     }
 
@@ -438,16 +546,74 @@ impl Context {
             mark.at.to_rfc3339()
         );
         let name = events::warning_event_name(tenant, JOURNAL_RECOVERED, &mark.moved_to);
-        self.emit_event(
-            tenant,
-            name,
-            EventType::Warning,
-            JOURNAL_RECOVERED,
-            &message,
-        )
-        .await?;
-        self.memo(tenant, |m| m.told_of_recovery = true);
+        if self
+            .emit_event(
+                tenant,
+                name,
+                EventType::Warning,
+                JOURNAL_RECOVERED,
+                &message,
+            )
+            .await
+        {
+            self.memo(tenant, |m| m.told_of_recovery = true);
+        }
         Ok(())
+    }
+
+    fn facts(&self, tenant: &Tenant, tail: Option<&Record>) -> TenantFacts {
+        TenantFacts {
+            generation: tenant.metadata.generation.unwrap_or(0),
+            deleting: tenant.metadata.deletion_timestamp.is_some(),
+            journaled_generation: tail.map(|r| r.generation),
+            phase_since: tail.map(|r| r.time),
+            now: Utc::now(),
+            progress_deadline: self.progress_deadline,
+            stalled_with: tail.filter(|r| r.to == Phase::Stalled).map(|r| {
+                (
+                    r.input.redis.unwrap_or_default(),
+                    r.input.server.unwrap_or_default(),
+                )
+            }),
+        }
+    }
+
+    /// Remembers the write this pass could not make (for status and the machine) or that
+    /// every write went through, and tells the tenant's owner once per distinct cause.
+    async fn record_write_outcome(&self, tenant: &Tenant, applied: &Result<(), Error>) {
+        let failure = match applied {
+            // A conflict is someone else's write meanwhile: the retry settles it.
+            Err(Error::Write { source, .. }) if source_code(source) == Some(409) => return,
+            Err(Error::Write { object, source }) => {
+                Some(failures::WriteFailure::new(object.clone(), source))
+            }
+            Err(_) => return,
+            Ok(()) => None,
+        };
+        self.memo(tenant, |m| m.write_failure = failure.clone());
+        if let Some(failure) = failure {
+            let reason = failure.condition_reason();
+            let key = format!("{}/{}", failure.object, failure.message);
+            self.warn_once(tenant, reason, &key, &failure.describe())
+                .await;
+        }
+    }
+
+    /// One Warning Event per distinct pod-level cause (component and Kubernetes reason).
+    async fn warn_of_blocker(&self, tenant: &Tenant, obs: &Observation) {
+        if obs.write_failure.is_some() {
+            return;
+        }
+        if let Some(blocker) = obs.blocker() {
+            let component = blocker.message.split(' ').next().unwrap_or("").to_string();
+            self.warn_once(
+                tenant,
+                &blocker.reason,
+                &format!("{component}/{}", blocker.reason),
+                &blocker.message,
+            )
+            .await;
+        }
     }
 
     fn count_outcome(&self, record: &Record) {
@@ -498,25 +664,21 @@ pub async fn reconcile(tenant: Arc<Tenant>, ctx: Arc<Context>) -> Result<Action,
     result
 }
 
+fn source_code(error: &kube::Error) -> Option<u16> {
+    match error {
+        kube::Error::Api(status) => Some(status.code),
+        _ => None,
+    }
+}
+
 /// Tells the tenant's owner, on the Tenant itself, that its phase changes are held: the
 /// journal (the truth for phases) cannot be written. One Event per distinct error.
 async fn report_unwritable_journal(tenant: &Tenant, ctx: &Context, error: &Error) {
     let message = format!(
         "Phase changes are held until the operator's journal can be written again: {error}"
     );
-    let name = events::warning_event_name(tenant, JOURNAL_UNWRITABLE, &message);
-    let sent = ctx
-        .emit_event(
-            tenant,
-            name,
-            EventType::Warning,
-            JOURNAL_UNWRITABLE,
-            &message,
-        )
+    ctx.warn_once(tenant, JOURNAL_UNWRITABLE, &message, &message)
         .await;
-    if let Err(e) = sent {
-        warn!(error = %e, "cannot send the JournalUnwritable Event");
-    }
 }
 
 async fn reconcile_tenant(tenant: Arc<Tenant>, ctx: Arc<Context>) -> Result<Action, Error> {
@@ -525,14 +687,9 @@ async fn reconcile_tenant(tenant: Arc<Tenant>, ctx: Arc<Context>) -> Result<Acti
     let journal_uid = uid.clone();
     let mut tail = ctx.blocking(move |j| j.last(&journal_uid)).await?;
     ctx.tell_of_recovery(&tenant).await?;
-    ctx.mirror_events(&tenant, tail.as_ref()).await?;
 
     let obs = ctx.observe(&tenant).await?;
-    let facts = TenantFacts {
-        generation: tenant.metadata.generation.unwrap_or(0),
-        deleting: tenant.metadata.deletion_timestamp.is_some(),
-        journaled_generation: tail.as_ref().map(|r| r.generation),
-    };
+    let facts = ctx.facts(&tenant, tail.as_ref());
     let input = derive_input(tail.as_ref().map_or(Phase::New, |r| r.to), facts, &obs);
     if let Some(input) = input
         && let Some(record) = ctx.append(&tenant, tail.as_ref(), input).await?
@@ -541,14 +698,14 @@ async fn reconcile_tenant(tenant: Arc<Tenant>, ctx: Arc<Context>) -> Result<Acti
         tail = Some(record);
     }
     let phase = tail.as_ref().map_or(Phase::New, |r| r.to);
-    if phase == Phase::Deleted {
-        // Before the finalizer goes: once the Tenant is gone nothing reconciles it again,
-        // so a crash in between would leave its last transition without an Event.
-        ctx.mirror_events(&tenant, tail.as_ref()).await?;
-    }
-
-    let applied = Applier::new(&ctx, &tenant, &obs).ensure(phase).await;
+    // The transition's Event before the objects its phase creates: `kubectl describe`
+    // then tells the story in causal order. Before the finalizer goes too: once the Tenant
+    // is gone nothing reconciles it again.
     ctx.mirror_events(&tenant, tail.as_ref()).await?;
+
+    let seq = tail.as_ref().map_or(0, |r| r.seq);
+    let applied = Applier::new(&ctx, &tenant, &obs, seq).ensure(phase).await;
+    ctx.record_write_outcome(&tenant, &applied).await;
     if phase == Phase::Deleted {
         applied?;
         ctx.forget(&tenant);
@@ -558,28 +715,48 @@ async fn reconcile_tenant(tenant: Arc<Tenant>, ctx: Arc<Context>) -> Result<Acti
     // Observed again: the caches now show what this pass created, so the status says
     // "0/1 replicas ready" at once instead of "not created yet" and a second patch later.
     let obs = ctx.observe(&tenant).await?;
+    ctx.warn_of_blocker(&tenant, &obs).await;
     ctx.mirror_status(&tenant, tail.as_ref(), &obs).await?;
     ctx.metrics.set_phase(&uid, Some(phase.as_str()));
     ctx.metrics
         .observe_reconcile(phase.as_str(), started.elapsed());
+    if phase == Phase::Stalled
+        && let Err(error) = &applied
+        && error.is_refused_write()
+    {
+        tracing::debug!(%error, "still refused; retrying on the next change or recheck");
+        // Refused for what it holds: retrying on a backoff would only repeat the refusal.
+        // A change of the Tenant or its objects brings a pass; so does the slow recheck.
+        return Ok(Action::requeue(STALLED_RECHECK));
+    }
     applied?;
     ctx.memo(&tenant, |m| m.failures = 0);
     // What this pass did (an Auth registration, objects that became ready meanwhile) may
     // already allow the next transition, and with an unchanged status nothing else would
     // start the pass that takes it.
-    let facts = TenantFacts {
-        journaled_generation: tail.as_ref().map(|r| r.generation),
-        ..facts
-    };
+    let facts = ctx.facts(&tenant, tail.as_ref());
     if derive_input(phase, facts, &obs).is_some_and(|input| step(phase, &input).is_some()) {
         return Ok(Action::requeue(NEXT_TRANSITION_DELAY));
     }
-    Ok(match phase {
+    let mut next = match phase {
         // The namespace controller can take a while; its deletion also triggers a pass.
-        Phase::Deleting => Action::requeue(Duration::from_secs(5)),
-        Phase::Failed => Action::await_change(),
-        _ => Action::requeue(Duration::from_secs(600)),
-    })
+        Phase::Deleting => Duration::from_secs(5),
+        // The conflicting namespace may go away, and it carries none of our labels: no
+        // watch event would tell.
+        Phase::Failed => FAILED_RECHECK,
+        Phase::Stalled => STALLED_RECHECK,
+        _ => Duration::from_secs(600),
+    };
+    if phase.awaits_progress()
+        && let Some(deadline) = facts.deadline()
+    {
+        let left = (deadline - facts.now).to_std().unwrap_or_default();
+        next = next.min(left + Duration::from_secs(1));
+    }
+    if ctx.memo(&tenant, |m| m.events_behind) {
+        next = next.min(EVENT_RETRY);
+    }
+    Ok(Action::requeue(next))
 }
 
 /// Failed passes retry with per-tenant exponential backoff and jitter; one stuck tenant
@@ -628,6 +805,7 @@ async fn report_readiness(
         ("networkpolicies", wait_ready(stores.network_policies)),
         ("resourcequotas", wait_ready(stores.quotas)),
         ("limitranges", wait_ready(stores.limit_ranges)),
+        ("pods", wait_ready(stores.pods)),
     ];
     let mut next_report = std::time::Instant::now() + Duration::from_secs(10);
     while !pending.is_empty() {
@@ -707,6 +885,22 @@ type Watch<K> = std::pin::Pin<Box<dyn Stream<Item = Result<K, watcher::Error>> +
 /// How soon a pass that made the next transition possible is followed by the one taking it.
 const NEXT_TRANSITION_DELAY: Duration = Duration::from_millis(100);
 
+/// The progress deadline unless the operator is told otherwise.
+pub const DEFAULT_PROGRESS_DEADLINE: Duration = Duration::from_secs(600);
+
+/// How often a Failed tenant is looked at again (its conflicting namespace may be gone).
+const FAILED_RECHECK: Duration = Duration::from_secs(60);
+
+/// How often a Stalled tenant tries again without being asked (a change of the Tenant or
+/// of its objects and pods brings a pass at once).
+const STALLED_RECHECK: Duration = Duration::from_secs(300);
+
+/// How soon an Event that could not be written is tried again.
+const EVENT_RETRY: Duration = Duration::from_secs(5);
+
+/// Reason of the error metric counting Event writes that failed.
+pub const EVENT_WRITE_FAILED: &str = "EventWriteFailed";
+
 /// Objects per page of a cache's initial list. Eight caches list at once at start-up, and
 /// each page is held whole while it is decoded: kube's default of 500 made those pages the
 /// operator's peak memory at 1,000 tenants.
@@ -729,6 +923,34 @@ where
         .reflect(writer)
         .touched_objects();
     (reader, Box::pin(stream))
+}
+
+/// The tenants' pods with only what says why one does not run: their specs (the bulk of
+/// a pod) are dropped before they enter the cache.
+fn pod_cache(client: &Client) -> (Store<Pod>, Watch<Pod>) {
+    let (reader, writer) = reflector::store();
+    let config = watcher::Config::default()
+        .labels(&managed_selector())
+        .any_semantic()
+        .page_size(LIST_PAGE_SIZE);
+    let stream = watcher(Api::<Pod>::all(client.clone()), config)
+        .default_backoff()
+        .modify(|pod| {
+            pod.metadata.managed_fields = None;
+            pod.metadata.annotations = None;
+            pod.spec = None;
+        })
+        .reflect(writer)
+        .touched_objects();
+    (reader, Box::pin(stream))
+}
+
+/// The Tenant a pod belongs to, by its tenant label (pods are owned by ReplicaSets and
+/// StatefulSets, not by the Tenant).
+fn pod_tenant(pod: Pod) -> Option<ObjectRef<Tenant>> {
+    pod.labels()
+        .get(render::TENANT_LABEL)
+        .map(|name| ObjectRef::new(name))
 }
 
 /// The Tenants owning `child`, as references without a namespace. kube's `owns_stream`
@@ -766,6 +988,7 @@ pub async fn run(
     let (network_policies, np_watch) = cache::<NetworkPolicy>(&client);
     let (quotas, quota_watch) = cache::<ResourceQuota>(&client);
     let (limit_ranges, lr_watch) = cache::<LimitRange>(&client);
+    let (pods, pod_watch) = pod_cache(&client);
     let stores = Stores {
         namespaces,
         config_maps,
@@ -775,6 +998,7 @@ pub async fn run(
         network_policies,
         quotas,
         limit_ranges,
+        pods,
     };
     let ctx = Arc::new(make_context(stores.clone()).with_caches_synced(ready.clone()));
     let tenants: Api<Tenant> = Api::all(client.clone());
@@ -800,6 +1024,7 @@ pub async fn run(
         .watches_stream(np_watch, owning_tenants)
         .watches_stream(quota_watch, owning_tenants)
         .watches_stream(lr_watch, owning_tenants)
+        .watches_stream(pod_watch, pod_tenant)
         .with_config(
             controller::Config::default()
                 .concurrency(concurrency)

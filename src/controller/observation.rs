@@ -1,21 +1,19 @@
 //! What the operator saw of one tenant, reduced to the facts the machine and the status
 //! need. Built from the watch caches by `Observer`; everything here is pure.
 
+use super::failures::{PodProblem, WriteFailure};
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::core::v1::Namespace;
 
 /// The tenant namespace as observed.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
 pub enum NamespaceState {
+    #[default]
     Missing,
     /// Ours (labelled with this Tenant's uid).
-    Ours {
-        active: bool,
-    },
+    Ours { active: bool },
     /// Someone else's, or a previous tenant's of the same name that is still terminating.
-    Foreign {
-        terminating: bool,
-    },
+    Foreign { terminating: bool },
 }
 
 /// A workload (Redis StatefulSet or server Deployment) as observed.
@@ -66,7 +64,7 @@ pub enum AuthState {
     },
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
 pub struct Observation {
     pub namespace: NamespaceState,
     pub redis: WorkloadState,
@@ -74,6 +72,45 @@ pub struct Observation {
     pub auth: AuthState,
     /// Why the spec cannot be realised, if it cannot (one line each).
     pub problems: Vec<String>,
+    /// Why a Redis pod does not run, while Redis is not ready.
+    pub redis_problem: Option<PodProblem>,
+    /// Why a server pod does not run, while the server is not ready.
+    pub server_problem: Option<PodProblem>,
+    /// The write of the operator's last pass that failed, until a pass writes all it needs.
+    pub write_failure: Option<WriteFailure>,
+}
+
+/// What keeps the tenant from progressing, as the status and the machine see it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Blocker {
+    pub reason: String,
+    pub message: String,
+    /// It will not pass without a change (of the spec, or of the cluster's policy).
+    pub refused: bool,
+}
+
+impl Observation {
+    /// The first thing that keeps the tenant from progressing: a failed write, then a
+    /// Redis pod, then a server pod.
+    pub fn blocker(&self) -> Option<Blocker> {
+        if let Some(failure) = &self.write_failure {
+            return Some(Blocker {
+                reason: failure.condition_reason().into(),
+                message: failure.describe(),
+                refused: failure.refused,
+            });
+        }
+        let pod = |component: &str, problem: &PodProblem| Blocker {
+            reason: problem.reason.clone(),
+            message: format!("{component} is not ready: {}", problem.message),
+            refused: false,
+        };
+        match (&self.redis_problem, &self.server_problem) {
+            (Some(p), _) if !self.redis.is_ready() => Some(pod("Redis", p)),
+            (_, Some(p)) if !self.server.is_ready() => Some(pod("Server", p)),
+            _ => None,
+        }
+    }
 }
 
 pub fn namespace_state(ns: Option<&Namespace>, owned: bool) -> NamespaceState {

@@ -1,6 +1,7 @@
 //! The Tenant's status, recomputed from the journal tail and the observation on every
 //! reconcile and patched only when it differs (the mirror compares, never assumes).
 
+use super::failures::PodProblem;
 use super::observation::{AuthState, NamespaceState, Observation, WorkloadState};
 use crate::crd::{ComponentStatus, JournalPosition, TenantStatus};
 use chrono::{DateTime, Utc};
@@ -38,8 +39,18 @@ pub fn desired_status(
     TenantStatus {
         phase: Some(phase.as_str().to_string()),
         namespace: Some(namespace.to_string()),
-        redis_status: Some(component_status("Redis", &obs.redis, phase)),
-        server_status: Some(component_status("Server", &obs.server, phase)),
+        redis_status: Some(component_status(
+            "Redis",
+            &obs.redis,
+            phase,
+            obs.redis_problem.as_ref(),
+        )),
+        server_status: Some(component_status(
+            "Server",
+            &obs.server,
+            phase,
+            obs.server_problem.as_ref(),
+        )),
         observed_generation: Some(generation),
         conditions,
         journal: tail.map(|t| JournalPosition {
@@ -50,8 +61,21 @@ pub fn desired_status(
     }
 }
 
-fn component_status(name: &str, state: &WorkloadState, phase: Phase) -> ComponentStatus {
-    let (component_phase, message) = if !state.exists {
+fn component_status(
+    name: &str,
+    state: &WorkloadState,
+    phase: Phase,
+    problem: Option<&PodProblem>,
+) -> ComponentStatus {
+    let (component_phase, message) = if let Some(problem) = problem.filter(|_| !state.is_ready()) {
+        (
+            "NotReady",
+            format!(
+                "{name} has {}/{} replicas ready: {}",
+                state.ready, state.desired, problem.message
+            ),
+        )
+    } else if !state.exists {
         match phase {
             Phase::Deleting | Phase::Deleted => ("Deleted", format!("{name} is deleted")),
             Phase::Failed => ("NotCreated", format!("{name} is not created")),
@@ -104,26 +128,37 @@ fn conditions(
         AuthState::Failed { reason, message } => Some((reason.clone(), message.clone())),
         _ => None,
     };
+    let blocker = obs.blocker();
     let ready = if phase == Phase::Running {
         condition("Ready", true, "Running", "Tenant is running", generation)
     } else {
-        condition("Ready", false, phase.as_str(), &message, generation)
+        let why = blocker
+            .as_ref()
+            .map_or(message.as_str(), |b| b.message.as_str());
+        condition("Ready", false, phase.as_str(), why, generation)
     };
-    let reconciling = match (&auth_failure, phase) {
-        (_, Phase::Failed | Phase::Deleted) => {
+    let reconciling = match (&auth_failure, &blocker, phase) {
+        (_, _, Phase::Failed | Phase::Deleted | Phase::Stalled) => {
             condition("Reconciling", false, phase.as_str(), &message, generation)
         }
-        (Some((reason, auth_message)), _) => {
+        (_, Some(blocker), _) => condition(
+            "Reconciling",
+            true,
+            &blocker.reason,
+            &blocker.message,
+            generation,
+        ),
+        (Some((reason, auth_message)), None, _) => {
             condition("Reconciling", true, reason, auth_message, generation)
         }
-        (None, Phase::Running) => condition(
+        (None, None, Phase::Running) => condition(
             "Reconciling",
             false,
             "Running",
             "Tenant is running",
             generation,
         ),
-        (None, _) => condition(
+        (None, None, _) => condition(
             "Reconciling",
             true,
             phase.as_str(),
@@ -139,6 +174,20 @@ fn conditions(
                 "InvalidSpec"
             };
         condition("Stalled", true, reason, &message, generation)
+    } else if phase == Phase::Stalled {
+        let reason = match &blocker {
+            Some(b) if b.refused => b.reason.as_str(),
+            _ => "ProgressDeadlineExceeded",
+        };
+        condition("Stalled", true, reason, &message, generation)
+    } else if let Some(refused) = blocker.as_ref().filter(|b| b.refused) {
+        condition(
+            "Stalled",
+            true,
+            &refused.reason,
+            &refused.message,
+            generation,
+        )
     } else {
         condition(
             "Stalled",
@@ -195,6 +244,7 @@ mod tests {
             server: WorkloadState::all_ready(1),
             auth: AuthState::Registered,
             problems: vec![],
+            ..Observation::default()
         }
     }
 

@@ -80,5 +80,5 @@ fn printer_columns_are_the_guides() {
 fn the_namespace_is_tenant_dash_name() {
     assert_eq!(namespace_for("my-tenant"), "tenant-my-tenant");
     let longest = "a".repeat(MAX_TENANT_NAME_LEN);
-    assert_eq!(namespace_for(&longest).len(), 63);
+    assert!(namespace_for(&longest).len() <= 63);
 }

@@ -387,6 +387,7 @@ pub(crate) fn phase_code(phase: Phase) -> u8 {
         Phase::Failed => 7,
         Phase::Deleting => 8,
         Phase::Deleted => 9,
+        Phase::Stalled => 10,
     }
 }
 
@@ -402,6 +403,7 @@ fn phase(code: u8) -> Option<Phase> {
         7 => Phase::Failed,
         8 => Phase::Deleting,
         9 => Phase::Deleted,
+        10 => Phase::Stalled,
         _ => return None,
     })
 }
@@ -418,6 +420,8 @@ fn trigger_code(trigger: Trigger) -> u8 {
         Trigger::ProblemResolved => 7,
         Trigger::DeletionRequested => 8,
         Trigger::CleanupDone => 9,
+        Trigger::ProgressStalled => 10,
+        Trigger::ProgressResumed => 11,
     }
 }
 
@@ -433,6 +437,8 @@ fn trigger(code: u8) -> Option<Trigger> {
         7 => Trigger::ProblemResolved,
         8 => Trigger::DeletionRequested,
         9 => Trigger::CleanupDone,
+        10 => Trigger::ProgressStalled,
+        11 => Trigger::ProgressResumed,
         _ => return None,
     })
 }
@@ -448,6 +454,7 @@ fn action_code(action: Action) -> u8 {
         Action::ReportFailure => 6,
         Action::Teardown => 7,
         Action::ReleaseFinalizer => 8,
+        Action::ReportStall => 9,
     }
 }
 
@@ -462,6 +469,7 @@ fn action(code: u8) -> Option<Action> {
         6 => Action::ReportFailure,
         7 => Action::Teardown,
         8 => Action::ReleaseFinalizer,
+        9 => Action::ReportStall,
         _ => return None,
     })
 }
@@ -484,7 +492,7 @@ mod tests {
                 assert_eq!(action_code(a), code);
             }
         }
-        assert_eq!(phase(10), None);
+        assert_eq!(phase(11), None);
     }
 
     #[test]

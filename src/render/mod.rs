@@ -4,6 +4,7 @@
 //! objects, which is what makes "no change means no write" checkable.
 
 mod labels;
+mod names;
 mod namespace;
 mod network;
 mod quota;
@@ -13,9 +14,10 @@ mod security;
 mod server;
 
 pub use labels::{
-    MANAGED_BY_LABEL, MANAGED_BY_VALUE, TENANT_LABEL, TENANT_UID_LABEL, component_labels,
-    tenant_labels,
+    COMPONENT_LABEL, MANAGED_BY_LABEL, MANAGED_BY_VALUE, TENANT_LABEL, TENANT_UID_LABEL,
+    component_labels, tenant_labels,
 };
+pub use names::{DerivedName, NameRule, derived_names, invalid_derived_names};
 pub use namespace::{is_owned_by, namespace};
 pub use network::network_policies;
 pub use quota::{limit_range, resource_quota};

@@ -39,7 +39,7 @@ const FIXED_SETTINGS: [(&str, &str); 5] = [
 ];
 
 pub fn redis_name(tenant: &str) -> String {
-    format!("{tenant}-redis")
+    format!("{tenant}{}", crate::crd::REDIS_SUFFIX)
 }
 
 pub fn redis_config_map_name(tenant: &str) -> String {

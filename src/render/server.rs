@@ -162,7 +162,9 @@ fn user_env(var: &EnvVar) -> K8sEnvVar {
     });
     K8sEnvVar {
         name: var.name.clone(),
-        value: var.value.clone(),
+        // The API server drops an empty value (it is the default): rendering it would make
+        // the stored Deployment differ from the desired one forever.
+        value: var.value.clone().filter(|v| !v.is_empty()),
         value_from,
     }
 }

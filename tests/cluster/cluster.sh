@@ -113,6 +113,21 @@ $(apiserver_extra_args)
 EOF
 }
 
+# kwok's own default stages (from its module, as kwokctl would use them), plus ours that
+# play a kubelet meeting failures. kwokctl drops its defaults once any Stage is given.
+write_stages() {
+  local stages
+  stages="$(cluster_cache_dir)/stages"
+  for f in node/fast/node-initialize.yaml node/heartbeat-with-lease/node-heartbeat-with-lease.yaml \
+    pod/fast/pod-ready.yaml pod/fast/pod-complete.yaml pod/fast/pod-delete.yaml; do
+    [ -f "$stages/$f" ] || die "kwok stage $stages/$f is missing: rebuild with tests/cluster/build.sh"
+    printf -- '---\n'
+    cat "$stages/$f"
+  done
+  printf -- '---\n'
+  cat "$here/manifests/failure-stages.yaml"
+}
+
 # NEURALLOG_APISERVER_EXTRA_ARGS ("key=value ..."), one extraArgs entry each.
 apiserver_extra_args() {
   local pair
@@ -144,6 +159,7 @@ up() {
 
   log "starting Kubernetes $KUBE_VERSION on https://127.0.0.1:$api_port"
   write_kwokctl_config "$etcd_port" "$etcd_peer" "$kwok_port" >"$state/kwokctl.yaml"
+  write_stages >>"$state/kwokctl.yaml"
   if ! kwokctl_ create cluster --runtime binary \
     --kube-apiserver-binary "$bin/kube-apiserver" \
     --kube-controller-manager-binary "$bin/kube-controller-manager" \

@@ -315,14 +315,18 @@ pub async fn apply_tenant(client: &Client, tenant: &Tenant) {
     .expect("the Tenant applies");
 }
 
+/// Waits until the tenant's status, written for its current generation, says `phase`.
+/// A status from before the last spec change is stale, whatever phase it names.
 pub async fn wait_for_phase(client: &Client, name: &str, phase: &str, timeout: Duration) -> Tenant {
     let api: Api<Tenant> = Api::all(client.clone());
     wait_for(&format!("tenant {name} to reach {phase}"), timeout, || {
         let api = api.clone();
         async move {
             let t = api.get_opt(name).await.ok()??;
-            let current = t.status.as_ref()?.phase.clone()?;
-            (current == phase).then_some(t)
+            let status = t.status.as_ref()?;
+            let current = status.observed_generation == t.metadata.generation
+                && status.phase.as_deref() == Some(phase);
+            current.then_some(t)
         }
     })
     .await
