@@ -9,51 +9,6 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 const TENANTS: usize = 5;
-const WRITE_VERBS: [&str; 5] = ["POST", "PUT", "PATCH", "DELETE", "APPLY"];
-/// Resources only the operator writes in steady state (controllers write their status
-/// subresources, kwok writes nodes and leases: those are not counted).
-const OUR_RESOURCES: [&str; 8] = [
-    "tenants",
-    "namespaces",
-    "configmaps",
-    "services",
-    "statefulsets",
-    "deployments",
-    "networkpolicies",
-    "limitranges",
-];
-
-/// Write requests the API server served for our resources, by (verb, resource, subresource).
-fn apiserver_writes() -> BTreeMap<String, f64> {
-    let metrics = kubectl(&["get", "--raw", "/metrics"]);
-    let mut writes = BTreeMap::new();
-    for line in metrics
-        .lines()
-        .filter(|l| l.starts_with("apiserver_request_total{"))
-    {
-        let Some((labels, value)) = line.rsplit_once(' ') else {
-            continue;
-        };
-        let label = |name: &str| {
-            labels
-                .split(&format!("{name}=\""))
-                .nth(1)
-                .and_then(|rest| rest.split('"').next())
-                .unwrap_or("")
-                .to_string()
-        };
-        let (verb, resource, subresource) =
-            (label("verb"), label("resource"), label("subresource"));
-        let ours = OUR_RESOURCES.contains(&resource.as_str())
-            && (subresource.is_empty() || resource == "tenants");
-        if ours && WRITE_VERBS.contains(&verb.as_str()) {
-            let key = format!("{verb} {resource}/{subresource}");
-            *writes.entry(key).or_insert(0.0) += value.parse::<f64>().unwrap_or(0.0);
-        }
-    }
-    writes
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_resync_of_running_tenants_sends_no_write_request() {
     let client = client().await;

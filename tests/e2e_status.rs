@@ -205,41 +205,6 @@ async fn kubectl_describe_tells_the_story_in_causal_order() {
     wait_until_gone(&tenants(&env.client), &name, PROVISION).await;
 }
 
-/// A ValidatingAdmissionPolicy (the API server's own CEL admission) that refuses the
-/// server Service in one tenant's namespace: a policy the operator cannot satisfy.
-fn deny_server_services(name: &str) -> String {
-    format!(
-        r#"apiVersion: admissionregistration.k8s.io/v1
-kind: ValidatingAdmissionPolicy
-metadata:
-  name: e2e-deny-server-service-{name}
-spec:
-  failurePolicy: Fail
-  matchConstraints:
-    resourceRules:
-    - apiGroups: [""]
-      apiVersions: ["v1"]
-      operations: ["CREATE", "UPDATE"]
-      resources: ["services"]
-  validations:
-  - expression: "!object.metadata.name.endsWith('-server')"
-    message: "server Services are not allowed in this namespace (e2e policy)"
----
-apiVersion: admissionregistration.k8s.io/v1
-kind: ValidatingAdmissionPolicyBinding
-metadata:
-  name: e2e-deny-server-service-{name}
-spec:
-  policyName: e2e-deny-server-service-{name}
-  validationActions: [Deny]
-  matchResources:
-    namespaceSelector:
-      matchLabels:
-        neurallog.io/tenant: {name}
-"#
-    )
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refused_write_stalls_at_once_with_the_api_servers_words_and_recovers() {
     let env = env("refused", &[]).await;

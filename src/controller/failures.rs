@@ -189,16 +189,18 @@ fn container_problem(container: &ContainerStatus) -> Option<(String, String)> {
     None
 }
 
-/// The Deployment controller's own verdict: `Progressing=False` with
-/// `ProgressDeadlineExceeded`.
+/// The Deployment controller's own verdict: pods it could not create (`ReplicaFailure`,
+/// a quota exceeded, say) or `Progressing=False` with `ProgressDeadlineExceeded`.
 pub fn deployment_problem(deployment: &Deployment) -> Option<PodProblem> {
-    let condition = deployment
-        .status
-        .as_ref()?
-        .conditions
+    let conditions = deployment.status.as_ref()?.conditions.as_ref()?;
+    let condition = conditions
         .iter()
-        .flatten()
-        .find(|c| c.type_ == "Progressing" && c.status == "False")?;
+        .find(|c| c.type_ == "ReplicaFailure" && c.status == "True")
+        .or_else(|| {
+            conditions
+                .iter()
+                .find(|c| c.type_ == "Progressing" && c.status == "False")
+        })?;
     let reason = condition
         .reason
         .clone()
@@ -286,6 +288,26 @@ mod tests {
             "state": {"running": {}}
         }]}));
         assert_eq!(pod_problem([&creating, &running]), None);
+    }
+
+    #[test]
+    fn the_deployment_controller_says_when_it_cannot_create_pods() {
+        let deployment: Deployment = serde_json::from_value(json!({
+            "metadata": {"name": "t-server"},
+            "status": {"conditions": [
+                {"type": "Progressing", "status": "True", "reason": "ReplicaSetUpdated"},
+                {"type": "ReplicaFailure", "status": "True", "reason": "FailedCreate",
+                 "message": "pods \"t-server-1\" is forbidden: exceeded quota: tenant-quota"}
+            ]}
+        }))
+        .expect("a deployment");
+        let problem = deployment_problem(&deployment).expect("a problem");
+        assert_eq!(problem.reason, "FailedCreate");
+        assert!(
+            problem.message.contains("exceeded quota"),
+            "{}",
+            problem.message
+        );
     }
 
     #[test]

@@ -541,3 +541,83 @@ impl Drop for TenantCleanup {
         }
     }
 }
+
+pub const WRITE_VERBS: [&str; 5] = ["POST", "PUT", "PATCH", "DELETE", "APPLY"];
+/// Resources only the operator writes in steady state (controllers write their status
+/// subresources, kwok writes nodes and leases: those are not counted).
+pub const OUR_RESOURCES: [&str; 8] = [
+    "tenants",
+    "namespaces",
+    "configmaps",
+    "services",
+    "statefulsets",
+    "deployments",
+    "networkpolicies",
+    "limitranges",
+];
+
+/// Write requests the API server served for our resources, by (verb, resource, subresource).
+pub fn apiserver_writes() -> std::collections::BTreeMap<String, f64> {
+    let metrics = kubectl(&["get", "--raw", "/metrics"]);
+    let mut writes = std::collections::BTreeMap::new();
+    for line in metrics
+        .lines()
+        .filter(|l| l.starts_with("apiserver_request_total{"))
+    {
+        let Some((labels, value)) = line.rsplit_once(' ') else {
+            continue;
+        };
+        let label = |name: &str| {
+            labels
+                .split(&format!("{name}=\""))
+                .nth(1)
+                .and_then(|rest| rest.split('"').next())
+                .unwrap_or("")
+                .to_string()
+        };
+        let (verb, resource, subresource) =
+            (label("verb"), label("resource"), label("subresource"));
+        let ours = OUR_RESOURCES.contains(&resource.as_str())
+            && (subresource.is_empty() || resource == "tenants");
+        if ours && WRITE_VERBS.contains(&verb.as_str()) {
+            let key = format!("{verb} {resource}/{subresource}");
+            *writes.entry(key).or_insert(0.0) += value.parse::<f64>().unwrap_or(0.0);
+        }
+    }
+    writes
+}
+
+/// A ValidatingAdmissionPolicy (the API server's own CEL admission) that refuses the
+/// server Service in one tenant's namespace: a policy the operator cannot satisfy.
+pub fn deny_server_services(name: &str) -> String {
+    format!(
+        r#"apiVersion: admissionregistration.k8s.io/v1
+kind: ValidatingAdmissionPolicy
+metadata:
+  name: e2e-deny-server-service-{name}
+spec:
+  failurePolicy: Fail
+  matchConstraints:
+    resourceRules:
+    - apiGroups: [""]
+      apiVersions: ["v1"]
+      operations: ["CREATE", "UPDATE"]
+      resources: ["services"]
+  validations:
+  - expression: "!object.metadata.name.endsWith('-server')"
+    message: "server Services are not allowed in this namespace (e2e policy)"
+---
+apiVersion: admissionregistration.k8s.io/v1
+kind: ValidatingAdmissionPolicyBinding
+metadata:
+  name: e2e-deny-server-service-{name}
+spec:
+  policyName: e2e-deny-server-service-{name}
+  validationActions: [Deny]
+  matchResources:
+    namespaceSelector:
+      matchLabels:
+        neurallog.io/tenant: {name}
+"#
+    )
+}
