@@ -281,6 +281,7 @@ mod tests {
         );
         let mut better = o.clone();
         better.redis.ready = 1;
+        better.server.desired = 3;
         assert_eq!(
             trigger(Phase::Stalled, stalled, &better),
             Some(Trigger::ProgressResumed)
