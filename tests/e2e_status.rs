@@ -24,7 +24,7 @@ struct Env {
     client: Client,
     run: String,
     _auth: neurallog_operator::auth_stub::AuthStubHandle,
-    _operator: Operator,
+    operator: Operator,
 }
 
 async fn env(prefix: &str, args: &[&str]) -> Env {
@@ -42,7 +42,7 @@ async fn env(prefix: &str, args: &[&str]) -> Env {
         client,
         run,
         _auth: auth,
-        _operator: operator,
+        operator,
     }
 }
 
@@ -213,6 +213,7 @@ async fn a_refused_write_stalls_at_once_with_the_api_servers_words_and_recovers(
     let policy = deny_server_services(&name);
     let (ok, _, stderr) = kubectl_stdin(&["apply", "-f", "-"], &policy);
     assert!(ok, "{stderr}");
+    wait_until_server_services_are_refused(&name).await;
     apply_tenant(&env.client, &tenant_from_yaml(BASIC, &name, &env.run)).await;
 
     let stalled = wait_for_status(&env.client, &name, "Stalled", PROVISION, |t| {
@@ -339,11 +340,15 @@ async fn pod_failures_name_the_pod_and_stall_after_the_deadline_then_recover() {
             stall.contains("no progress for 15s") && stall.contains(reason),
             "{stall}"
         );
-        let warnings = described_warnings(name);
-        assert!(
-            warnings.iter().any(|w| w == reason) && warnings.iter().any(|w| w == "Stalled"),
-            "{name}: describe shows the Warnings {warnings:?}"
+        assert_eq!(
+            described_warnings(name),
+            ["Stalled"],
+            "{name}: one Warning, the journaled stall (the pod's own Events tell the rest)"
         );
+        if phase_of(&seen) != "Stalled" {
+            let (_, reconciling_reason, _) = condition(&seen, "Reconciling");
+            assert_eq!(reconciling_reason, reason, "{name}");
+        }
     }
 
     // Fixing the spec leaves Stalled through Updating, journaled like every transition.
@@ -407,6 +412,91 @@ async fn a_namespace_conflict_heals_once_the_foreign_namespace_is_gone() {
         "{story:?}"
     );
     assert_eq!(story.last().map(String::as_str), Some("Tenant is running"));
+    kubectl(&["delete", "tenant", &name, "--wait=false"]);
+    wait_until_gone(&tenants(&env.client), &name, PROVISION).await;
+}
+
+/// A ValidatingAdmissionPolicy that refuses every Event about one Tenant.
+fn deny_events_about(name: &str) -> String {
+    format!(
+        r#"apiVersion: admissionregistration.k8s.io/v1
+kind: ValidatingAdmissionPolicy
+metadata:
+  name: e2e-deny-events-{name}
+spec:
+  failurePolicy: Fail
+  matchConstraints:
+    resourceRules:
+    - apiGroups: [""]
+      apiVersions: ["v1"]
+      operations: ["CREATE"]
+      resources: ["events"]
+  validations:
+  - expression: "object.involvedObject.name != '{name}'"
+    message: "no Events about {name} (e2e policy)"
+---
+apiVersion: admissionregistration.k8s.io/v1
+kind: ValidatingAdmissionPolicyBinding
+metadata:
+  name: e2e-deny-events-{name}
+spec:
+  policyName: e2e-deny-events-{name}
+  validationActions: [Deny]
+"#
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_events_hold_neither_status_nor_provisioning_and_are_written_later() {
+    let env = env("events", &[]).await;
+    let name = env.run.clone();
+    let _cleanup = TenantCleanup(vec![name.clone()]);
+    let policy = deny_events_about(&name);
+    let (ok, _, stderr) = kubectl_stdin(&["apply", "-f", "-"], &policy);
+    assert!(ok, "{stderr}");
+    // The policy is in force once an Event about the tenant is refused.
+    wait_for("the Event policy to be in force", PROVISION, || async {
+        let (created, _, _) = kubectl_stdin(
+            &["create", "-f", "-", "--dry-run=server"],
+            &format!(
+                "apiVersion: v1\nkind: Event\nmetadata: {{name: probe, namespace: default}}\ninvolvedObject: {{name: {name}}}\nreason: Probe\nmessage: probe\n"
+            ),
+        );
+        (!created).then_some(())
+    })
+    .await;
+
+    apply_tenant(&env.client, &tenant_from_yaml(BASIC, &name, &env.run)).await;
+    wait_for_phase(&env.client, &name, "Running", PROVISION).await;
+    assert!(
+        described_event_messages(&name).is_empty(),
+        "Events were written despite the policy"
+    );
+    let failed = env
+        .operator
+        .counter("neurallog_reconcile_errors_total{reason=\"EventWriteFailed\"}")
+        .await;
+    assert!(failed >= 1.0, "failed Event writes are counted: {failed}");
+    let log = env.operator.log_text();
+    assert_eq!(
+        log.matches("cannot write an Event; it is retried later")
+            .count(),
+        1,
+        "logged once"
+    );
+
+    let (ok, _, stderr) = kubectl_stdin(&["delete", "-f", "-"], &policy);
+    assert!(ok, "{stderr}");
+    wait_for("the held-back Events to be written", PROVISION, || {
+        let name = name.clone();
+        async move {
+            let story = described_event_messages(&name);
+            (story.first().map(String::as_str) == Some("Tenant accepted; creating its namespace")
+                && story.last().map(String::as_str) == Some("Tenant is running"))
+            .then_some(())
+        }
+    })
+    .await;
     kubectl(&["delete", "tenant", &name, "--wait=false"]);
     wait_until_gone(&tenants(&env.client), &name, PROVISION).await;
 }

@@ -106,6 +106,7 @@ async fn converged_and_stalled_tenants_cost_no_writes() {
 
     let (ok, _, stderr) = kubectl_stdin(&["apply", "-f", "-"], &deny_server_services(&refused));
     assert!(ok, "{stderr}");
+    wait_until_server_services_are_refused(&refused).await;
     let foreign: Namespace =
         serde_json::from_value(json!({"metadata": {"name": format!("tenant-{conflict}")}}))
             .expect("ns");

@@ -43,36 +43,27 @@ pub struct Applier<'a> {
     written: Mutex<Vec<CacheCheck>>,
 }
 
-/// An object that announces its creation with an Event: its place in the guide's order
-/// (namespace, Redis ConfigMap, Service, StatefulSet, server Service, Deployment) and the
-/// words of the Event.
+/// An object that announces its creation with an Event ("Created Redis Service").
 #[derive(Clone, Copy)]
 struct Announced {
-    order: u8,
     label: &'static str,
 }
 
 const REDIS_CONFIG_MAP: Announced = Announced {
-    order: 2,
     label: "Redis ConfigMap",
 };
 const REDIS_SERVICE: Announced = Announced {
-    order: 3,
     label: "Redis Service",
 };
 const REDIS_STATEFULSET: Announced = Announced {
-    order: 4,
     label: "Redis StatefulSet",
 };
 const SERVER_SERVICE: Announced = Announced {
-    order: 5,
     label: "Server Service",
 };
 const SERVER_DEPLOYMENT: Announced = Announced {
-    order: 6,
     label: "Server Deployment",
 };
-const NAMESPACE_ORDER: u8 = 1;
 
 /// A failed write, named after the object it was for.
 fn write_error(kind: &str, name: &str) -> impl FnOnce(kube::Error) -> Error {
@@ -257,8 +248,7 @@ impl<'a> Applier<'a> {
                         let key = ObjectRef::new(&self.namespace());
                         self.expect_cached(&self.ctx.stores.namespaces, key, hash);
                         let message = format!("Created namespace {}", self.namespace());
-                        self.created_event("Namespace", &created, NAMESPACE_ORDER, &message)
-                            .await;
+                        self.created_event("Namespace", &created, &message).await;
                         Ok(())
                     }
                     Err(kube::Error::Api(e)) if e.code == 409 => Ok(()),
@@ -432,7 +422,7 @@ impl<'a> Applier<'a> {
                 self.ctx.set_auth_state(self.tenant, state);
                 let message = e.to_string();
                 self.ctx
-                    .warn_once(self.tenant, e.reason(), &message, &message)
+                    .warn_once(self.tenant, self.seq, e.reason(), &message, &message)
                     .await;
                 Err(Error::Auth(e))
             }
@@ -464,8 +454,7 @@ impl<'a> Applier<'a> {
         let new_object = self.apply_unless_current(&api, key, desired, store).await?;
         if let (Some(applied), Some(announced)) = (new_object, announced) {
             let message = format!("Created {}", announced.label);
-            self.created_event(&K::kind(&()), &applied, announced.order, &message)
-                .await;
+            self.created_event(&K::kind(&()), &applied, &message).await;
         }
         Ok(())
     }
@@ -507,16 +496,16 @@ impl<'a> Applier<'a> {
         Ok(observed.is_none().then_some(applied))
     }
 
-    /// "Created X" once per object lifetime: the name derives from the object's uid, and
-    /// sorts after the Event of the phase that created it.
-    async fn created_event<K: Resource>(&self, kind: &str, object: &K, order: u8, message: &str) {
+    /// "Created X" once per object lifetime (only a pass that created the object sends it),
+    /// named after the phase that created it.
+    async fn created_event<K: Resource>(&self, kind: &str, object: &K, message: &str) {
         let object_name = object.meta().name.clone().unwrap_or_default();
         let object_uid = object.meta().uid.clone().unwrap_or_default();
-        let name = events::created_event_name(
+        let name = events::phase_event_name(
             self.tenant,
             self.ctx.chain(),
             self.seq,
-            order,
+            chrono::Utc::now(),
             &format!("{kind}/{object_name}/{object_uid}"),
         );
         self.ctx

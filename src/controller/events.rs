@@ -21,30 +21,30 @@ pub enum EventType {
 
 /// The Event of journal record `seq`. A journal started after damage has a `chain` label:
 /// its records restart at seq 1 and must not take the names of the replaced chain's Events.
-///
-/// Names decide the order `kubectl describe` shows: it sorts by `lastTimestamp`, whose
-/// resolution is one second, and ties keep the API server's order, which is by name. So
-/// `t000002` (the transition) sorts before `t000002.c3...` (what its phase created), which
-/// sorts before `t000003`.
 pub fn transition_event_name(tenant: &Tenant, seq: u64, chain: Option<&str>) -> String {
     format!("{}.t{seq:06}", event_prefix(tenant, chain))
 }
 
-/// The Event announcing that the applier created an object, in the phase of journal
-/// record `seq`: one per object lifetime (`object` names it with its uid). `order` is its
-/// place among the objects a phase creates, so that they read in the guide's order.
-pub fn created_event_name(
+/// Any other Event of a tenant (an object created, a warning), sent while the tenant is
+/// in the phase of journal record `seq`. Its name sorts after that phase's transition
+/// Event and, within the phase, by the time it was sent. Names then sort as the times do,
+/// which is what keeps `kubectl describe` in causal order: it sorts by `lastTimestamp`
+/// (one-second resolution) with an unstable sort that leaves an already ordered list as
+/// it is, and the API server lists Events by name. `key` tells apart Events sent within
+/// one microsecond.
+pub fn phase_event_name(
     tenant: &Tenant,
     chain: Option<&str>,
     seq: u64,
-    order: u8,
-    object: &str,
+    at: DateTime<Utc>,
+    key: &str,
 ) -> String {
-    let digest = Sha256::digest(format!("{}/{object}", tenant.uid().unwrap_or_default()));
+    let digest = Sha256::digest(format!("{}/{key}", tenant.uid().unwrap_or_default()));
     format!(
-        "{}.c{order}-{}",
+        "{}.{:016}-{}",
         transition_event_name(tenant, seq, chain),
-        &hex::encode(digest)[..12]
+        at.timestamp_micros().max(0),
+        &hex::encode(digest)[..8]
     )
 }
 
@@ -53,20 +53,6 @@ fn event_prefix(tenant: &Tenant, chain: Option<&str>) -> String {
         None => format!("{}.{}", tenant.name_any(), short_uid(tenant)),
         Some(chain) => format!("{}.{}.{chain}", tenant.name_any(), short_uid(tenant)),
     }
-}
-
-/// A Tenant-level diagnostic (a failing Auth call, say), one per (reason, message).
-pub fn warning_event_name(tenant: &Tenant, reason: &str, message: &str) -> String {
-    let digest = Sha256::digest(format!(
-        "{}/{reason}/{message}",
-        tenant.uid().unwrap_or_default()
-    ));
-    format!(
-        "{}.{}.w{}",
-        tenant.name_any(),
-        short_uid(tenant),
-        &hex::encode(digest)[..16]
-    )
 }
 
 pub fn event(
@@ -139,19 +125,20 @@ mod tests {
             transition_event_name(&tenant, 7, Some("r20261123125300")),
             "my-tenant.0b6f3f0e.r20261123125300.t000007"
         );
-        let a = created_event_name(&tenant, None, 2, 3, "ConfigMap/x/uid-1");
+        let at = Utc::now();
+        let a = phase_event_name(&tenant, None, 2, at, "ConfigMap/x/uid-1");
         assert_eq!(
             a,
-            created_event_name(&tenant, None, 2, 3, "ConfigMap/x/uid-1")
+            phase_event_name(&tenant, None, 2, at, "ConfigMap/x/uid-1")
         );
         assert_ne!(
             a,
-            created_event_name(&tenant, None, 2, 3, "ConfigMap/x/uid-2")
+            phase_event_name(&tenant, None, 2, at, "ConfigMap/x/uid-2")
         );
         for name in [
             a,
             transition_event_name(&tenant, 1, Some("r20261123125300")),
-            warning_event_name(&tenant, "AuthUnavailable", "down"),
+            phase_event_name(&tenant, Some("r1"), 999_999, at, "AuthUnavailable/down"),
         ] {
             assert!(name.len() <= 253);
             assert!(
@@ -164,16 +151,20 @@ mod tests {
     #[test]
     fn names_sort_in_causal_order() {
         let tenant = basic();
+        let t = |secs: i64, micros: i64| {
+            DateTime::from_timestamp(1_800_000_000 + secs, 0).expect("time")
+                + chrono::Duration::microseconds(micros)
+        };
         let story = [
             transition_event_name(&tenant, 1, None),
-            created_event_name(&tenant, None, 1, 1, "Namespace/n/u"),
+            phase_event_name(&tenant, None, 1, t(0, 10), "Namespace/n/u"),
             transition_event_name(&tenant, 2, None),
-            created_event_name(&tenant, None, 2, 2, "ConfigMap/c/u"),
-            created_event_name(&tenant, None, 2, 3, "Service/r/u"),
-            created_event_name(&tenant, None, 2, 4, "StatefulSet/r/u"),
+            phase_event_name(&tenant, None, 2, t(0, 900), "ConfigMap/c/u"),
+            phase_event_name(&tenant, None, 2, t(0, 901), "Service/r/u"),
+            phase_event_name(&tenant, None, 2, t(1, 2), "StatefulSet/r/u"),
             transition_event_name(&tenant, 3, None),
-            created_event_name(&tenant, None, 3, 5, "Service/s/u"),
-            created_event_name(&tenant, None, 3, 6, "Deployment/s/u"),
+            phase_event_name(&tenant, None, 3, t(1, 5), "WriteRefused/x"),
+            phase_event_name(&tenant, None, 3, t(90, 0), "Service/s/u"),
             transition_event_name(&tenant, 4, None),
             transition_event_name(&tenant, 10, None),
         ];

@@ -2,6 +2,7 @@
 //! refused, a pod that cannot be scheduled, pulled, configured or kept running. Pure
 //! functions of what the API server returned or the caches hold.
 
+use chrono::{DateTime, Utc};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ContainerStatus, Pod};
 
@@ -91,14 +92,44 @@ const STUCK_WAITING: [&str; 9] = [
     "PreCreateHookError",
 ];
 
-/// The first reason among `pods` (of one component) that a pod is not running, if any.
-pub fn pod_problem<'a>(pods: impl IntoIterator<Item = &'a Pod>) -> Option<PodProblem> {
+/// How long a pod may be unschedulable before it counts as a problem: a Redis pod waits a
+/// moment for its claim to be bound, and saying so would be noise (and a status write).
+pub const UNSCHEDULABLE_GRACE: chrono::TimeDelta = chrono::TimeDelta::seconds(10);
+
+/// The first reason among `pods` (of one component) that a pod is not running, if any, as
+/// of `now`; and when a pod that is unschedulable but within its grace would count.
+pub fn pod_problem<'a>(
+    pods: impl IntoIterator<Item = &'a Pod>,
+    now: DateTime<Utc>,
+) -> (Option<PodProblem>, Option<DateTime<Utc>>) {
     let mut pods: Vec<&Pod> = pods
         .into_iter()
         .filter(|p| p.metadata.deletion_timestamp.is_none())
         .collect();
     pods.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
-    pods.into_iter().find_map(problem_of)
+    let mut due = None;
+    for pod in pods {
+        if let Some(since) = unschedulable_since(pod)
+            && now < since + UNSCHEDULABLE_GRACE
+        {
+            due = Some(since + UNSCHEDULABLE_GRACE);
+            continue;
+        }
+        if let Some(problem) = problem_of(pod) {
+            return (Some(problem), None);
+        }
+    }
+    (None, due)
+}
+
+fn unschedulable_since(pod: &Pod) -> Option<DateTime<Utc>> {
+    let condition = pod.status.as_ref()?.conditions.iter().flatten().find(|c| {
+        c.type_ == "PodScheduled"
+            && c.status == "False"
+            && c.reason.as_deref() == Some("Unschedulable")
+    })?;
+    let at = condition.last_transition_time.as_ref()?.0;
+    DateTime::from_timestamp(at.as_second(), 0)
 }
 
 fn problem_of(pod: &Pod) -> Option<PodProblem> {
@@ -220,6 +251,10 @@ mod tests {
     use super::*;
     use serde_json::json;
 
+    fn now() -> DateTime<Utc> {
+        DateTime::from_timestamp(1_800_000_000, 0).expect("a time")
+    }
+
     fn pod(status: serde_json::Value) -> Pod {
         serde_json::from_value(json!({
             "metadata": {"name": "t-server-7d9c-abcde"},
@@ -235,7 +270,7 @@ mod tests {
             "state": {"waiting": {"reason": "ImagePullBackOff", "message": "Back-off pulling image \"x\""}}
         }]}));
         assert_eq!(
-            pod_problem([&p]),
+            pod_problem([&p], now()).0,
             Some(PodProblem {
                 reason: "ImagePullBackOff".into(),
                 message: "t-server-7d9c-abcde: ImagePullBackOff: Back-off pulling image \"x\""
@@ -251,7 +286,7 @@ mod tests {
             "state": {"waiting": {"reason": "CrashLoopBackOff", "message": "back-off 40s"}},
             "lastState": {"terminated": {"exitCode": 3, "reason": "Error"}}
         }]}));
-        let problem = pod_problem([&p]).expect("a problem");
+        let problem = pod_problem([&p], now()).0.expect("a problem");
         assert_eq!(problem.reason, "CrashLoopBackOff");
         assert!(
             problem.message.contains(
@@ -266,10 +301,17 @@ mod tests {
     fn unschedulable_pods_carry_the_scheduler_message() {
         let p = pod(json!({"phase": "Pending", "conditions": [{
             "type": "PodScheduled", "status": "False", "reason": "Unschedulable",
-            "message": "0/3 nodes are available: 3 Insufficient cpu."
+            "message": "0/3 nodes are available: 3 Insufficient cpu.",
+            "lastTransitionTime": "2027-01-15T08:00:00Z"
         }]}));
+        let since = DateTime::from_timestamp(1_800_000_000, 0).expect("a time");
+        let (none, due) = pod_problem([&p], since + chrono::Duration::seconds(3));
+        assert_eq!(none, None, "within the grace a pod may wait for its claim");
+        assert_eq!(due, Some(since + UNSCHEDULABLE_GRACE));
         assert_eq!(
-            pod_problem([&p]).map(|p| p.message),
+            pod_problem([&p], since + UNSCHEDULABLE_GRACE)
+                .0
+                .map(|p| p.message),
             Some(
                 "t-server-7d9c-abcde: Unschedulable: 0/3 nodes are available: 3 Insufficient cpu."
                     .into()
@@ -287,7 +329,7 @@ mod tests {
             "name": "server", "image": "x", "imageID": "", "ready": true, "restartCount": 0,
             "state": {"running": {}}
         }]}));
-        assert_eq!(pod_problem([&creating, &running]), None);
+        assert_eq!(pod_problem([&creating, &running], now()).0, None);
     }
 
     #[test]

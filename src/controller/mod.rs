@@ -134,8 +134,10 @@ struct TenantMemo {
     write_failure: Option<failures::WriteFailure>,
     /// Warning Events already sent (by name): a repeated cause costs no second create.
     warnings_sent: std::collections::BTreeSet<String>,
-    /// An Event could not be written: the next pass comes soon to mirror it.
-    events_behind: bool,
+    /// A transition's Event could not be written: the next pass comes soon to mirror it.
+    transitions_behind: bool,
+    /// Other Events that could not be written, retried by the next passes.
+    pending_events: Vec<k8s_openapi::api::core::v1::Event>,
 }
 
 pub struct Context {
@@ -237,8 +239,8 @@ impl Context {
     }
 
     /// Creates an Event; whether it exists now. Never an error: Events are a mirror, and
-    /// a failed write must hold neither status nor provisioning. The failure is counted,
-    /// logged once, and the Event retried by a later pass.
+    /// a failed write must hold neither status nor provisioning. A failed one is kept and
+    /// retried by the next passes (see `retry_events`).
     pub async fn emit_event(
         &self,
         tenant: &Tenant,
@@ -247,24 +249,56 @@ impl Context {
         reason: &str,
         message: &str,
     ) -> bool {
-        let event = events::event(
-            tenant,
-            name,
-            type_,
-            reason,
-            message,
-            Utc::now(),
-            &self.instance,
-        );
+        let event = self.event(tenant, name, type_, reason, message);
+        let sent = self.send_event(&event).await;
+        if !sent {
+            self.memo(tenant, |m| {
+                let queued = m
+                    .pending_events
+                    .iter()
+                    .any(|e| e.metadata.name == event.metadata.name);
+                if !queued && m.pending_events.len() < MAX_PENDING_EVENTS {
+                    m.pending_events.push(event);
+                }
+            });
+        }
+        sent
+    }
+
+    fn event(
+        &self,
+        tenant: &Tenant,
+        name: String,
+        type_: EventType,
+        reason: &str,
+        message: &str,
+    ) -> k8s_openapi::api::core::v1::Event {
+        self.event_at(tenant, name, type_, reason, message, Utc::now())
+    }
+
+    fn event_at(
+        &self,
+        tenant: &Tenant,
+        name: String,
+        type_: EventType,
+        reason: &str,
+        message: &str,
+        at: chrono::DateTime<Utc>,
+    ) -> k8s_openapi::api::core::v1::Event {
+        events::event(tenant, name, type_, reason, message, at, &self.instance)
+    }
+
+    /// Creates `event`; a failure is counted and logged once (later ones at debug level).
+    async fn send_event(&self, event: &k8s_openapi::api::core::v1::Event) -> bool {
         self.metrics.count_write("create", "events");
-        match create_event(&self.client, &event).await {
+        match create_event(&self.client, event).await {
             Ok(_) => true,
             Err(error) => {
                 self.metrics.count_error(EVENT_WRITE_FAILED);
-                self.memo(tenant, |m| m.events_behind = true);
                 let first = !self
                     .event_failure_logged
                     .swap(true, std::sync::atomic::Ordering::Relaxed);
+                let reason = event.reason.as_deref().unwrap_or_default();
                 if first {
                     warn!(%error, reason, "cannot write an Event; it is retried later (further failures are logged at debug level)");
                 } else {
@@ -275,18 +309,43 @@ impl Context {
         }
     }
 
-    /// A Warning Event for one distinct cause (named by `key`), sent once.
-    pub async fn warn_once(&self, tenant: &Tenant, reason: &str, key: &str, message: &str) {
-        let name = events::warning_event_name(tenant, reason, key);
-        if self.memo(tenant, |m| m.warnings_sent.contains(&name)) {
+    /// Sends the Events earlier passes could not write, oldest first.
+    async fn retry_events(&self, tenant: &Tenant) {
+        let pending = self.memo(tenant, |m| std::mem::take(&mut m.pending_events));
+        let mut still = Vec::new();
+        for event in pending {
+            if !still.is_empty() || !self.send_event(&event).await {
+                still.push(event);
+            }
+        }
+        self.memo(tenant, |m| {
+            m.pending_events.splice(0..0, still).for_each(drop)
+        });
+    }
+
+    fn events_behind(&self, tenant: &Tenant) -> bool {
+        self.memo(tenant, |m| {
+            m.transitions_behind || !m.pending_events.is_empty()
+        })
+    }
+
+    /// A Warning Event for one distinct cause (`reason` and `key`), sent once per process
+    /// (a failed send is retried with the other pending Events).
+    pub async fn warn_once(
+        &self,
+        tenant: &Tenant,
+        seq: u64,
+        reason: &str,
+        key: &str,
+        message: &str,
+    ) {
+        let cause = format!("{reason}/{key}");
+        if !self.memo(tenant, |m| m.warnings_sent.insert(cause.clone())) {
             return;
         }
-        if self
-            .emit_event(tenant, name.clone(), EventType::Warning, reason, message)
-            .await
-        {
-            self.memo(tenant, |m| m.warnings_sent.insert(name));
-        }
+        let name = events::phase_event_name(tenant, self.chain(), seq, Utc::now(), &cause);
+        self.emit_event(tenant, name, EventType::Warning, reason, message)
+            .await;
     }
 
     async fn blocking<T: Send + 'static>(
@@ -352,16 +411,19 @@ impl Context {
             tenant.spec.server.replicas,
             server_matches,
         );
-        let redis_problem = if redis.is_ready() {
-            None
+        let now = Utc::now();
+        let (redis_problem, redis_due) = if redis.is_ready() {
+            (None, None)
         } else {
-            self.pod_problem(&ns_name, "redis")
+            self.pod_problem(&ns_name, "redis", now)
         };
-        let server_problem = if server.is_ready() {
-            None
+        let (server_problem, server_due) = if server.is_ready() {
+            (None, None)
         } else {
-            self.pod_problem(&ns_name, "server")
-                .or_else(|| deployment.as_deref().and_then(failures::deployment_problem))
+            let (problem, due) = self.pod_problem(&ns_name, "server", now);
+            let problem =
+                problem.or_else(|| deployment.as_deref().and_then(failures::deployment_problem));
+            (problem, due)
         };
         Ok(Observation {
             namespace: namespace_state(namespace.as_ref(), owned),
@@ -372,11 +434,17 @@ impl Context {
             redis_problem,
             server_problem,
             write_failure: self.memo(tenant, |m| m.write_failure.clone()),
+            problem_due: redis_due.into_iter().chain(server_due).min(),
         })
     }
 
     /// Why a pod of `component` in `namespace` does not run, from the pod cache.
-    fn pod_problem(&self, namespace: &str, component: &str) -> Option<failures::PodProblem> {
+    fn pod_problem(
+        &self,
+        namespace: &str,
+        component: &str,
+        now: chrono::DateTime<Utc>,
+    ) -> (Option<failures::PodProblem>, Option<chrono::DateTime<Utc>>) {
         let pods: Vec<Arc<Pod>> = self
             .stores
             .pods
@@ -391,7 +459,7 @@ impl Context {
                         == Some(component)
             })
             .collect();
-        failures::pod_problem(pods.iter().map(|p| p.as_ref()))
+        failures::pod_problem(pods.iter().map(|p| p.as_ref()), now)
     }
 
     async fn append(
@@ -441,13 +509,16 @@ impl Context {
         if mirrored >= tail.seq {
             return Ok(());
         }
-        // Status is patched after the Events, so a status at sequence N means Events up to
-        // N exist: after a restart this saves one create (and its write) per tenant.
+        // Status is patched after the Events were sent, so a status at sequence N means
+        // Events up to N exist, unless this process saw an Event write fail: after a
+        // restart this saves one create (and its write) per tenant. (An Event that failed
+        // just before a restart is not written again.)
+        let behind = self.memo(tenant, |m| m.transitions_behind);
         let from_status = tenant
             .status
             .as_ref()
             .and_then(|s| s.journal.as_ref())
-            .filter(|j| j.chain.as_deref() == self.chain())
+            .filter(|j| !behind && j.chain.as_deref() == self.chain())
             .map_or(0, |j| j.sequence);
         if from_status >= tail.seq {
             self.memo(tenant, |m| m.mirrored = tail.seq);
@@ -469,15 +540,23 @@ impl Context {
                 EventType::Normal
             };
             let name = events::transition_event_name(tenant, record.seq, self.chain());
-            if !self
-                .emit_event(tenant, name, type_, record.to.as_str(), &record.message)
-                .await
-            {
+            // At the time of the transition, also when mirrored late: the Events then sort
+            // by time as they do by name.
+            let event = self.event_at(
+                tenant,
+                name,
+                type_,
+                record.to.as_str(),
+                &record.message,
+                record.time,
+            );
+            if !self.send_event(&event).await {
+                self.memo(tenant, |m| m.transitions_behind = true);
                 return Ok(());
             }
             self.memo(tenant, |m| m.mirrored = record.seq);
         }
-        self.memo(tenant, |m| m.events_behind = false);
+        self.memo(tenant, |m| m.transitions_behind = false);
         Ok(())
     }
 
@@ -545,19 +624,23 @@ impl Context {
             mark.moved_to,
             mark.at.to_rfc3339()
         );
-        let name = events::warning_event_name(tenant, JOURNAL_RECOVERED, &mark.moved_to);
-        if self
-            .emit_event(
-                tenant,
-                name,
-                EventType::Warning,
-                JOURNAL_RECOVERED,
-                &message,
-            )
-            .await
-        {
-            self.memo(tenant, |m| m.told_of_recovery = true);
-        }
+        let name = events::phase_event_name(
+            tenant,
+            self.chain(),
+            0,
+            mark.at,
+            &format!("{JOURNAL_RECOVERED}/{}", mark.moved_to),
+        );
+        // Sent or queued for a retry: either way, told.
+        self.emit_event(
+            tenant,
+            name,
+            EventType::Warning,
+            JOURNAL_RECOVERED,
+            &message,
+        )
+        .await;
+        self.memo(tenant, |m| m.told_of_recovery = true);
         Ok(())
     }
 
@@ -580,7 +663,7 @@ impl Context {
 
     /// Remembers the write this pass could not make (for status and the machine) or that
     /// every write went through, and tells the tenant's owner once per distinct cause.
-    async fn record_write_outcome(&self, tenant: &Tenant, applied: &Result<(), Error>) {
+    async fn record_write_outcome(&self, tenant: &Tenant, seq: u64, applied: &Result<(), Error>) {
         let failure = match applied {
             // A conflict is someone else's write meanwhile: the retry settles it.
             Err(Error::Write { source, .. }) if source_code(source) == Some(409) => return,
@@ -594,25 +677,8 @@ impl Context {
         if let Some(failure) = failure {
             let reason = failure.condition_reason();
             let key = format!("{}/{}", failure.object, failure.message);
-            self.warn_once(tenant, reason, &key, &failure.describe())
+            self.warn_once(tenant, seq, reason, &key, &failure.describe())
                 .await;
-        }
-    }
-
-    /// One Warning Event per distinct pod-level cause (component and Kubernetes reason).
-    async fn warn_of_blocker(&self, tenant: &Tenant, obs: &Observation) {
-        if obs.write_failure.is_some() {
-            return;
-        }
-        if let Some(blocker) = obs.blocker() {
-            let component = blocker.message.split(' ').next().unwrap_or("").to_string();
-            self.warn_once(
-                tenant,
-                &blocker.reason,
-                &format!("{component}/{}", blocker.reason),
-                &blocker.message,
-            )
-            .await;
         }
     }
 
@@ -677,7 +743,8 @@ async fn report_unwritable_journal(tenant: &Tenant, ctx: &Context, error: &Error
     let message = format!(
         "Phase changes are held until the operator's journal can be written again: {error}"
     );
-    ctx.warn_once(tenant, JOURNAL_UNWRITABLE, &message, &message)
+    let seq = ctx.memo(tenant, |m| m.mirrored);
+    ctx.warn_once(tenant, seq, JOURNAL_UNWRITABLE, &message, &message)
         .await;
 }
 
@@ -687,6 +754,7 @@ async fn reconcile_tenant(tenant: Arc<Tenant>, ctx: Arc<Context>) -> Result<Acti
     let journal_uid = uid.clone();
     let mut tail = ctx.blocking(move |j| j.last(&journal_uid)).await?;
     ctx.tell_of_recovery(&tenant).await?;
+    ctx.retry_events(&tenant).await;
 
     let obs = ctx.observe(&tenant).await?;
     let facts = ctx.facts(&tenant, tail.as_ref());
@@ -705,7 +773,7 @@ async fn reconcile_tenant(tenant: Arc<Tenant>, ctx: Arc<Context>) -> Result<Acti
 
     let seq = tail.as_ref().map_or(0, |r| r.seq);
     let applied = Applier::new(&ctx, &tenant, &obs, seq).ensure(phase).await;
-    ctx.record_write_outcome(&tenant, &applied).await;
+    ctx.record_write_outcome(&tenant, seq, &applied).await;
     if phase == Phase::Deleted {
         applied?;
         ctx.forget(&tenant);
@@ -715,7 +783,6 @@ async fn reconcile_tenant(tenant: Arc<Tenant>, ctx: Arc<Context>) -> Result<Acti
     // Observed again: the caches now show what this pass created, so the status says
     // "0/1 replicas ready" at once instead of "not created yet" and a second patch later.
     let obs = ctx.observe(&tenant).await?;
-    ctx.warn_of_blocker(&tenant, &obs).await;
     ctx.mirror_status(&tenant, tail.as_ref(), &obs).await?;
     ctx.metrics.set_phase(&uid, Some(phase.as_str()));
     ctx.metrics
@@ -753,9 +820,14 @@ async fn reconcile_tenant(tenant: Arc<Tenant>, ctx: Arc<Context>) -> Result<Acti
         let left = (deadline - facts.now).to_std().unwrap_or_default();
         next = next.min(left + Duration::from_secs(1));
     }
-    if ctx.memo(&tenant, |m| m.events_behind) {
+    if let Some(due) = obs.problem_due {
+        let left = (due - Utc::now()).to_std().unwrap_or_default();
+        next = next.min(left + Duration::from_millis(100));
+    }
+    if ctx.events_behind(&tenant) {
         next = next.min(EVENT_RETRY);
     }
+    tracing::debug!(?next, %phase, "next pass");
     Ok(Action::requeue(next))
 }
 
@@ -897,6 +969,9 @@ const STALLED_RECHECK: Duration = Duration::from_secs(300);
 
 /// How soon an Event that could not be written is tried again.
 const EVENT_RETRY: Duration = Duration::from_secs(5);
+
+/// Failed Events kept per tenant for a retry; more are dropped (and counted as failed).
+const MAX_PENDING_EVENTS: usize = 32;
 
 /// Reason of the error metric counting Event writes that failed.
 pub const EVENT_WRITE_FAILED: &str = "EventWriteFailed";

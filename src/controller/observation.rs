@@ -78,6 +78,8 @@ pub struct Observation {
     pub server_problem: Option<PodProblem>,
     /// The write of the operator's last pass that failed, until a pass writes all it needs.
     pub write_failure: Option<WriteFailure>,
+    /// When a pod that is unschedulable, but only for a moment yet, would count as a problem.
+    pub problem_due: Option<chrono::DateTime<chrono::Utc>>,
 }
 
 /// What keeps the tenant from progressing, as the status and the machine see it.

@@ -621,3 +621,32 @@ spec:
 "#
     )
 }
+
+/// Waits until the API server enforces `deny_server_services(name)` (admission policies
+/// take a moment to load): a dry-run of a server Service in a namespace labelled like the
+/// tenant's is refused.
+pub async fn wait_until_server_services_are_refused(name: &str) {
+    let probe = format!("probe-{name}");
+    let namespace = format!(
+        "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: {probe}\n  labels:\n    neurallog.io/tenant: {name}\n"
+    );
+    let (ok, _, stderr) = kubectl_stdin(&["apply", "-f", "-"], &namespace);
+    assert!(ok, "{stderr}");
+    let service = format!(
+        "apiVersion: v1\nkind: Service\nmetadata:\n  name: probe-server\n  namespace: {probe}\nspec:\n  ports: [{{port: 80}}]\n"
+    );
+    wait_for(
+        "the admission policy to be in force",
+        Duration::from_secs(60),
+        || {
+            let service = service.clone();
+            async move {
+                let (created, _, _) =
+                    kubectl_stdin(&["create", "--dry-run=server", "-f", "-"], &service);
+                (!created).then_some(())
+            }
+        },
+    )
+    .await;
+    let _ = kubectl_stdin(&["delete", "namespace", &probe, "--wait=false"], "");
+}
