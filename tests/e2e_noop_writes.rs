@@ -5,7 +5,6 @@
 mod common;
 
 use common::*;
-use std::collections::BTreeMap;
 use std::time::Duration;
 
 const TENANTS: usize = 5;
@@ -47,12 +46,7 @@ async fn a_resync_of_running_tenants_sends_no_write_request() {
     )
     .await;
     let operator_writes = operator.counter("neurallog_api_write_requests_total").await as u64;
-    let after = apiserver_writes();
-    let delta: BTreeMap<&String, f64> = after
-        .iter()
-        .map(|(k, v)| (k, v - before.get(k).copied().unwrap_or(0.0)))
-        .filter(|(_, d)| *d > 0.0)
-        .collect();
+    let delta = apiserver_writes_since(&before);
     println!(
         "resync of {TENANTS} Running tenants: operator write requests = {operator_writes}, \
          API server write requests on operator-owned resources = {delta:?}"

@@ -138,12 +138,7 @@ async fn converged_and_stalled_tenants_cost_no_writes() {
     tokio::time::sleep(QUIET).await;
     let operator_writes =
         operator.counter("neurallog_api_write_requests_total").await - operator_before;
-    let after = apiserver_writes();
-    let delta: BTreeMap<&String, f64> = after
-        .iter()
-        .map(|(k, v)| (k, v - before.get(k).copied().unwrap_or(0.0)))
-        .filter(|(_, d)| *d > 0.0)
-        .collect();
+    let delta = apiserver_writes_since(&before);
     println!(
         "{} settled tenants (2 Running, 3 Stalled, 1 Failed), {}s quiet window: operator write \
          requests = {operator_writes}, API server write requests on operator-owned resources = {delta:?}",

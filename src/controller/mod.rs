@@ -985,6 +985,27 @@ fn cache<K>(client: &Client) -> (Store<K>, Watch<K>)
 where
     K: Resource<DynamicType = ()> + Clone + Debug + DeserializeOwned + Send + Sync + 'static,
 {
+    cache_stripping(client, |o: &mut K| o.meta_mut().managed_fields = None)
+}
+
+/// The tenants' pods with only what says why one does not run: their specs (the bulk of
+/// a pod) are dropped before they enter the cache.
+fn pod_cache(client: &Client) -> (Store<Pod>, Watch<Pod>) {
+    cache_stripping(client, |pod: &mut Pod| {
+        pod.metadata.managed_fields = None;
+        pod.metadata.annotations = None;
+        pod.spec = None;
+    })
+}
+
+/// A label-selected cache of `K` whose objects lose what `strip` removes on the way in.
+fn cache_stripping<K>(
+    client: &Client,
+    strip: impl FnMut(&mut K) + Send + 'static,
+) -> (Store<K>, Watch<K>)
+where
+    K: Resource<DynamicType = ()> + Clone + Debug + DeserializeOwned + Send + Sync + 'static,
+{
     let (reader, writer) = reflector::store();
     let config = watcher::Config::default()
         .labels(&managed_selector())
@@ -992,29 +1013,7 @@ where
         .page_size(LIST_PAGE_SIZE);
     let stream = watcher(Api::<K>::all(client.clone()), config)
         .default_backoff()
-        .modify(|o| {
-            o.meta_mut().managed_fields = None;
-        })
-        .reflect(writer)
-        .touched_objects();
-    (reader, Box::pin(stream))
-}
-
-/// The tenants' pods with only what says why one does not run: their specs (the bulk of
-/// a pod) are dropped before they enter the cache.
-fn pod_cache(client: &Client) -> (Store<Pod>, Watch<Pod>) {
-    let (reader, writer) = reflector::store();
-    let config = watcher::Config::default()
-        .labels(&managed_selector())
-        .any_semantic()
-        .page_size(LIST_PAGE_SIZE);
-    let stream = watcher(Api::<Pod>::all(client.clone()), config)
-        .default_backoff()
-        .modify(|pod| {
-            pod.metadata.managed_fields = None;
-            pod.metadata.annotations = None;
-            pod.spec = None;
-        })
+        .modify(strip)
         .reflect(writer)
         .touched_objects();
     (reader, Box::pin(stream))

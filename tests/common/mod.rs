@@ -650,3 +650,18 @@ pub async fn wait_until_server_services_are_refused(name: &str) {
     .await;
     let _ = kubectl_stdin(&["delete", "namespace", &probe, "--wait=false"], "");
 }
+
+/// The write requests counted since `before` (an `apiserver_writes()` reading), those
+/// that grew only.
+pub fn apiserver_writes_since(
+    before: &std::collections::BTreeMap<String, f64>,
+) -> std::collections::BTreeMap<String, f64> {
+    apiserver_writes()
+        .into_iter()
+        .map(|(k, v)| {
+            let grew = v - before.get(&k).copied().unwrap_or(0.0);
+            (k, grew)
+        })
+        .filter(|(_, grew)| *grew > 0.0)
+        .collect()
+}
