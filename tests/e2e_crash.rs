@@ -182,7 +182,7 @@ async fn sigkills_lose_and_duplicate_nothing() {
             .items
             .into_iter()
             .map(|e| e.name_any())
-            .filter(|n| n.contains(".t"))
+            .filter(|n| is_transition_event_name(n))
             .collect();
         let expected: BTreeSet<String> = records
             .iter()

@@ -71,7 +71,7 @@ async fn transition_events(client: &kube::Client, uid: &str) -> Vec<(String, Str
         .expect("events")
         .items
         .into_iter()
-        .filter(|e| e.name_any().contains(".t"))
+        .filter(|e| is_transition_event_name(&e.name_any()))
         .map(|e| (e.name_any(), e.reason.unwrap_or_default()))
         .collect();
     found.sort();

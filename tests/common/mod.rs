@@ -665,3 +665,11 @@ pub fn apiserver_writes_since(
         .filter(|(_, grew)| *grew > 0.0)
         .collect()
 }
+
+/// Whether an Event name is a transition's (`<tenant>.<uid8>[.<chain>].t<seq>`), not one
+/// sent within a phase (`....t<seq>.<time>-<hash>`).
+pub fn is_transition_event_name(name: &str) -> bool {
+    name.rsplit('.').next().is_some_and(|last| {
+        last.len() == 7 && last.starts_with('t') && last[1..].chars().all(|c| c.is_ascii_digit())
+    })
+}
