@@ -42,6 +42,10 @@ use std::path::{Path, PathBuf};
 /// The journal's schema version (see [`neurallog_migrations`]).
 pub const SCHEMA_VERSION: u32 = neurallog_migrations::CURRENT_VERSION;
 
+/// How long an open waits for a file lock that is being released.
+pub(crate) const LOCK_RELEASE_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+const LOCK_RETRY: std::time::Duration = std::time::Duration::from_millis(20);
+
 /// An open journal. Only one process may hold it open at a time.
 pub struct Journal {
     path: PathBuf,
@@ -55,6 +59,21 @@ impl Journal {
     /// [`SCHEMA_VERSION`]. Refuses a journal written by a newer operator, and one another
     /// process holds open ([`JournalError::Locked`]).
     pub fn open(path: &Path) -> Result<Journal, JournalError> {
+        // sled lets go of its file lock when the last background thread of a dropped
+        // handle does, a moment after the drop: a reopen in the same process (after a
+        // storage failure, say) waits for that instead of failing.
+        let deadline = std::time::Instant::now() + LOCK_RELEASE_WAIT;
+        loop {
+            match Self::open_once(path) {
+                Err(JournalError::Locked { .. }) if std::time::Instant::now() < deadline => {
+                    std::thread::sleep(LOCK_RETRY);
+                }
+                result => return result,
+            }
+        }
+    }
+
+    fn open_once(path: &Path) -> Result<Journal, JournalError> {
         let db = sled::Config::new()
             .path(path)
             .open()

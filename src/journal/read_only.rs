@@ -134,14 +134,21 @@ fn copy_unlocked(path: &Path, to: &Path) -> Result<(), ReadOnlyError> {
         });
     }
     let lock = File::open(&db_file).map_err(copy_error)?;
-    match lock.try_lock_shared() {
-        Ok(()) => {}
-        Err(TryLockError::WouldBlock) => {
-            return Err(ReadOnlyError::Locked {
-                path: path.to_owned(),
-            });
+    // A lock being released (a handle of this process just dropped) is waited for.
+    let deadline = std::time::Instant::now() + super::LOCK_RELEASE_WAIT;
+    loop {
+        match lock.try_lock_shared() {
+            Ok(()) => break,
+            Err(TryLockError::WouldBlock) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            Err(TryLockError::WouldBlock) => {
+                return Err(ReadOnlyError::Locked {
+                    path: path.to_owned(),
+                });
+            }
+            Err(TryLockError::Error(source)) => return Err(copy_error(source)),
         }
-        Err(TryLockError::Error(source)) => return Err(copy_error(source)),
     }
     copy_dir(path, to).map_err(copy_error)
 }
