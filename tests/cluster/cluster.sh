@@ -14,11 +14,14 @@
 # NEURALLOG_NODE_MEMORY (capacity of each, default 250 / 32 / 256Gi),
 # NEURALLOG_CONTROLLER_QPS / NEURALLOG_CONTROLLER_BURST (client limits of the controller
 # manager, scheduler and volume provisioner, default 200 / 400),
-# NEURALLOG_APISERVER_EXTRA_ARGS (more kube-apiserver flags: "key=value key=value").
+# NEURALLOG_APISERVER_EXTRA_ARGS (more kube-apiserver flags: "key=value key=value"),
+# NEURALLOG_REAL_NODE=1 (also start one real node beside the fake ones: node/node.sh).
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 # shellcheck source=/dev/null
 source "$here/lib.sh"
+# shellcheck source=/dev/null
+source "$here/node/node.sh"
 
 cluster_name=neurallog
 state=$(cluster_state_dir)
@@ -51,6 +54,7 @@ stray_pids() {
 }
 
 stop_all() {
+  node_down
   if [ -d "$kwok_dir/clusters/$cluster_name" ]; then
     kwokctl_ delete cluster >/dev/null 2>&1 || true
   fi
@@ -95,6 +99,7 @@ componentsPatches:
   - {key: max-requests-inflight, value: "800"}
   - {key: max-mutating-requests-inflight, value: "400"}
 $(apiserver_extra_args)
+$(if real_node_enabled; then node_apiserver_args; fi)
 - name: kube-controller-manager
   extraArgs:
   - {key: bind-address, value: "$lo"}
@@ -110,6 +115,9 @@ $(apiserver_extra_args)
 - name: kwok-controller
   extraArgs:
   - {key: server-address, value: "$lo:$kwok_port"}
+  # Only the fake nodes (node.yaml's annotation): kwok would overwrite a real node's pods.
+  - {key: manage-all-nodes, value: "false"}
+  - {key: manage-nodes-with-annotation-selector, value: "kwok.x-k8s.io/node=fake"}
 EOF
 }
 
@@ -131,6 +139,7 @@ up() {
     stop_all
   fi
   mkdir -p "$state/logs"
+  real_node_enabled && node_prepare_config
 
   local api_port=${NEURALLOG_APISERVER_PORT:-}
   if [ -n "$api_port" ]; then
@@ -183,6 +192,7 @@ up() {
     [ "$waited" -gt 300 ] && die "the default ServiceAccount did not appear within 30s"
     sleep 0.1
   done
+  real_node_enabled && node_up
   log "cluster ready in $(( $(date +%s) - started ))s; kubeconfig: $kubeconfig"
 }
 
