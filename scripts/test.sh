@@ -12,9 +12,18 @@ command -v redis-server >/dev/null 2>&1 || bash scripts/install-redis.sh
 log "unit tests"
 cargo test --workspace --lib --bins --examples
 
+# The cluster's real node (tests/cluster/node) is on unless NEURALLOG_REAL_NODE=0: the
+# tests of tests/e2e_real_node.rs need it, and say they are skipped without it.
+export NEURALLOG_REAL_NODE=${NEURALLOG_REAL_NODE:-1}
+
 started=0
 if bash tests/cluster/cluster.sh status; then
   log "using the cluster that is already running"
+  if [ "$NEURALLOG_REAL_NODE" = 1 ] && ! "$(cluster_bin_dir)/kubectl" --kubeconfig "$(cluster_state_dir)/kubeconfig" \
+    get node neurallog-real-node >/dev/null 2>&1; then
+    log "it has no real node: the real-node tests are skipped (restart it with make cluster-down)"
+    export NEURALLOG_REAL_NODE=0
+  fi
 else
   bash tests/cluster/cluster.sh up
   started=1

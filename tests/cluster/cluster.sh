@@ -84,6 +84,7 @@ write_kwokctl_config() {
   cat <<EOF
 apiVersion: config.kwok.x-k8s.io/v1alpha1
 kind: KwokctlConfiguration
+$(if real_node_enabled; then node_kwokctl_options; fi)
 componentsPatches:
 - name: etcd
   extraArgs:

@@ -45,6 +45,15 @@ group_text() {
   printf '%s' "$out"
 }
 
+# Debian's static busybox, for probes (sh, grep) and for tests run with kubectl exec.
+busybox_links() {
+  local a sep=""
+  for a in sh grep cat ls id touch nc wget nslookup sleep timeout; do
+    printf '%s["/bin/%s", "busybox"]' "$sep" "$a"
+    sep=", "
+  done
+}
+
 spec_pause() {
   cat <<EOF
 {"ref": "$1", "files": [["$bin/pause", "/pause"]],
@@ -53,15 +62,13 @@ EOF
 }
 
 # Debian's redis-server and redis-cli with their shared libraries, and busybox for the
-# readiness probe's `sh -c "redis-cli ... | grep -q PONG"` (and for tests: nc, wget).
+# readiness probe's `sh -c "redis-cli ... | grep -q PONG"`.
 spec_redis() {
   cat <<EOF
 {"ref": "$1",
  "binaries": [["/usr/bin/redis-check-rdb", "/usr/bin/redis-server"], ["/usr/bin/redis-cli", "/usr/bin/redis-cli"]],
  "files": [["/bin/busybox", "/bin/busybox"]],
- "links": [["/bin/sh", "busybox"], ["/bin/grep", "busybox"], ["/bin/nc", "busybox"],
-           ["/bin/wget", "busybox"], ["/bin/cat", "busybox"], ["/bin/ls", "busybox"],
-           ["/bin/id", "busybox"], ["/bin/nslookup", "busybox"], ["/bin/sleep", "busybox"]],
+ "links": [$(busybox_links)],
  "dirs": [["/data", 999, 999, "0755"], ["/tmp", 0, 0, "1777"], ["/etc/redis", 0, 0, "0755"]],
  "text": [["/etc/passwd", "$(passwd_text redis:999)", "0644"], ["/etc/group", "$(group_text redis:999)", "0644"]],
  "config": {"Entrypoint": ["redis-server"], "User": "999:999", "WorkingDir": "/data",
@@ -71,7 +78,8 @@ EOF
 
 spec_server_standin() {
   cat <<EOF
-{"ref": "$1", "files": [["$bin/server-standin", "/server-standin"]],
+{"ref": "$1", "files": [["$bin/server-standin", "/server-standin"], ["/bin/busybox", "/bin/busybox"]],
+ "links": [$(busybox_links)],
  "dirs": [["/tmp", 0, 0, "1777"]],
  "text": [["/etc/passwd", "$(passwd_text neurallog:1000)", "0644"], ["/etc/group", "$(group_text neurallog:1000)", "0644"]],
  "config": {"Entrypoint": ["/server-standin"], "User": "1000:1000", "ExposedPorts": {"3030/tcp": {}},
@@ -82,7 +90,7 @@ EOF
 spec_coredns() {
   cat <<EOF
 {"ref": "$1", "files": [["$bin/coredns", "/coredns"]],
- "config": {"Entrypoint": ["/coredns"], "User": "65532:65532", "ExposedPorts": {"1053/udp": {}, "1053/tcp": {}}}}
+ "config": {"Entrypoint": ["/coredns"], "User": "65532:65532", "ExposedPorts": {"53/udp": {}, "53/tcp": {}}}}
 EOF
 }
 

@@ -17,6 +17,8 @@ node_name=neurallog-real-node
 node_pod_cidr=10.244.0.0/24
 node_ip=10.244.0.1
 node_taint=neurallog.io/real-node
+# The API server's default service range is 10.0.0.0/24 (kwokctl sets none).
+node_kubernetes_service_ip=10.0.0.1
 
 real_node_enabled() { [ "${NEURALLOG_REAL_NODE:-0}" = 1 ]; }
 
@@ -28,13 +30,23 @@ node_sock() { echo "$(node_dir)/containerd/containerd.sock"; }
 in_node() { nsenter --net="/var/run/netns/$(node_netns)" "$@"; }
 ctr_() { ctr --address "$(node_sock)" -n k8s.io "$@"; }
 
-# The kube-apiserver flags the node needs; cluster.sh adds them to the control plane.
+# The kube-apiserver flags the node needs; cluster.sh adds them to the control plane. Pods
+# reach the API server at the node's address (netns-proxy), which the Service
+# `kubernetes` advertises and the serving certificate names (node_kwokctl_options).
 node_apiserver_args() {
   cat <<EOF
+  - {key: advertise-address, value: "$node_ip"}
   - {key: egress-selector-config-file, value: "$(node_dir)/egress-selector.yaml"}
   - {key: kubelet-preferred-address-types, value: "InternalIP"}
   - {key: feature-gates, value: "MutatingAdmissionPolicy=true"}
   - {key: runtime-config, value: "admissionregistration.k8s.io/v1beta1=true"}
+EOF
+}
+
+node_kwokctl_options() {
+  cat <<EOF
+options:
+  kubeApiserverCertSANs: ["$node_ip", "$node_kubernetes_service_ip"]
 EOF
 }
 
@@ -189,7 +201,7 @@ EOF
 
   local name ref archive
   while read -r name ref archive; do
-    ctr_ images import --no-unpack "$archive" >/dev/null
+    ctr_ images import "$archive" >/dev/null
     ctr_ images ls -q | grep -qx "$ref" || die "image $ref was not imported from $archive"
   done < <(bash "$here/node/images.sh" pause redis server-standin coredns)
 
@@ -267,7 +279,7 @@ EOF
 node_coredns() {
   local dns_ip=$1 api_port=$2 ref
   ref=$(bash "$here/node/images.sh" coredns | awk '{print $2}')
-  sed -e "s#server: https://127.0.0.1:$api_port#server: https://$node_ip:$api_port\n    tls-server-name: 127.0.0.1#" \
+  sed -e "s#server: https://127.0.0.1:$api_port#server: https://$node_ip:$api_port#" \
     "$(node_dir)/kubeconfig" >"$(node_dir)/pod-kubeconfig"
   kubectl_ -n kube-system create secret generic coredns-kubeconfig \
     --from-file=kubeconfig="$(node_dir)/pod-kubeconfig" --dry-run=client -o yaml | kubectl_ apply -f - >/dev/null
@@ -277,7 +289,7 @@ kind: ConfigMap
 metadata: {name: coredns, namespace: kube-system}
 data:
   Corefile: |
-    cluster.local:1053 {
+    cluster.local:53 {
         errors
         ready :8181
         kubernetes cluster.local {
@@ -302,14 +314,17 @@ spec:
         runAsNonRoot: true
         runAsUser: 65532
         seccompProfile: {type: RuntimeDefault}
+        # Port 53 without a capability. It must be 53 in the pod: network policies match
+        # the port after the Service's translation (tenants allow egress to port 53).
+        sysctls: [{name: net.ipv4.ip_unprivileged_port_start, value: "53"}]
       containers:
       - name: coredns
         image: $ref
         imagePullPolicy: Never
         args: ["-conf", "/etc/coredns/Corefile"]
         ports:
-        - {name: dns, containerPort: 1053, protocol: UDP}
-        - {name: dns-tcp, containerPort: 1053, protocol: TCP}
+        - {name: dns, containerPort: 53, protocol: UDP}
+        - {name: dns-tcp, containerPort: 53, protocol: TCP}
         securityContext:
           allowPrivilegeEscalation: false
           readOnlyRootFilesystem: true
@@ -330,8 +345,8 @@ spec:
   clusterIP: $dns_ip
   selector: {k8s-app: kube-dns}
   ports:
-  - {name: dns, port: 53, targetPort: 1053, protocol: UDP}
-  - {name: dns-tcp, port: 53, targetPort: 1053, protocol: TCP}
+  - {name: dns, port: 53, targetPort: 53, protocol: UDP}
+  - {name: dns-tcp, port: 53, targetPort: 53, protocol: TCP}
 EOF
   kubectl_ -n kube-system rollout status deployment/coredns --timeout=120s >/dev/null ||
     die "CoreDNS did not become ready on the real node; see kubectl -n kube-system describe pod"
@@ -356,14 +371,18 @@ spec:
     expression: "request.namespace.startsWith('tenant-real-') || request.namespace.startsWith('real-node-')"
   failurePolicy: Fail
   reinvocationPolicy: Never
+  # JSON patches: nodeSelector and tolerations are atomic, which an apply configuration
+  # may not change.
   mutations:
-  - patchType: ApplyConfiguration
-    applyConfiguration:
+  - patchType: JSONPatch
+    jsonPatch:
       expression: >-
-        Object{spec: Object.spec{
-          nodeSelector: {"$node_taint": "true"},
-          tolerations: [Object.spec.tolerations{key: "$node_taint", operator: "Exists", effect: "NoSchedule"}]
-        }}
+        [
+          JSONPatch{op: "add", path: "/spec/nodeSelector", value: {"$node_taint": "true"}},
+          JSONPatch{op: "add", path: "/spec/tolerations",
+            value: (has(object.spec.tolerations) ? object.spec.tolerations : []) +
+              [Object.spec.tolerations{key: "$node_taint", operator: "Exists", effect: "NoSchedule"}]}
+        ]
 ---
 apiVersion: admissionregistration.k8s.io/v1beta1
 kind: MutatingAdmissionPolicyBinding
@@ -396,7 +415,7 @@ node_down() {
   # Every container process, pause included, is in the node's cgroup tree.
   local procs round
   for round in $(seq 50); do
-    procs=$(find "/sys/fs/cgroup/pids/$cg" -name cgroup.procs -exec cat {} + 2>/dev/null | sort -u)
+    procs=$(find "/sys/fs/cgroup/pids/$cg" -name cgroup.procs -exec cat {} + 2>/dev/null | sort -u || true)
     [ -z "$procs" ] && break
     # shellcheck disable=SC2086
     kill -9 $procs 2>/dev/null || true

@@ -1,0 +1,573 @@
+//! Tenants on the real node of the local cluster (`NEURALLOG_REAL_NODE=1`, see
+//! tests/cluster/node/node.sh): real containers under containerd and runc, real probes,
+//! DNS from CoreDNS, Services from kube-proxy and NetworkPolicies enforced by kube-router.
+//! Only tenants named `real-*` (namespace `tenant-real-*`) and namespaces named
+//! `real-node-*` are scheduled there; every other test keeps the kwok nodes.
+//!
+//! Without the real node these tests say so and pass: `make test` turns it on.
+
+mod common;
+
+use common::*;
+use k8s_openapi::api::core::v1::{
+    ConfigMap, Namespace, PersistentVolume, PersistentVolumeClaim, Pod,
+};
+use kube::api::{DeleteParams, ListParams};
+use kube::{Api, Client, ResourceExt};
+use neurallog_operator::crd::Tenant;
+use std::time::Duration;
+
+const BASIC: &str = include_str!("../examples/basic-tenant.yaml");
+const NODE: &str = "neurallog-real-node";
+/// Real pods: images unpacked, probes with their initial delays, a 2-core machine shared
+/// with other builds.
+const PROVISION: Duration = Duration::from_secs(300);
+
+fn real_node() -> bool {
+    if std::env::var("NEURALLOG_REAL_NODE").as_deref() == Ok("1") {
+        return true;
+    }
+    eprintln!("skipped: no real node (NEURALLOG_REAL_NODE=1 starts one with the cluster)");
+    false
+}
+
+/// The name under which the node holds a locally built image (tests/cluster/node/images.sh).
+fn local_image(name: &str) -> String {
+    let prefix = format!("localhost/neurallog-test/{name}:");
+    let names = kubectl(&[
+        "get",
+        "node",
+        NODE,
+        "-o",
+        "jsonpath={range .status.images[*]}{range .names[*]}{@}{\"\\n\"}{end}{end}",
+    ]);
+    names
+        .lines()
+        .find(|n| n.starts_with(&prefix))
+        .unwrap_or_else(|| panic!("the real node has no image {prefix}*; it has:\n{names}"))
+        .to_string()
+}
+
+/// `kubectl exec`: (success, stdout, stderr).
+fn exec(namespace: &str, pod: &str, command: &[&str]) -> (bool, String, String) {
+    let mut args = vec!["-n", namespace, "exec", pod, "--"];
+    args.extend_from_slice(command);
+    kubectl_stdin(&args, "")
+}
+
+/// `kubectl exec` that must succeed; returns stdout.
+fn exec_ok(namespace: &str, pod: &str, command: &[&str]) -> String {
+    let (ok, out, err) = exec(namespace, pod, command);
+    assert!(
+        ok,
+        "exec {command:?} in {namespace}/{pod} failed: {err}{out}"
+    );
+    out
+}
+
+/// A field of /proc/1/status in the pod (its main process): `Uid`, `CapEff`, `Seccomp`...
+fn main_process_status(namespace: &str, pod: &str, field: &str) -> String {
+    let status = exec_ok(namespace, pod, &["cat", "/proc/1/status"]);
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("{field}:")))
+        .unwrap_or_else(|| panic!("no {field} in /proc/1/status of {pod}:\n{status}"))
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// Asserts the restricted profile from inside: the uid, no capabilities, no privilege
+/// escalation, a seccomp filter.
+fn assert_restricted(namespace: &str, pod: &str, uid: u32) {
+    let uid = uid.to_string();
+    assert_eq!(
+        main_process_status(namespace, pod, "Uid"),
+        [uid.as_str(); 4].join(" "),
+        "{pod} runs as uid {uid}"
+    );
+    assert_eq!(
+        main_process_status(namespace, pod, "CapEff"),
+        "0000000000000000",
+        "{pod} has no capabilities"
+    );
+    assert_eq!(
+        main_process_status(namespace, pod, "NoNewPrivs"),
+        "1",
+        "{pod} cannot gain privileges"
+    );
+    assert_eq!(
+        main_process_status(namespace, pod, "Seccomp"),
+        "2",
+        "{pod} runs under a seccomp filter (RuntimeDefault)"
+    );
+}
+
+struct Env {
+    client: Client,
+    run: String,
+    _operator: Operator,
+}
+
+async fn env(prefix: &str) -> Env {
+    let client = client().await;
+    install_crd(&client).await;
+    let run = unique(prefix);
+    let auth = auth_stub().await;
+    let operator = Operator::start(&run, &auth.url());
+    operator.wait_ready().await;
+    // The stub serves while the test runs (its handle would stop it when dropped).
+    std::mem::forget(auth);
+    Env {
+        client,
+        run,
+        _operator: operator,
+    }
+}
+
+/// The guide's basic tenant, with the node's local images (the defaults name registries
+/// that this machine cannot reach, and `:latest` would make the kubelet pull).
+fn basic_tenant(name: &str, run: &str) -> Tenant {
+    let mut tenant = tenant_from_yaml(BASIC, name, run);
+    tenant.spec.server.image = local_image("server-standin");
+    tenant.spec.redis.image = local_image("redis");
+    tenant
+}
+
+async fn pod_on_node(client: &Client, namespace: &str, name_prefix: &str) -> Pod {
+    let pods: Api<Pod> = Api::namespaced(client.clone(), namespace);
+    let what = format!("a ready pod {name_prefix}* in {namespace}");
+    wait_for(&what, PROVISION, || {
+        let pods = pods.clone();
+        async move {
+            pods.list(&ListParams::default())
+                .await
+                .ok()?
+                .items
+                .into_iter()
+                .find(|p| {
+                    p.name_any().starts_with(name_prefix)
+                        && p.metadata.deletion_timestamp.is_none()
+                        && p.status.as_ref().is_some_and(|s| {
+                            s.conditions
+                                .iter()
+                                .flatten()
+                                .any(|c| c.type_ == "Ready" && c.status == "True")
+                        })
+                })
+        }
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_basic_tenant_runs_real_containers_with_its_config_probes_claim_and_persistence() {
+    if !real_node() {
+        return;
+    }
+    let env = env("real").await;
+    let name = env.run.clone();
+    let _cleanup = TenantCleanup(vec![name.clone()]);
+    let ns = format!("tenant-{name}");
+    let mut tenant = basic_tenant(&name, &env.run);
+    // Persistence on: every write is in the append-only file before Redis answers.
+    tenant
+        .spec
+        .redis
+        .config
+        .insert("appendonly".into(), "yes".into());
+    tenant
+        .spec
+        .redis
+        .config
+        .insert("appendfsync".into(), "always".into());
+    apply_tenant(&env.client, &tenant).await;
+    // Running needs both readiness probes to pass: redis-cli PING in the Redis pod, and
+    // GET / of the stand-in, which answers 200 only while it reaches Redis.
+    wait_for_phase(&env.client, &name, "Running", PROVISION).await;
+
+    let namespaces: Api<Namespace> = Api::all(env.client.clone());
+    let namespace = namespaces.get(&ns).await.expect("namespace");
+    assert_eq!(
+        namespace
+            .labels()
+            .get("pod-security.kubernetes.io/enforce")
+            .map(String::as_str),
+        Some("restricted")
+    );
+
+    let redis = pod_on_node(&env.client, &ns, &format!("{name}-redis-")).await;
+    let server = pod_on_node(&env.client, &ns, &format!("{name}-server-")).await;
+    for pod in [&redis, &server] {
+        let spec = pod.spec.as_ref().expect("spec");
+        assert_eq!(
+            spec.node_name.as_deref(),
+            Some(NODE),
+            "{} runs on the real node",
+            pod.name_any()
+        );
+    }
+    let redis_pod = redis.name_any();
+    let server_pod = server.name_any();
+
+    // Redis runs the rendered redis.conf.
+    let config_maps: Api<ConfigMap> = Api::namespaced(env.client.clone(), &ns);
+    let rendered = config_maps
+        .get(&format!("{name}-redis-config"))
+        .await
+        .expect("the Redis ConfigMap")
+        .data
+        .expect("data")
+        .remove("redis.conf")
+        .expect("redis.conf");
+    assert_eq!(
+        exec_ok(&ns, &redis_pod, &["cat", "/etc/redis/redis.conf"]),
+        rendered
+    );
+    let info = exec_ok(&ns, &redis_pod, &["redis-cli", "info", "server"]);
+    assert!(
+        info.lines()
+            .any(|l| l.trim() == "config_file:/etc/redis/redis.conf"),
+        "redis-server was started with the rendered file:\n{info}"
+    );
+    for (key, value) in [
+        ("appendonly", "yes"),
+        ("appendfsync", "always"),
+        ("dir", "/data"),
+    ] {
+        let answer = exec_ok(&ns, &redis_pod, &["redis-cli", "config", "get", key]);
+        assert_eq!(
+            answer.lines().collect::<Vec<_>>(),
+            [key, value],
+            "CONFIG GET {key}"
+        );
+    }
+
+    // Non-root with the restricted profile, enforced by the runtime.
+    assert_restricted(&ns, &redis_pod, 999);
+    assert_restricted(&ns, &server_pod, 1000);
+    let (wrote, _, err) = exec(&ns, &redis_pod, &["touch", "/written-to-root"]);
+    assert!(!wrote, "the Redis root filesystem is read-only");
+    assert!(err.contains("Read-only file system"), "{err}");
+
+    // The claim is mounted at /data: a file written there is in the volume on the machine.
+    let claims: Api<PersistentVolumeClaim> = Api::namespaced(env.client.clone(), &ns);
+    let claim = claims
+        .get(&format!("redis-data-{name}-redis-0"))
+        .await
+        .expect("the Redis claim");
+    let volume_name = claim.spec.and_then(|s| s.volume_name).expect("bound claim");
+    let volumes: Api<PersistentVolume> = Api::all(env.client.clone());
+    let host_path = volumes
+        .get(&volume_name)
+        .await
+        .expect("the volume")
+        .spec
+        .and_then(|s| s.host_path)
+        .expect("a hostPath volume")
+        .path;
+    exec_ok(
+        &ns,
+        &redis_pod,
+        &["sh", "-c", "echo mounted > /data/e2e-probe"],
+    );
+    assert_eq!(
+        std::fs::read_to_string(std::path::Path::new(&host_path).join("e2e-probe"))
+            .expect("the file written in the pod is in the volume"),
+        "mounted\n"
+    );
+
+    // The stand-in reaches Redis through REDIS_HOST (a DNS name) and REDIS_PORT.
+    let env_vars = exec_ok(
+        &ns,
+        &server_pod,
+        &["sh", "-c", "echo $REDIS_HOST $REDIS_PORT"],
+    );
+    let redis_host = format!("{name}-redis.{ns}.svc.cluster.local");
+    assert_eq!(env_vars.trim(), format!("{redis_host} 6379"));
+    let lookup = exec_ok(&ns, &server_pod, &["nslookup", &redis_host]);
+    let redis_ip = redis
+        .status
+        .as_ref()
+        .and_then(|s| s.pod_ip.clone())
+        .expect("Redis pod IP");
+    assert!(
+        lookup.contains(&redis_ip),
+        "{redis_host} resolves to the Redis pod {redis_ip}:\n{lookup}"
+    );
+    let page = exec_ok(
+        &ns,
+        &server_pod,
+        &["wget", "-q", "-O", "-", "http://127.0.0.1:3030/"],
+    );
+    assert!(
+        page.contains(&format!("redis {redis_host}:6379 answers PING")),
+        "{page}"
+    );
+
+    // Data written with persistence on survives deleting the Redis pod.
+    assert_eq!(
+        exec_ok(
+            &ns,
+            &redis_pod,
+            &["redis-cli", "set", "e2e-key", "survives"]
+        )
+        .trim(),
+        "OK"
+    );
+    let old_uid = redis.uid().expect("uid");
+    let pods: Api<Pod> = Api::namespaced(env.client.clone(), &ns);
+    pods.delete(&redis_pod, &DeleteParams::default())
+        .await
+        .expect("delete the Redis pod");
+    let what = format!("a new ready {redis_pod}");
+    wait_for(&what, PROVISION, || {
+        let pods = pods.clone();
+        let redis_pod = redis_pod.clone();
+        let old_uid = old_uid.clone();
+        async move {
+            let p = pods.get_opt(&redis_pod).await.ok()??;
+            let ready = p
+                .status
+                .as_ref()?
+                .conditions
+                .as_ref()?
+                .iter()
+                .any(|c| c.type_ == "Ready" && c.status == "True");
+            (p.uid()? != old_uid && ready).then_some(())
+        }
+    })
+    .await;
+    assert_eq!(
+        exec_ok(&ns, &redis_pod, &["redis-cli", "get", "e2e-key"]).trim(),
+        "survives"
+    );
+
+    let tenants: Api<Tenant> = Api::all(env.client.clone());
+    tenants
+        .delete(&name, &DeleteParams::default())
+        .await
+        .expect("delete");
+    wait_until_gone(&tenants, &name, PROVISION).await;
+}
+
+/// A pod that only sleeps, in namespace `namespace` (created `real-node-*`, so it lands on
+/// the real node), to connect from. It uses the Redis image for its redis-cli and busybox.
+fn client_pod(namespace: &str) -> String {
+    let image = local_image("redis");
+    let manifest = format!(
+        r#"apiVersion: v1
+kind: Namespace
+metadata: {{name: {namespace}}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: client, namespace: {namespace}}}
+spec:
+  automountServiceAccountToken: false
+  terminationGracePeriodSeconds: 0
+  securityContext:
+    runAsNonRoot: true
+    runAsUser: 999
+    seccompProfile: {{type: RuntimeDefault}}
+  containers:
+  - name: client
+    image: {image}
+    command: ["sleep", "3600"]
+    securityContext:
+      allowPrivilegeEscalation: false
+      capabilities: {{drop: [ALL]}}
+"#
+    );
+    let (ok, out, err) = kubectl_stdin(&["apply", "-f", "-"], &manifest);
+    assert!(ok, "client pod: {err}{out}");
+    namespace.to_string()
+}
+
+/// Redis at `host` answers PING from `pod` in `namespace` within 5 seconds.
+fn redis_answers(namespace: &str, pod: &str, host: &str) -> bool {
+    let (ok, out, _) = exec(
+        namespace,
+        pod,
+        &[
+            "timeout",
+            "5",
+            "redis-cli",
+            "-h",
+            host,
+            "-p",
+            "6379",
+            "ping",
+        ],
+    );
+    ok && out.trim() == "PONG"
+}
+
+/// The server at `host` answers GET / from `pod` in `namespace` within 5 seconds.
+fn server_answers(namespace: &str, pod: &str, host: &str) -> bool {
+    let url = format!("http://{host}:3030/");
+    let (ok, out, _) = exec(
+        namespace,
+        pod,
+        &["timeout", "6", "wget", "-q", "-T", "5", "-O", "-", &url],
+    );
+    ok && out.contains("answers PING")
+}
+
+fn pod_ip(pod: &Pod) -> String {
+    pod.status
+        .as_ref()
+        .and_then(|s| s.pod_ip.clone())
+        .expect("pod IP")
+}
+
+fn service_ip(namespace: &str, service: &str) -> String {
+    kubectl(&[
+        "-n",
+        namespace,
+        "get",
+        "service",
+        service,
+        "-o",
+        "jsonpath={.spec.clusterIP}",
+    ])
+}
+
+struct NamespaceCleanup(Vec<String>);
+
+impl Drop for NamespaceCleanup {
+    fn drop(&mut self) {
+        for ns in &self.0 {
+            let _ = kubectl_stdin(
+                &[
+                    "delete",
+                    "namespace",
+                    ns,
+                    "--ignore-not-found",
+                    "--wait=false",
+                ],
+                "",
+            );
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn network_policies_isolate_tenants_with_real_connections() {
+    if !real_node() {
+        return;
+    }
+    let env = env("real").await;
+    let isolated = format!("{}-a", env.run);
+    let neighbour = format!("{}-b", env.run);
+    let open = format!("{}-c", env.run);
+    let _cleanup = TenantCleanup(vec![isolated.clone(), neighbour.clone(), open.clone()]);
+    let allowed_ns = format!("real-node-allowed-{}", env.run);
+    let other_ns = format!("real-node-other-{}", env.run);
+    let _namespaces = NamespaceCleanup(vec![allowed_ns.clone(), other_ns.clone()]);
+
+    let with_policy = |allowed: &str, enabled: bool| {
+        format!(
+            "apiVersion: neurallog.io/v1\nkind: Tenant\nmetadata:\n  name: x\nspec:\n  displayName: Isolation\n  networkPolicy:\n    enabled: {enabled}\n    allowedNamespaces: [{allowed}]\n"
+        )
+    };
+    for (name, yaml) in [
+        (&isolated, with_policy(&allowed_ns, true)),
+        (&neighbour, with_policy("", true)),
+        (&open, with_policy("", false)),
+    ] {
+        let mut tenant = tenant_from_yaml(&yaml, name, &env.run);
+        tenant.spec.server.image = local_image("server-standin");
+        tenant.spec.redis.image = local_image("redis");
+        apply_tenant(&env.client, &tenant).await;
+    }
+    client_pod(&allowed_ns);
+    client_pod(&other_ns);
+    for name in [&isolated, &neighbour, &open] {
+        wait_for_phase(&env.client, name, "Running", PROVISION).await;
+    }
+    for ns in [&allowed_ns, &other_ns] {
+        pod_on_node(&env.client, ns, "client").await;
+    }
+
+    let ns_of = |name: &str| format!("tenant-{name}");
+    let a_ns = ns_of(&isolated);
+    let a_redis = pod_ip(&pod_on_node(&env.client, &a_ns, &format!("{isolated}-redis-")).await);
+    let a_server = service_ip(&a_ns, &format!("{isolated}-server"));
+    let a_server_dns = format!("{isolated}-server.{a_ns}.svc.cluster.local");
+    let b_ns = ns_of(&neighbour);
+    let b_server_pod = pod_on_node(&env.client, &b_ns, &format!("{neighbour}-server-"))
+        .await
+        .name_any();
+    let b_redis_pod = format!("{neighbour}-redis-0");
+    let c_ns = ns_of(&open);
+    let c_redis = pod_ip(&pod_on_node(&env.client, &c_ns, &format!("{open}-redis-")).await);
+    let c_server = service_ip(&c_ns, &format!("{open}-server"));
+
+    // An allowed namespace reaches the server (by Service name and ClusterIP), not Redis.
+    assert!(
+        server_answers(&allowed_ns, "client", &a_server_dns),
+        "allowed namespace -> server (DNS)"
+    );
+    assert!(
+        server_answers(&allowed_ns, "client", &a_server),
+        "allowed namespace -> server (ClusterIP)"
+    );
+    assert!(
+        !redis_answers(&allowed_ns, "client", &a_redis),
+        "allowed namespace -> Redis is refused"
+    );
+    // Another namespace reaches neither.
+    assert!(
+        !server_answers(&other_ns, "client", &a_server),
+        "other namespace -> server is refused"
+    );
+    assert!(
+        !redis_answers(&other_ns, "client", &a_redis),
+        "other namespace -> Redis is refused"
+    );
+    // Another tenant's pods reach neither.
+    assert!(
+        !server_answers(&b_ns, &b_server_pod, &a_server),
+        "other tenant -> server is refused"
+    );
+    assert!(
+        !redis_answers(&b_ns, &b_redis_pod, &a_redis),
+        "other tenant -> Redis is refused"
+    );
+    // With policies disabled, everything is reachable.
+    assert!(
+        server_answers(&other_ns, "client", &c_server),
+        "policies off -> server"
+    );
+    assert!(
+        redis_answers(&other_ns, "client", &c_redis),
+        "policies off -> Redis"
+    );
+    // The refusals are the policies', not a dead network: the same client reaches the
+    // isolated tenant once its policies are off.
+    let mut tenant = tenant_from_yaml(&with_policy(&allowed_ns, false), &isolated, &env.run);
+    tenant.spec.server.image = local_image("server-standin");
+    tenant.spec.redis.image = local_image("redis");
+    apply_tenant(&env.client, &tenant).await;
+    wait_for(
+        "the isolated tenant's Redis to be reachable once its policies are off",
+        PROVISION,
+        || {
+            let (ns, redis) = (other_ns.clone(), a_redis.clone());
+            async move { redis_answers(&ns, "client", &redis).then_some(()) }
+        },
+    )
+    .await;
+
+    let tenants: Api<Tenant> = Api::all(env.client.clone());
+    for name in [&isolated, &neighbour, &open] {
+        tenants
+            .delete(name, &DeleteParams::default())
+            .await
+            .expect("delete");
+    }
+    for name in [&isolated, &neighbour, &open] {
+        wait_until_gone(&tenants, name, PROVISION).await;
+    }
+}
