@@ -1,8 +1,8 @@
 //! Tenants on the real node of the local cluster (`NEURALLOG_REAL_NODE=1`, see
 //! tests/cluster/node/node.sh): real containers under containerd and runc, real probes,
 //! DNS from CoreDNS, Services from kube-proxy and NetworkPolicies enforced by kube-router.
-//! Only tenants named `real-*` (namespace `tenant-real-*`) and namespaces named
-//! `real-node-*` are scheduled there; every other test keeps the kwok nodes.
+//! Only pods whose containers all use the node's local images (`localhost/neurallog-test/`)
+//! are scheduled there; every other test keeps the kwok nodes.
 //!
 //! Without the real node these tests say so and pass: `make test` turns it on.
 
@@ -563,4 +563,384 @@ async fn network_policies_isolate_tenants_with_real_connections() {
     for name in [&isolated, &neighbour, &open] {
         wait_until_gone(&tenants, name, PROVISION).await;
     }
+}
+
+/// Builds (tests/cluster/node/images.sh) and imports the named images into the real node;
+/// returns (reference, archive) of each.
+fn import_images(names: &[&str]) -> Vec<(String, std::path::PathBuf)> {
+    let script = repo_root().join("tests/cluster/cluster.sh");
+    let status = std::process::Command::new("bash")
+        .arg(&script)
+        .arg("import-image")
+        .args(names)
+        .status()
+        .expect("cluster.sh runs");
+    assert!(status.success(), "cluster.sh import-image {names:?}");
+    let out = std::process::Command::new("bash")
+        .arg(repo_root().join("tests/cluster/node/images.sh"))
+        .args(names)
+        .output()
+        .expect("images.sh runs");
+    assert!(out.status.success());
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (f[1].to_string(), std::path::PathBuf::from(f[2]))
+        })
+        .collect()
+}
+
+/// A file of an OCI archive.
+fn archive_file(archive: &std::path::Path, path: &str) -> Vec<u8> {
+    let out = std::process::Command::new("tar")
+        .arg("-xOf")
+        .arg(archive)
+        .arg(path)
+        .output()
+        .expect("tar runs");
+    assert!(out.status.success(), "{path} in {}", archive.display());
+    out.stdout
+}
+
+fn blob_path(digest: &serde_json::Value) -> String {
+    format!(
+        "blobs/sha256/{}",
+        digest
+            .as_str()
+            .expect("digest")
+            .trim_start_matches("sha256:")
+    )
+}
+
+/// The last value of a Dockerfile instruction (the runtime stage's).
+fn dockerfile_value(dockerfile: &str, instruction: &str) -> String {
+    dockerfile
+        .lines()
+        .filter_map(|l| l.strip_prefix(&format!("{instruction} ")))
+        .last()
+        .unwrap_or_else(|| panic!("no {instruction} in the Dockerfile"))
+        .trim()
+        .to_string()
+}
+
+#[test]
+fn the_operator_image_matches_the_dockerfile() {
+    if !real_node() {
+        return;
+    }
+    let dockerfile =
+        std::fs::read_to_string(repo_root().join("Dockerfile")).expect("the Dockerfile");
+    let (_, archive) = import_images(&["operator"]).remove(0);
+    let index: serde_json::Value =
+        serde_json::from_slice(&archive_file(&archive, "index.json")).expect("index.json");
+    let manifest: serde_json::Value = serde_json::from_slice(&archive_file(
+        &archive,
+        &blob_path(&index["manifests"][0]["digest"]),
+    ))
+    .expect("manifest");
+    let config: serde_json::Value = serde_json::from_slice(&archive_file(
+        &archive,
+        &blob_path(&manifest["config"]["digest"]),
+    ))
+    .expect("config");
+    let config = &config["config"];
+    assert_eq!(config["User"], dockerfile_value(&dockerfile, "USER"));
+    let entrypoint: serde_json::Value =
+        serde_json::from_str(&dockerfile_value(&dockerfile, "ENTRYPOINT")).expect("ENTRYPOINT");
+    assert_eq!(config["Entrypoint"], entrypoint);
+    let cmd: serde_json::Value =
+        serde_json::from_str(&dockerfile_value(&dockerfile, "CMD")).expect("CMD");
+    assert_eq!(config["Cmd"], cmd);
+    let port = format!("{}/tcp", dockerfile_value(&dockerfile, "EXPOSE"));
+    assert_eq!(
+        config["ExposedPorts"]
+            .as_object()
+            .expect("ExposedPorts")
+            .keys()
+            .collect::<Vec<_>>(),
+        [&port]
+    );
+    // The journal directory: owned by the runtime user, as the Dockerfile's COPY --chown.
+    let journal_copy = dockerfile
+        .lines()
+        .find(|l| l.starts_with("COPY") && l.contains("--chown="))
+        .expect("the journal directory's COPY");
+    let owner = journal_copy
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("--chown="))
+        .expect("--chown")
+        .replace(':', "/");
+    let journal_dir = journal_copy
+        .split_whitespace()
+        .last()
+        .expect("destination")
+        .trim_start_matches('/')
+        .to_string();
+    let layer = archive_file(&archive, &blob_path(&manifest["layers"][0]["digest"]));
+    let listing = {
+        use std::io::Write;
+        let mut tar = std::process::Command::new("tar")
+            .args(["-tvf", "-", "--numeric-owner"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("tar runs");
+        tar.stdin
+            .take()
+            .expect("stdin")
+            .write_all(&layer)
+            .expect("layer");
+        String::from_utf8_lossy(&tar.wait_with_output().expect("tar").stdout).into_owned()
+    };
+    let entry = listing
+        .lines()
+        .find(|l| l.trim_end_matches('/').ends_with(&journal_dir))
+        .unwrap_or_else(|| panic!("no {journal_dir} in the image:\n{listing}"));
+    assert!(
+        entry.starts_with('d') && entry.split_whitespace().nth(1) == Some(owner.as_str()),
+        "{journal_dir} is a directory owned by {owner}: {entry}"
+    );
+    assert!(listing.lines().any(|l| l.ends_with(" neurallog-operator")));
+}
+
+/// The node's containerd socket (tests/cluster/node/node.sh).
+fn containerd_socket() -> std::path::PathBuf {
+    let state = std::env::var_os("NEURALLOG_CLUSTER_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| repo_root().join("target/cluster"));
+    state.join("node/containerd/containerd.sock")
+}
+
+/// The machine's pid of a container's main process, from containerd.
+fn container_pid(container_id: &str) -> u32 {
+    let id = container_id.trim_start_matches("containerd://");
+    let out = std::process::Command::new("ctr")
+        .arg("--address")
+        .arg(containerd_socket())
+        .args(["-n", "k8s.io", "tasks", "ls"])
+        .output()
+        .expect("ctr runs");
+    let tasks = String::from_utf8_lossy(&out.stdout).into_owned();
+    tasks
+        .lines()
+        .find_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (f.first() == Some(&id) && f.get(2) == Some(&"RUNNING")).then(|| f[1].parse().ok())?
+        })
+        .unwrap_or_else(|| panic!("no running task {id}:\n{tasks}"))
+}
+
+const OPERATOR_NS: &str = "neurallog-system";
+
+fn operator_pod(client_ns: &str) -> serde_json::Value {
+    let pods: serde_json::Value = serde_json::from_str(&kubectl(&[
+        "-n",
+        client_ns,
+        "get",
+        "pods",
+        "-l",
+        "app.kubernetes.io/name=neurallog-operator",
+        "-o",
+        "json",
+    ]))
+    .expect("pods");
+    pods["items"][0].clone()
+}
+
+/// GET through the API server's service proxy to the operator's journal API.
+fn journal_api(path: &str) -> (bool, String) {
+    let url =
+        format!("/api/v1/namespaces/{OPERATOR_NS}/services/neurallog-operator:8080/proxy{path}");
+    let (ok, out, err) = kubectl_stdin(&["get", "--raw", &url], "");
+    (ok, if ok { out } else { err })
+}
+
+fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).expect("dir");
+    for entry in std::fs::read_dir(from).expect("read dir") {
+        let entry = entry.expect("entry");
+        let target = to.join(entry.file_name());
+        if entry.file_type().expect("type").is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), &target).expect("copy");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_operator_runs_in_the_cluster_from_its_image_and_survives_kill_9() {
+    if !real_node() {
+        return;
+    }
+    let client = client().await;
+    let run = unique("real-op");
+    let name = run.clone();
+    let _cleanup = TenantCleanup(vec![name.clone()]);
+    let _namespaces = NamespaceCleanup(vec![OPERATOR_NS.to_string(), "neurallog".to_string()]);
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    // e2e_deploy and e2e_helm install into the same namespace before this file runs.
+    wait_until_gone(&namespaces, OPERATOR_NS, PROVISION).await;
+    let images = import_images(&["operator", "auth-stub"]);
+    let (operator_ref, auth_ref) = (images[0].0.clone(), images[1].0.clone());
+    let (repository, tag) = operator_ref.rsplit_once(':').expect("tag");
+
+    // The Auth service the operator registers tenants with (its default URL).
+    let auth = format!(
+        r#"apiVersion: v1
+kind: Namespace
+metadata: {{name: neurallog}}
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {{name: auth, namespace: neurallog}}
+spec:
+  selector: {{matchLabels: {{app: auth}}}}
+  template:
+    metadata: {{labels: {{app: auth}}}}
+    spec:
+      automountServiceAccountToken: false
+      securityContext: {{runAsNonRoot: true, runAsUser: 65532, seccompProfile: {{type: RuntimeDefault}}}}
+      containers:
+      - name: auth
+        image: {auth_ref}
+        securityContext: {{allowPrivilegeEscalation: false, capabilities: {{drop: [ALL]}}}}
+        ports: [{{containerPort: 3040}}]
+        readinessProbe: {{tcpSocket: {{port: 3040}}}}
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: auth, namespace: neurallog}}
+spec:
+  selector: {{app: auth}}
+  ports: [{{port: 3040, targetPort: 3040}}]
+"#
+    );
+    let (ok, out, err) = kubectl_stdin(&["apply", "-f", "-"], &auth);
+    assert!(ok, "{err}{out}");
+
+    // deploy/ as it is, with the image set as its kustomization says (`kustomize edit set
+    // image`) and, so that it leaves other tests' tenants alone, a tenant selector.
+    let overlay = tempfile::tempdir().expect("temp dir");
+    copy_dir(&repo_root().join("deploy"), overlay.path());
+    let kustomization = overlay.path().join("kustomization.yaml");
+    let mut text = std::fs::read_to_string(&kustomization).expect("kustomization");
+    text.push_str(&format!(
+        r#"images:
+- name: neurallog/tenant-operator
+  newName: {repository}
+  newTag: "{tag}"
+patches:
+- target: {{kind: Deployment, name: neurallog-operator-controller-manager}}
+  patch: |-
+    - op: add
+      path: /spec/template/spec/containers/0/env/-
+      value: {{name: NEURALLOG_TENANT_SELECTOR, value: "{RUN_LABEL}={run}"}}
+"#
+    ));
+    std::fs::write(&kustomization, text).expect("kustomization");
+    let dir = overlay.path().to_string_lossy().into_owned();
+    // The CRD is already there, applied by the tests' own field manager.
+    kubectl(&["apply", "--server-side", "--force-conflicts", "-k", &dir]);
+    kubectl(&[
+        "-n",
+        OPERATOR_NS,
+        "rollout",
+        "status",
+        "deployment/neurallog-operator-controller-manager",
+        "--timeout=300s",
+    ]);
+
+    // It reconciles a tenant from inside the cluster.
+    apply_tenant(&client, &basic_tenant(&name, &run)).await;
+    wait_for_phase(&client, &name, "Running", PROVISION).await;
+
+    let pod = operator_pod(OPERATOR_NS);
+    assert_eq!(pod["spec"]["nodeName"], NODE);
+    assert_eq!(pod["spec"]["containers"][0]["image"], operator_ref.as_str());
+    let pid = container_pid(
+        pod["status"]["containerStatuses"][0]["containerID"]
+            .as_str()
+            .expect("container id"),
+    );
+    // Non-root, read-only root filesystem, the journal on its claim (read from the
+    // machine: the image has no shell).
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
+    assert!(
+        status
+            .lines()
+            .any(|l| l.split_whitespace().collect::<Vec<_>>()
+                == ["Uid:", "65532", "65532", "65532", "65532"]),
+        "{status}"
+    );
+    let mounts = std::fs::read_to_string(format!("/proc/{pid}/mountinfo")).expect("mountinfo");
+    let mount_options = |point: &str| {
+        mounts
+            .lines()
+            .find_map(|l| {
+                let f: Vec<&str> = l.split_whitespace().collect();
+                (f.get(4) == Some(&point)).then(|| f[5].to_string())
+            })
+            .unwrap_or_else(|| panic!("no mount at {point}:\n{mounts}"))
+    };
+    assert!(
+        mount_options("/").split(',').any(|o| o == "ro"),
+        "read-only root"
+    );
+    assert!(
+        mount_options("/var/lib/neurallog-operator")
+            .split(',')
+            .any(|o| o == "rw"),
+        "the journal claim is mounted read-write"
+    );
+
+    // The journal through the API server's service proxy.
+    let (ok, before) = journal_api(&format!("/journal/tenants/{name}"));
+    assert!(ok, "{before}");
+    let before: serde_json::Value = serde_json::from_str(&before).expect("journal JSON");
+
+    // kill -9 of the operator's process: the kubelet restarts the container, which opens
+    // the same journal on the same claim.
+    let killed = std::process::Command::new("kill")
+        .args(["-9", &pid.to_string()])
+        .status()
+        .expect("kill");
+    assert!(killed.success());
+    wait_for(
+        "the kubelet to restart the operator's container",
+        PROVISION,
+        || async {
+            let pod = operator_pod(OPERATOR_NS);
+            let status = &pod["status"]["containerStatuses"][0];
+            (status["restartCount"].as_i64() == Some(1) && status["ready"] == true).then_some(())
+        },
+    )
+    .await;
+    // The same journal: verify passes with no problem and the tenant's chain still starts
+    // with every record written before the kill.
+    let (ok, verify) = journal_api("/journal/verify");
+    assert!(ok, "{verify}");
+    let verify: serde_json::Value = serde_json::from_str(&verify).expect("verify JSON");
+    assert_eq!(verify["problems"], 0, "{verify}");
+    let (ok, after) = journal_api(&format!("/journal/tenants/{name}"));
+    assert!(ok, "{after}");
+    let after: serde_json::Value = serde_json::from_str(&after).expect("journal JSON");
+    let before_records = before["records"].as_array().expect("records");
+    let after_records = after["records"].as_array().expect("records");
+    assert!(!before_records.is_empty());
+    assert_eq!(after["uid"], before["uid"]);
+    assert_eq!(
+        &after_records[..before_records.len()],
+        &before_records[..],
+        "the restarted operator serves the records written before the kill"
+    );
+    eprintln!("journal after the restart: {verify}");
+
+    let tenants: Api<Tenant> = Api::all(client.clone());
+    tenants
+        .delete(&name, &DeleteParams::default())
+        .await
+        .expect("delete");
+    wait_until_gone(&tenants, &name, PROVISION).await;
 }

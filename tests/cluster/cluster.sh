@@ -7,6 +7,7 @@
 #   cluster.sh down     stop everything and remove the cluster state
 #   cluster.sh status   exit 0 when the cluster answers
 #   cluster.sh restart-apiserver   kill and restart kube-apiserver (for fault tests)
+#   cluster.sh import-image NAME...  build (node/images.sh) and import images into the real node
 #
 # Settings (environment): NEURALLOG_CLUSTER_DIR (state, default target/cluster),
 # NEURALLOG_CACHE_DIR (binaries), NEURALLOG_APISERVER_PORT (default: a free port),
@@ -255,5 +256,11 @@ case "${1:-}" in
   down) down ;;
   status) status ;;
   restart-apiserver) restart_apiserver ;;
-  *) die "usage: cluster.sh up|down|status|restart-apiserver" ;;
+  import-image)
+    shift
+    real_node_enabled || [ -d "$(node_dir)" ] || die "no real node in $state"
+    bin=$(cluster_bin_dir)
+    node_import_images "$@"
+    ;;
+  *) die "usage: cluster.sh up|down|status|restart-apiserver|import-image NAME..." ;;
 esac

@@ -4,7 +4,8 @@
 # inputs change: the stamp beside it hashes its spec and every host file it copies.
 #
 #   images.sh [NAME...]   default: pause redis server-standin coredns
-#   images.sh operator    the operator's image from target/release/neurallog-operator
+#   images.sh operator auth-stub   the operator's image and an Auth stub's, from
+#                                  target/release (cargo build --release --bins)
 #
 # Prints "NAME REF ARCHIVE" per image on stdout.
 set -euo pipefail
@@ -15,6 +16,9 @@ source "$here/../lib.sh"
 bin=$(cluster_bin_dir)
 out=$(cluster_cache_dir)/images
 mkdir -p "$out"
+# One build at a time (tests build images in parallel).
+exec 8>"$out/.lock"
+flock 8
 
 # The references pods use. Never "latest" (that makes the kubelet pull), and all under
 # localhost/, which no registry serves: the kubelet finds them already on the node.
@@ -25,6 +29,7 @@ image_ref() {
     server-standin) echo "localhost/neurallog-test/server-standin:1" ;;
     coredns) echo "localhost/neurallog-test/coredns:${COREDNS_VERSION#v}" ;;
     operator) echo "localhost/neurallog-test/tenant-operator:$(sed -nE 's/^version = "(.*)"/\1/p' "$repo_root/Cargo.toml" | head -n 1)" ;;
+    auth-stub) echo "localhost/neurallog-test/auth-stub:$(sed -nE 's/^version = "(.*)"/\1/p' "$repo_root/Cargo.toml" | head -n 1)" ;;
     *) die "unknown image $1" ;;
   esac
 }
@@ -107,6 +112,18 @@ spec_operator() {
  "text": [["/etc/passwd", "$(passwd_text nonroot:65532)", "0644"], ["/etc/group", "$(group_text nonroot:65532)", "0644"]],
  "config": {"Entrypoint": ["/neurallog-operator"], "Cmd": ["run", "--metrics-addr", "0.0.0.0:8080"],
             "User": "65532:65532", "ExposedPorts": {"8080/tcp": {}}}}
+EOF
+}
+
+# The operator's Auth stub (src/auth_stub.rs), for the in-cluster operator to register
+# tenants with.
+spec_auth_stub() {
+  local binary=$repo_root/target/release/neurallog-auth-stub
+  [ -x "$binary" ] || die "$binary is missing: cargo build --release --bin neurallog-auth-stub"
+  cat <<EOF
+{"ref": "$1", "binaries": [["$binary", "/neurallog-auth-stub"]],
+ "config": {"Entrypoint": ["/neurallog-auth-stub"], "Cmd": ["--listen", "0.0.0.0:3040"],
+            "User": "65532:65532", "ExposedPorts": {"3040/tcp": {}}}}
 EOF
 }
 

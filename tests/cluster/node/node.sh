@@ -199,11 +199,7 @@ EOF
   node_start_in containerd containerd --config "$dir/containerd.toml"
   node_wait containerd 150 ctr_ version
 
-  local name ref archive
-  while read -r name ref archive; do
-    ctr_ images import "$archive" >/dev/null
-    ctr_ images ls -q | grep -qx "$ref" || die "image $ref was not imported from $archive"
-  done < <(bash "$here/node/images.sh" pause redis server-standin coredns)
+  node_import_images pause redis server-standin coredns
 
   # The API server's port inside the namespace, and its egress to the node.
   node_start netns-proxy python3 "$here/node/netns-proxy.py" --netns "/var/run/netns/$netns" \
@@ -270,6 +266,15 @@ EOF
   node_coredns "$dns_ip" "$api_port"
   node_scheduling_policy
   log "real node ready in $(( $(date +%s) - started ))s"
+}
+
+# Imports locally built images (images.sh names) into the running node's containerd.
+node_import_images() {
+  local name ref archive
+  while read -r name ref archive; do
+    ctr_ images import "$archive" >/dev/null
+    ctr_ images ls -q | grep -x "$ref" >/dev/null || die "image $ref was not imported from $archive"
+  done < <(bash "$here/node/images.sh" "$@")
 }
 
 # CoreDNS as a pod in kube-system (tenant policies allow DNS to that namespace), behind the
@@ -353,10 +358,10 @@ EOF
 }
 
 # Pods land on the real node only where a test asks for it: the node is tainted, and this
-# policy adds the toleration and node selector to every pod created in a namespace whose
-# name starts with "tenant-real-" (the tenants of tests/e2e_real_node.rs) or "real-node-"
-# (their client namespaces). Every other pod, and so every test on kwok nodes, is left as
-# it was.
+# policy adds the toleration and node selector to every pod whose containers all use the
+# node's local images (localhost/neurallog-test/..., which only this node has): the
+# tenants, clients and in-cluster operator of tests/e2e_real_node.rs. Every other pod,
+# and so every test on kwok nodes, is left as it was.
 node_scheduling_policy() {
   kubectl_ apply -f - >/dev/null <<EOF
 apiVersion: admissionregistration.k8s.io/v1beta1
@@ -367,8 +372,8 @@ spec:
     resourceRules:
     - {apiGroups: [""], apiVersions: [v1], operations: [CREATE], resources: [pods]}
   matchConditions:
-  - name: real-node-namespace
-    expression: "request.namespace.startsWith('tenant-real-') || request.namespace.startsWith('real-node-')"
+  - name: local-images-only
+    expression: "object.spec.containers.all(c, c.image.startsWith('localhost/neurallog-test/'))"
   failurePolicy: Fail
   reinvocationPolicy: Never
   # JSON patches: nodeSelector and tolerations are atomic, which an apply configuration
