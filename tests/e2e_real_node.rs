@@ -779,6 +779,7 @@ async fn the_operator_runs_in_the_cluster_from_its_image_and_survives_kill_9() {
     let name = run.clone();
     let _cleanup = TenantCleanup(vec![name.clone()]);
     let _namespaces = NamespaceCleanup(vec![OPERATOR_NS.to_string(), "neurallog".to_string()]);
+    let _install = Uninstall;
     let namespaces: Api<Namespace> = Api::all(client.clone());
     // e2e_deploy and e2e_helm install into the same namespace before this file runs.
     wait_until_gone(&namespaces, OPERATOR_NS, PROVISION).await;
@@ -943,4 +944,85 @@ patches:
         .await
         .expect("delete");
     wait_until_gone(&tenants, &name, PROVISION).await;
+
+    // The same with the Helm chart, once deploy/'s install is gone.
+    uninstall();
+    wait_until_gone(&namespaces, OPERATOR_NS, PROVISION).await;
+    let helm_name = format!("{run}-helm");
+    let _helm_cleanup = TenantCleanup(vec![helm_name.clone()]);
+    let helm = std::env::var("NEURALLOG_HELM").unwrap_or_else(|_| {
+        let out = std::process::Command::new("bash")
+            .arg(repo_root().join("tests/cluster/build.sh"))
+            .arg("helm")
+            .output()
+            .expect("build.sh runs");
+        let dir = String::from_utf8_lossy(&out.stdout);
+        format!("{}/helm", dir.lines().last().expect("bin dir"))
+    });
+    let output = std::process::Command::new(helm)
+        .arg("--kubeconfig")
+        .arg(kubeconfig())
+        .args(["install", "neurallog-operator"])
+        .arg(repo_root().join("charts/neurallog-operator"))
+        .args([
+            "--namespace",
+            OPERATOR_NS,
+            "--create-namespace",
+            "--wait",
+            "--timeout",
+            "5m",
+        ])
+        .args(["--set", &format!("image.repository={repository}")])
+        .args(["--set-string", &format!("image.tag={tag}")])
+        .args(["--set-string", &format!("tenantSelector={RUN_LABEL}={run}")])
+        .output()
+        .expect("helm runs");
+    assert!(
+        output.status.success(),
+        "helm install: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let pod = operator_pod(OPERATOR_NS);
+    assert_eq!(pod["spec"]["nodeName"], NODE);
+    assert_eq!(pod["spec"]["containers"][0]["image"], operator_ref.as_str());
+    apply_tenant(&client, &basic_tenant(&helm_name, &run)).await;
+    wait_for_phase(&client, &helm_name, "Running", PROVISION).await;
+    let (ok, verify) = journal_api("/journal/verify");
+    assert!(ok, "{verify}");
+    tenants
+        .delete(&helm_name, &DeleteParams::default())
+        .await
+        .expect("delete");
+    wait_until_gone(&tenants, &helm_name, PROVISION).await;
+}
+
+/// Deletes what deploy/ (or the chart) installed, but the shared CRD: the fixed names
+/// that tests/e2e_deploy.rs and e2e_helm.rs use too (test files run one after another).
+fn uninstall() {
+    let deletions: [&[&str]; 3] = [
+        &[
+            "delete",
+            "clusterrolebinding,clusterrole",
+            "neurallog-operator",
+        ],
+        &[
+            "-n",
+            "default",
+            "delete",
+            "rolebinding,role",
+            "neurallog-operator-events",
+        ],
+        &["delete", "namespace", OPERATOR_NS, "--wait=false"],
+    ];
+    for deletion in deletions {
+        let _ = kubectl_stdin(&[deletion, &["--ignore-not-found"]].concat(), "");
+    }
+}
+
+struct Uninstall;
+
+impl Drop for Uninstall {
+    fn drop(&mut self) {
+        uninstall();
+    }
 }
