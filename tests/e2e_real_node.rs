@@ -617,8 +617,8 @@ fn blob_path(digest: &serde_json::Value) -> String {
 fn dockerfile_value(dockerfile: &str, instruction: &str) -> String {
     dockerfile
         .lines()
-        .filter_map(|l| l.strip_prefix(&format!("{instruction} ")))
-        .last()
+        .rev()
+        .find_map(|l| l.strip_prefix(&format!("{instruction} ")))
         .unwrap_or_else(|| panic!("no {instruction} in the Dockerfile"))
         .trim()
         .to_string()
