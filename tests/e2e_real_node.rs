@@ -937,6 +937,25 @@ patches:
         "the restarted operator serves the records written before the kill"
     );
     eprintln!("journal after the restart: {verify}");
+    // The journal tools through the real API server's service proxy.
+    let service = format!("{OPERATOR_NS}/neurallog-operator:8080");
+    let tool = std::process::Command::new(env!("CARGO_BIN_EXE_neurallog-operator"))
+        .args([
+            "journal",
+            "verify",
+            "--kube-service",
+            &service,
+            "--kubeconfig",
+        ])
+        .arg(kubeconfig())
+        .output()
+        .expect("the journal tool runs");
+    let said = String::from_utf8_lossy(&tool.stdout);
+    assert!(
+        tool.status.success() && said.contains("journal intact"),
+        "journal verify --kube-service: {said}{}",
+        String::from_utf8_lossy(&tool.stderr)
+    );
 
     let tenants: Api<Tenant> = Api::all(client.clone());
     tenants

@@ -155,7 +155,7 @@ node_up() {
   done >"$dir/sysctl.saved"
 
   cat >"$dir/cni/10-neurallog.conflist" <<EOF
-{"cniVersion": "0.4.0", "name": "neurallog",
+{"cniVersion": "0.4.0", "name": "neurallog-$(node_id)",
  "plugins": [{"type": "bridge", "bridge": "nlbr0", "isGateway": true, "ipMasq": false, "hairpinMode": true,
               "ipam": {"type": "host-local", "dataDir": "$dir/cni-ipam",
                        "ranges": [[{"subnet": "$node_pod_cidr", "gateway": "$node_ip"}]],
@@ -191,6 +191,7 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
       runtime_type = "io.containerd.runc.v2"
       [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
         SystemdCgroup = false
+        Root = "$dir/runc"
   [plugins."io.containerd.grpc.v1.cri".cni]
     bin_dir = "/usr/lib/cni"
     conf_dir = "$dir/cni"
@@ -429,7 +430,9 @@ node_down() {
   [ -z "$procs" ] || log "warning: processes still in cgroup $cg: $procs"
   # With their containers gone, the shims exit when containerd removes the tasks; then
   # containerd itself stops. Whatever is left is killed by cmdline (cluster.sh).
+  local containers=""
   if [ -S "$(node_sock)" ]; then
+    containers=$(timeout 20 ctr --address "$(node_sock)" -n k8s.io containers ls -q 2>/dev/null || true)
     local id
     for id in $(timeout 20 ctr --address "$(node_sock)" -n k8s.io tasks ls -q 2>/dev/null); do
       timeout 10 ctr --address "$(node_sock)" -n k8s.io tasks delete -f "$id" >/dev/null 2>&1 || true
@@ -462,6 +465,10 @@ node_down() {
     [ -d "$h$cg" ] || continue
     find "$h$cg" -depth -type d | while read -r d; do rmdir "$d" 2>/dev/null || true; done
   done
+  # libcni's cache of results (its directory is not configurable in containerd 1.6).
+  rm -f /var/lib/cni/results/"neurallog-$(node_id)"-*
+  local c
+  for c in $containers; do rm -f "/var/lib/cni/results/cni-loopback-$c-lo"; done
   local l
   for l in /var/log/containers/*.log; do
     [ -L "$l" ] && [[ $(readlink "$l") == "$dir/"* ]] && rm -f "$l"
