@@ -130,7 +130,9 @@ node_up() {
   mkdir -p "$dir"/{containerd,cni,cni-ipam,kubelet,pod-logs,images}
   log "starting the real node $node_name (netns $netns, pods $node_pod_cidr, DNS $dns_ip)"
 
-  # Network namespace: loopback and the pods' bridge, nothing else.
+  # Network namespace: loopback and the pods' bridge, nothing else. The first `ip netns
+  # add` on a machine also makes /run/netns a mount point: down undoes that too.
+  mountpoint -q /run/netns 2>/dev/null || touch "$dir/made-run-netns-mount"
   ip netns add "$netns"
   in_node ip link set lo up
   in_node ip link add nlbr0 type bridge
@@ -460,6 +462,9 @@ node_down() {
     done
   done
   [ -e "/var/run/netns/$netns" ] && ip netns del "$netns" 2>/dev/null
+  if [ -f "$dir/made-run-netns-mount" ] && [ -z "$(ls -A /run/netns 2>/dev/null)" ]; then
+    umount /run/netns 2>/dev/null || true
+  fi
   local h d
   for h in /sys/fs/cgroup/*/; do
     [ -d "$h$cg" ] || continue
