@@ -12,15 +12,30 @@ command -v redis-server >/dev/null 2>&1 || bash scripts/install-redis.sh
 log "unit tests"
 cargo test --workspace --lib --bins --examples
 
+# The cluster's real node (tests/cluster/node) is on unless NEURALLOG_REAL_NODE=0: the
+# tests of tests/e2e_real_node.rs need it, and say they are skipped without it.
+export NEURALLOG_REAL_NODE=${NEURALLOG_REAL_NODE:-1}
+
 started=0
 if bash tests/cluster/cluster.sh status; then
   log "using the cluster that is already running"
+  if [ "$NEURALLOG_REAL_NODE" = 1 ] && ! "$(cluster_bin_dir)/kubectl" --kubeconfig "$(cluster_state_dir)/kubeconfig" \
+    get node neurallog-real-node >/dev/null 2>&1; then
+    log "it has no real node: the real-node tests are skipped (restart it with make cluster-down)"
+    export NEURALLOG_REAL_NODE=0
+  fi
 else
   bash tests/cluster/cluster.sh up
   started=1
 fi
 cleanup() { [ "$started" = 1 ] && bash tests/cluster/cluster.sh down; }
 trap cleanup EXIT
+
+if [ "$NEURALLOG_REAL_NODE" = 1 ]; then
+  # The operator's image and the in-cluster Auth stub's are assembled from release builds.
+  log "release build of the operator and the Auth stub (images for the real node)"
+  cargo build --release --locked --bin neurallog-operator --bin neurallog-auth-stub
+fi
 
 export NEURALLOG_E2E_KUBECONFIG="$(cluster_state_dir)/kubeconfig"
 export NEURALLOG_KUBECTL="$(cluster_bin_dir)/kubectl"

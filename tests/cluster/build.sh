@@ -12,7 +12,11 @@ source "$here/lib.sh"
 need_go
 bin=$(cluster_bin_dir)
 mkdir -p "$bin"
-exec 9>"$(cluster_cache_dir)/build.lock"
+# The node's binaries have a lock of their own: building them never waits for, nor
+# disturbs, a control-plane build.
+lock=build.lock
+[ "${*:-}" = node ] && lock=build-node.lock
+exec 9>"$(cluster_cache_dir)/$lock"
 flock 9
 
 ldflags_for_kube() {
@@ -31,17 +35,18 @@ prepare_module() {
   rm -rf "$dir"
   mkdir -p "$dir"
   cp "$here/$name/go.mod" "$dir/go.mod"
-  cp "$here/$name/"*.go "$dir/" 2>/dev/null || true
+  cp -r "$here/$name/." "$dir/"
   echo "$dir"
 }
 
-build_kube() {
-  local names=(kube-apiserver kube-controller-manager kube-scheduler kubectl) missing=0
-  for n in "${names[@]}"; do [ -x "$bin/$n" ] || missing=1; done
-  [ "$missing" = 1 ] || return 0
-  log "building Kubernetes $KUBE_VERSION (${names[*]}); a cold build takes several minutes"
-  local dir staging modfile
-  dir=$(prepare_module kube)
+# Copies the kube wrapper module into the cache as $1 and pins every staging module of
+# k8s.io/kubernetes there. Prints the module directory.
+prepare_kube_module() {
+  local name=$1 dir staging modfile
+  dir=$(cluster_cache_dir)/src/$name
+  rm -rf "$dir"
+  mkdir -p "$dir"
+  cp "$here/kube/go.mod" "$dir/go.mod"
   cd "$dir"
   # k8s.io/kubernetes pins its staging modules to v0.0.0 and redirects them to ./staging,
   # which Go ignores for a dependency: pin each to its published v0.<minor>.<patch> instead.
@@ -54,10 +59,27 @@ build_kube() {
   done < <(sed -nE 's#^[[:space:]]*(k8s\.io/[A-Za-z0-9._-]+)[[:space:]]+=>[[:space:]]+\./staging/.*#\1#p' "$modfile")
   [ "${#replaces[@]}" -gt 0 ] || die "no staging replace lines found in $modfile"
   go mod edit "${replaces[@]}"
+  echo "$dir"
+}
+
+# Builds commands of k8s.io/kubernetes ($@) into the bin directory, in wrapper module $1.
+build_kube_cmds() {
+  local module=$1 dir
+  shift
+  dir=$(prepare_kube_module "$module")
+  cd "$dir"
   local pkgs=()
-  for n in "${names[@]}"; do pkgs+=("k8s.io/kubernetes/cmd/$n"); done
+  for n in "$@"; do pkgs+=("k8s.io/kubernetes/cmd/$n"); done
   go get "${pkgs[@]/%/@$KUBE_VERSION}"
   CGO_ENABLED=0 go build -trimpath -ldflags "$(ldflags_for_kube)" -o "$bin/" "${pkgs[@]}"
+}
+
+build_kube() {
+  local names=(kube-apiserver kube-controller-manager kube-scheduler kubectl) missing=0
+  for n in "${names[@]}"; do [ -x "$bin/$n" ] || missing=1; done
+  [ "$missing" = 1 ] || return 0
+  log "building Kubernetes $KUBE_VERSION (${names[*]}); a cold build takes several minutes"
+  build_kube_cmds kube "${names[@]}"
 }
 
 build_etcd() {
@@ -87,8 +109,10 @@ build_kwok() {
 }
 
 build_provisioner() {
-  # A binary from before the client rate-limit and worker flags is rebuilt.
-  [ -x "$bin/provisioner" ] && "$bin/provisioner" -h 2>&1 | grep -q -- -workers && return 0
+  # Rebuilt whenever its source changes (the stamp is a hash of it).
+  local sum
+  sum=$(cat "$here/provisioner/main.go" "$here/provisioner/go.mod" | sha256sum | cut -c1-16)
+  [ -x "$bin/provisioner" ] && [ "$(cat "$bin/.provisioner.version" 2>/dev/null)" = "$sum" ] && return 0
   log "building the test volume provisioner against client-go ${KUBE_VERSION/v1./v0.}"
   local dir staging="v0.${KUBE_VERSION#v1.}"
   dir=$(prepare_module provisioner)
@@ -98,6 +122,7 @@ build_provisioner() {
   # Built aside, then renamed: a running cluster keeps executing the old file.
   CGO_ENABLED=0 go build -trimpath -ldflags "-s -w" -o "$bin/provisioner.new" .
   mv -f "$bin/provisioner.new" "$bin/provisioner"
+  echo "$sum" >"$bin/.provisioner.version"
 }
 
 # The cache key does not include HELM_VERSION (see versions.env): the version check below
@@ -123,6 +148,63 @@ build_helm() {
 -X $pkg/pkg/lint/rules.k8sVersionMajor=$major -X $pkg/pkg/lint/rules.k8sVersionMinor=$minor \
 -X $pkg/pkg/chartutil.k8sVersionMajor=$major -X $pkg/pkg/chartutil.k8sVersionMinor=$minor" \
     -o "$bin/helm" helm.sh/helm/v3/cmd/helm
+}
+
+# The real test node (NEURALLOG_REAL_NODE=1): kubelet and kube-proxy at the cluster's
+# version, CoreDNS with only the plugins it needs, kube-router for network policies, and
+# our own pause and server stand-in programs. Their versions are stamped beside them, so
+# a bump in versions.env rebuilds just what changed.
+node_stamp() { cat "$bin/.$1.version" 2>/dev/null || true; }
+stamp_node() { echo "$2" >"$bin/.$1.version"; }
+
+build_kubelet() {
+  [ -x "$bin/kubelet" ] && [ -x "$bin/kube-proxy" ] && return 0
+  log "building kubelet and kube-proxy $KUBE_VERSION"
+  build_kube_cmds kube-node kubelet kube-proxy
+}
+
+build_coredns() {
+  [ -x "$bin/coredns" ] && [ "$(node_stamp coredns)" = "$COREDNS_VERSION" ] && return 0
+  log "building CoreDNS $COREDNS_VERSION (kubernetes plugin only, no forwarding)"
+  local dir
+  dir=$(prepare_module node/coredns)
+  cd "$dir"
+  go get "github.com/coredns/coredns@$COREDNS_VERSION"
+  go mod tidy
+  CGO_ENABLED=0 go build -trimpath -ldflags "-s -w" -o "$bin/coredns" .
+  stamp_node coredns "$COREDNS_VERSION"
+}
+
+build_kube_router() {
+  [ -x "$bin/kube-router" ] && [ "$(node_stamp kube-router)" = "$KUBE_ROUTER_VERSION" ] && return 0
+  log "building kube-router $KUBE_ROUTER_VERSION"
+  local dir pkg=github.com/cloudnativelabs/kube-router/v2
+  dir=$(prepare_module node/kube-router)
+  cd "$dir"
+  go get "$pkg/cmd/kube-router@$KUBE_ROUTER_VERSION"
+  CGO_ENABLED=0 go build -trimpath \
+    -ldflags "-s -w -X $pkg/pkg/version.Version=$KUBE_ROUTER_VERSION -X $pkg/pkg/version.BuildDate=1970-01-01T00:00:00Z" \
+    -o "$bin/kube-router" "$pkg/cmd/kube-router"
+  stamp_node kube-router "$KUBE_ROUTER_VERSION"
+}
+
+# Static binaries for the pause and server stand-in images, rebuilt when their source
+# changes (the stamp is a hash of it).
+build_image_programs() {
+  local src=$here/node/images sum
+  sum=$(cd "$src" && find . -type f | LC_ALL=C sort | xargs sha256sum | sha256sum | cut -c1-16)
+  [ -x "$bin/pause" ] && [ -x "$bin/server-standin" ] && [ "$(node_stamp images)" = "$sum" ] && return 0
+  log "building the pause and server stand-in programs"
+  cd "$src"
+  CGO_ENABLED=0 go build -trimpath -ldflags "-s -w" -o "$bin/" ./pause ./server-standin
+  stamp_node images "$sum"
+}
+
+build_node() {
+  build_image_programs
+  build_coredns
+  build_kube_router
+  build_kubelet
 }
 
 start=$(date +%s)

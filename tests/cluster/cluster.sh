@@ -7,6 +7,7 @@
 #   cluster.sh down     stop everything and remove the cluster state
 #   cluster.sh status   exit 0 when the cluster answers
 #   cluster.sh restart-apiserver   kill and restart kube-apiserver (for fault tests)
+#   cluster.sh import-image NAME...  build (node/images.sh) and import images into the real node
 #
 # Settings (environment): NEURALLOG_CLUSTER_DIR (state, default target/cluster),
 # NEURALLOG_CACHE_DIR (binaries), NEURALLOG_APISERVER_PORT (default: a free port),
@@ -14,11 +15,14 @@
 # NEURALLOG_NODE_MEMORY (capacity of each, default 250 / 32 / 256Gi),
 # NEURALLOG_CONTROLLER_QPS / NEURALLOG_CONTROLLER_BURST (client limits of the controller
 # manager, scheduler and volume provisioner, default 200 / 400),
-# NEURALLOG_APISERVER_EXTRA_ARGS (more kube-apiserver flags: "key=value key=value").
+# NEURALLOG_APISERVER_EXTRA_ARGS (more kube-apiserver flags: "key=value key=value"),
+# NEURALLOG_REAL_NODE=1 (also start one real node beside the fake ones: node/node.sh).
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 # shellcheck source=/dev/null
 source "$here/lib.sh"
+# shellcheck source=/dev/null
+source "$here/node/node.sh"
 
 cluster_name=neurallog
 state=$(cluster_state_dir)
@@ -51,6 +55,7 @@ stray_pids() {
 }
 
 stop_all() {
+  node_down
   if [ -d "$kwok_dir/clusters/$cluster_name" ]; then
     kwokctl_ delete cluster >/dev/null 2>&1 || true
   fi
@@ -80,6 +85,7 @@ write_kwokctl_config() {
   cat <<EOF
 apiVersion: config.kwok.x-k8s.io/v1alpha1
 kind: KwokctlConfiguration
+$(if real_node_enabled; then node_kwokctl_options; fi)
 componentsPatches:
 - name: etcd
   extraArgs:
@@ -95,6 +101,7 @@ componentsPatches:
   - {key: max-requests-inflight, value: "800"}
   - {key: max-mutating-requests-inflight, value: "400"}
 $(apiserver_extra_args)
+$(if real_node_enabled; then node_apiserver_args; fi)
 - name: kube-controller-manager
   extraArgs:
   - {key: bind-address, value: "$lo"}
@@ -110,6 +117,9 @@ $(apiserver_extra_args)
 - name: kwok-controller
   extraArgs:
   - {key: server-address, value: "$lo:$kwok_port"}
+  # Only the fake nodes (node.yaml's annotation): kwok would overwrite a real node's pods.
+  - {key: manage-all-nodes, value: "false"}
+  - {key: manage-nodes-with-annotation-selector, value: "kwok.x-k8s.io/node=fake"}
 EOF
 }
 
@@ -146,6 +156,7 @@ up() {
     stop_all
   fi
   mkdir -p "$state/logs"
+  real_node_enabled && node_prepare_config
 
   local api_port=${NEURALLOG_APISERVER_PORT:-}
   if [ -n "$api_port" ]; then
@@ -199,6 +210,7 @@ up() {
     [ "$waited" -gt 300 ] && die "the default ServiceAccount did not appear within 30s"
     sleep 0.1
   done
+  real_node_enabled && node_up
   log "cluster ready in $(( $(date +%s) - started ))s; kubeconfig: $kubeconfig"
 }
 
@@ -260,5 +272,11 @@ case "${1:-}" in
   down) down ;;
   status) status ;;
   restart-apiserver) restart_apiserver ;;
-  *) die "usage: cluster.sh up|down|status|restart-apiserver" ;;
+  import-image)
+    shift
+    real_node_enabled || [ -d "$(node_dir)" ] || die "no real node in $state"
+    bin=$(cluster_bin_dir)
+    node_import_images "$@"
+    ;;
+  *) die "usage: cluster.sh up|down|status|restart-apiserver|import-image NAME..." ;;
 esac

@@ -95,6 +95,17 @@ func (p *provisioner) provision(ctx context.Context, obj interface{}) {
 		return
 	}
 	pvName := fmt.Sprintf("pvc-%s", claim.UID)
+	dir := filepath.Join(p.baseDir, pvName)
+	// Pods on the real test node run non-root and a hostPath volume ignores fsGroup: the
+	// directory is made writable for any uid, as a freshly formatted volume would be.
+	if err := os.MkdirAll(dir, 0o777); err != nil {
+		log.Printf("provisioner: create %s: %v", dir, err)
+		return
+	}
+	if err := os.Chmod(dir, 0o777); err != nil {
+		log.Printf("provisioner: chmod %s: %v", dir, err)
+		return
+	}
 	pv := &corev1.PersistentVolume{
 		ObjectMeta: metav1.ObjectMeta{
 			Name:        pvName,
@@ -113,7 +124,7 @@ func (p *provisioner) provision(ctx context.Context, obj interface{}) {
 				APIVersion: "v1",
 			},
 			PersistentVolumeSource: corev1.PersistentVolumeSource{
-				HostPath: &corev1.HostPathVolumeSource{Path: filepath.Join(p.baseDir, pvName)},
+				HostPath: &corev1.HostPathVolumeSource{Path: dir},
 			},
 		},
 	}
