@@ -1045,3 +1045,78 @@ impl Drop for Uninstall {
         uninstall();
     }
 }
+
+fn server_message(tenant: &Tenant) -> String {
+    tenant
+        .status
+        .as_ref()
+        .and_then(|s| s.server_status.as_ref())
+        .map(|s| s.message.clone())
+        .unwrap_or_default()
+}
+
+/// Waits until the tenant's server status contains every one of `words`.
+async fn wait_for_server_message(client: &Client, name: &str, words: &[&str]) -> String {
+    let api: Api<Tenant> = Api::all(client.clone());
+    let what = format!("tenant {name}: the server status says {words:?}");
+    wait_for(&what, PROVISION, || {
+        let api = api.clone();
+        async move {
+            let message = server_message(&api.get(name).await.ok()?);
+            words.iter().all(|w| message.contains(w)).then_some(message)
+        }
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_real_kubelets_failures_reach_the_tenant_status() {
+    if !real_node() {
+        return;
+    }
+    let env = env("realfail").await;
+    let pull = format!("{}-pull", env.run);
+    let secret = format!("{}-secret", env.run);
+    let _cleanup = TenantCleanup(vec![pull.clone(), secret.clone()]);
+
+    // An image no registry serves (this node reaches none): the kubelet's pull fails.
+    let mut missing_image = basic_tenant(&pull, &env.run);
+    missing_image.spec.server.image = "localhost/neurallog-test/no-such-image:1".into();
+    apply_tenant(&env.client, &missing_image).await;
+    // The guide's env from a Secret, for a Secret that does not exist.
+    let mut missing_secret = basic_tenant(&secret, &env.run);
+    missing_secret.spec.server.env = vec![
+        serde_json::from_value(serde_json::json!({
+            "name": "API_KEY",
+            "valueFrom": {"secretKeyRef": {"name": "api-keys", "key": secret}}
+        }))
+        .expect("env"),
+    ];
+    apply_tenant(&env.client, &missing_secret).await;
+
+    let pulled = wait_for_server_message(
+        &env.client,
+        &pull,
+        &[&format!("{pull}-server-"), "no-such-image"],
+    )
+    .await;
+    assert!(
+        pulled.contains("ErrImagePull") || pulled.contains("ImagePullBackOff"),
+        "{pulled}"
+    );
+    let configured = wait_for_server_message(
+        &env.client,
+        &secret,
+        &["CreateContainerConfigError", "secret \"api-keys\" not found"],
+    )
+    .await;
+    assert!(configured.contains(&format!("{secret}-server-")), "{configured}");
+
+    for name in [&pull, &secret] {
+        kubectl(&["delete", "tenant", name, "--wait=false"]);
+    }
+    let tenants: Api<Tenant> = Api::all(env.client.clone());
+    for name in [&pull, &secret] {
+        wait_until_gone(&tenants, name, PROVISION).await;
+    }
+}
