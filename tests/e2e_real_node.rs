@@ -1046,15 +1046,6 @@ impl Drop for Uninstall {
     }
 }
 
-fn server_message(tenant: &Tenant) -> String {
-    tenant
-        .status
-        .as_ref()
-        .and_then(|s| s.server_status.as_ref())
-        .map(|s| s.message.clone())
-        .unwrap_or_default()
-}
-
 /// Waits until the tenant's server status contains every one of `words`.
 async fn wait_for_server_message(client: &Client, name: &str, words: &[&str]) -> String {
     let api: Api<Tenant> = Api::all(client.clone());
@@ -1107,10 +1098,16 @@ async fn a_real_kubelets_failures_reach_the_tenant_status() {
     let configured = wait_for_server_message(
         &env.client,
         &secret,
-        &["CreateContainerConfigError", "secret \"api-keys\" not found"],
+        &[
+            "CreateContainerConfigError",
+            "secret \"api-keys\" not found",
+        ],
     )
     .await;
-    assert!(configured.contains(&format!("{secret}-server-")), "{configured}");
+    assert!(
+        configured.contains(&format!("{secret}-server-")),
+        "{configured}"
+    );
 
     for name in [&pull, &secret] {
         kubectl(&["delete", "tenant", name, "--wait=false"]);

@@ -121,15 +121,6 @@ fn phase_of(tenant: &Tenant) -> &str {
         .unwrap_or("")
 }
 
-fn server_message(tenant: &Tenant) -> String {
-    tenant
-        .status
-        .as_ref()
-        .and_then(|s| s.server_status.as_ref())
-        .map(|s| s.message.clone())
-        .unwrap_or_default()
-}
-
 /// The PHASE column of `kubectl get tenant`.
 fn printed_phase(name: &str) -> String {
     let listing = kubectl(&["get", "tenant", name, "--no-headers"]);

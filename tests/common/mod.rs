@@ -673,3 +673,13 @@ pub fn is_transition_event_name(name: &str) -> bool {
         last.len() == 7 && last.starts_with('t') && last[1..].chars().all(|c| c.is_ascii_digit())
     })
 }
+
+/// The message of the tenant's server status ("" before there is one).
+pub fn server_message(tenant: &Tenant) -> String {
+    tenant
+        .status
+        .as_ref()
+        .and_then(|s| s.server_status.as_ref())
+        .map(|s| s.message.clone())
+        .unwrap_or_default()
+}
