@@ -249,7 +249,7 @@ impl Context {
         reason: &str,
         message: &str,
     ) -> bool {
-        let event = self.event(tenant, name, type_, reason, message);
+        let event = self.event_at(tenant, name, type_, reason, message, Utc::now());
         let sent = self.send_event(&event).await;
         if !sent {
             self.memo(tenant, |m| {
@@ -263,17 +263,6 @@ impl Context {
             });
         }
         sent
-    }
-
-    fn event(
-        &self,
-        tenant: &Tenant,
-        name: String,
-        type_: EventType,
-        reason: &str,
-        message: &str,
-    ) -> k8s_openapi::api::core::v1::Event {
-        self.event_at(tenant, name, type_, reason, message, Utc::now())
     }
 
     fn event_at(
