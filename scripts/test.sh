@@ -16,6 +16,10 @@ cargo test --workspace --lib --bins --examples
 # tests of tests/e2e_real_node.rs need it, and say they are skipped without it.
 export NEURALLOG_REAL_NODE=${NEURALLOG_REAL_NODE:-1}
 
+# The power-cut tests (tests/journal_power_cut.rs, lazyfs/tests) mount a FUSE filesystem;
+# without FUSE they would say they are skipped and pass: here they must run.
+export NEURALLOG_REQUIRE_FUSE=1
+
 started=0
 if bash tests/cluster/cluster.sh status; then
   log "using the cluster that is already running"
