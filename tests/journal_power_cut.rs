@@ -30,6 +30,8 @@ use std::time::{Duration, Instant};
 const CHILD_JOURNAL_ENV: &str = "NEURALLOG_POWER_CUT_JOURNAL";
 /// What starts each acknowledgement line the child prints.
 const ACK: &str = "POWER-CUT-ACK";
+/// What starts the line of a child whose append failed (as all do after the power cut).
+const FAILED: &str = "POWER-CUT-APPEND-FAILED";
 /// The chains the child appends to: (tenant, uid).
 const CHAINS: [(&str, &str); 3] = [
     ("alpha", "uid-alpha"),
@@ -133,6 +135,9 @@ fn run_and_cut(
     let mut acks = Vec::new();
     while acks.len() < wait_for as usize {
         match lines.recv_timeout(ACK_TIMEOUT) {
+            Ok(line) if line.contains(FAILED) => {
+                return Err(format!("before the power cut, {line}"));
+            }
             Ok(line) => acks.extend(parse_ack(&line)),
             Err(RecvTimeoutError::Timeout) => {
                 return Err(format!("no acknowledgement within {ACK_TIMEOUT:?}"));
@@ -299,7 +304,14 @@ fn power_cut_child() {
         let (tenant, uid) = CHAINS[i];
         let (last_seq, phase) = heads[i];
         let entry = next_record(tenant, uid, last_seq + 1, phase);
-        let record = journal.append(entry).expect("appending");
+        let record = match journal.append(entry) {
+            Ok(record) => record,
+            Err(e) => {
+                // After the power cut every append fails: say why and stop, quietly.
+                let _ = writeln!(out, "{FAILED} {e}").and_then(|()| out.flush());
+                return;
+            }
+        };
         writeln!(
             out,
             "{ACK} {} {} {}",
