@@ -7,7 +7,8 @@ source tests/cluster/lib.sh
 
 log() { printf 'test: %s\n' "$*" >&2; }
 
-command -v redis-server >/dev/null 2>&1 || bash scripts/install-redis.sh
+bash scripts/install-test-packages.sh
+export NEURALLOG_REQUIRE_STRACE=1
 
 log "unit tests"
 cargo test --workspace --lib --bins --examples

@@ -52,7 +52,7 @@ impl Journal {
             TransactionError::Abort(e) => e,
             TransactionError::Storage(e) => JournalError::Storage(e),
         })?;
-        self.db.flush()?;
+        self.flush()?;
         Ok(record)
     }
 

@@ -14,6 +14,7 @@
 mod append;
 pub mod codec;
 mod digest;
+mod durable;
 mod error;
 mod read;
 mod read_only;
@@ -52,6 +53,8 @@ pub struct Journal {
     db: sled::Db,
     records: sled::Tree,
     tenants: sled::Tree,
+    /// `None` for a private read-only copy, which nothing needs to survive.
+    disk: Option<durable::DiskSync>,
 }
 
 impl Journal {
@@ -81,11 +84,14 @@ impl Journal {
         neurallog_migrations::migrate(&db).map_err(|e| JournalError::migrating(path, e))?;
         let records = db.open_tree(RECORDS_TREE)?;
         let tenants = db.open_tree(TENANTS_TREE)?;
+        db.flush()?;
+        let disk = durable::DiskSync::open(path).map_err(storage)?;
         Ok(Journal {
             path: path.to_owned(),
             db,
             records,
             tenants,
+            disk: Some(disk),
         })
     }
 
@@ -93,17 +99,25 @@ impl Journal {
         &self.path
     }
 
-    /// Makes everything written so far durable. [`Journal::append`] already does this.
+    /// Makes everything written so far durable, against a power cut too (see
+    /// [`durable`]). [`Journal::append`] already does this.
     pub fn flush(&self) -> Result<(), JournalError> {
         self.db.flush()?;
+        if let Some(disk) = &self.disk {
+            disk.sync().map_err(storage)?;
+        }
         Ok(())
     }
+}
+
+fn storage(error: std::io::Error) -> JournalError {
+    JournalError::Storage(sled::Error::Io(error))
 }
 
 impl Drop for Journal {
     fn drop(&mut self) {
         // Appends are flushed already; this covers bulk appends whose caller forgot.
-        if let Err(error) = self.db.flush() {
+        if let Err(error) = self.flush() {
             tracing::error!(path = %self.path.display(), %error, "flushing the journal on close failed");
         }
     }

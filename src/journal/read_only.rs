@@ -112,6 +112,7 @@ impl Journal {
                 db,
                 records,
                 tenants,
+                disk: None,
             }),
             original: path.to_owned(),
             _scratch: scratch,
