@@ -39,7 +39,7 @@ const CHAINS: [(&str, &str); 3] = [
     ("charlie", "uid-charlie"),
 ];
 /// Power cuts per run, each during an append.
-const DEFAULT_ROUNDS: u32 = 50;
+const DEFAULT_ROUNDS: u32 = 100;
 /// The child stops by itself after this many appends, should its parent be gone.
 const CHILD_MAX_APPENDS: u64 = 100_000;
 /// How long the parent waits for one acknowledgement, or for the killed child's output.
