@@ -47,6 +47,8 @@ const ACK_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Acknowledged appends: (uid, seq) to the hash the child was told.
 type Acked = BTreeMap<(String, u64), String>;
+/// One acknowledgement: (uid, seq) and hash.
+type Ack = ((String, u64), String);
 
 #[test]
 fn acknowledged_appends_survive_power_cuts() {
@@ -129,7 +131,7 @@ fn run_and_cut(
     journal: &Path,
     wait_for: u32,
     jitter: Duration,
-) -> Result<Vec<((String, u64), String)>, String> {
+) -> Result<Vec<Ack>, String> {
     let mut child = ChildGuard(Some(spawn_child("power_cut_child", journal)?));
     let lines = child.lines()?;
     let mut acks = Vec::new();
@@ -228,7 +230,7 @@ impl Drop for ChildGuard {
     }
 }
 
-fn parse_ack(line: &str) -> Option<((String, u64), String)> {
+fn parse_ack(line: &str) -> Option<Ack> {
     // libtest may put "test power_cut_child ... " before the first line.
     let at = line.find(ACK)?;
     let mut fields = line[at + ACK.len()..].split_whitespace();
