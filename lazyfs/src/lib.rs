@@ -152,8 +152,13 @@ pub fn mount_or_skip(test: &str, backing: &Path, mountpoint: &Path) -> Option<La
         .open("/dev/fuse")
         .map_err(|e| format!("cannot open /dev/fuse: {e}"))
         .and_then(|_| {
-            LazyFs::mount(backing, mountpoint)
-                .map_err(|e| format!("cannot mount a FUSE filesystem: {e}"))
+            LazyFs::mount(backing, mountpoint).map_err(|e| match e.kind() {
+                // mount(2) said EPERM and fuser's fallback, fusermount, is not installed.
+                io::ErrorKind::NotFound => {
+                    format!("mounting a FUSE filesystem is not permitted here ({e})")
+                }
+                _ => format!("cannot mount a FUSE filesystem: {e}"),
+            })
         });
     match attempt {
         Ok(fs) => Some(fs),
