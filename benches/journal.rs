@@ -1,5 +1,6 @@
-//! Journal benchmark: durable append latency and throughput against raw sled, and the time
-//! to read and verify a large journal. Prints figures; asserts nothing about speed.
+//! Journal benchmark: durable append latency and throughput at 1, 4 and 16 concurrent
+//! writers next to the disk's own `fdatasync` latency and raw sled, measured in the same run,
+//! and the time to read and verify a large journal. Prints figures; asserts nothing about speed.
 //!
 //! ```text
 //! cargo bench --bench journal
@@ -156,14 +157,53 @@ fn raw_sled_appends(path: &Path, appends: u64, value_len: usize) -> Latencies {
     Latencies::new(micros)
 }
 
-/// Journal appends, rotating over `tenants` chains; each one flushed.
-fn journal_appends(path: &Path, workload: &Workload, appends: u64, tenants: u64) -> Latencies {
+/// Journal appends from `writers` threads at once, each on its own chains, as concurrent
+/// reconciles append; returns each append's latency and the appends per second of the run.
+fn concurrent_appends(
+    path: &Path,
+    workload: &Workload,
+    appends: u64,
+    writers: u64,
+) -> (Latencies, f64) {
     let journal = Journal::open(path).expect("open journal");
-    let micros = (0..appends)
+    let per_writer = appends.div_ceil(writers);
+    let started = Instant::now();
+    let micros: Vec<f64> = std::thread::scope(|scope| {
+        let threads: Vec<_> = (0..writers)
+            .map(|writer| {
+                let journal = &journal;
+                scope.spawn(move || {
+                    (0..per_writer)
+                        .map(|i| {
+                            let entry = workload.entry(writer, i + 1);
+                            let start = Instant::now();
+                            journal.append(entry).expect("append");
+                            start.elapsed().as_secs_f64() * 1e6
+                        })
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        threads
+            .into_iter()
+            .flat_map(|t| t.join().expect("writer thread"))
+            .collect()
+    });
+    let rate = micros.len() as f64 / started.elapsed().as_secs_f64();
+    (Latencies::new(micros), rate)
+}
+
+/// The disk's own durable write: a small `pwrite` then `fdatasync`, one at a time, in the
+/// directory the journal is on.
+fn raw_fdatasync(dir: &Path, writes: u64, len: usize) -> Latencies {
+    use std::os::unix::fs::FileExt;
+    let file = std::fs::File::create(dir.join("raw-fdatasync")).expect("create");
+    let data = vec![0x5a_u8; len];
+    let micros = (0..writes)
         .map(|i| {
-            let entry = workload.entry(i % tenants, i / tenants + 1);
             let start = Instant::now();
-            journal.append(entry).expect("append");
+            file.write_all_at(&data, i * len as u64).expect("pwrite");
+            file.sync_data().expect("fdatasync");
             start.elapsed().as_secs_f64() * 1e6
         })
         .collect();
@@ -225,23 +265,29 @@ fn main() {
         config.appends, config.tenants, config.records, config.chain_len
     );
 
-    println!("\n== durable appends (each flushed) ==");
-    let journal = journal_appends(
-        &root.join("appends"),
-        &workload,
-        config.appends,
-        config.tenants,
-    );
+    println!("\n== durable appends (each fdatasynced before it returns) ==");
+    let (single, _) = concurrent_appends(&root.join("appends"), &workload, config.appends, 1);
     let value_len = stored_value_len(&root.join("appends"));
+    let disk = raw_fdatasync(root, config.appends, value_len);
     let baseline = raw_sled_appends(&root.join("raw"), config.appends, value_len);
-    println!("record value: {value_len} bytes (raw sled uses the same size)");
+    println!("record value: {value_len} bytes (raw sled and raw fdatasync write the same size)");
+    disk.print("disk: pwrite+fdatasync");
     baseline.print("raw sled insert+flush");
-    journal.print("journal append");
+    single.print("journal append, 1 writer");
+    for writers in [4, 16] {
+        let path = root.join(format!("appends-{writers}"));
+        let (latencies, rate) = concurrent_appends(&path, &workload, config.appends, writers);
+        latencies.print(&format!("journal append, {writers} writers"));
+        println!(
+            "{:<28} {rate:>9.0} appends/s   p99/disk p99 {:.2}x",
+            "",
+            latencies.quantile(0.99) / disk.quantile(0.99)
+        );
+    }
     println!(
-        "journal/baseline             throughput {:.2}x   p50 {:.2}x   p99 {:.2}x",
-        journal.per_second() / baseline.per_second(),
-        journal.quantile(0.50) / baseline.quantile(0.50),
-        journal.quantile(0.99) / baseline.quantile(0.99),
+        "1 writer: journal/disk       p50 {:.2}x   p99 {:.2}x",
+        single.quantile(0.50) / disk.quantile(0.50),
+        single.quantile(0.99) / disk.quantile(0.99),
     );
 
     println!("\n== read + verify {} records ==", config.records);

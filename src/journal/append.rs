@@ -4,6 +4,7 @@ use super::codec::{self, Fields};
 use super::digest::Digest;
 use super::read::{decode_record, decode_summary};
 use super::record::{NewRecord, Record, TenantSummary};
+use super::writer::Store;
 use super::{Journal, JournalError};
 use neurallog_migrations::layout::{KEY_SEPARATOR, RECORDS_TREE, display_record_key, record_key};
 use sled::Transactional;
@@ -22,38 +23,17 @@ enum Placement {
 }
 
 impl Journal {
-    /// Appends `entry` to its chain and flushes: the record is durable when this returns.
+    /// Appends `entry` to its chain, durably: the record is on disk (fdatasynced) when this
+    /// returns.
     ///
     /// `entry.seq` must be the chain's last seq + 1. Retrying an append whose record is
     /// already stored returns the stored record; a different record at a stored seq, or a
-    /// seq past the next one, is a [`JournalError::Conflict`]. The record and the chain's
-    /// summary are written in one transaction, so concurrent appenders cannot create a gap
-    /// or a duplicate.
+    /// seq past the next one, is a [`JournalError::Conflict`]. Appends from any number of
+    /// threads are written by one writer thread, many to a transaction and one sync
+    /// ([`super::writer`]), so they cannot create a gap or a duplicate.
     pub fn append(&self, entry: NewRecord) -> Result<Record, JournalError> {
         validate(&entry)?;
-        let key = record_key(&entry.uid, entry.seq);
-        let outcome = (&self.records, &self.tenants).transaction(|(records, tenants)| {
-            let head = read_head(tenants, &entry.uid)?;
-            match place(&entry, head.as_ref()).map_err(abort)? {
-                Placement::Next { prev_hash } => {
-                    let (value, record) = codec::encode_new(&entry, prev_hash);
-                    records.insert(key.as_slice(), value)?;
-                    let summary = summary_after(head.as_ref(), &record);
-                    tenants.insert(
-                        entry.uid.as_bytes(),
-                        codec::row_from_summary(&summary).encode(),
-                    )?;
-                    Ok(record)
-                }
-                Placement::Stored => stored_retry(records, &key, &entry),
-            }
-        });
-        let record = outcome.map_err(|e| match e {
-            TransactionError::Abort(e) => e,
-            TransactionError::Storage(e) => JournalError::Storage(e),
-        })?;
-        self.flush()?;
-        Ok(record)
+        self.writer.append(entry)
     }
 
     /// Appends many records with the checks of [`Journal::append`] but without its
@@ -105,6 +85,61 @@ impl Journal {
         }
         self.tenants.apply_batch(summaries)?;
         Ok(())
+    }
+}
+
+/// Writes a batch of validated entries in one transaction, in order (an entry sees the
+/// chains as the entries before it left them), then flushes and syncs once. Each entry
+/// gets its own outcome; a storage failure fails them all.
+pub(super) fn commit_batch(
+    store: &Store,
+    entries: &[NewRecord],
+) -> Vec<Result<Record, JournalError>> {
+    let written = (&store.records, &store.tenants).transaction(|(records, tenants)| {
+        entries
+            .iter()
+            .map(|entry| append_in(records, tenants, entry))
+            .collect::<TxResult<Vec<_>>>()
+    });
+    let storage_failure = match written {
+        Ok(outcomes) => match store.flush() {
+            Ok(()) => return outcomes,
+            Err(error) => error,
+        },
+        Err(TransactionError::Storage(error)) => error,
+        Err(TransactionError::Abort(never)) => match never {},
+    };
+    entries
+        .iter()
+        .map(|_| Err(JournalError::Storage(storage_failure.clone())))
+        .collect()
+}
+
+/// Appends `entry` inside a transaction: the outer error aborts the transaction (storage),
+/// the inner one is this entry's refusal, which writes nothing.
+fn append_in(
+    records: &TransactionalTree,
+    tenants: &TransactionalTree,
+    entry: &NewRecord,
+) -> TxResult<Result<Record, JournalError>> {
+    let key = record_key(&entry.uid, entry.seq);
+    let head = match read_head(tenants, &entry.uid)? {
+        Ok(head) => head,
+        Err(refused) => return Ok(Err(refused)),
+    };
+    match place(entry, head.as_ref()) {
+        Ok(Placement::Next { prev_hash }) => {
+            let (value, record) = codec::encode_new(entry, prev_hash);
+            records.insert(key.as_slice(), value)?;
+            let summary = summary_after(head.as_ref(), &record);
+            tenants.insert(
+                entry.uid.as_bytes(),
+                codec::row_from_summary(&summary).encode(),
+            )?;
+            Ok(Ok(record))
+        }
+        Ok(Placement::Stored) => stored_retry(records, &key, entry),
+        Err(refused) => Ok(Err(refused)),
     }
 }
 
@@ -177,38 +212,42 @@ fn summary_after(head: Option<&TenantSummary>, record: &Record) -> TenantSummary
     }
 }
 
-type TxResult<T> = Result<T, ConflictableTransactionError<JournalError>>;
+/// A transaction's own result: only storage errors abort it (see [`append_in`]).
+type TxResult<T> = Result<T, ConflictableTransactionError<std::convert::Infallible>>;
 
-fn abort(error: JournalError) -> ConflictableTransactionError<JournalError> {
-    ConflictableTransactionError::Abort(error)
-}
-
-fn read_head(tenants: &TransactionalTree, uid: &str) -> TxResult<Option<TenantSummary>> {
+fn read_head(
+    tenants: &TransactionalTree,
+    uid: &str,
+) -> TxResult<Result<Option<TenantSummary>, JournalError>> {
     let Some(bytes) = tenants.get(uid.as_bytes())? else {
-        return Ok(None);
+        return Ok(Ok(None));
     };
-    let summary = decode_summary(uid.as_bytes(), &bytes).map_err(abort)?;
-    Ok(Some(summary))
+    Ok(decode_summary(uid.as_bytes(), &bytes).map(Some))
 }
 
 /// The stored record at `key` if it is what `entry` would have stored, else a conflict.
-fn stored_retry(records: &TransactionalTree, key: &[u8], entry: &NewRecord) -> TxResult<Record> {
+fn stored_retry(
+    records: &TransactionalTree,
+    key: &[u8],
+    entry: &NewRecord,
+) -> TxResult<Result<Record, JournalError>> {
     let Some(value) = records.get(key)? else {
-        return Err(abort(JournalError::Corrupt {
+        return Ok(Err(JournalError::Corrupt {
             tree: RECORDS_TREE,
             key: display_record_key(key),
             detail: "the chain's summary counts this record but it is missing".into(),
         }));
     };
-    let stored = decode_record(key, &value).map_err(abort)?;
-    if stored.matches(entry) {
-        Ok(stored)
-    } else {
-        Err(abort(conflict(
-            entry,
-            "a different record is already stored at this seq",
-        )))
-    }
+    Ok(decode_record(key, &value).and_then(|stored| {
+        if stored.matches(entry) {
+            Ok(stored)
+        } else {
+            Err(conflict(
+                entry,
+                "a different record is already stored at this seq",
+            ))
+        }
+    }))
 }
 
 fn conflict(entry: &NewRecord, reason: impl Into<String>) -> JournalError {

@@ -21,6 +21,7 @@ mod read_only;
 mod record;
 mod recovery;
 mod verify;
+mod writer;
 
 #[cfg(test)]
 mod schema_v1_fixture;
@@ -39,6 +40,7 @@ pub use verify::{Problem, ProblemKind, VerifyProgress, VerifyReport, VerifyScope
 
 use neurallog_migrations::layout::{RECORDS_TREE, TENANTS_TREE};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 /// The journal's schema version (see [`neurallog_migrations`]).
 pub const SCHEMA_VERSION: u32 = neurallog_migrations::CURRENT_VERSION;
@@ -54,7 +56,8 @@ pub struct Journal {
     records: sled::Tree,
     tenants: sled::Tree,
     /// `None` for a private read-only copy, which nothing needs to survive.
-    disk: Option<durable::DiskSync>,
+    disk: Option<Arc<durable::DiskSync>>,
+    writer: writer::Writer,
 }
 
 impl Journal {
@@ -82,16 +85,31 @@ impl Journal {
             .open()
             .map_err(|e| JournalError::opening(path, e))?;
         neurallog_migrations::migrate(&db).map_err(|e| JournalError::migrating(path, e))?;
-        let records = db.open_tree(RECORDS_TREE)?;
-        let tenants = db.open_tree(TENANTS_TREE)?;
         db.flush()?;
         let disk = durable::DiskSync::open(path).map_err(storage)?;
+        Self::with_parts(path, db, Some(Arc::new(disk)))
+    }
+
+    /// The journal on `db`, whose schema is current, with its writer thread.
+    fn with_parts(
+        path: &Path,
+        db: sled::Db,
+        disk: Option<Arc<durable::DiskSync>>,
+    ) -> Result<Journal, JournalError> {
+        let store = writer::Store {
+            records: db.open_tree(RECORDS_TREE)?,
+            tenants: db.open_tree(TENANTS_TREE)?,
+            db,
+            disk,
+        };
+        let writer = writer::Writer::start(store.clone()).map_err(storage)?;
         Ok(Journal {
             path: path.to_owned(),
-            db,
-            records,
-            tenants,
-            disk: Some(disk),
+            db: store.db,
+            records: store.records,
+            tenants: store.tenants,
+            disk: store.disk,
+            writer,
         })
     }
 

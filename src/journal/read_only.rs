@@ -104,16 +104,8 @@ impl Journal {
             .open()
             .map_err(|e| JournalError::opening(path, e))?;
         check_schema(path, &db)?;
-        let records = db.open_tree(RECORDS_TREE).map_err(JournalError::from)?;
-        let tenants = db.open_tree(TENANTS_TREE).map_err(JournalError::from)?;
         Ok(JournalCopy {
-            journal: Some(Journal {
-                path: scratch.0.clone(),
-                db,
-                records,
-                tenants,
-                disk: None,
-            }),
+            journal: Some(Journal::with_parts(&scratch.0, db, None)?),
             original: path.to_owned(),
             _scratch: scratch,
         })

@@ -373,3 +373,40 @@ mod property {
         }
     }
 }
+
+#[test]
+fn one_batch_refuses_an_entry_without_failing_the_others() {
+    let (_dir, journal) = open_temp();
+    let store = super::writer::Store {
+        db: journal.db.clone(),
+        records: journal.records.clone(),
+        tenants: journal.tenants.clone(),
+        disk: journal.disk.clone(),
+    };
+    let batch = [
+        sample_entry("acme", UID_A, 1),
+        sample_entry("acme", UID_A, 3),
+        sample_entry("acme", UID_A, 2),
+        sample_entry("other", UID_B, 1),
+        sample_entry("acme", UID_A, 1),
+    ];
+    let outcomes = super::append::commit_batch(&store, &batch);
+    let seqs: Vec<_> = outcomes
+        .iter()
+        .map(|o| o.as_ref().map(|r| r.seq).map_err(|e| e.to_string()))
+        .collect();
+    assert_eq!(seqs[0], Ok(1));
+    assert!(
+        seqs[1].as_ref().is_err_and(|e| e.contains("skips ahead")),
+        "{seqs:?}"
+    );
+    assert_eq!(
+        seqs[2..],
+        [Ok(2), Ok(1), Ok(1)],
+        "the retry of seq 1 returns it"
+    );
+    let chain: Vec<u64> = history(&journal, UID_A).iter().map(|r| r.seq).collect();
+    assert_eq!(chain, [1, 2]);
+    assert_eq!(history(&journal, UID_B).len(), 1);
+    assert!(journal.verify().unwrap().is_ok());
+}
