@@ -13,7 +13,9 @@ pub mod status;
 
 use crate::auth::{AuthClient, AuthError};
 use crate::crd::{Tenant, TenantStatus, namespace_for};
-use crate::journal::{Journal, JournalError, NewRecord, Record, RecoveryMark, spec_digest};
+use crate::journal::{
+    Journal, JournalError, NewRecord, Record, RecoveryMark, record_time, spec_digest,
+};
 use crate::journal_slot::JournalSlot;
 use crate::metrics::{Metrics, ResultLabel};
 use crate::render::{self, RenderError, RenderSettings};
@@ -462,11 +464,19 @@ impl Context {
             return Ok(None);
         };
         let spec = serde_json::to_value(&tenant.spec).map_err(Error::Serialize)?;
+        let clock = Utc::now();
+        let time = record_time(clock, last);
+        if time > clock {
+            warn!(
+                behind_ms = (time - clock).num_milliseconds(),
+                "the clock is behind this tenant's last journal record (stepped back?): recording that record's time again"
+            );
+        }
         let entry = NewRecord::from_transition(
             tenant.name_any(),
             tenant.uid().ok_or(Error::MissingUid)?,
             last.map_or(1, |r| r.seq + 1),
-            Utc::now(),
+            time,
             tenant.metadata.generation.unwrap_or(0),
             input,
             transition,

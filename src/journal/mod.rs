@@ -34,7 +34,7 @@ pub use digest::{Digest, spec_digest};
 pub use error::JournalError;
 pub use read::RecordIter;
 pub use read_only::{JournalCopy, ReadOnlyError};
-pub use record::{NewRecord, Record, TenantSummary};
+pub use record::{NewRecord, Record, TenantSummary, record_time};
 pub use recovery::RecoveryMark;
 pub use verify::{Problem, ProblemKind, VerifyProgress, VerifyReport, VerifyScope};
 

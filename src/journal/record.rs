@@ -57,6 +57,15 @@ impl NewRecord {
     }
 }
 
+/// The time to record for a transition taken at `clock` after `previous`: the clock, but
+/// never earlier than the previous record's time. A chain's times never go backwards (the
+/// journal refuses that, and `verify` checks it), so a clock stepped back would otherwise
+/// stop every transition; instead the chain repeats its last time until the clock catches
+/// up. Order is by seq either way.
+pub fn record_time(clock: DateTime<Utc>, previous: Option<&Record>) -> DateTime<Utc> {
+    previous.map_or(clock, |previous| clock.max(previous.time))
+}
+
 /// One journaled transition, as stored. Serializes to camelCase JSON for export.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]

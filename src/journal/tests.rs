@@ -410,3 +410,49 @@ fn one_batch_refuses_an_entry_without_failing_the_others() {
     assert_eq!(history(&journal, UID_B).len(), 1);
     assert!(journal.verify().unwrap().is_ok());
 }
+
+#[test]
+fn a_clock_stepped_back_does_not_stop_transitions() {
+    let (_dir, journal) = open_temp();
+    let second = Duration::seconds(1);
+    // An injected clock: it steps back an hour after the second transition.
+    let clock = [
+        t0(),
+        t0() + second,
+        t0() - Duration::hours(1),
+        t0() - Duration::hours(1) + second,
+        t0() + second * 2,
+    ];
+    let mut raw = sample_entry("acme", UID_A, 3);
+    let mut last: Option<Record> = None;
+    for (i, now) in clock.into_iter().enumerate() {
+        let mut entry = sample_entry("acme", UID_A, i as u64 + 1);
+        if i == 2 {
+            raw = entry.clone();
+            raw.time = now;
+        }
+        entry.time = record_time(now, last.as_ref());
+        last = Some(journal.append(entry).unwrap());
+    }
+    let times: Vec<_> = history(&journal, UID_A).iter().map(|r| r.time).collect();
+    assert_eq!(
+        times,
+        [
+            t0(),
+            t0() + second,
+            t0() + second,
+            t0() + second,
+            t0() + second * 2
+        ]
+    );
+    assert!(journal.verify().unwrap().is_ok());
+    // What record_time prevents: the clock's own time is refused after a later record.
+    let (_dir2, other) = open_temp();
+    other.append(sample_entry("acme", UID_A, 1)).unwrap();
+    other.append(sample_entry("acme", UID_A, 2)).unwrap();
+    raw.time = t0() - Duration::hours(1);
+    assert!(matches!(
+        other.append(raw),
+        Err(JournalError::Invalid { .. })
+    ));
+}
