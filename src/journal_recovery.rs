@@ -41,15 +41,39 @@ pub fn open_or_replace(
     statuses: &[StatusPosition],
     now: DateTime<Utc>,
 ) -> Result<Journal, RecoveryError> {
-    let reason = match Journal::open(path) {
+    let (reason, replaced) = match Journal::open(path) {
         Ok(journal) => match damage(&journal, statuses)? {
             None => return Ok(journal),
-            Some(reason) => reason,
+            Some(reason) => (reason, journal.recovery()?),
         },
-        Err(error) if is_damage(&error) => error.to_string(),
+        Err(error) if is_damage(&error) => (error.to_string(), None),
         Err(error) => return Err(error.into()),
     };
-    replace(path, reason, now)
+    let earlier = earlier_chains(replaced.as_ref(), statuses);
+    replace(path, reason, now, earlier)
+}
+
+/// Every chain the new journal's history replaces: the damaged journal's own and those it
+/// replaced, and each chain a Tenant's status names now (the new journal tells those
+/// tenants of the recovery; their statuses move to its chain as they are reconciled).
+fn earlier_chains(
+    replaced: Option<&RecoveryMark>,
+    statuses: &[StatusPosition],
+) -> Vec<Option<String>> {
+    let mut chains: Vec<Option<String>> = match replaced {
+        Some(mark) => {
+            let mut chains = mark.earlier_chains.clone();
+            chains.push(Some(mark.chain_label()));
+            chains
+        }
+        None => vec![None],
+    };
+    for status in statuses {
+        if !chains.contains(&status.chain) {
+            chains.push(status.chain.clone());
+        }
+    }
+    chains
 }
 
 /// Errors that mean the bytes are bad, not that the journal is busy, too new or unreachable.
@@ -74,8 +98,27 @@ fn damage(journal: &Journal, statuses: &[StatusPosition]) -> Result<Option<Strin
     if let Some(problem) = report.first_problem {
         return Ok(Some(format!("verify: {problem}")));
     }
-    let chain = journal.recovery()?.map(|m| m.chain_label());
-    for status in statuses.iter().filter(|s| s.chain == chain) {
+    let mark = journal.recovery()?;
+    let chain = mark.as_ref().map(RecoveryMark::chain_label);
+    for status in statuses {
+        if status.chain != chain {
+            // A chain this journal replaced is history; any other is a fork: the status
+            // was written from a journal this one never was (another replica's, a
+            // restored backup), so this journal cannot vouch for it.
+            if mark
+                .as_ref()
+                .is_some_and(|m| m.knows(status.chain.as_deref()))
+            {
+                continue;
+            }
+            return Ok(Some(format!(
+                "Tenant {} shows journal record {} of chain {}, which this journal ({}) neither holds nor replaced",
+                status.tenant,
+                status.sequence,
+                chain_name(status.chain.as_deref()),
+                chain_name(chain.as_deref()),
+            )));
+        }
         // A status is written only after its record is durable: a missing record was lost
         // (an emptied journal volume loses every record, and is damage too).
         let lost = match journal.record(&status.uid, status.sequence)? {
@@ -99,7 +142,17 @@ fn damage(journal: &Journal, statuses: &[StatusPosition]) -> Result<Option<Strin
     Ok(None)
 }
 
-fn replace(path: &Path, reason: String, now: DateTime<Utc>) -> Result<Journal, RecoveryError> {
+/// How logs and reasons name a chain.
+fn chain_name(chain: Option<&str>) -> String {
+    chain.map_or_else(|| "original".to_owned(), |c| format!("{c:?}"))
+}
+
+fn replace(
+    path: &Path,
+    reason: String,
+    now: DateTime<Utc>,
+    earlier_chains: Vec<Option<String>>,
+) -> Result<Journal, RecoveryError> {
     let moved_to = aside(path, now);
     std::fs::rename(path, &moved_to).map_err(|source| RecoveryError::Move {
         from: path.to_owned(),
@@ -108,10 +161,15 @@ fn replace(path: &Path, reason: String, now: DateTime<Utc>) -> Result<Journal, R
         source,
     })?;
     let journal = Journal::open(path)?;
+    let chain = (1..)
+        .map(|n| RecoveryMark::label_at(now, n))
+        .find(|label| !earlier_chains.contains(&Some(label.clone())));
     let mark = RecoveryMark {
         moved_to: moved_to.display().to_string(),
         reason,
         at: now,
+        chain,
+        earlier_chains,
     };
     journal.mark_recovery(&mark)?;
     tracing::error!(
@@ -122,11 +180,22 @@ fn replace(path: &Path, reason: String, now: DateTime<Utc>) -> Result<Journal, R
     Ok(journal)
 }
 
-/// `<path>.damaged-<UTC time>`, next to the journal.
+/// `<path>.damaged-<UTC time>` next to the journal, with `-<n>` if a journal damaged in
+/// the same second is there already.
 fn aside(path: &Path, now: DateTime<Utc>) -> PathBuf {
-    let mut name = path.file_name().unwrap_or_default().to_os_string();
-    name.push(format!(".damaged-{}", now.format("%Y%m%dT%H%M%SZ")));
-    path.with_file_name(name)
+    let stamp = now.format("%Y%m%dT%H%M%SZ");
+    let named = |n: u32| {
+        let mut name = path.file_name().unwrap_or_default().to_os_string();
+        name.push(format!(".damaged-{stamp}"));
+        if n > 1 {
+            name.push(format!("-{n}"));
+        }
+        path.with_file_name(name)
+    };
+    (1..)
+        .map(named)
+        .find(|candidate| !candidate.exists())
+        .unwrap_or_else(|| named(0))
 }
 
 #[cfg(test)]

@@ -14,13 +14,36 @@ pub struct RecoveryMark {
     pub moved_to: String,
     pub reason: String,
     pub at: DateTime<Utc>,
+    /// This journal's chain label, chosen apart from every earlier one. Marks written
+    /// before it was stored derive it from `at` (see [`RecoveryMark::chain_label`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chain: Option<String>,
+    /// The chains this journal's history replaced (`None`: the original journal), and
+    /// those the Tenants' statuses named when it started: a status naming one of them is
+    /// from before the recovery, not a sign of damage.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub earlier_chains: Vec<Option<String>>,
 }
 
 impl RecoveryMark {
-    /// Names this chain apart from the one it replaced (the same tenant's seq 1 exists in
-    /// both), for example in Event names.
+    /// Names this chain apart from the ones it replaced (the same tenant's seq 1 exists in
+    /// each), for example in Event names.
     pub fn chain_label(&self) -> String {
-        format!("r{}", self.at.format("%Y%m%d%H%M%S"))
+        self.chain
+            .clone()
+            .unwrap_or_else(|| Self::label_at(self.at, 1))
+    }
+
+    /// `r<UTC time to the second>`, and `-<n>` from the second label of the same second.
+    pub fn label_at(at: DateTime<Utc>, n: u32) -> String {
+        let base = format!("r{}", at.format("%Y%m%d%H%M%S"));
+        if n <= 1 { base } else { format!("{base}-{n}") }
+    }
+
+    /// Whether a status naming `chain` belongs to this journal's history.
+    pub fn knows(&self, chain: Option<&str>) -> bool {
+        chain == Some(self.chain_label().as_str())
+            || self.earlier_chains.iter().any(|c| c.as_deref() == chain)
     }
 }
 
@@ -72,15 +95,28 @@ mod tests {
             moved_to: "/j.damaged".into(),
             reason: "flipped byte".into(),
             at: t0(),
+            chain: Some("r20250102030405-2".into()),
+            earlier_chains: vec![None, Some("r20250102030405".into())],
         };
         journal.mark_recovery(&mark).unwrap();
         drop(journal);
         let journal = Journal::open(&dir.path().join("journal")).unwrap();
-        assert_eq!(journal.recovery().unwrap(), Some(mark));
+        assert_eq!(journal.recovery().unwrap(), Some(mark.clone()));
+        assert_eq!(mark.chain_label(), "r20250102030405-2");
+        assert!(mark.knows(None) && mark.knows(Some("r20250102030405")));
+        assert!(mark.knows(Some("r20250102030405-2")) && !mark.knows(Some("r1")));
         assert!(
             journal.verify().unwrap().is_ok(),
             "the mark is not a stray key"
         );
+    }
+
+    #[test]
+    fn a_mark_written_before_labels_were_stored_keeps_its_label() {
+        let old = r#"{"movedTo":"/j.damaged","reason":"x","at":"2025-01-02T03:04:05Z"}"#;
+        let mark: RecoveryMark = serde_json::from_str(old).unwrap();
+        assert_eq!(mark.chain_label(), "r20250102030405");
+        assert!(mark.earlier_chains.is_empty());
     }
 
     #[test]

@@ -82,15 +82,68 @@ fn a_lost_tail_shown_by_a_tenant_status_is_detected() {
 }
 
 #[test]
-fn statuses_of_another_chain_are_not_damage() {
+fn a_status_of_a_chain_the_journal_never_held_is_a_fork() {
     let dir = tempfile::tempdir().unwrap();
-    journal_with_history(dir.path());
+    let hashes = journal_with_history(dir.path());
     let other_chain = StatusPosition {
         chain: Some("r20250101000000".into()),
         ..status(9, "feed")
     };
-    let journal = open_or_replace(&dir.path().join("journal"), &[other_chain], t0()).unwrap();
-    assert_eq!(journal.recovery().unwrap(), None);
+    let path = dir.path().join("journal");
+    let journal =
+        open_or_replace(&path, &[status(4, &hashes[3]), other_chain.clone()], t0()).unwrap();
+    let mark = journal.recovery().unwrap().expect("recovery mark");
+    assert!(
+        mark.reason.contains(
+            "chain \"r20250101000000\", which this journal (original) neither holds nor replaced"
+        ),
+        "{}",
+        mark.reason
+    );
+    assert_eq!(
+        mark.earlier_chains,
+        [None, Some("r20250101000000".to_owned())],
+        "the replaced chain and the one the statuses named"
+    );
+    drop(journal);
+    // Restarting before the statuses moved to the new chain is not damage again.
+    let journal = open_or_replace(&path, &[status(4, &hashes[3]), other_chain], t0()).unwrap();
+    assert_eq!(journal.recovery().unwrap(), Some(mark));
+    assert_eq!(moved_aside(dir.path()).len(), 1);
+}
+
+#[test]
+fn two_recoveries_in_one_second_get_their_own_names_and_chains() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("journal");
+    journal_with_history(dir.path());
+    Journal::open(&path).unwrap().corrupt_for_test(UID, 2);
+    let first = open_or_replace(&path, &[], t0()).unwrap();
+    let first_mark = first.recovery().unwrap().expect("first recovery");
+    for entry in lifecycle("acme", UID, t0(), &TO_RUNNING) {
+        first.append(entry).unwrap();
+    }
+    drop(first);
+    Journal::open(&path).unwrap().corrupt_for_test(UID, 2);
+    let second = open_or_replace(&path, &[], t0()).unwrap();
+    let second_mark = second.recovery().unwrap().expect("second recovery");
+    assert_eq!(
+        moved_aside(dir.path()).len(),
+        2,
+        "both damaged journals kept"
+    );
+    assert_ne!(first_mark.moved_to, second_mark.moved_to);
+    assert!(
+        second_mark.moved_to.ends_with("-2"),
+        "{}",
+        second_mark.moved_to
+    );
+    assert_eq!(first_mark.chain_label(), "r20250102030405");
+    assert_eq!(second_mark.chain_label(), "r20250102030405-2");
+    assert_eq!(
+        second_mark.earlier_chains,
+        [None, Some(first_mark.chain_label())]
+    );
 }
 
 #[test]
