@@ -4,9 +4,11 @@
 //! a record that never reached the disk. So after a storage failure the slot drops the
 //! journal at once (nothing half-written is read back and mirrored to Kubernetes) and
 //! reopens it from disk on a later use, at most once per [`REOPEN_INTERVAL`]: the operator
-//! resumes by itself when the disk has space again.
+//! resumes by itself when the disk has space again. A reopened journal must still hold
+//! every record the closed one acknowledged; one that lost any stays closed, and the
+//! start-up check of the next operator start moves it aside (`journal_recovery`).
 
-use crate::journal::{Journal, JournalError};
+use crate::journal::{Acknowledged, Journal, JournalError};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -20,7 +22,12 @@ pub struct JournalSlot {
 
 enum State {
     Open(Arc<Journal>),
-    Broken { error: String, next_try: Instant },
+    Broken {
+        error: String,
+        next_try: Instant,
+        /// What the closed journal had acknowledged.
+        acknowledged: Vec<Acknowledged>,
+    },
 }
 
 impl JournalSlot {
@@ -39,29 +46,46 @@ impl JournalSlot {
     /// passed. Blocks on disk I/O: call from a blocking context.
     pub fn get(&self) -> Result<Arc<Journal>, JournalError> {
         let mut state = self.lock();
-        match &*state {
+        match &mut *state {
             State::Open(journal) => Ok(journal.clone()),
-            State::Broken { error, next_try } if Instant::now() < *next_try => {
-                Err(JournalError::Unavailable {
-                    reason: error.clone(),
-                })
+            State::Broken {
+                error, next_try, ..
+            } if Instant::now() < *next_try => Err(JournalError::Unavailable {
+                reason: error.clone(),
+            }),
+            State::Broken { acknowledged, .. } => {
+                let acknowledged = std::mem::take(acknowledged);
+                match self.reopen(&acknowledged) {
+                    Ok(journal) => {
+                        tracing::info!(path = %self.path.display(), "journal reopened; resuming");
+                        let journal = Arc::new(journal);
+                        *state = State::Open(journal.clone());
+                        Ok(journal)
+                    }
+                    Err(error) => {
+                        let reason = error.to_string();
+                        *state = State::Broken {
+                            error: reason.clone(),
+                            next_try: Instant::now() + REOPEN_INTERVAL,
+                            acknowledged,
+                        };
+                        Err(JournalError::Unavailable { reason })
+                    }
+                }
             }
-            State::Broken { .. } => match Journal::open(&self.path) {
-                Ok(journal) => {
-                    tracing::info!(path = %self.path.display(), "journal reopened; resuming");
-                    let journal = Arc::new(journal);
-                    *state = State::Open(journal.clone());
-                    Ok(journal)
-                }
-                Err(error) => {
-                    let reason = error.to_string();
-                    *state = State::Broken {
-                        error: reason.clone(),
-                        next_try: Instant::now() + REOPEN_INTERVAL,
-                    };
-                    Err(JournalError::Unavailable { reason })
-                }
-            },
+        }
+    }
+
+    /// Opens the journal again, if it still holds what was acknowledged.
+    fn reopen(&self, acknowledged: &[Acknowledged]) -> Result<Journal, JournalError> {
+        let journal = Journal::open(&self.path)?;
+        match journal.lost_acknowledged(acknowledged)? {
+            None => Ok(journal),
+            Some(lost) => Err(JournalError::Unavailable {
+                reason: format!(
+                    "the reopened journal is damaged ({lost}); restart the operator: its start-up check moves the journal aside and starts a new one"
+                ),
+            }),
         }
     }
 
@@ -98,9 +122,15 @@ impl JournalSlot {
 
     fn close_after(&self, error: &JournalError) {
         tracing::error!(path = %self.path.display(), %error, "journal write failed: holding every phase change until it can be written");
-        *self.lock() = State::Broken {
+        let mut state = self.lock();
+        let acknowledged = match &mut *state {
+            State::Open(journal) => journal.acknowledged(),
+            State::Broken { acknowledged, .. } => std::mem::take(acknowledged),
+        };
+        *state = State::Broken {
             error: error.to_string(),
             next_try: Instant::now() + REOPEN_INTERVAL,
+            acknowledged,
         };
     }
 
@@ -133,6 +163,32 @@ mod tests {
         std::thread::sleep(REOPEN_INTERVAL);
         slot.get().expect("reopened");
         assert_eq!(slot.unwritable(), None);
+    }
+
+    #[test]
+    fn a_reopened_journal_that_lost_an_acknowledged_record_stays_closed() {
+        use crate::journal::testing::sample_entry;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("journal");
+        let slot = JournalSlot::new(Journal::open(&path).expect("open"));
+        slot.with(|j| j.append(sample_entry("acme", "uid-1", 1)))
+            .expect("append");
+        let failed: Result<(), _> = slot.with(|_| Err(storage_error()));
+        assert!(failed.is_err());
+        // While it was closed the journal lost its record: here, the whole directory.
+        std::fs::remove_dir_all(&path).expect("remove");
+        std::thread::sleep(REOPEN_INTERVAL);
+        let Err(JournalError::Unavailable { reason }) = slot.get() else {
+            panic!("a journal that lost an acknowledged record was reopened");
+        };
+        assert!(
+            reason.contains("record 1 of chain uid-1 was acknowledged but is gone"),
+            "{reason}"
+        );
+        assert!(slot.unwritable().is_some());
+        // It is checked again on the next try, not forgotten.
+        std::thread::sleep(REOPEN_INTERVAL);
+        assert!(slot.get().is_err());
     }
 
     #[test]

@@ -33,7 +33,9 @@ impl Journal {
     /// ([`super::writer`]), so they cannot create a gap or a duplicate.
     pub fn append(&self, entry: NewRecord) -> Result<Record, JournalError> {
         validate(&entry)?;
-        self.writer.append(entry)
+        let record = self.writer.append(entry)?;
+        self.acknowledge(&record);
+        Ok(record)
     }
 
     /// Appends many records with the checks of [`Journal::append`] but without its

@@ -57,8 +57,14 @@ pub struct Journal {
     tenants: sled::Tree,
     /// `None` for a private read-only copy, which nothing needs to survive.
     disk: Option<Arc<durable::DiskSync>>,
+    /// The last record this handle acknowledged per chain: what a reopened journal must
+    /// still hold.
+    acknowledged: std::sync::Mutex<std::collections::HashMap<String, (u64, Digest)>>,
     writer: writer::Writer,
 }
+
+/// A record a journal handle acknowledged: (uid, seq, hash).
+pub type Acknowledged = (String, u64, Digest);
 
 impl Journal {
     /// Opens (creating if needed) the journal at `path` and migrates it to
@@ -109,12 +115,56 @@ impl Journal {
             records: store.records,
             tenants: store.tenants,
             disk: store.disk,
+            acknowledged: Default::default(),
             writer,
         })
     }
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// The last record this handle appended (or confirmed) per chain.
+    pub fn acknowledged(&self) -> Vec<Acknowledged> {
+        let heads = self.acknowledged.lock().unwrap_or_else(|p| p.into_inner());
+        heads
+            .iter()
+            .map(|(uid, (seq, hash))| (uid.clone(), *seq, *hash))
+            .collect()
+    }
+
+    fn acknowledge(&self, record: &Record) {
+        let mut heads = self.acknowledged.lock().unwrap_or_else(|p| p.into_inner());
+        let head = heads.entry(record.uid.clone()).or_insert((0, Digest::ZERO));
+        if record.seq >= head.0 {
+            *head = (record.seq, record.hash);
+        }
+    }
+
+    /// The first of `acknowledged` (by an earlier handle on this journal) that this journal
+    /// no longer holds as acknowledged, described; `None` if it holds them all.
+    pub fn lost_acknowledged(
+        &self,
+        acknowledged: &[Acknowledged],
+    ) -> Result<Option<String>, JournalError> {
+        for (uid, seq, hash) in acknowledged {
+            match self.record(uid, *seq)? {
+                Some(record) if record.hash == *hash => {}
+                Some(record) => {
+                    return Ok(Some(format!(
+                        "record {seq} of chain {uid} was acknowledged with hash {} but reads back as {}",
+                        hash.to_hex(),
+                        record.hash.to_hex()
+                    )));
+                }
+                None => {
+                    return Ok(Some(format!(
+                        "record {seq} of chain {uid} was acknowledged but is gone"
+                    )));
+                }
+            }
+        }
+        Ok(None)
     }
 
     /// Makes everything written so far durable, against a power cut too (see
