@@ -104,6 +104,15 @@ impl JournalSlot {
         result
     }
 
+    /// The last record of chain `uid` if the open journal has it in memory: no disk read,
+    /// so no blocking thread needed. `None`: read it with [`JournalSlot::with`].
+    pub fn cached_last(&self, uid: &str) -> Option<Option<crate::journal::Record>> {
+        match &*self.lock() {
+            State::Open(journal) => journal.cached_last(uid),
+            State::Broken { .. } => None,
+        }
+    }
+
     /// Why the journal cannot be written now, if it cannot.
     pub fn unwritable(&self) -> Option<String> {
         match &*self.lock() {

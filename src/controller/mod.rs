@@ -750,8 +750,13 @@ async fn report_unwritable_journal(tenant: &Tenant, ctx: &Context, error: &Error
 async fn reconcile_tenant(tenant: Arc<Tenant>, ctx: Arc<Context>) -> Result<Action, Error> {
     let started = Instant::now();
     let uid = tenant.uid().ok_or(Error::MissingUid)?;
-    let journal_uid = uid.clone();
-    let mut tail = ctx.blocking(move |j| j.last(&journal_uid)).await?;
+    let mut tail = match ctx.journal.cached_last(&uid) {
+        Some(tail) => tail,
+        None => {
+            let journal_uid = uid.clone();
+            ctx.blocking(move |j| j.last(&journal_uid)).await?
+        }
+    };
     ctx.tell_of_recovery(&tenant).await?;
     ctx.retry_events(&tenant).await;
 

@@ -34,7 +34,7 @@ impl Journal {
     pub fn append(&self, entry: NewRecord) -> Result<Record, JournalError> {
         validate(&entry)?;
         let record = self.writer.append(entry)?;
-        self.acknowledge(&record);
+        self.tails.offer(&record.uid, Some(&record));
         Ok(record)
     }
 

@@ -20,6 +20,7 @@ mod read;
 mod read_only;
 mod record;
 mod recovery;
+mod tails;
 mod verify;
 mod writer;
 
@@ -36,6 +37,7 @@ pub use read::RecordIter;
 pub use read_only::{JournalCopy, ReadOnlyError};
 pub use record::{NewRecord, Record, TenantSummary, record_time};
 pub use recovery::RecoveryMark;
+pub use tails::Acknowledged;
 pub use verify::{Problem, ProblemKind, VerifyProgress, VerifyReport, VerifyScope};
 
 use neurallog_migrations::layout::{RECORDS_TREE, TENANTS_TREE};
@@ -57,14 +59,9 @@ pub struct Journal {
     tenants: sled::Tree,
     /// `None` for a private read-only copy, which nothing needs to survive.
     disk: Option<Arc<durable::DiskSync>>,
-    /// The last record this handle acknowledged per chain: what a reopened journal must
-    /// still hold.
-    acknowledged: std::sync::Mutex<std::collections::HashMap<String, (u64, Digest)>>,
+    tails: tails::Tails,
     writer: writer::Writer,
 }
-
-/// A record a journal handle acknowledged: (uid, seq, hash).
-pub type Acknowledged = (String, u64, Digest);
 
 impl Journal {
     /// Opens (creating if needed) the journal at `path` and migrates it to
@@ -115,7 +112,7 @@ impl Journal {
             records: store.records,
             tenants: store.tenants,
             disk: store.disk,
-            acknowledged: Default::default(),
+            tails: Default::default(),
             writer,
         })
     }
@@ -124,25 +121,19 @@ impl Journal {
         &self.path
     }
 
-    /// The last record this handle appended (or confirmed) per chain.
+    /// The last record of each chain this handle appended or read.
     pub fn acknowledged(&self) -> Vec<Acknowledged> {
-        let heads = self.acknowledged.lock().unwrap_or_else(|p| p.into_inner());
-        heads
-            .iter()
-            .map(|(uid, (seq, hash))| (uid.clone(), *seq, *hash))
-            .collect()
+        self.tails.seen()
     }
 
-    fn acknowledge(&self, record: &Record) {
-        let mut heads = self.acknowledged.lock().unwrap_or_else(|p| p.into_inner());
-        let head = heads.entry(record.uid.clone()).or_insert((0, Digest::ZERO));
-        if record.seq >= head.0 {
-            *head = (record.seq, record.hash);
-        }
+    /// The last record of chain `uid` if this handle knows it without reading the disk
+    /// (`Some(None)`: the chain has no record).
+    pub fn cached_last(&self, uid: &str) -> Option<Option<Record>> {
+        self.tails.get(uid)
     }
 
-    /// The first of `acknowledged` (by an earlier handle on this journal) that this journal
-    /// no longer holds as acknowledged, described; `None` if it holds them all.
+    /// The first of `acknowledged` (seen by an earlier handle on this journal) that this
+    /// journal no longer holds as it was, described; `None` if it holds them all.
     pub fn lost_acknowledged(
         &self,
         acknowledged: &[Acknowledged],

@@ -37,9 +37,15 @@ impl DoubleEndedIterator for RecordIter {
 }
 
 impl Journal {
-    /// The last record of the chain `uid`.
+    /// The last record of the chain `uid` (from memory once this handle has read or
+    /// appended it).
     pub fn last(&self, uid: &str) -> Result<Option<Record>, JournalError> {
-        self.history(uid).next_back().transpose()
+        if let Some(tail) = self.tails.get(uid) {
+            return Ok(tail);
+        }
+        let tail = self.history(uid).next_back().transpose()?;
+        self.tails.offer(uid, tail.as_ref());
+        Ok(tail)
     }
 
     /// The chain `uid`, in seq order, streamed.

@@ -456,3 +456,22 @@ fn a_clock_stepped_back_does_not_stop_transitions() {
         Err(JournalError::Invalid { .. })
     ));
 }
+
+#[test]
+fn a_chains_tail_is_read_from_memory_once_seen_and_never_moves_back() {
+    let (_dir, journal) = open_temp();
+    assert_eq!(journal.cached_last(UID_A), None, "not read yet");
+    assert_eq!(journal.last(UID_A).unwrap(), None);
+    assert_eq!(journal.cached_last(UID_A), Some(None), "no record, known");
+    let first = journal.append(sample_entry("acme", UID_A, 1)).unwrap();
+    let second = journal.append(sample_entry("acme", UID_A, 2)).unwrap();
+    assert_eq!(journal.cached_last(UID_A), Some(Some(second.clone())));
+    // A stale read offered late does not move the tail back.
+    journal.tails.offer(UID_A, Some(&first));
+    assert_eq!(journal.last(UID_A).unwrap(), Some(second.clone()));
+    assert_eq!(journal.acknowledged(), [(UID_A.to_owned(), 2, second.hash)]);
+    assert_eq!(
+        journal.lost_acknowledged(&journal.acknowledged()).unwrap(),
+        None
+    );
+}
