@@ -360,7 +360,11 @@ fn export_body(rx: mpsc::Receiver<Chunk>, write_timeout: Duration) -> Body {
 async fn verify(State(api): State<ApiState>) -> Result<axum::Json<VerifyResponse>, ApiError> {
     let permit = api.admit()?;
     let journal = api.journal.clone();
-    let response = api.verify.get(permit, move || opened(&journal)).await?;
+    let cache = api.verify.clone();
+    // A task of its own: a scan whose client went away still completes and is kept.
+    let response = tokio::spawn(async move { cache.get(permit, move || opened(&journal)).await })
+        .await
+        .map_err(|e| ApiError::Journal(format!("the journal verify failed: {e}")))??;
     Ok(axum::Json(response))
 }
 
