@@ -1,7 +1,7 @@
 //! The operator's HTTP endpoints: `/metrics`, `/healthz`, `/readyz`, and the read-only
 //! journal API under `/journal/` ([`crate::journal_api`]).
 
-use crate::journal_api::{self, SharedJournal};
+use crate::journal_api::{self, ApiLimits, ApiState, SharedJournal};
 use crate::metrics::Metrics;
 use axum::Router;
 use axum::extract::State;
@@ -19,10 +19,13 @@ pub struct HttpState {
     pub ready: Arc<AtomicBool>,
     /// Set once this replica leads and has opened the journal.
     pub journal: SharedJournal,
+    /// How much of the operator the journal API may take.
+    pub journal_limits: ApiLimits,
 }
 
 pub fn router(state: HttpState) -> Router {
-    let journal = journal_api::router(state.journal.clone());
+    let journal =
+        journal_api::router_with(ApiState::new(state.journal.clone(), state.journal_limits));
     Router::new()
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok" }))

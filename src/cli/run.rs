@@ -4,7 +4,7 @@ use crate::auth::{AuthClient, AuthConfig};
 use crate::controller::{self, Context};
 use crate::crd::Tenant;
 use crate::http::{self, HttpState};
-use crate::journal_api::SharedJournal;
+use crate::journal_api::{self, ApiLimits, SharedJournal};
 use crate::journal_recovery::{self, StatusPosition};
 use crate::journal_slot::JournalSlot;
 use crate::leader::{self, Leadership, LeaseConfig};
@@ -76,6 +76,15 @@ pub struct RunArgs {
     /// Tenants reconciled at once.
     #[arg(long, env = "NEURALLOG_CONCURRENCY", default_value_t = 8)]
     concurrency: u16,
+    /// Journal API requests served at once (on threads of their own, never the
+    /// reconciler's); more are answered 503 with Retry-After.
+    #[arg(
+        long,
+        env = "NEURALLOG_JOURNAL_API_MAX_REQUESTS",
+        default_value_t = journal_api::DEFAULT_MAX_REQUESTS,
+        value_parser = clap::value_parser!(u16).range(1..)
+    )]
+    journal_api_max_requests: u16,
     /// Seconds a tenant may wait for the cluster (pods scheduled, pulled, started, ready)
     /// in one phase before it is journaled as Stalled. A write the API server refuses
     /// stalls it at once.
@@ -224,6 +233,10 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         metrics: metrics.clone(),
         ready: ready.clone(),
         journal: shared_journal.clone(),
+        journal_limits: ApiLimits {
+            max_requests: args.journal_api_max_requests.into(),
+            ..ApiLimits::default()
+        },
     };
     let server = tokio::spawn(http::serve(
         args.metrics_addr,
