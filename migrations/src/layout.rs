@@ -4,6 +4,8 @@
 //! - `records` (schema 1+): `uid` + `0x00` + `seq` (`u64` big endian) -> one encoded record,
 //!   so a prefix scan over `uid` + `0x00` yields a tenant's records in `seq` order.
 //! - `tenants` (schema 2+): `uid` -> [`crate::summary::TenantSummaryRow`].
+//! - `checkpoints` (schema 3+): `uid` -> the checkpoint retention left of the chain's
+//!   compacted records (encoded by the operator).
 
 /// The tree holding `schema_version`.
 pub const META_TREE: &str = "meta";
@@ -13,6 +15,9 @@ pub const SCHEMA_VERSION_KEY: &[u8] = b"schema_version";
 pub const RECORDS_TREE: &str = "records";
 /// The tree of per-tenant summaries (schema 2+).
 pub const TENANTS_TREE: &str = "tenants";
+
+/// The tree of per-chain checkpoints (schema 3+).
+pub const CHECKPOINTS_TREE: &str = "checkpoints";
 
 /// Separates the uid from the sequence number in a record key. A uid never contains it.
 pub const KEY_SEPARATOR: u8 = 0x00;

@@ -7,6 +7,7 @@
 //! |---------|------|
 //! | 1 | `records`: one encoded record per transition, keyed `uid 0x00 seq` |
 //! | 2 | `tenants`: one summary per chain, keyed `uid` ([`summary`]) |
+//! | 3 | `checkpoints`: what retention compacted of a chain, keyed `uid` |
 //!
 //! [`migrate`] stamps a fresh database with [`CURRENT_VERSION`], runs every step above the
 //! stored version in order, and refuses a database newer than this crate. Each step lives in
@@ -20,11 +21,12 @@ pub mod encoding;
 pub mod layout;
 pub mod summary;
 mod v0002_tenant_summaries;
+mod v0003_checkpoints;
 
 use layout::{META_TREE, RECORDS_TREE, SCHEMA_VERSION_KEY};
 
 /// The schema version this crate writes and the newest it accepts.
-pub const CURRENT_VERSION: u32 = 2;
+pub const CURRENT_VERSION: u32 = 3;
 
 /// One forward step: brings a database at `version - 1` to `version`.
 struct Step {
@@ -33,11 +35,18 @@ struct Step {
     apply: fn(&sled::Db) -> Result<(), MigrationError>,
 }
 
-const STEPS: &[Step] = &[Step {
-    version: v0002_tenant_summaries::VERSION,
-    name: "tenant summaries",
-    apply: v0002_tenant_summaries::apply,
-}];
+const STEPS: &[Step] = &[
+    Step {
+        version: v0002_tenant_summaries::VERSION,
+        name: "tenant summaries",
+        apply: v0002_tenant_summaries::apply,
+    },
+    Step {
+        version: v0003_checkpoints::VERSION,
+        name: "checkpoints",
+        apply: v0003_checkpoints::apply,
+    },
+];
 
 #[derive(Debug, thiserror::Error)]
 pub enum MigrationError {

@@ -1,5 +1,5 @@
 use super::*;
-use crate::layout::{TENANTS_TREE, record_key};
+use crate::layout::{CHECKPOINTS_TREE, TENANTS_TREE, record_key};
 use crate::summary::TenantSummaryRow;
 use std::path::{Path, PathBuf};
 
@@ -78,7 +78,7 @@ fn newer_schema_is_refused_with_an_upgrade_hint() {
     ));
     assert_eq!(
         err.to_string(),
-        "journal schema version 99 is newer than this operator supports (2); upgrade the operator"
+        "journal schema version 99 is newer than this operator supports (3); upgrade the operator"
     );
     assert_eq!(schema_version(&db).unwrap(), Some(99), "left untouched");
 }
@@ -112,9 +112,13 @@ fn schema_v1_fixture_migrates_to_summaries() {
     assert_eq!(schema_version(&db).unwrap(), Some(1));
     assert!(db.open_tree(TENANTS_TREE).unwrap().is_empty());
 
-    assert_eq!(migrate(&db).unwrap(), 2);
+    assert_eq!(migrate(&db).unwrap(), CURRENT_VERSION);
 
-    assert_eq!(schema_version(&db).unwrap(), Some(2));
+    assert_eq!(schema_version(&db).unwrap(), Some(CURRENT_VERSION));
+    assert!(
+        db.open_tree(CHECKPOINTS_TREE).unwrap().is_empty(),
+        "schema 3"
+    );
     let rows = summaries(&db);
     let heads: Vec<_> = rows
         .iter()
@@ -146,7 +150,7 @@ fn summaries_step_is_idempotent_when_rerun_after_an_interruption() {
     tenants.insert("stale-uid", &b"garbage"[..]).unwrap();
     stamp_version(&db, 1).unwrap();
 
-    assert_eq!(migrate(&db).unwrap(), 2);
+    assert_eq!(migrate(&db).unwrap(), CURRENT_VERSION);
     assert_eq!(summaries(&db), expected);
 }
 
