@@ -45,13 +45,18 @@ impl Replay {
     }
 }
 
-/// Feeds `records` (one chain in seq order) through `step` from `New`, up to seq `to`.
+/// Feeds `records` (one chain in seq order) through `step` from `New`, up to seq `to`. A
+/// chain that retention compacted starts after its checkpoint, from the phase its first
+/// kept record starts in (the checkpoint's phase: the two are hash-linked).
 pub fn replay(
     records: &[Record],
     to: Option<u64>,
     step: impl Fn(Phase, &Input) -> Option<Transition>,
 ) -> Replay {
-    let mut phase = Phase::New;
+    let mut phase = records
+        .first()
+        .filter(|first| first.seq > 1)
+        .map_or(Phase::New, |first| first.from);
     let mut steps = Vec::new();
     for record in records
         .iter()

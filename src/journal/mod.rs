@@ -20,6 +20,7 @@ mod read;
 mod read_only;
 mod record;
 mod recovery;
+mod retention;
 mod tails;
 mod verify;
 mod writer;
@@ -37,6 +38,7 @@ pub use read::RecordIter;
 pub use read_only::{JournalCopy, ReadOnlyError};
 pub use record::{NewRecord, Record, TenantSummary, record_time};
 pub use recovery::RecoveryMark;
+pub use retention::{Checkpoint, Compaction, Retention};
 pub use tails::Acknowledged;
 pub use verify::{Problem, ProblemKind, VerifyProgress, VerifyReport, VerifyScope};
 

@@ -10,10 +10,11 @@ use super::codec::{self, RecordView};
 use super::digest::Digest;
 use super::read::decode_summary;
 use super::record::TenantSummary;
+use super::retention::{Checkpoint, decode_checkpoint};
 use super::{Journal, JournalError};
 use chrono::{DateTime, Utc};
 use neurallog_machines::Phase;
-use neurallog_migrations::layout::{display_record_key, split_record_key};
+use neurallog_migrations::layout::{CHECKPOINTS_TREE, display_record_key, split_record_key};
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::fmt;
@@ -112,6 +113,8 @@ pub enum ProblemKind {
     SummaryMismatch { detail: String },
     #[error("summary does not decode: {detail}")]
     SummaryUndecodable { detail: String },
+    #[error("checkpoint does not decode: {detail}")]
+    CheckpointUndecodable { detail: String },
     #[error("summary exists but the chain has no records")]
     ChainMissing,
     #[error("no chain and no summary has this uid")]
@@ -141,6 +144,7 @@ impl Journal {
     }
 
     fn verify_all(&self, verifier: &mut Verifier<'_>) -> Result<(), JournalError> {
+        self.expect_checkpoints(verifier, None)?;
         for item in self.tenants.iter() {
             let (key, value) = item?;
             verifier.expect_summary(&key, decode_summary(&key, &value));
@@ -160,6 +164,7 @@ impl Journal {
         let mut uids = uids.to_vec();
         uids.sort();
         uids.dedup();
+        self.expect_checkpoints(verifier, Some(&uids))?;
         for uid in &uids {
             if let Some(bytes) = self.tenants.get(uid.as_bytes())? {
                 verifier.expect_summary(uid.as_bytes(), decode_summary(uid.as_bytes(), &bytes));
@@ -174,6 +179,37 @@ impl Journal {
             }
             if empty {
                 verifier.no_records(uid);
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Journal {
+    /// Hands the verifier the checkpoints of the chains it checks (all without `uids`).
+    fn expect_checkpoints(
+        &self,
+        verifier: &mut Verifier<'_>,
+        uids: Option<&[String]>,
+    ) -> Result<(), JournalError> {
+        let tree = self.db.open_tree(CHECKPOINTS_TREE)?;
+        for item in tree.iter() {
+            let (key, value) = item?;
+            let uid = String::from_utf8_lossy(&key).into_owned();
+            if uids.is_some_and(|uids| !uids.contains(&uid)) {
+                continue;
+            }
+            match decode_checkpoint(&key, &value) {
+                Ok(checkpoint) => {
+                    verifier.checkpoints.insert(uid, checkpoint);
+                }
+                Err(error) => verifier.problem(
+                    uid,
+                    None,
+                    ProblemKind::CheckpointUndecodable {
+                        detail: error.to_string(),
+                    },
+                ),
             }
         }
         Ok(())
@@ -202,6 +238,20 @@ impl Chain {
             last_hash: Digest::ZERO,
             last_time: None,
             last_phase: Phase::New,
+            broken: false,
+        }
+    }
+
+    /// A chain retention compacted up to `checkpoint`: it continues from there.
+    fn after(checkpoint: &Checkpoint) -> Self {
+        Chain {
+            uid: checkpoint.uid.clone(),
+            tenant: Some(checkpoint.tenant.clone()),
+            first_time: Some(checkpoint.first_time),
+            last_seq: checkpoint.through,
+            last_hash: checkpoint.hash,
+            last_time: Some(checkpoint.time),
+            last_phase: checkpoint.phase,
             broken: false,
         }
     }
@@ -320,6 +370,8 @@ struct Verifier<'p> {
     report: VerifyReport,
     /// Summaries not yet matched with their chain, by uid.
     summaries: BTreeMap<String, TenantSummary>,
+    /// Where compacted chains start, by uid.
+    checkpoints: BTreeMap<String, Checkpoint>,
     chain: Option<Chain>,
     expected_records: u64,
     on_progress: &'p mut dyn FnMut(&VerifyProgress),
@@ -330,6 +382,7 @@ impl<'p> Verifier<'p> {
         Verifier {
             report: VerifyReport::default(),
             summaries: BTreeMap::new(),
+            checkpoints: BTreeMap::new(),
             chain: None,
             expected_records: 0,
             on_progress,
@@ -339,7 +392,9 @@ impl<'p> Verifier<'p> {
     fn expect_summary(&mut self, key: &[u8], summary: Result<TenantSummary, JournalError>) {
         match summary {
             Ok(summary) => {
-                self.expected_records = self.expected_records.saturating_add(summary.last_seq);
+                let compacted = self.checkpoints.get(&summary.uid).map_or(0, |c| c.through);
+                let kept = summary.last_seq.saturating_sub(compacted);
+                self.expected_records = self.expected_records.saturating_add(kept);
                 self.summaries.insert(summary.uid.clone(), summary);
             }
             Err(error) => self.problem(
@@ -366,7 +421,10 @@ impl<'p> Verifier<'p> {
             self.finish_chain();
             self.report.chains += 1;
         }
-        let chain = self.chain.get_or_insert_with(|| Chain::new(uid));
+        let checkpoint = self.checkpoints.get(uid);
+        let chain = self
+            .chain
+            .get_or_insert_with(|| checkpoint.map_or_else(|| Chain::new(uid), Chain::after));
         if chain.broken {
             return;
         }

@@ -38,10 +38,16 @@ impl Store {
     }
 }
 
-struct Request {
-    entry: NewRecord,
-    reply: mpsc::SyncSender<Result<Record, JournalError>>,
+enum Request {
+    Append {
+        entry: NewRecord,
+        reply: mpsc::SyncSender<Result<Record, JournalError>>,
+    },
+    /// Work that must not interleave with appends (retention), run between batches.
+    Exclusive(Box<dyn FnOnce(&Store) + Send>),
 }
+
+type Reply = mpsc::SyncSender<Result<Record, JournalError>>;
 
 pub(super) struct Writer {
     requests: Option<mpsc::Sender<Request>>,
@@ -63,12 +69,29 @@ impl Writer {
     /// Queues `entry` and waits until it is durable (or refused).
     pub(super) fn append(&self, entry: NewRecord) -> Result<Record, JournalError> {
         let (reply, answer) = mpsc::sync_channel(1);
+        self.send(Request::Append { entry, reply })?;
+        answer.recv().map_err(|_| stopped())?
+    }
+
+    /// Runs `job` on the writer thread between two batches and returns what it returns.
+    pub(super) fn exclusive<T: Send + 'static>(
+        &self,
+        job: impl FnOnce(&Store) -> T + Send + 'static,
+    ) -> Result<T, JournalError> {
+        let (reply, answer) = mpsc::sync_channel(1);
+        self.send(Request::Exclusive(Box::new(move |store| {
+            // The caller may have stopped waiting.
+            let _ = reply.send(job(store));
+        })))?;
+        answer.recv().map_err(|_| stopped())
+    }
+
+    fn send(&self, request: Request) -> Result<(), JournalError> {
         self.requests
             .as_ref()
             .ok_or_else(stopped)?
-            .send(Request { entry, reply })
-            .map_err(|_| stopped())?;
-        answer.recv().map_err(|_| stopped())?
+            .send(request)
+            .map_err(|_| stopped())
     }
 }
 
@@ -87,21 +110,39 @@ impl Drop for Writer {
 
 fn write_until_closed(store: &Store, queue: &mpsc::Receiver<Request>) {
     while let Ok(first) = queue.recv() {
-        let mut batch = vec![first];
-        while batch.len() < MAX_BATCH {
-            match queue.try_recv() {
-                Ok(request) => batch.push(request),
-                Err(_) => break,
+        let mut entries = Vec::new();
+        let mut replies: Vec<Reply> = Vec::new();
+        let mut next = Some(first);
+        while let Some(request) = next.take() {
+            match request {
+                Request::Append { entry, reply } => {
+                    entries.push(entry);
+                    replies.push(reply);
+                }
+                Request::Exclusive(job) => {
+                    commit(store, &mut entries, &mut replies);
+                    job(store);
+                }
+            }
+            if entries.len() < MAX_BATCH {
+                next = queue.try_recv().ok();
             }
         }
-        let (entries, replies): (Vec<_>, Vec<_>) =
-            batch.into_iter().map(|r| (r.entry, r.reply)).unzip();
-        let outcomes = commit_batch(store, &entries);
-        for (reply, outcome) in replies.into_iter().zip(outcomes) {
-            // A caller that gave up waiting needs no answer.
-            let _ = reply.send(outcome);
-        }
+        commit(store, &mut entries, &mut replies);
     }
+}
+
+/// Commits the batch collected so far (if any) and answers each caller.
+fn commit(store: &Store, entries: &mut Vec<NewRecord>, replies: &mut Vec<Reply>) {
+    if entries.is_empty() {
+        return;
+    }
+    let outcomes = commit_batch(store, entries);
+    for (reply, outcome) in replies.drain(..).zip(outcomes) {
+        // A caller that gave up waiting needs no answer.
+        let _ = reply.send(outcome);
+    }
+    entries.clear();
 }
 
 fn stopped() -> JournalError {

@@ -123,3 +123,13 @@ fn at_a_time_shows_the_phase_then_in_force() {
             .contains("was not yet observed (phase New)")
     );
 }
+
+#[test]
+fn a_compacted_chain_replays_from_its_checkpoint() {
+    let records = recorded_chain();
+    // Retention compacted seqs 1-3: the chain starts at 4, from the checkpoint's phase.
+    let kept = &records[3..];
+    let replay = replay(kept, None, step);
+    assert_eq!(replay.steps.len(), 3);
+    assert!(replay.divergence().is_none(), "{:?}", replay.divergence());
+}
