@@ -38,6 +38,9 @@ impl Store {
     }
 }
 
+// Appends are the common request; boxing them would allocate per append to save bytes
+// in a queue that holds a batch at most.
+#[allow(clippy::large_enum_variant)]
 enum Request {
     Append {
         entry: NewRecord,
