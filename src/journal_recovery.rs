@@ -6,7 +6,7 @@
 //! existed). A damaged journal is moved aside and kept, never repaired in place, and a new
 //! journal starts with a [`RecoveryMark`] pointing at it.
 
-use crate::journal::{Journal, JournalError, RecoveryMark};
+use crate::journal::{Journal, JournalError, Options, RecoveryMark};
 use chrono::{DateTime, Utc};
 use std::path::{Path, PathBuf};
 
@@ -41,7 +41,17 @@ pub fn open_or_replace(
     statuses: &[StatusPosition],
     now: DateTime<Utc>,
 ) -> Result<Journal, RecoveryError> {
-    let (reason, replaced) = match Journal::open(path) {
+    open_or_replace_with(path, Options::default(), statuses, now)
+}
+
+/// [`open_or_replace`], opening with `options`.
+pub fn open_or_replace_with(
+    path: &Path,
+    options: Options,
+    statuses: &[StatusPosition],
+    now: DateTime<Utc>,
+) -> Result<Journal, RecoveryError> {
+    let (reason, replaced) = match Journal::open_with(path, options) {
         Ok(journal) => match damage(&journal, statuses)? {
             None => return Ok(journal),
             Some(reason) => (reason, journal.recovery()?),
@@ -50,7 +60,7 @@ pub fn open_or_replace(
         Err(error) => return Err(error.into()),
     };
     let earlier = earlier_chains(replaced.as_ref(), statuses);
-    replace(path, reason, now, earlier)
+    replace(path, options, reason, now, earlier)
 }
 
 /// Every chain the new journal's history replaces: the damaged journal's own and those it
@@ -149,6 +159,7 @@ fn chain_name(chain: Option<&str>) -> String {
 
 fn replace(
     path: &Path,
+    options: Options,
     reason: String,
     now: DateTime<Utc>,
     earlier_chains: Vec<Option<String>>,
@@ -160,7 +171,7 @@ fn replace(
         reason: reason.clone(),
         source,
     })?;
-    let journal = Journal::open(path)?;
+    let journal = Journal::open_with(path, options)?;
     let chain = (1..)
         .map(|n| RecoveryMark::label_at(now, n))
         .find(|label| !earlier_chains.contains(&Some(label.clone())));

@@ -17,6 +17,7 @@ pub const REOPEN_INTERVAL: Duration = Duration::from_secs(1);
 
 pub struct JournalSlot {
     path: PathBuf,
+    options: crate::journal::Options,
     state: Mutex<State>,
 }
 
@@ -34,6 +35,7 @@ impl JournalSlot {
     pub fn new(journal: Journal) -> Self {
         JournalSlot {
             path: journal.path().to_owned(),
+            options: journal.options(),
             state: Mutex::new(State::Open(Arc::new(journal))),
         }
     }
@@ -78,7 +80,7 @@ impl JournalSlot {
 
     /// Opens the journal again, if it still holds what was acknowledged.
     fn reopen(&self, acknowledged: &[Acknowledged]) -> Result<Journal, JournalError> {
-        let journal = Journal::open(&self.path)?;
+        let journal = Journal::open_with(&self.path, self.options)?;
         match journal.lost_acknowledged(acknowledged)? {
             None => Ok(journal),
             Some(lost) => Err(JournalError::Unavailable {

@@ -11,6 +11,7 @@ pub mod journal_api;
 pub mod journal_client;
 pub mod journal_recovery;
 pub mod journal_slot;
+pub mod journal_upkeep;
 pub mod journal_view;
 pub mod leader;
 pub mod metrics;

@@ -43,6 +43,10 @@ pub struct Metrics {
     /// The part of an append spent in the journal's own thread (transaction and flush),
     /// without the hand-off to and from it: what tells storage from scheduling.
     pub journal_storage: Histogram,
+    /// Bytes of the journal's files on disk.
+    pub journal_disk_bytes: Gauge,
+    /// Records retention compacted into checkpoints.
+    pub journal_compacted_records: Counter,
     /// uid -> phase, to keep `neurallog_tenant_count` exact.
     phases: Mutex<HashMap<String, String>>,
 }
@@ -107,6 +111,18 @@ impl Default for Metrics {
             "Journal append latency inside the journal thread: transaction and flush",
             journal_storage.clone(),
         );
+        let journal_disk_bytes = Gauge::default();
+        let journal_compacted_records = Counter::default();
+        registry.register(
+            "neurallog_journal_disk_bytes",
+            "Bytes of the journal's files on disk",
+            journal_disk_bytes.clone(),
+        );
+        registry.register(
+            "neurallog_journal_compacted_records",
+            "Journal records retention compacted into checkpoints",
+            journal_compacted_records.clone(),
+        );
         Self {
             registry,
             tenant_creation,
@@ -117,6 +133,8 @@ impl Default for Metrics {
             api_writes,
             journal_append,
             journal_storage,
+            journal_disk_bytes,
+            journal_compacted_records,
             phases: Mutex::new(HashMap::new()),
         }
     }
@@ -210,6 +228,8 @@ mod tests {
             "neurallog_tenant_deletion_total 1",
             "neurallog_tenant_reconciliation_duration_seconds_bucket{",
             "neurallog_tenant_count{phase=\"Running\"} 1",
+            "neurallog_journal_disk_bytes 0",
+            "neurallog_journal_compacted_records_total 0",
         ] {
             assert!(text.contains(name), "missing {name} in\n{text}");
         }

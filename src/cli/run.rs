@@ -10,6 +10,7 @@ use crate::journal_slot::JournalSlot;
 use crate::leader::{self, Leadership, LeaseConfig};
 use crate::metrics::Metrics;
 use crate::render::RenderSettings;
+use crate::{journal, journal_upkeep};
 use anyhow::Context as _;
 use chrono::Utc;
 use kube::ResourceExt;
@@ -34,6 +35,32 @@ pub struct RunArgs {
         default_value = "/var/lib/neurallog-operator/journal"
     )]
     journal: PathBuf,
+    /// Journal records kept per tenant chain: older ones are compacted into the chain's
+    /// checkpoint (hourly). The chain's last record is always kept.
+    #[arg(
+        long,
+        env = "NEURALLOG_JOURNAL_KEEP_RECORDS",
+        default_value_t = 1000,
+        value_parser = clap::value_parser!(u64).range(1..)
+    )]
+    journal_keep_records: u64,
+    /// Days a journal record is kept: older ones are compacted too, even within the newest
+    /// --journal-keep-records.
+    #[arg(
+        long,
+        env = "NEURALLOG_JOURNAL_KEEP_DAYS",
+        default_value_t = 90,
+        value_parser = clap::value_parser!(u32).range(1..)
+    )]
+    journal_keep_days: u32,
+    /// sled's page cache for the journal, in MiB (sled's own default is 1 GiB).
+    #[arg(
+        long,
+        env = "NEURALLOG_JOURNAL_CACHE_MB",
+        default_value_t = 64,
+        value_parser = clap::value_parser!(u64).range(8..)
+    )]
+    journal_cache_mb: u64,
     /// Base URL of the NeuralLog Auth service, as the operator reaches it.
     #[arg(
         long,
@@ -258,8 +285,20 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     leading.set(1);
     // Opened only by the leader: a waiting replica never touches (or locks) the journal.
     let statuses = status_positions(&client, args.tenant_selector.as_deref()).await?;
-    let journal = open_journal(&args.journal, statuses).await?;
+    let options = journal::Options {
+        cache_bytes: args.journal_cache_mb << 20,
+    };
+    let journal = open_journal(&args.journal, options, statuses).await?;
     let recovery = journal.with(|j| j.recovery())?;
+    let retention = journal::Retention {
+        keep_records: args.journal_keep_records,
+        keep_for: chrono::Duration::days(args.journal_keep_days.into()),
+    };
+    let upkeep = tokio::spawn(journal_upkeep::run(
+        journal.clone(),
+        retention,
+        metrics.clone(),
+    ));
     let _ = shared_journal.set(journal.clone());
     let settings = render_settings(&args);
     let instance = std::env::var("POD_NAME")
@@ -289,6 +328,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         stopped(stop),
     );
     run_while_leading(controller, leadership, &journal).await;
+    upkeep.abort();
     leading.set(0);
     journal.flush()?;
     server.await??;
@@ -317,11 +357,12 @@ fn render_settings(args: &RunArgs) -> RenderSettings {
 /// Opens the journal, replacing it if it is damaged (see [`journal_recovery`]).
 async fn open_journal(
     path: &Path,
+    options: journal::Options,
     statuses: Vec<StatusPosition>,
 ) -> anyhow::Result<Arc<JournalSlot>> {
     let path = path.to_path_buf();
     let journal = tokio::task::spawn_blocking(move || {
-        journal_recovery::open_or_replace(&path, &statuses, Utc::now())
+        journal_recovery::open_or_replace_with(&path, options, &statuses, Utc::now())
     })
     .await??;
     Ok(Arc::new(JournalSlot::new(journal)))

@@ -62,7 +62,23 @@ pub struct Journal {
     /// `None` for a private read-only copy, which nothing needs to survive.
     disk: Option<Arc<durable::DiskSync>>,
     tails: tails::Tails,
+    options: Options,
     writer: writer::Writer,
+}
+
+/// How to open a journal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Options {
+    /// sled's page cache, in bytes (sled's own default is 1 GiB).
+    pub cache_bytes: u64,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            cache_bytes: 64 << 20,
+        }
+    }
 }
 
 impl Journal {
@@ -70,12 +86,17 @@ impl Journal {
     /// [`SCHEMA_VERSION`]. Refuses a journal written by a newer operator, and one another
     /// process holds open ([`JournalError::Locked`]).
     pub fn open(path: &Path) -> Result<Journal, JournalError> {
+        Self::open_with(path, Options::default())
+    }
+
+    /// [`Journal::open`] with `options`.
+    pub fn open_with(path: &Path, options: Options) -> Result<Journal, JournalError> {
         // sled lets go of its file lock when the last background thread of a dropped
         // handle does, a moment after the drop: a reopen in the same process (after a
         // storage failure, say) waits for that instead of failing.
         let deadline = std::time::Instant::now() + LOCK_RELEASE_WAIT;
         loop {
-            match Self::open_once(path) {
+            match Self::open_once(path, options) {
                 Err(JournalError::Locked { .. }) if std::time::Instant::now() < deadline => {
                     std::thread::sleep(LOCK_RETRY);
                 }
@@ -84,15 +105,23 @@ impl Journal {
         }
     }
 
-    fn open_once(path: &Path) -> Result<Journal, JournalError> {
+    fn open_once(path: &Path, options: Options) -> Result<Journal, JournalError> {
         let db = sled::Config::new()
             .path(path)
+            .cache_capacity(options.cache_bytes)
             .open()
             .map_err(|e| JournalError::opening(path, e))?;
         neurallog_migrations::migrate(&db).map_err(|e| JournalError::migrating(path, e))?;
         db.flush()?;
         let disk = durable::DiskSync::open(path).map_err(storage)?;
-        Self::with_parts(path, db, Some(Arc::new(disk)))
+        let mut journal = Self::with_parts(path, db, Some(Arc::new(disk)))?;
+        journal.options = options;
+        Ok(journal)
+    }
+
+    /// How this journal was opened (to open it again the same way).
+    pub fn options(&self) -> Options {
+        self.options
     }
 
     /// The journal on `db`, whose schema is current, with its writer thread.
@@ -115,6 +144,7 @@ impl Journal {
             tenants: store.tenants,
             disk: store.disk,
             tails: Default::default(),
+            options: Options::default(),
             writer,
         })
     }
