@@ -5,7 +5,9 @@
 //! The export line format is documented in `docs/journal-export.md`; it is the
 //! serialization of [`Record`], and the fixture test below pins it.
 
-use crate::journal::{Journal, JournalError, Record, TenantSummary, VerifyProgress};
+use crate::journal::{
+    Checkpoint, Journal, JournalError, Record, TenantSummary, VerifyProgress,
+};
 use chrono::{DateTime, SecondsFormat, Utc};
 use neurallog_machines::Input;
 use serde::{Deserialize, Serialize};
@@ -20,6 +22,9 @@ pub struct History {
     /// The tenant's other chains (other Tenants of the same name, deleted and re-created),
     /// oldest first.
     pub other_uids: Vec<String>,
+    /// Where retention compacted the chain's oldest records: it starts after this.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compacted: Option<Checkpoint>,
     pub records: Vec<Record>,
 }
 
@@ -102,8 +107,10 @@ pub fn read_history(
         return Ok(None);
     };
     let records = journal.history(&chosen).collect::<Result<Vec<_>, _>>()?;
+    let compacted = journal.checkpoint(&chosen)?;
     Ok(Some(History {
         tenant: name.to_owned(),
+        compacted,
         other_uids: uids.into_iter().filter(|u| *u != chosen).collect(),
         uid: chosen,
         records,
@@ -216,6 +223,18 @@ pub fn write_list(out: &mut impl Write, tenants: &[TenantSummary]) -> io::Result
 /// `journal show`: one row per transition, the message last so it may hold spaces.
 pub fn write_history(out: &mut impl Write, history: &History) -> io::Result<()> {
     writeln!(out, "tenant {} uid {}", history.tenant, history.uid)?;
+    if let Some(checkpoint) = &history.compacted {
+        writeln!(
+            out,
+            "records 1-{} (from {}, up to phase {} at {}) were compacted by retention on {}; the chain continues from checkpoint hash {}",
+            checkpoint.through,
+            format_time(&checkpoint.first_time),
+            checkpoint.phase,
+            format_time(&checkpoint.time),
+            format_time(&checkpoint.compacted_at),
+            checkpoint.hash,
+        )?;
+    }
     let rows = history.records.iter().map(|r| {
         vec![
             r.seq.to_string(),

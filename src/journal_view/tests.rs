@@ -206,3 +206,29 @@ fn bad_times_are_refused_with_an_example() {
         t0() - chrono::Duration::nanoseconds(6)
     );
 }
+
+#[test]
+fn show_says_where_retention_compacted_a_chain() {
+    let (_dir, journal) = fixture_journal();
+    let retention = crate::journal::Retention {
+        keep_records: 2,
+        keep_for: Duration::days(3650),
+    };
+    journal.compact(retention, t0() + Duration::days(1)).unwrap();
+    let history = read_history(&journal, "beta", None).unwrap().unwrap();
+    assert_eq!(history.records.first().map(|r| r.seq), Some(3));
+    let mut out = Vec::new();
+    write_history(&mut out, &history).unwrap();
+    let text = String::from_utf8(out).unwrap();
+    let second = text.lines().nth(1).unwrap_or_default();
+    assert!(
+        second.starts_with(
+            "records 1-2 (from 2025-01-02T03:14:05Z, up to phase ProvisioningRedis at 2025-01-02T03:14:06Z) were compacted by retention on 2025-01-03T03:04:05Z; the chain continues from checkpoint hash "
+        ),
+        "{text}"
+    );
+    // The API's JSON carries it to remote tools.
+    let json = serde_json::to_string(&history).unwrap();
+    let back: History = serde_json::from_str(&json).unwrap();
+    assert_eq!(back, history);
+}
