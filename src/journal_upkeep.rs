@@ -19,6 +19,7 @@ pub async fn run(journal: Arc<JournalSlot>, retention: Retention, metrics: Arc<M
         ticks.tick().await;
         let compact = tick.is_multiple_of(compact_every);
         let slot = journal.clone();
+        let retention = retention.clone();
         let outcome = tokio::task::spawn_blocking(move || {
             slot.with(|j| {
                 let compacted = if compact {
@@ -68,6 +69,7 @@ mod tests {
         let retention = Retention {
             keep_records: 1,
             keep_for: chrono::Duration::days(3650),
+            archive: None,
         };
         let task = tokio::spawn(run(slot.clone(), retention, metrics.clone()));
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);

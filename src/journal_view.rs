@@ -5,9 +5,7 @@
 //! The export line format is documented in `docs/journal-export.md`; it is the
 //! serialization of [`Record`], and the fixture test below pins it.
 
-use crate::journal::{
-    Checkpoint, Journal, JournalError, Record, TenantSummary, VerifyProgress,
-};
+use crate::journal::{Checkpoint, Journal, JournalError, Record, TenantSummary, VerifyProgress};
 use chrono::{DateTime, SecondsFormat, Utc};
 use neurallog_machines::Input;
 use serde::{Deserialize, Serialize};

@@ -53,6 +53,11 @@ pub struct RunArgs {
         value_parser = clap::value_parser!(u32).range(1..)
     )]
     journal_keep_days: u32,
+    /// Directory where retention archives the records it compacts, as export lines (one
+    /// `<tenant>_<uid>.jsonl` per chain, fsynced before the records are deleted). Unset:
+    /// compacted records are only deleted.
+    #[arg(long, env = "NEURALLOG_JOURNAL_ARCHIVE_DIR")]
+    journal_archive_dir: Option<PathBuf>,
     /// sled's page cache for the journal, in MiB (sled's own default is 1 GiB).
     #[arg(
         long,
@@ -293,6 +298,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let retention = journal::Retention {
         keep_records: args.journal_keep_records,
         keep_for: chrono::Duration::days(args.journal_keep_days.into()),
+        archive: args.journal_archive_dir.clone(),
     };
     let upkeep = tokio::spawn(journal_upkeep::run(
         journal.clone(),

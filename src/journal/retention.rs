@@ -26,12 +26,16 @@ use sled::transaction::ConflictableTransactionError;
 const COMPACT_CHUNK: u64 = 4096;
 
 /// What the journal keeps of each chain.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Retention {
     /// Records kept per chain (the newest); at least 1.
     pub keep_records: u64,
     /// Records younger than this are kept.
     pub keep_for: chrono::Duration,
+    /// Where compacted records are archived first, as export lines (one
+    /// `<tenant>_<uid>.jsonl` per chain, appended and fsynced before the records are
+    /// deleted). `None`: they are only deleted.
+    pub archive: Option<std::path::PathBuf>,
 }
 
 /// Where a compacted chain now starts.
@@ -86,7 +90,7 @@ impl Journal {
         now: DateTime<Utc>,
     ) -> Result<Compaction, JournalError> {
         self.writer
-            .exclusive(move |store| compact_all(store, retention, now))?
+            .exclusive(move |store| compact_all(store, &retention, now))?
     }
 
     /// Bytes the journal's files take on disk.
@@ -97,7 +101,7 @@ impl Journal {
 
 fn compact_all(
     store: &Store,
-    retention: Retention,
+    retention: &Retention,
     now: DateTime<Utc>,
 ) -> Result<Compaction, JournalError> {
     let checkpoints = store.db.open_tree(CHECKPOINTS_TREE)?;
@@ -116,6 +120,9 @@ fn compact_all(
         let mut from = start;
         while from <= through {
             let to = through.min(from + COMPACT_CHUNK - 1);
+            if let Some(archive) = &retention.archive {
+                archive_range(store, archive, &summary.tenant, &summary.uid, from, to)?;
+            }
             checkpoint = Some(compact_range(
                 store,
                 &checkpoints,
@@ -141,7 +148,7 @@ fn compactable_through(
     uid: &str,
     start: u64,
     last: u64,
-    retention: Retention,
+    retention: &Retention,
     now: DateTime<Utc>,
 ) -> Result<u64, JournalError> {
     let by_count = last.saturating_sub(retention.keep_records.max(1));
@@ -159,6 +166,48 @@ fn compactable_through(
         .max(by_age)
         .min(last.saturating_sub(1))
         .max(start.saturating_sub(1)))
+}
+
+/// Appends records `from..=to` of `uid` to the chain's archive file and syncs it (and the
+/// directory, when the file is new). After a crash between this and the deletion the next
+/// run archives them again: a record may appear twice in an archive (same seq and hash).
+fn archive_range(
+    store: &Store,
+    archive: &std::path::Path,
+    tenant: &str,
+    uid: &str,
+    from: u64,
+    to: u64,
+) -> Result<(), JournalError> {
+    use std::io::Write;
+    let io = |e: std::io::Error| JournalError::Storage(sled::Error::Io(e));
+    std::fs::create_dir_all(archive).map_err(io)?;
+    let path = archive.join(format!("{tenant}_{uid}.jsonl"));
+    let created = !path.exists();
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&path)
+        .map_err(io)?;
+    let mut out = std::io::BufWriter::new(&file);
+    for item in store
+        .records
+        .range(record_key(uid, from)..=record_key(uid, to))
+    {
+        let (key, value) = item?;
+        let record = super::read::decode_record(&key, &value)?;
+        let line = serde_json::to_string(&record).map_err(|e| io(e.into()))?;
+        writeln!(out, "{line}").map_err(io)?;
+    }
+    out.flush().map_err(io)?;
+    drop(out);
+    file.sync_data().map_err(io)?;
+    if created {
+        std::fs::File::open(archive)
+            .and_then(|dir| dir.sync_all())
+            .map_err(io)?;
+    }
+    Ok(())
 }
 
 /// Deletes records `from..=to` of `uid` and moves its checkpoint to `to`, atomically.
@@ -258,8 +307,8 @@ fn read_checkpoint(tree: &sled::Tree, uid: &str) -> Result<Option<Checkpoint>, J
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::journal::NewRecord;
     use crate::journal::testing::{open_temp, t0};
+    use crate::journal::{NewRecord, Record};
     use chrono::Duration;
     use neurallog_machines::{Input, Trigger, step};
 
@@ -302,6 +351,7 @@ mod tests {
         Retention {
             keep_records: records,
             keep_for: Duration::days(days),
+            archive: None,
         }
     }
 
@@ -387,8 +437,8 @@ mod tests {
         journal
             .compact(
                 Retention {
-                    keep_records: 1000,
                     keep_for: Duration::minutes(10),
+                    ..keep(1000, 0)
                 },
                 t0() + Duration::minutes(20),
             )
@@ -409,6 +459,37 @@ mod tests {
         assert_eq!(seqs(&journal, UID).len(), 5);
         assert_eq!(journal.checkpoints().unwrap().len(), 1);
         assert!(journal.verify().unwrap().is_ok());
+    }
+
+    #[test]
+    fn compacted_records_are_archived_first_as_export_lines() {
+        let (dir, journal) = open_temp();
+        flapping(&journal, UID, 12);
+        let before: Vec<Record> = journal.history(UID).map(|r| r.unwrap()).collect();
+        let archive = dir.path().join("archive");
+        let retention = Retention {
+            archive: Some(archive.clone()),
+            ..keep(5, 3650)
+        };
+        journal.compact(retention.clone(), t0()).unwrap();
+        flapping_more(&journal, 13..=14);
+        journal.compact(retention, t0()).unwrap();
+        let text = std::fs::read_to_string(archive.join(format!("acme_{UID}.jsonl"))).unwrap();
+        let archived: Vec<Record> = text
+            .lines()
+            .map(|line| serde_json::from_str(line).unwrap())
+            .collect();
+        assert_eq!(
+            archived[..7],
+            before[..7],
+            "the first run's seven, as they were"
+        );
+        assert_eq!(
+            archived.iter().map(|r| r.seq).collect::<Vec<_>>(),
+            (1..=9).collect::<Vec<_>>()
+        );
+        assert!(archived.iter().all(|r| r.recompute_hash() == r.hash));
+        assert_eq!(seqs(&journal, UID), (10..=14).collect::<Vec<_>>());
     }
 
     #[test]

@@ -213,8 +213,11 @@ fn show_says_where_retention_compacted_a_chain() {
     let retention = crate::journal::Retention {
         keep_records: 2,
         keep_for: Duration::days(3650),
+        archive: None,
     };
-    journal.compact(retention, t0() + Duration::days(1)).unwrap();
+    journal
+        .compact(retention, t0() + Duration::days(1))
+        .unwrap();
     let history = read_history(&journal, "beta", None).unwrap().unwrap();
     assert_eq!(history.records.first().map(|r| r.seq), Some(3));
     let mut out = Vec::new();
