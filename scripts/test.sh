@@ -39,7 +39,8 @@ trap cleanup EXIT
 if [ "$NEURALLOG_REAL_NODE" = 1 ]; then
   # The operator's image and the in-cluster Auth stub's are assembled from release builds.
   log "release build of the operator and the Auth stub (images for the real node)"
-  cargo build --release --locked --bin neurallog-operator --bin neurallog-auth-stub
+  cargo build --release --locked -p neurallog-operator -p neurallog-auth-stub \
+    --bin neurallog-operator --bin neurallog-auth-stub
 fi
 
 export NEURALLOG_E2E_KUBECONFIG="$(cluster_state_dir)/kubeconfig"

@@ -5,7 +5,7 @@
 mod common;
 
 use common::*;
-use neurallog_operator::auth_stub::{Faults, RateLimit};
+use neurallog_auth_stub::{Faults, RateLimit};
 use std::time::Duration;
 
 const BASIC: &str = include_str!("../examples/basic-tenant.yaml");

@@ -18,7 +18,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{DeleteParams, PostParams};
 use kube::{Api, Client};
-use neurallog_operator::auth_stub::AuthStubHandle;
+use neurallog_auth_stub::AuthStubHandle;
 use neurallog_operator::crd::Tenant;
 use serde_json::json;
 use std::time::{Duration, Instant};

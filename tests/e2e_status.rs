@@ -23,7 +23,7 @@ const CRASHING_IMAGE: &str = "registry.invalid/neurallog/crashes:1";
 struct Env {
     client: Client,
     run: String,
-    _auth: neurallog_operator::auth_stub::AuthStubHandle,
+    _auth: neurallog_auth_stub::AuthStubHandle,
     operator: Operator,
 }
 

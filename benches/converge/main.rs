@@ -28,7 +28,7 @@ use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Patch, PatchParams};
 use kube::{Api, Client};
-use neurallog_operator::auth_stub::AuthStub;
+use neurallog_auth_stub::AuthStub;
 use neurallog_operator::controller::observation::{deployment_state, statefulset_state};
 use neurallog_operator::crd::Tenant;
 use operator::OperatorProcess;

@@ -5,7 +5,7 @@
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Patch, PatchParams};
 use kube::{Api, Client, ResourceExt};
-use neurallog_operator::auth_stub::{AuthStub, AuthStubHandle};
+use neurallog_auth_stub::{AuthStub, AuthStubHandle};
 use neurallog_operator::crd::Tenant;
 use std::future::Future;
 use std::path::{Path, PathBuf};
