@@ -2,6 +2,9 @@
 //! the timeout, and 404 on delete. Each tenant reports why it waits, retries with backoff
 //! and recovers on its own.
 
+// Tests and benches may unwrap (clippy.toml covers only `#[test]` functions).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use common::*;

@@ -8,6 +8,9 @@
 //! share the one journal on the PVC, and the Deployment (`Recreate`, one replica) never
 //! runs two at once.
 
+// Tests and benches may unwrap (clippy.toml covers only `#[test]` functions).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use common::*;

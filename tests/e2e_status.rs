@@ -3,6 +3,9 @@
 //! every failure the operator meets (a refused write, a pod that cannot be scheduled,
 //! pulled or kept running, a namespace conflict) on the Tenant, with recovery journaled.
 
+// Tests and benches may unwrap (clippy.toml covers only `#[test]` functions).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use common::*;

@@ -1,6 +1,9 @@
 //! The user guide, end to end on the real control plane: create, describe, update, drift,
 //! conflicts, Auth outages and deletion.
 
+// Tests and benches may unwrap (clippy.toml covers only `#[test]` functions).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use common::*;
