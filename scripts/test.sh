@@ -44,6 +44,8 @@ if [ "$NEURALLOG_REAL_NODE" = 1 ]; then
 fi
 
 export NEURALLOG_E2E_KUBECONFIG="$(cluster_state_dir)/kubeconfig"
+# Without it, an end-to-end test that finds no cluster says so and passes (plain `cargo test`).
+export NEURALLOG_REQUIRE_CLUSTER=1
 export NEURALLOG_KUBECTL="$(cluster_bin_dir)/kubectl"
 export NEURALLOG_HELM="$(bash tests/cluster/build.sh helm | tail -n 1)/helm"
 log "end-to-end tests"

@@ -55,6 +55,8 @@ fn helm_path() -> PathBuf {
 }
 
 fn helm(args: &[&str]) -> String {
+    // Helm comes with the cluster's tools (tests/cluster/build.sh).
+    skip_without_cluster();
     let helm = helm_path();
     assert!(
         helm.exists(),
