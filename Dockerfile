@@ -11,6 +11,9 @@ WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
 COPY machines machines
 COPY migrations migrations
+# Workspace members the operator does not link still need their manifests here.
+COPY lazyfs lazyfs
+COPY auth-stub auth-stub
 COPY benches benches
 COPY examples examples
 COPY src src

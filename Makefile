@@ -19,7 +19,7 @@ unit-test:
 	cargo test --workspace --lib --bins --examples
 
 e2e-test:
-	NEURALLOG_E2E_KUBECONFIG=$(KUBECONFIG_FILE) cargo test --workspace --tests
+	NEURALLOG_REQUIRE_CLUSTER=1 NEURALLOG_E2E_KUBECONFIG=$(KUBECONFIG_FILE) cargo test --workspace --tests
 
 cluster-build:
 	@bash tests/cluster/build.sh >/dev/null

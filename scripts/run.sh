@@ -19,7 +19,7 @@ else
 fi
 
 log "building the operator"
-cargo build --quiet --bins
+cargo build --quiet --bins -p neurallog-operator -p neurallog-auth-stub
 
 "$kubectl_bin" --kubeconfig "$kubeconfig" apply --server-side -f deploy/crd/tenants.neurallog.io.yaml >/dev/null
 "$kubectl_bin" --kubeconfig "$kubeconfig" wait --for=condition=Established crd/tenants.neurallog.io --timeout=30s >/dev/null

@@ -39,10 +39,13 @@ trap cleanup EXIT
 if [ "$NEURALLOG_REAL_NODE" = 1 ]; then
   # The operator's image and the in-cluster Auth stub's are assembled from release builds.
   log "release build of the operator and the Auth stub (images for the real node)"
-  cargo build --release --locked --bin neurallog-operator --bin neurallog-auth-stub
+  cargo build --release --locked -p neurallog-operator -p neurallog-auth-stub \
+    --bin neurallog-operator --bin neurallog-auth-stub
 fi
 
 export NEURALLOG_E2E_KUBECONFIG="$(cluster_state_dir)/kubeconfig"
+# Without it, an end-to-end test that finds no cluster says so and passes (plain `cargo test`).
+export NEURALLOG_REQUIRE_CLUSTER=1
 export NEURALLOG_KUBECTL="$(cluster_bin_dir)/kubectl"
 export NEURALLOG_HELM="$(bash tests/cluster/build.sh helm | tail -n 1)/helm"
 log "end-to-end tests"

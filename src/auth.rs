@@ -725,7 +725,7 @@ mod tests {
 
     use super::retry::{next_delay, parse_retry_after};
     use super::*;
-    use crate::auth_stub::{AuthStub, AuthStubHandle, Faults, RateLimit};
+    use neurallog_auth_stub::{AuthStub, AuthStubHandle, Faults, RateLimit};
 
     const TOKEN: &str = "s3cret-token";
 

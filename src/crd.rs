@@ -28,6 +28,43 @@ pub const MAX_TENANT_NAME_LEN: usize =
 /// A tenant name: a DNS-1035 label (Services `<tenant>-redis` and `<tenant>-server` must
 /// start with a letter), lower case, no dots.
 pub const TENANT_NAME_PATTERN: &str = "^[a-z]([-a-z0-9]*[a-z0-9])?$";
+/// A namespace name: an RFC 1123 label.
+pub const DNS_LABEL_PATTERN: &str = "^[a-z0-9]([-a-z0-9]*[a-z0-9])?$";
+/// An environment variable name: letters, digits, '_', '-' and '.', not starting with a digit.
+pub const ENV_NAME_PATTERN: &str = "^[-._a-zA-Z][-._a-zA-Z0-9]*$";
+/// The form of a `spec.redis.config` key: a lower-case redis.conf directive.
+pub const REDIS_CONFIG_KEY_PATTERN: &str = "^[a-z][a-z0-9-]*$";
+
+/// Limits of the spec. The CRD's schema is built from them, and [`crate::validation`]
+/// checks them again, in case the CRD installed is older than the operator.
+pub mod limits {
+    use super::DNS_LABEL_MAX;
+
+    pub const MAX_DISPLAY_NAME: usize = 256;
+    pub const MAX_DESCRIPTION: usize = 4096;
+    pub const MAX_SERVER_REPLICAS: i32 = 100;
+    pub const MAX_IMAGE: usize = 512;
+    pub const MAX_ENV: usize = 128;
+    pub const MAX_ENV_NAME: usize = 256;
+    pub const MAX_REDIS_CONFIG: usize = 64;
+    /// Checked at admission only: a longer value is not a value any directive takes.
+    pub const MAX_REDIS_CONFIG_VALUE: usize = 1024;
+    /// A quantity as written (CPU, memory, storage); checked at admission only.
+    pub const MAX_QUANTITY: usize = 64;
+    pub const MAX_ALLOWED_NAMESPACES: usize = 64;
+    pub const MAX_RULES: usize = 32;
+    pub const MAX_RULE_LABELS: usize = 32;
+    pub const MAX_RULE_PORTS: usize = 32;
+    pub const MAX_RULE_DESCRIPTION: usize = 1024;
+    pub const MAX_ADMIN_USER_ID: usize = 256;
+    pub const MAX_PORT: i32 = 65535;
+    /// A namespace name, a label value, the name part of a label key.
+    pub const MAX_DNS_LABEL: usize = DNS_LABEL_MAX;
+    /// A Secret or ConfigMap name.
+    pub const MAX_DNS_SUBDOMAIN: usize = 253;
+    /// A key of a Secret or ConfigMap.
+    pub const MAX_CONFIG_KEY: usize = 253;
+}
 
 /// Environment variables the operator sets on the server; users may not shadow them.
 pub const OPERATOR_ENV: [&str; 6] = [
@@ -40,7 +77,7 @@ pub const OPERATOR_ENV: [&str; 6] = [
 ];
 
 /// Redis settings that would break the pod or escape its volume if a user changed them.
-pub const RESERVED_REDIS_KEYS: [&str; 19] = [
+pub const MANAGED_REDIS_KEYS: [&str; 14] = [
     "bind",
     "port",
     "dir",
@@ -55,13 +92,35 @@ pub const RESERVED_REDIS_KEYS: [&str; 19] = [
     "unixsocket",
     "protected-mode",
     "supervised",
-    // Secrets do not belong in a ConfigMap, and a password breaks the readiness probe.
-    "requirepass",
-    "masterauth",
-    "masteruser",
-    "aclfile",
-    "user",
 ];
+
+/// Redis settings that hold secrets: they do not belong in a ConfigMap, and a password
+/// breaks the readiness probe.
+pub const SECRET_REDIS_KEYS: [&str; 5] =
+    ["requirepass", "masterauth", "masteruser", "aclfile", "user"];
+
+/// Every `spec.redis.config` key a user may not set: the managed ones, then the secrets.
+pub const RESERVED_REDIS_KEYS: [&str; 19] = concat(MANAGED_REDIS_KEYS, SECRET_REDIS_KEYS);
+
+/// `first` followed by `second`; `N` must be the sum of their lengths (checked at compile
+/// time, where this is evaluated).
+const fn concat<const A: usize, const B: usize, const N: usize>(
+    first: [&'static str; A],
+    second: [&'static str; B],
+) -> [&'static str; N] {
+    assert!(A + B == N, "concat: N must be A + B");
+    let mut all = [""; N];
+    let mut i = 0;
+    while i < A {
+        all[i] = first[i];
+        i += 1;
+    }
+    while i < N {
+        all[i] = second[i - A];
+        i += 1;
+    }
+    all
+}
 
 /// A NeuralLog tenant: an isolated namespace with its own Redis and NeuralLog server,
 /// network policies, quota and an Auth service registration.
@@ -88,12 +147,12 @@ pub const RESERVED_REDIS_KEYS: [&str; 19] = [
 pub struct TenantSpec {
     /// Human-readable name shown by `kubectl get tenants`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(max = 256))]
+    #[schemars(length(max = limits::MAX_DISPLAY_NAME))]
     pub display_name: Option<String>,
 
     /// Free-form description of the tenant.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(max = 4096))]
+    #[schemars(length(max = limits::MAX_DESCRIPTION))]
     pub description: Option<String>,
 
     /// The NeuralLog server: Deployment and Service `<tenant>-server` (port 3030).
@@ -119,12 +178,12 @@ pub struct TenantSpec {
 pub struct ServerSpec {
     /// Number of server pods (at least 1).
     #[serde(default = "one")]
-    #[schemars(range(min = 1, max = 100))]
+    #[schemars(range(min = 1, max = limits::MAX_SERVER_REPLICAS))]
     pub replicas: i32,
 
     /// Server container image.
     #[serde(default = "default_server_image")]
-    #[schemars(length(min = 1, max = 512))]
+    #[schemars(length(min = 1, max = limits::MAX_IMAGE))]
     pub image: String,
 
     /// CPU and memory requests and limits of each server pod.
@@ -135,7 +194,7 @@ pub struct ServerSpec {
     /// shadow the ones the operator sets (PORT, TENANT_ID, AUTH_URL, STORAGE_TYPE,
     /// REDIS_HOST, REDIS_PORT).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(length(max = 128))]
+    #[schemars(length(max = limits::MAX_ENV))]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["name"]))]
     pub env: Vec<EnvVar>,
 }
@@ -144,12 +203,12 @@ pub struct ServerSpec {
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = Rule::new("!(has(self.value) && has(self.valueFrom))").message("spec.server.env: set either value or valueFrom, not both"))]
-#[x_kube(validation = Rule::new("!(self.name in ['PORT', 'TENANT_ID', 'AUTH_URL', 'STORAGE_TYPE', 'REDIS_HOST', 'REDIS_PORT'])").message("spec.server.env: PORT, TENANT_ID, AUTH_URL, STORAGE_TYPE, REDIS_HOST and REDIS_PORT are set by the operator and cannot be overridden"))]
+#[x_kube(validation = Rule::new(format!("!(self.name in {})", cel_list(&OPERATOR_ENV))).message(format!("spec.server.env: {} are set by the operator and cannot be overridden", prose_list(&OPERATOR_ENV)).as_str()))]
 pub struct EnvVar {
     /// Variable name: letters, digits, '_', '-' and '.', not starting with a digit.
     #[schemars(
-        length(min = 1, max = 256),
-        regex(pattern = r"^[-._a-zA-Z][-._a-zA-Z0-9]*$")
+        length(min = 1, max = limits::MAX_ENV_NAME),
+        regex(pattern = ENV_NAME_PATTERN)
     )]
     pub name: String,
 
@@ -180,10 +239,10 @@ pub struct EnvVarSource {
 #[serde(rename_all = "camelCase")]
 pub struct KeyRef {
     /// Name of the Secret or ConfigMap.
-    #[schemars(length(min = 1, max = 253))]
+    #[schemars(length(min = 1, max = limits::MAX_DNS_SUBDOMAIN))]
     pub name: String,
     /// The key within it.
-    #[schemars(length(min = 1, max = 253))]
+    #[schemars(length(min = 1, max = limits::MAX_CONFIG_KEY))]
     pub key: String,
     /// Start the pod even if the object or key is missing.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -249,7 +308,7 @@ impl schemars::JsonSchema for QuantityValue {
         schemars::json_schema!({
             "description": "A Kubernetes quantity, such as 200m, 1, 256Mi or 1Gi.",
             "x-kubernetes-int-or-string": true,
-            "anyOf": [{"type": "integer"}, {"type": "string", "maxLength": 64}]
+            "anyOf": [{"type": "integer"}, {"type": "string", "maxLength": limits::MAX_QUANTITY}]
         })
     }
 }
@@ -278,7 +337,7 @@ pub struct RedisSpec {
 
     /// Redis container image.
     #[serde(default = "default_redis_image")]
-    #[schemars(length(min = 1, max = 512))]
+    #[schemars(length(min = 1, max = limits::MAX_IMAGE))]
     pub image: String,
 
     /// CPU and memory requests and limits of the Redis pod.
@@ -288,7 +347,7 @@ pub struct RedisSpec {
     /// Size of the Redis data volume. Cannot be changed after creation (a StatefulSet's
     /// volume claim templates are immutable).
     #[serde(default = "default_redis_storage")]
-    #[schemars(length(min = 1, max = 64))]
+    #[schemars(length(min = 1, max = limits::MAX_QUANTITY))]
     #[x_kube(validation = Rule::new("self == oldSelf").message("spec.redis.storage is immutable: a StatefulSet's volume claim template cannot change; to use another size, delete the tenant and create it again"))]
     #[x_kube(validation = Rule::new("isQuantity(self) && quantity(self).isGreaterThan(quantity('0'))").message("spec.redis.storage must be a positive Kubernetes quantity such as 1Gi"))]
     pub storage: String,
@@ -298,9 +357,9 @@ pub struct RedisSpec {
     /// that would break the pod or escape its volume (bind, port, dir, dbfilename,
     /// include, rename-command, ...) are refused.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    #[schemars(extend("maxProperties" = 64, "additionalProperties" = {"type": "string", "maxLength": 1024}))]
-    #[x_kube(validation = Rule::new("self.all(k, !(k in ['bind', 'port', 'dir', 'dbfilename', 'appendfilename', 'appenddirname', 'include', 'rename-command', 'daemonize', 'pidfile', 'logfile', 'unixsocket', 'protected-mode', 'supervised', 'requirepass', 'masterauth', 'masteruser', 'aclfile', 'user']))").message("spec.redis.config: bind, port, dir, dbfilename, appendfilename, appenddirname, include, rename-command, daemonize, pidfile, logfile, unixsocket, protected-mode and supervised are managed by the operator; requirepass, masterauth, masteruser, aclfile and user hold secrets, which do not belong in a ConfigMap"))]
-    #[x_kube(validation = Rule::new("self.all(k, k.matches('^[a-z][a-z0-9-]*$'))").message("spec.redis.config: keys are lower-case redis.conf directives such as maxmemory-policy"))]
+    #[schemars(extend("maxProperties" = limits::MAX_REDIS_CONFIG, "additionalProperties" = {"type": "string", "maxLength": limits::MAX_REDIS_CONFIG_VALUE}))]
+    #[x_kube(validation = Rule::new(format!("self.all(k, !(k in {}))", cel_list(&RESERVED_REDIS_KEYS))).message(format!("spec.redis.config: {} are managed by the operator; {} hold secrets, which do not belong in a ConfigMap", prose_list(&MANAGED_REDIS_KEYS), prose_list(&SECRET_REDIS_KEYS)).as_str()))]
+    #[x_kube(validation = Rule::new(format!("self.all(k, k.matches('{REDIS_CONFIG_KEY_PATTERN}'))")).message("spec.redis.config: keys are lower-case redis.conf directives such as maxmemory-policy"))]
     #[x_kube(validation = Rule::new("self.all(k, !self[k].contains('\\n') && !self[k].contains('\\r'))").message("spec.redis.config: values must be a single line"))]
     pub config: BTreeMap<String, String>,
 }
@@ -317,22 +376,22 @@ pub struct NetworkPolicySpec {
     /// Namespaces whose pods may reach the tenant's server. Empty means none.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(
-        length(max = 64),
+        length(max = limits::MAX_ALLOWED_NAMESPACES),
         inner(
-            length(min = 1, max = 63),
-            regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+            length(min = 1, max = limits::MAX_DNS_LABEL),
+            regex(pattern = DNS_LABEL_PATTERN)
         )
     )]
     pub allowed_namespaces: Vec<NamespaceName>,
 
     /// Extra ingress rules, one NetworkPolicy each.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(length(max = 32))]
+    #[schemars(length(max = limits::MAX_RULES))]
     pub ingress_rules: Vec<IngressRule>,
 
     /// Extra egress rules, one NetworkPolicy each.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(length(max = 32))]
+    #[schemars(length(max = limits::MAX_RULES))]
     pub egress_rules: Vec<EgressRule>,
 }
 
@@ -345,15 +404,15 @@ pub type NamespaceName = String;
 pub struct IngressRule {
     /// What the rule is for.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(max = 1024))]
+    #[schemars(length(max = limits::MAX_RULE_DESCRIPTION))]
     pub description: Option<String>,
     /// Labels of the pods (in any namespace) allowed in.
     #[serde(default)]
-    #[schemars(extend("maxProperties" = 32, "additionalProperties" = {"type": "string", "maxLength": 63}))]
+    #[schemars(extend("maxProperties" = limits::MAX_RULE_LABELS, "additionalProperties" = {"type": "string", "maxLength": limits::MAX_DNS_LABEL}))]
     pub from: BTreeMap<String, String>,
     /// Ports the rule opens; empty means all.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(length(max = 32))]
+    #[schemars(length(max = limits::MAX_RULE_PORTS))]
     pub ports: Vec<PortRule>,
 }
 
@@ -363,15 +422,15 @@ pub struct IngressRule {
 pub struct EgressRule {
     /// What the rule is for.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(max = 1024))]
+    #[schemars(length(max = limits::MAX_RULE_DESCRIPTION))]
     pub description: Option<String>,
     /// Labels of the pods (in any namespace) the tenant may reach.
     #[serde(default)]
-    #[schemars(extend("maxProperties" = 32, "additionalProperties" = {"type": "string", "maxLength": 63}))]
+    #[schemars(extend("maxProperties" = limits::MAX_RULE_LABELS, "additionalProperties" = {"type": "string", "maxLength": limits::MAX_DNS_LABEL}))]
     pub to: BTreeMap<String, String>,
     /// Ports the rule opens; empty means all.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(length(max = 32))]
+    #[schemars(length(max = limits::MAX_RULE_PORTS))]
     pub ports: Vec<PortRule>,
 }
 
@@ -383,7 +442,7 @@ pub struct PortRule {
     #[serde(default)]
     pub protocol: Protocol,
     /// Port number, 1 to 65535.
-    #[schemars(range(min = 1, max = 65535))]
+    #[schemars(range(min = 1, max = limits::MAX_PORT))]
     pub port: i32,
 }
 
@@ -408,7 +467,7 @@ pub struct AuthSpec {
     /// Admin user registered for this tenant; defaults to the operator's
     /// `--auth-admin-user-id`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(min = 1, max = 256))]
+    #[schemars(length(min = 1, max = limits::MAX_ADMIN_USER_ID))]
     pub admin_user_id: Option<String>,
 }
 
@@ -532,6 +591,21 @@ pub const NAME_FORM_MESSAGE: &str = "metadata.name: a tenant name must start wit
      letter and hold only lower-case letters, digits and '-', ending with a letter or digit, \
      because it names the Services <name>-redis and <name>-server (DNS-1035 labels) and the \
      namespace tenant-<name>";
+
+/// `['a', 'b']`: a CEL list of string literals (the items hold no quote or backslash).
+fn cel_list(items: &[&str]) -> String {
+    let quoted: Vec<String> = items.iter().map(|item| format!("'{item}'")).collect();
+    format!("[{}]", quoted.join(", "))
+}
+
+/// `a, b and c`: items as a sentence lists them.
+fn prose_list(items: &[&str]) -> String {
+    match items.split_last() {
+        Some((last, rest)) if !rest.is_empty() => format!("{} and {last}", rest.join(", ")),
+        Some((last, _)) => (*last).to_owned(),
+        None => String::new(),
+    }
+}
 
 pub fn namespace_for(tenant_name: &str) -> String {
     format!("tenant-{tenant_name}")

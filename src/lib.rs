@@ -1,7 +1,6 @@
 //! The NeuralLog tenant operator: an event-sourced state-machine reconciler for `Tenant`s.
 
 pub mod auth;
-pub mod auth_stub;
 pub mod cli;
 pub mod controller;
 pub mod crd;

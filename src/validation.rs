@@ -9,7 +9,7 @@
 use crate::crd::{
     EgressRule, EnvVar, EnvVarSource, IngressRule, KeyRef, MAX_TENANT_NAME_LEN, NAME_FORM_MESSAGE,
     NetworkPolicySpec, OPERATOR_ENV, PortRule, QuantityValue, RedisSpec, RequestLimit, Resources,
-    ServerSpec, TenantSpec, name_length_message,
+    ServerSpec, TenantSpec, limits, name_length_message,
 };
 use crate::quantity::Quantity;
 use crate::redis_config::{self, quoted};
@@ -30,24 +30,8 @@ impl fmt::Display for SpecProblem {
     }
 }
 
-/// Limits of the CRD schema, checked again in case an older CRD is installed.
-mod limits {
-    pub const MAX_DISPLAY_NAME: usize = 256;
-    pub const MAX_DESCRIPTION: usize = 4096;
-    pub const MAX_SERVER_REPLICAS: i32 = 100;
-    pub const MAX_IMAGE: usize = 512;
-    pub const MAX_ENV: usize = 128;
-    pub const MAX_ENV_NAME: usize = 256;
-    pub const MAX_REDIS_CONFIG: usize = 64;
-    pub const MAX_ALLOWED_NAMESPACES: usize = 64;
-    pub const MAX_RULES: usize = 32;
-    pub const MAX_RULE_LABELS: usize = 32;
-    pub const MAX_RULE_PORTS: usize = 32;
-    pub const MAX_RULE_DESCRIPTION: usize = 1024;
-    pub const MAX_ADMIN_USER_ID: usize = 256;
-    /// Problems listed in a status message; the rest are counted.
-    pub const MAX_SUMMARIZED: usize = 10;
-}
+/// Problems listed in a status message; the rest are counted.
+const MAX_SUMMARIZED: usize = 10;
 
 /// Every problem with `spec` for a tenant called `tenant_name`, in a stable order: the
 /// same input always gives the same list.
@@ -69,11 +53,11 @@ pub fn validate(tenant_name: &str, spec: &TenantSpec) -> Vec<SpecProblem> {
 pub fn summarize(problems: &[SpecProblem]) -> String {
     let mut summary = problems
         .iter()
-        .take(limits::MAX_SUMMARIZED)
+        .take(MAX_SUMMARIZED)
         .map(SpecProblem::to_string)
         .collect::<Vec<_>>()
         .join("; ");
-    let unlisted = problems.len().saturating_sub(limits::MAX_SUMMARIZED);
+    let unlisted = problems.len().saturating_sub(MAX_SUMMARIZED);
     if unlisted > 0 {
         summary.push_str(&format!("; and {unlisted} more"));
     }
@@ -465,10 +449,14 @@ mod network {
             let field = format!("{}.ports", self.field);
             problems.check_count(&field, self.ports.len(), limits::MAX_RULE_PORTS, "ports");
             for (i, port) in self.ports.iter().enumerate() {
-                if !(1..=65535).contains(&port.port) {
+                if !(1..=limits::MAX_PORT).contains(&port.port) {
                     problems.add(
                         format!("{field}[{i}].port"),
-                        format!("must be from 1 to 65535, found {}", port.port),
+                        format!(
+                            "must be from 1 to {}, found {}",
+                            limits::MAX_PORT,
+                            port.port
+                        ),
                     );
                 }
             }
@@ -589,10 +577,10 @@ mod syntax {
     //! Kubernetes name syntax: DNS labels and subdomains, label keys and values,
     //! environment variable names and ConfigMap/Secret keys.
 
-    const MAX_DNS_LABEL: usize = 63;
-    const MAX_DNS_SUBDOMAIN: usize = 253;
-    const MAX_LABEL_NAME: usize = 63;
-    const MAX_CONFIG_KEY: usize = 253;
+    use crate::crd::limits::{MAX_CONFIG_KEY, MAX_DNS_LABEL, MAX_DNS_SUBDOMAIN};
+
+    /// The name part of a label key, and a label value.
+    const MAX_LABEL_NAME: usize = MAX_DNS_LABEL;
 
     /// RFC 1123 label: `[a-z0-9]([-a-z0-9]*[a-z0-9])?`, at most 63 characters.
     pub(super) fn is_dns_label(text: &str) -> bool {
@@ -768,6 +756,9 @@ mod syntax {
         }
     }
 }
+
+#[cfg(test)]
+mod crd_agreement;
 
 #[cfg(test)]
 mod tests {

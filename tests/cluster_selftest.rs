@@ -1,6 +1,9 @@
 //! Proves the test cluster is real: controllers run, kwok makes pods Ready, claims bind,
 //! and deleting a namespace removes what was in it.
 
+// Tests and benches may unwrap (clippy.toml covers only `#[test]` functions).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use common::{client, unique, wait_for, wait_until_gone};

@@ -1,5 +1,8 @@
 //! The API server restarted mid-run: the operator's watches resume and nothing is missed.
 
+// Tests and benches may unwrap (clippy.toml covers only `#[test]` functions).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use common::*;

@@ -2,10 +2,13 @@
 //! the timeout, and 404 on delete. Each tenant reports why it waits, retries with backoff
 //! and recovers on its own.
 
+// Tests and benches may unwrap (clippy.toml covers only `#[test]` functions).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use common::*;
-use neurallog_operator::auth_stub::{Faults, RateLimit};
+use neurallog_auth_stub::{Faults, RateLimit};
 use std::time::Duration;
 
 const BASIC: &str = include_str!("../examples/basic-tenant.yaml");

@@ -2,6 +2,9 @@
 //! API server with a message naming the field, or accepted and then `Failed` with a
 //! `Stalled` condition naming it. The operator never panics or restarts meanwhile.
 
+// Tests and benches may unwrap (clippy.toml covers only `#[test]` functions).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use common::*;

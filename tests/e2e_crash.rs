@@ -1,6 +1,9 @@
 //! Crash consistency: the operator is SIGKILLed at random moments, over and over, while
 //! tenants are created, updated and deleted. At the end nothing is lost or duplicated.
 
+// Tests and benches may unwrap (clippy.toml covers only `#[test]` functions).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use common::*;

@@ -7,6 +7,9 @@
 //! unique names, so they can run at the same time. The CRD is shared with every e2e test:
 //! it is applied (unchanged) but never deleted.
 
+// Tests and benches may unwrap (clippy.toml covers only `#[test]` functions).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use common::*;

@@ -2,6 +2,9 @@
 //! object rendered for a spec the operator accepts passes the API server's own admission
 //! (server-side dry-run create), so an accepted spec never stalls on a refused object.
 
+// Tests and benches may unwrap (clippy.toml covers only `#[test]` functions).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 /// What the shared strategies expect their including module's parent to import.

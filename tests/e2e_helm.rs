@@ -3,6 +3,9 @@
 //! server (`kubectl apply --server-side --dry-run=server`: validated and admitted, never
 //! stored). Helm is built from its Go module by tests/cluster/build.sh.
 
+// Tests and benches may unwrap (clippy.toml covers only `#[test]` functions).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use common::*;
@@ -52,6 +55,8 @@ fn helm_path() -> PathBuf {
 }
 
 fn helm(args: &[&str]) -> String {
+    // Helm comes with the cluster's tools (tests/cluster/build.sh).
+    skip_without_cluster();
     let helm = helm_path();
     assert!(
         helm.exists(),

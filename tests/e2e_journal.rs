@@ -3,6 +3,9 @@
 //! the tenant's Events show, `verify` passes, `export` and `replay` agree, and the file is
 //! refused while the operator holds it and readable once it has stopped.
 
+// Tests and benches may unwrap (clippy.toml covers only `#[test]` functions).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use common::*;

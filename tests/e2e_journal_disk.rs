@@ -2,6 +2,9 @@
 //! (nothing un-journaled reaches a status or an Event), says so on /readyz and in a Warning
 //! Event, and resumes on its own when space returns. The disk is a real 4 MiB tmpfs.
 
+// Tests and benches may unwrap (clippy.toml covers only `#[test]` functions).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use common::*;

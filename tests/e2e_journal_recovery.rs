@@ -3,6 +3,9 @@
 //! points at it, announced by a Warning Event on each tenant; the operator keeps running
 //! and the tenants stay what their specs ask for.
 
+// Tests and benches may unwrap (clippy.toml covers only `#[test]` functions).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use common::*;

@@ -8,6 +8,9 @@
 //! share the one journal on the PVC, and the Deployment (`Recreate`, one replica) never
 //! runs two at once.
 
+// Tests and benches may unwrap (clippy.toml covers only `#[test]` functions).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use common::*;
@@ -18,7 +21,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{DeleteParams, PostParams};
 use kube::{Api, Client};
-use neurallog_operator::auth_stub::AuthStubHandle;
+use neurallog_auth_stub::AuthStubHandle;
 use neurallog_operator::crd::Tenant;
 use serde_json::json;
 use std::time::{Duration, Instant};

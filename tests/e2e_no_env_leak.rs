@@ -1,6 +1,9 @@
 //! Env values may be secrets: they reach the tenant's Deployment and nothing else — not the
 //! journal, not the operator's logs, not the Events.
 
+// Tests and benches may unwrap (clippy.toml covers only `#[test]` functions).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use common::*;

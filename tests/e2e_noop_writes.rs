@@ -2,6 +2,9 @@
 //! operator restart reconciles every one of them), the operator sent no write request,
 //! by its own counter and by the API server's `apiserver_request_total`.
 
+// Tests and benches may unwrap (clippy.toml covers only `#[test]` functions).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use common::*;

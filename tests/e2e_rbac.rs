@@ -7,6 +7,9 @@
 //! instead of `neurallog-system`, prefixed role and binding names), so this test runs
 //! alongside e2e_deploy, which installs the real names.
 
+// Tests and benches may unwrap (clippy.toml covers only `#[test]` functions).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use common::*;

@@ -6,6 +6,9 @@
 //!
 //! Without the real node these tests say so and pass: `make test` turns it on.
 
+// Tests and benches may unwrap (clippy.toml covers only `#[test]` functions).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use common::*;

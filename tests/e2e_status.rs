@@ -3,6 +3,9 @@
 //! every failure the operator meets (a refused write, a pod that cannot be scheduled,
 //! pulled or kept running, a namespace conflict) on the Tenant, with recovery journaled.
 
+// Tests and benches may unwrap (clippy.toml covers only `#[test]` functions).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use common::*;
@@ -23,7 +26,7 @@ const CRASHING_IMAGE: &str = "registry.invalid/neurallog/crashes:1";
 struct Env {
     client: Client,
     run: String,
-    _auth: neurallog_operator::auth_stub::AuthStubHandle,
+    _auth: neurallog_auth_stub::AuthStubHandle,
     operator: Operator,
 }
 

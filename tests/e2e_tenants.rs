@@ -1,6 +1,9 @@
 //! The user guide, end to end on the real control plane: create, describe, update, drift,
 //! conflicts, Auth outages and deletion.
 
+// Tests and benches may unwrap (clippy.toml covers only `#[test]` functions).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use common::*;
@@ -9,7 +12,7 @@ use k8s_openapi::api::core::v1::{ConfigMap, Event, Namespace, Service};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::{Api, Client, ResourceExt};
-use neurallog_operator::auth_stub::Faults;
+use neurallog_auth_stub::Faults;
 use neurallog_operator::crd::Tenant;
 use std::time::Duration;
 
@@ -20,7 +23,7 @@ const PROVISION: Duration = Duration::from_secs(120);
 struct Env {
     client: Client,
     run: String,
-    auth: neurallog_operator::auth_stub::AuthStubHandle,
+    auth: neurallog_auth_stub::AuthStubHandle,
     _operator: Operator,
 }
 

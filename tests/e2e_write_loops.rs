@@ -3,6 +3,9 @@
 //! namespace conflict) converges or stalls, and then the operator sends no write request
 //! for a minute, by its own counter and by the API server's `apiserver_request_total`.
 
+// Tests and benches may unwrap (clippy.toml covers only `#[test]` functions).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use common::*;

@@ -7,6 +7,9 @@
 //! export is far larger than what a stalled connection buffers, so each admitted export
 //! stalls for good.
 
+// Tests and benches may unwrap (clippy.toml covers only `#[test]` functions).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use chrono::{DateTime, Duration as TimeDelta, Utc};
 use neurallog_machines::{Input, Phase, Trigger, step};
 use neurallog_operator::http::{self, HttpState};

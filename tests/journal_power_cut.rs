@@ -13,6 +13,9 @@
 //! power cuts there are. Without FUSE the tests say so and pass, unless
 //! `NEURALLOG_REQUIRE_FUSE=1`.
 
+// Tests and benches may unwrap (clippy.toml covers only `#[test]` functions).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use chrono::{DateTime, Duration as ChronoDuration, Utc};
 use neurallog_lazyfs::{LazyFs, mount_or_skip};
 use neurallog_machines::{Input, Phase, Trigger, step};

@@ -11,6 +11,9 @@
 //! Needs `strace` (`make test` installs it); skipped with one line without it unless
 //! `NEURALLOG_REQUIRE_STRACE=1`.
 
+// Tests and benches may unwrap (clippy.toml covers only `#[test]` functions).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use chrono::{DateTime, Duration, Utc};
 use neurallog_machines::{Input, Phase, Trigger, step};
 use neurallog_operator::journal::{Journal, NewRecord, spec_digest};

@@ -8,6 +8,9 @@
 //! starts, reads back every user setting, passes the rendered probes and persists as
 //! configured.
 
+// Tests and benches may unwrap (clippy.toml covers only `#[test]` functions).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 #[path = "common/redis_process.rs"]
 mod redis_process;
 

@@ -13,6 +13,9 @@
 //! | `CONVERGE_WORK_DIR` | `target/bench` | journal, operator logs, `results.json` |
 //! | `CONVERGE_TIMEOUT_SECONDS` | 1800 | limit of each wait |
 
+// Tests and benches may unwrap (clippy.toml covers only `#[test]` functions).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod apiserver;
 mod baseline;
 mod cpu;
@@ -28,7 +31,7 @@ use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Patch, PatchParams};
 use kube::{Api, Client};
-use neurallog_operator::auth_stub::AuthStub;
+use neurallog_auth_stub::AuthStub;
 use neurallog_operator::controller::observation::{deployment_state, statefulset_state};
 use neurallog_operator::crd::Tenant;
 use operator::OperatorProcess;

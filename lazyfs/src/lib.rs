@@ -124,16 +124,7 @@ impl Drop for LazyFs {
 
 /// `umount -l`.
 fn lazy_unmount(mountpoint: &Path) -> io::Result<()> {
-    use std::os::unix::ffi::OsStrExt;
-    let path = std::ffi::CString::new(mountpoint.as_os_str().as_bytes())
-        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
-    // SAFETY: `path` is a valid NUL-terminated string that outlives the call.
-    let result = unsafe { libc::umount2(path.as_ptr(), libc::MNT_DETACH) };
-    if result == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
-    }
+    nix::mount::umount2(mountpoint, nix::mount::MntFlags::MNT_DETACH).map_err(io::Error::from)
 }
 
 /// The environment variable that turns a test's skip (no FUSE here) into a failure.

@@ -1,5 +1,8 @@
 //! LazyFs mounted for real: what survives a power cut.
 
+// A test file: its helpers may unwrap (clippy.toml only covers `#[test]` functions).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use neurallog_lazyfs::{LazyFs, mount_or_skip};
 use std::fs::{self, OpenOptions};
 use std::io::{ErrorKind, Write};

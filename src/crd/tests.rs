@@ -15,6 +15,38 @@ fn the_committed_crd_matches_the_code() {
 }
 
 #[test]
+fn the_charts_crd_is_the_committed_one() {
+    let chart = include_str!("../../charts/neurallog-operator/crds/tenants.neurallog.io.yaml");
+    let committed = include_str!("../../deploy/crd/tenants.neurallog.io.yaml");
+    assert!(
+        chart == committed,
+        "charts/neurallog-operator/crds/tenants.neurallog.io.yaml is stale: run `make crd` and commit it"
+    );
+}
+
+#[test]
+fn the_reserved_lists_in_cel_are_the_constants() {
+    let yaml = crd_yaml().expect("CRD serializes");
+    for name in OPERATOR_ENV.iter().chain(&RESERVED_REDIS_KEYS) {
+        assert!(
+            yaml.contains(&format!("'{name}'")),
+            "{name} is not in a CEL rule"
+        );
+    }
+    assert_eq!(
+        RESERVED_REDIS_KEYS[..MANAGED_REDIS_KEYS.len()],
+        MANAGED_REDIS_KEYS
+    );
+    assert_eq!(
+        RESERVED_REDIS_KEYS[MANAGED_REDIS_KEYS.len()..],
+        SECRET_REDIS_KEYS
+    );
+    assert_eq!(prose_list(&["a", "b", "c"]), "a, b and c");
+    assert_eq!(prose_list(&["a"]), "a");
+    assert_eq!(cel_list(&["a", "b"]), "['a', 'b']");
+}
+
+#[test]
 fn the_guides_basic_tenant_gets_the_guides_defaults() {
     let tenant = parse(include_str!("../../examples/basic-tenant.yaml"));
     let spec = &tenant.spec;

@@ -5,7 +5,8 @@
 #
 #   images.sh [NAME...]   default: pause redis server-standin coredns
 #   images.sh operator auth-stub   the operator's image and an Auth stub's, from
-#                                  target/release (cargo build --release --bins)
+#                                  target/release (cargo build --release --bins
+#                                  -p neurallog-operator -p neurallog-auth-stub)
 #
 # Prints "NAME REF ARCHIVE" per image on stdout.
 set -euo pipefail
@@ -115,11 +116,11 @@ spec_operator() {
 EOF
 }
 
-# The operator's Auth stub (src/auth_stub.rs), for the in-cluster operator to register
-# tenants with.
+# The Auth stub (the auth-stub/ crate), for the in-cluster operator to register tenants
+# with.
 spec_auth_stub() {
   local binary=$repo_root/target/release/neurallog-auth-stub
-  [ -x "$binary" ] || die "$binary is missing: cargo build --release --bin neurallog-auth-stub"
+  [ -x "$binary" ] || die "$binary is missing: cargo build --release -p neurallog-auth-stub --bin neurallog-auth-stub"
   cat <<EOF
 {"ref": "$1", "binaries": [["$binary", "/neurallog-auth-stub"]],
  "config": {"Entrypoint": ["/neurallog-auth-stub"], "Cmd": ["--listen", "0.0.0.0:3040"],

@@ -1,16 +1,15 @@
 //! A stand-in NeuralLog Auth service for local runs: the tenant API from memory, with fault
-//! switches under `/_stub` (see `neurallog_operator::auth_stub`). Logs to stderr; stops on
+//! switches under `/_stub` (see the `neurallog_auth_stub` library). Logs to stderr; stops on
 //! SIGTERM or Ctrl-C.
 
 use std::io::IsTerminal as _;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use anyhow::Context as _;
+use anyhow::{Context as _, bail};
 use clap::Parser;
-use neurallog_operator::auth::load_token_file;
-use neurallog_operator::auth_stub::{AuthStub, AuthStubOptions};
+use neurallog_auth_stub::{AuthStub, AuthStubOptions};
 use tracing_subscriber::EnvFilter;
 
 #[derive(Debug, Parser)]
@@ -47,7 +46,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     if let Some(admin) = args.admin_listen {
         warn_if_not_loopback(admin);
     }
-    let token = args.token_file.map(load_token_file).transpose()?;
+    let token = args.token_file.as_deref().map(required_token).transpose()?;
     let stub = AuthStub::start_with(AuthStubOptions {
         addr: args.listen,
         token,
@@ -59,6 +58,16 @@ async fn run(args: Args) -> anyhow::Result<()> {
     wait_for_termination().await?;
     stub.shutdown().await;
     Ok(())
+}
+
+/// The bearer token in `path`, without surrounding whitespace; an empty file is a mistake.
+fn required_token(path: &Path) -> anyhow::Result<String> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read the token file {}", path.display()))?;
+    match text.trim() {
+        "" => bail!("the token file {} holds no token", path.display()),
+        token => Ok(token.to_owned()),
+    }
 }
 
 fn init_logging() {
