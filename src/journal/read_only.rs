@@ -43,7 +43,9 @@ pub enum ReadOnlyError {
 
 /// A private copy of a journal, open; the copy is deleted on drop.
 pub struct JournalCopy {
-    journal: Option<Journal>,
+    /// Declared before `_scratch`: fields drop in order, so the database is closed before
+    /// its files are deleted.
+    journal: Journal,
     original: PathBuf,
     _scratch: Scratch,
 }
@@ -58,20 +60,8 @@ impl JournalCopy {
 impl Deref for JournalCopy {
     type Target = Journal;
 
-    // TODO(main session): replace this expect (workspace lints deny it), then drop the allow.
-    #[allow(clippy::expect_used)]
     fn deref(&self) -> &Journal {
-        // Only `drop` takes the journal out.
-        self.journal
-            .as_ref()
-            .expect("the journal copy is open until dropped")
-    }
-}
-
-impl Drop for JournalCopy {
-    fn drop(&mut self) {
-        // Close the database before `Scratch` deletes its files.
-        self.journal.take();
+        &self.journal
     }
 }
 
@@ -107,7 +97,7 @@ impl Journal {
             .map_err(|e| JournalError::opening(path, e))?;
         check_schema(path, &db)?;
         Ok(JournalCopy {
-            journal: Some(Journal::with_parts(&scratch.0, db, None)?),
+            journal: Journal::with_parts(&scratch.0, db, None)?,
             original: path.to_owned(),
             _scratch: scratch,
         })
