@@ -1,0 +1,153 @@
+//! What every pass shares: the clients, caches, journal and metrics, and what the operator
+//! remembers about each tenant between passes.
+
+use super::*;
+
+/// Watch caches of everything the operator owns, label-selected and without managed fields.
+#[derive(Clone)]
+pub struct Stores {
+    pub namespaces: Store<Namespace>,
+    pub config_maps: Store<ConfigMap>,
+    pub services: Store<Service>,
+    pub statefulsets: Store<StatefulSet>,
+    pub deployments: Store<Deployment>,
+    pub network_policies: Store<NetworkPolicy>,
+    pub quotas: Store<ResourceQuota>,
+    pub limit_ranges: Store<LimitRange>,
+    /// The tenants' pods, status only: why a component is not ready.
+    pub pods: Store<Pod>,
+}
+
+/// What the operator remembers about a tenant between passes. Losing it (a restart) costs
+/// at most one Auth call and one Event create per tenant, both idempotent.
+#[derive(Clone, Debug, Default)]
+pub(super) struct TenantMemo {
+    pub(super) auth: AuthState,
+    /// Journal records up to this sequence have their Event.
+    pub(super) mirrored: u64,
+    pub(super) failures: u32,
+    /// The JournalRecovered Warning Event exists.
+    pub(super) told_of_recovery: bool,
+    /// The Tenant's resourceVersion this pass's status patch was made from, and the status
+    /// it wrote. A pass that still sees that version (the watch has not caught up with the
+    /// patch) needs no second patch: the patch's own watch event will bring a new pass.
+    pub(super) status_patched_from: Option<(String, TenantStatus)>,
+    /// The write that failed in the last pass, until a pass writes everything it needs.
+    pub(super) write_failure: Option<failures::WriteFailure>,
+    /// Warning Events already sent (by name): a repeated cause costs no second create.
+    pub(super) warnings_sent: std::collections::BTreeSet<String>,
+    /// A transition's Event could not be written: the next pass comes soon to mirror it.
+    pub(super) transitions_behind: bool,
+    /// Other Events that could not be written, retried by the next passes.
+    pub(super) pending_events: Vec<k8s_openapi::api::core::v1::Event>,
+}
+
+pub struct Context {
+    pub client: Client,
+    pub journal: Arc<JournalSlot>,
+    pub auth: AuthClient,
+    pub settings: RenderSettings,
+    pub metrics: Arc<Metrics>,
+    pub stores: Stores,
+    /// Who writes the Events (pod name, or host).
+    pub instance: String,
+    /// Set when the journal replaced a damaged one at start-up.
+    pub recovery: Option<RecoveryMark>,
+    pub(super) chain: Option<String>,
+    /// Every owned-object cache holds its initial list. Before that a missing object may
+    /// only be not-yet-listed: observing it would apply it again, or journal a spurious
+    /// Degraded.
+    pub(super) caches_synced: Arc<std::sync::atomic::AtomicBool>,
+    pub(super) memo: Mutex<HashMap<String, TenantMemo>>,
+    /// How long a phase that waits for the cluster may go without progress.
+    pub(super) progress_deadline: Duration,
+    /// A failed Event write is logged at warning level once; later ones at debug.
+    pub(super) event_failure_logged: std::sync::atomic::AtomicBool,
+}
+
+impl Context {
+    pub fn new(
+        client: Client,
+        journal: Arc<JournalSlot>,
+        auth: AuthClient,
+        settings: RenderSettings,
+        metrics: Arc<Metrics>,
+        stores: Stores,
+        instance: String,
+    ) -> Self {
+        Self {
+            client,
+            journal,
+            auth,
+            settings,
+            metrics,
+            stores,
+            instance,
+            chain: None,
+            recovery: None,
+            caches_synced: Arc::new(std::sync::atomic::AtomicBool::new(true)),
+            memo: Mutex::default(),
+            progress_deadline: DEFAULT_PROGRESS_DEADLINE,
+            event_failure_logged: std::sync::atomic::AtomicBool::new(false),
+        }
+    }
+
+    pub fn with_progress_deadline(mut self, deadline: Duration) -> Self {
+        self.progress_deadline = deadline;
+        self
+    }
+
+    /// Reconciles wait until `synced` is set (by the readiness task).
+    pub fn with_caches_synced(mut self, synced: Arc<std::sync::atomic::AtomicBool>) -> Self {
+        self.caches_synced = synced;
+        self
+    }
+
+    /// For a journal that replaced a damaged one at start-up.
+    pub fn with_recovery(mut self, recovery: Option<RecoveryMark>) -> Self {
+        self.chain = recovery.as_ref().map(RecoveryMark::chain_label);
+        self.recovery = recovery;
+        self
+    }
+
+    /// The label of the journal's chain when it replaced a damaged journal.
+    pub fn chain(&self) -> Option<&str> {
+        self.chain.as_deref()
+    }
+
+    pub(super) fn memo<T>(&self, tenant: &Tenant, f: impl FnOnce(&mut TenantMemo) -> T) -> T {
+        let uid = tenant.uid().unwrap_or_default();
+        let mut memo = self
+            .memo
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        f(memo.entry(uid).or_default())
+    }
+
+    pub(super) fn forget(&self, tenant: &Tenant) {
+        let uid = tenant.uid().unwrap_or_default();
+        self.memo
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&uid);
+    }
+
+    pub fn auth_state(&self, tenant: &Tenant) -> AuthState {
+        self.memo(tenant, |m| m.auth.clone())
+    }
+
+    pub fn set_auth_state(&self, tenant: &Tenant, state: AuthState) {
+        self.memo(tenant, |m| m.auth = state);
+    }
+
+    pub(super) async fn blocking<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Journal) -> Result<T, JournalError> + Send + 'static,
+    ) -> Result<T, Error> {
+        let journal = self.journal.clone();
+        tokio::task::spawn_blocking(move || journal.with(f))
+            .await
+            .map_err(|e| Error::Join(e.to_string()))?
+            .map_err(Error::Journal)
+    }
+}

@@ -1,0 +1,109 @@
+//! Observing a tenant from the watch caches (and Auth): what exists, what is ready, and
+//! why not.
+
+use super::*;
+
+impl Context {
+    /// Reads the tenant's objects from the caches. The namespace is also read from the API
+    /// server when the (label-selected) cache lacks it: a foreign namespace of the same
+    /// name carries none of our labels.
+    pub(super) async fn observe(&self, tenant: &Tenant) -> Result<Observation, Error> {
+        let name = tenant.name_any();
+        let ns_name = namespace_for(&name);
+        let cached = self.stores.namespaces.get(&ObjectRef::new(&ns_name));
+        let namespace = match cached {
+            Some(ns) => Some(ns.as_ref().clone()),
+            None => Api::<Namespace>::all(self.client.clone())
+                .get_opt(&ns_name)
+                .await
+                .map_err(Error::Kube)?,
+        };
+        let owned = namespace
+            .as_ref()
+            .is_some_and(|ns| render::is_owned_by(ns, tenant));
+        let mut problems: Vec<String> = crate::validation::validate(&name, &tenant.spec)
+            .iter()
+            .map(|p| p.to_string())
+            .collect();
+        let sts = self
+            .stores
+            .statefulsets
+            .get(&ObjectRef::new(&render::redis_name(&name)).within(&ns_name));
+        let deployment = self
+            .stores
+            .deployments
+            .get(&ObjectRef::new(&render::server_name(&name)).within(&ns_name));
+        let (redis_matches, server_matches) = if problems.is_empty() {
+            match (
+                render::redis_statefulset(tenant),
+                render::server_deployment(tenant, &self.settings),
+            ) {
+                (Ok(s), Ok(d)) => (
+                    apply::matches_desired(&s, sts.as_deref()),
+                    apply::matches_desired(&d, deployment.as_deref()),
+                ),
+                (Err(e), _) | (_, Err(e)) => {
+                    problems.push(e.to_string());
+                    (false, false)
+                }
+            }
+        } else {
+            (false, false)
+        };
+        let redis = statefulset_state(sts.as_deref(), tenant.spec.redis.replicas, redis_matches);
+        let server = deployment_state(
+            deployment.as_deref(),
+            tenant.spec.server.replicas,
+            server_matches,
+        );
+        let now = Utc::now();
+        let (redis_problem, redis_due) = if redis.is_ready() {
+            (None, None)
+        } else {
+            self.pod_problem(&ns_name, "redis", now)
+        };
+        let (server_problem, server_due) = if server.is_ready() {
+            (None, None)
+        } else {
+            let (problem, due) = self.pod_problem(&ns_name, "server", now);
+            let problem =
+                problem.or_else(|| deployment.as_deref().and_then(failures::deployment_problem));
+            (problem, due)
+        };
+        Ok(Observation {
+            namespace: namespace_state(namespace.as_ref(), owned),
+            redis,
+            server,
+            auth: self.auth_state(tenant),
+            problems,
+            redis_problem,
+            server_problem,
+            write_failure: self.memo(tenant, |m| m.write_failure.clone()),
+            problem_due: redis_due.into_iter().chain(server_due).min(),
+        })
+    }
+
+    /// Why a pod of `component` in `namespace` does not run, from the pod cache.
+    pub(super) fn pod_problem(
+        &self,
+        namespace: &str,
+        component: &str,
+        now: chrono::DateTime<Utc>,
+    ) -> (Option<failures::PodProblem>, Option<chrono::DateTime<Utc>>) {
+        let pods: Vec<Arc<Pod>> = self
+            .stores
+            .pods
+            .state()
+            .into_iter()
+            .filter(|pod| {
+                pod.metadata.namespace.as_deref() == Some(namespace)
+                    && pod
+                        .labels()
+                        .get(render::COMPONENT_LABEL)
+                        .map(String::as_str)
+                        == Some(component)
+            })
+            .collect();
+        failures::pod_problem(pods.iter().map(|p| p.as_ref()), now)
+    }
+}

@@ -1,0 +1,242 @@
+//! One reconcile pass: observe -> derive the input -> transition -> journal -> apply ->
+//! mirror, and what the pass asks of the controller next (requeue, backoff).
+
+use super::*;
+
+impl Context {
+    pub(super) async fn append(
+        &self,
+        tenant: &Tenant,
+        last: Option<&Record>,
+        input: neurallog_machines::Input,
+    ) -> Result<Option<Record>, Error> {
+        let phase = last.map_or(Phase::New, |r| r.to);
+        let Some(transition) = step(phase, &input) else {
+            return Ok(None);
+        };
+        let spec = serde_json::to_value(&tenant.spec).map_err(Error::Serialize)?;
+        let clock = Utc::now();
+        let time = record_time(clock, last);
+        if time > clock {
+            warn!(
+                behind_ms = (time - clock).num_milliseconds(),
+                "the clock is behind this tenant's last journal record (stepped back?): recording that record's time again"
+            );
+        }
+        let entry = NewRecord::from_transition(
+            tenant.name_any(),
+            tenant.uid().ok_or(Error::MissingUid)?,
+            last.map_or(1, |r| r.seq + 1),
+            time,
+            tenant.metadata.generation.unwrap_or(0),
+            input,
+            transition,
+            spec_digest(&spec),
+        );
+        let started = Instant::now();
+        let (record, in_storage) = self
+            .blocking(move |j| {
+                let started = Instant::now();
+                j.append(entry).map(|record| (record, started.elapsed()))
+            })
+            .await?;
+        self.metrics
+            .journal_append
+            .observe(started.elapsed().as_secs_f64());
+        self.metrics
+            .journal_storage
+            .observe(in_storage.as_secs_f64());
+        info!(seq = record.seq, from = %record.from, to = %record.to, "journaled transition");
+        Ok(Some(record))
+    }
+
+    pub(super) fn facts(&self, tenant: &Tenant, tail: Option<&Record>) -> TenantFacts {
+        TenantFacts {
+            generation: tenant.metadata.generation.unwrap_or(0),
+            deleting: tenant.metadata.deletion_timestamp.is_some(),
+            journaled_generation: tail.map(|r| r.generation),
+            phase_since: tail.map(|r| r.time),
+            now: Utc::now(),
+            progress_deadline: self.progress_deadline,
+            stalled_with: tail.filter(|r| r.to == Phase::Stalled).map(|r| {
+                (
+                    r.input.redis.unwrap_or_default(),
+                    r.input.server.unwrap_or_default(),
+                )
+            }),
+        }
+    }
+
+    pub(super) fn count_outcome(&self, record: &Record) {
+        match record.to {
+            Phase::Running if record.from == Phase::ProvisioningServer => {
+                self.metrics
+                    .tenant_creation
+                    .get_or_create(&ResultLabel {
+                        result: "success".into(),
+                    })
+                    .inc();
+            }
+            Phase::Failed => {
+                self.metrics
+                    .tenant_creation
+                    .get_or_create(&ResultLabel {
+                        result: "failure".into(),
+                    })
+                    .inc();
+            }
+            Phase::Deleted => {
+                self.metrics.tenant_deletion.inc();
+            }
+            _ => {}
+        }
+    }
+}
+
+/// One reconcile pass for one Tenant.
+pub async fn reconcile(tenant: Arc<Tenant>, ctx: Arc<Context>) -> Result<Action, Error> {
+    if !ctx.caches_synced.load(std::sync::atomic::Ordering::SeqCst) {
+        return Ok(Action::requeue(Duration::from_millis(500)));
+    }
+    let span = info_span!(
+        "reconcile",
+        tenant = %tenant.name_any(),
+        uid = %tenant.uid().unwrap_or_default(),
+        generation = tenant.metadata.generation.unwrap_or(0),
+    );
+    let result = reconcile_tenant(tenant.clone(), ctx.clone())
+        .instrument(span)
+        .await;
+    if let Err(error) = &result
+        && error.reason() == JOURNAL_UNWRITABLE
+    {
+        report_unwritable_journal(&tenant, &ctx, error).await;
+    }
+    result
+}
+
+fn source_code(error: &kube::Error) -> Option<u16> {
+    match error {
+        kube::Error::Api(status) => Some(status.code),
+        _ => None,
+    }
+}
+
+/// Tells the tenant's owner, on the Tenant itself, that its phase changes are held: the
+/// journal (the truth for phases) cannot be written. One Event per distinct error.
+async fn report_unwritable_journal(tenant: &Tenant, ctx: &Context, error: &Error) {
+    let message = format!(
+        "Phase changes are held until the operator's journal can be written again: {error}"
+    );
+    let seq = ctx.memo(tenant, |m| m.mirrored);
+    ctx.warn_once(tenant, seq, JOURNAL_UNWRITABLE, &message, &message)
+        .await;
+}
+
+async fn reconcile_tenant(tenant: Arc<Tenant>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let started = Instant::now();
+    let uid = tenant.uid().ok_or(Error::MissingUid)?;
+    let mut tail = match ctx.journal.cached_last(&uid) {
+        Some(tail) => tail,
+        None => {
+            let journal_uid = uid.clone();
+            ctx.blocking(move |j| j.last(&journal_uid)).await?
+        }
+    };
+    ctx.tell_of_recovery(&tenant).await?;
+    ctx.retry_events(&tenant).await;
+
+    let obs = ctx.observe(&tenant).await?;
+    let facts = ctx.facts(&tenant, tail.as_ref());
+    let input = derive_input(tail.as_ref().map_or(Phase::New, |r| r.to), facts, &obs);
+    if let Some(input) = input
+        && let Some(record) = ctx.append(&tenant, tail.as_ref(), input).await?
+    {
+        ctx.count_outcome(&record);
+        tail = Some(record);
+    }
+    let phase = tail.as_ref().map_or(Phase::New, |r| r.to);
+    // The transition's Event before the objects its phase creates: `kubectl describe`
+    // then tells the story in causal order. Before the finalizer goes too: once the Tenant
+    // is gone nothing reconciles it again.
+    ctx.mirror_events(&tenant, tail.as_ref()).await?;
+
+    let seq = tail.as_ref().map_or(0, |r| r.seq);
+    let applied = Applier::new(&ctx, &tenant, &obs, seq).ensure(phase).await;
+    ctx.record_write_outcome(&tenant, seq, &applied).await;
+    if phase == Phase::Deleted {
+        applied?;
+        ctx.forget(&tenant);
+        ctx.metrics.set_phase(&uid, None);
+        return Ok(Action::await_change());
+    }
+    // Observed again: the caches now show what this pass created, so the status says
+    // "0/1 replicas ready" at once instead of "not created yet" and a second patch later.
+    let obs = ctx.observe(&tenant).await?;
+    ctx.mirror_status(&tenant, tail.as_ref(), &obs).await?;
+    ctx.metrics.set_phase(&uid, Some(phase.as_str()));
+    ctx.metrics
+        .observe_reconcile(phase.as_str(), started.elapsed());
+    if phase == Phase::Stalled
+        && let Err(error) = &applied
+        && error.is_refused_write()
+    {
+        tracing::debug!(%error, "still refused; retrying on the next change or recheck");
+        // Refused for what it holds: retrying on a backoff would only repeat the refusal.
+        // A change of the Tenant or its objects brings a pass; so does the slow recheck.
+        return Ok(Action::requeue(STALLED_RECHECK));
+    }
+    applied?;
+    ctx.memo(&tenant, |m| m.failures = 0);
+    // What this pass did (an Auth registration, objects that became ready meanwhile) may
+    // already allow the next transition, and with an unchanged status nothing else would
+    // start the pass that takes it.
+    let facts = ctx.facts(&tenant, tail.as_ref());
+    if derive_input(phase, facts, &obs).is_some_and(|input| step(phase, &input).is_some()) {
+        return Ok(Action::requeue(NEXT_TRANSITION_DELAY));
+    }
+    let mut next = match phase {
+        // The namespace controller can take a while; its deletion also triggers a pass.
+        Phase::Deleting => Duration::from_secs(5),
+        // The conflicting namespace may go away, and it carries none of our labels: no
+        // watch event would tell.
+        Phase::Failed => FAILED_RECHECK,
+        Phase::Stalled => STALLED_RECHECK,
+        _ => Duration::from_secs(600),
+    };
+    if phase.awaits_progress()
+        && let Some(deadline) = facts.deadline()
+    {
+        let left = (deadline - facts.now).to_std().unwrap_or_default();
+        next = next.min(left + Duration::from_secs(1));
+    }
+    if let Some(due) = obs.problem_due {
+        let left = (due - Utc::now()).to_std().unwrap_or_default();
+        next = next.min(left + Duration::from_millis(100));
+    }
+    if ctx.events_behind(&tenant) {
+        next = next.min(EVENT_RETRY);
+    }
+    tracing::debug!(?next, %phase, "next pass");
+    Ok(Action::requeue(next))
+}
+
+/// Failed passes retry with per-tenant exponential backoff and jitter; one stuck tenant
+/// never delays another.
+pub fn error_policy(tenant: Arc<Tenant>, error: &Error, ctx: Arc<Context>) -> Action {
+    ctx.metrics.count_error(error.reason());
+    let failures = ctx.memo(&tenant, |m| {
+        m.failures = m.failures.saturating_add(1);
+        m.failures
+    });
+    let base = match error {
+        Error::Auth(e) => e.retry_after().unwrap_or(Duration::from_secs(2)),
+        _ => Duration::from_millis(500),
+    };
+    let backoff = base
+        .saturating_mul(1u32 << failures.min(6))
+        .min(Duration::from_secs(120));
+    let jitter = Duration::from_millis(rand::random::<u64>() % 500);
+    warn!(tenant = %tenant.name_any(), reason = error.reason(), %error, retry_in = ?backoff, "reconcile failed");
+    Action::requeue(backoff + jitter)
+}

@@ -1,0 +1,305 @@
+//! Running the controller: the watch caches and what triggers a pass, readiness, and the
+//! per-tenant backoff.
+
+use super::*;
+
+/// Label selector of everything the operator creates.
+pub fn managed_selector() -> String {
+    format!("{}={}", render::MANAGED_BY_LABEL, render::MANAGED_BY_VALUE)
+}
+
+/// Marks the operator ready once every cache holds its initial list, and says which
+/// caches it still waits for while it waits (an operator that never gets ready tells why).
+async fn report_readiness(
+    stores: Stores,
+    tenants: Store<Tenant>,
+    ready: Arc<std::sync::atomic::AtomicBool>,
+) {
+    use futures::future::BoxFuture;
+    let mut pending: Vec<(&'static str, BoxFuture<'static, _>)> = vec![
+        (
+            "tenants",
+            Box::pin(async move { tenants.wait_until_ready().await }),
+        ),
+        ("namespaces", wait_ready(stores.namespaces)),
+        ("configmaps", wait_ready(stores.config_maps)),
+        ("services", wait_ready(stores.services)),
+        ("statefulsets", wait_ready(stores.statefulsets)),
+        ("deployments", wait_ready(stores.deployments)),
+        ("networkpolicies", wait_ready(stores.network_policies)),
+        ("resourcequotas", wait_ready(stores.quotas)),
+        ("limitranges", wait_ready(stores.limit_ranges)),
+        ("pods", wait_ready(stores.pods)),
+    ];
+    let mut next_report = std::time::Instant::now() + Duration::from_secs(10);
+    while !pending.is_empty() {
+        let mut still = Vec::new();
+        for (name, mut fut) in pending {
+            match futures::poll!(fut.as_mut()) {
+                std::task::Poll::Ready(Ok(())) => tracing::debug!(cache = name, "cache synced"),
+                std::task::Poll::Ready(Err(e)) => {
+                    tracing::error!(cache = name, error = %e, "cache can never sync");
+                    return;
+                }
+                std::task::Poll::Pending => still.push((name, fut)),
+            }
+        }
+        pending = still;
+        if pending.is_empty() {
+            break;
+        }
+        if std::time::Instant::now() >= next_report {
+            let names: Vec<_> = pending.iter().map(|(n, _)| *n).collect();
+            tracing::warn!(waiting_for = ?names, "caches not synced yet");
+            next_report += Duration::from_secs(10);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    ready.store(true, std::sync::atomic::Ordering::SeqCst);
+    info!("caches synced");
+}
+
+fn wait_ready<K>(
+    store: Store<K>,
+) -> futures::future::BoxFuture<'static, Result<(), reflector::store::WriterDropped>>
+where
+    K: Resource<DynamicType = ()> + Clone + Send + Sync + 'static,
+{
+    Box::pin(async move { store.wait_until_ready().await })
+}
+
+/// Backoff of the controller's merged trigger stream. One backoff pauses every watch at
+/// once, and kube's default grows to 30 s and resets only after 120 s without an error: after
+/// an API server restart each watch fails once in turn, and the pauses added up to minutes
+/// without any Tenant event. The owned caches back off on their own; this stays short.
+#[derive(Debug, Clone)]
+struct TriggerBackoff {
+    next: Duration,
+}
+
+impl TriggerBackoff {
+    const FIRST: Duration = Duration::from_millis(200);
+    const MAX: Duration = Duration::from_secs(3);
+}
+
+impl Default for TriggerBackoff {
+    fn default() -> Self {
+        TriggerBackoff { next: Self::FIRST }
+    }
+}
+
+impl Iterator for TriggerBackoff {
+    type Item = Duration;
+
+    fn next(&mut self) -> Option<Duration> {
+        let current = self.next;
+        self.next = (current * 2).min(Self::MAX);
+        Some(current)
+    }
+}
+
+impl Backoff for TriggerBackoff {
+    fn reset(&mut self) {
+        self.next = Self::FIRST;
+    }
+}
+
+type Watch<K> = std::pin::Pin<Box<dyn Stream<Item = Result<K, watcher::Error>> + Send>>;
+
+/// Objects per page of a cache's initial list. Eight caches list at once at start-up, and
+/// each page is held whole while it is decoded: kube's default of 500 made those pages the
+/// operator's peak memory at 1,000 tenants.
+const LIST_PAGE_SIZE: u32 = 50;
+
+fn cache<K>(client: &Client) -> (Store<K>, Watch<K>)
+where
+    K: Resource<DynamicType = ()> + Clone + Debug + DeserializeOwned + Send + Sync + 'static,
+{
+    cache_stripping(client, |o: &mut K| o.meta_mut().managed_fields = None)
+}
+
+/// The tenants' pods with only what says why one does not run: their specs (the bulk of
+/// a pod) are dropped before they enter the cache.
+fn pod_cache(client: &Client) -> (Store<Pod>, Watch<Pod>) {
+    cache_stripping(client, |pod: &mut Pod| {
+        pod.metadata.managed_fields = None;
+        pod.metadata.annotations = None;
+        pod.spec = None;
+    })
+}
+
+/// A label-selected cache of `K` whose objects lose what `strip` removes on the way in.
+fn cache_stripping<K>(
+    client: &Client,
+    strip: impl FnMut(&mut K) + Send + 'static,
+) -> (Store<K>, Watch<K>)
+where
+    K: Resource<DynamicType = ()> + Clone + Debug + DeserializeOwned + Send + Sync + 'static,
+{
+    let (reader, writer) = reflector::store();
+    let config = watcher::Config::default()
+        .labels(&managed_selector())
+        .any_semantic()
+        .page_size(LIST_PAGE_SIZE);
+    let stream = watcher(Api::<K>::all(client.clone()), config)
+        .default_backoff()
+        .modify(strip)
+        .reflect(writer)
+        .touched_objects();
+    (reader, Box::pin(stream))
+}
+
+/// The Tenant a pod belongs to, by its tenant label (pods are owned by ReplicaSets and
+/// StatefulSets, not by the Tenant).
+fn pod_tenant(pod: Pod) -> Option<ObjectRef<Tenant>> {
+    pod.labels()
+        .get(render::TENANT_LABEL)
+        .map(|name| ObjectRef::new(name))
+}
+
+/// The Tenants owning `child`, as references without a namespace. kube's `owns_stream`
+/// gives a cluster-scoped owner of a namespaced child the child's namespace; the runner
+/// then takes that reference for another object than the Tenant's own and runs two passes
+/// of one Tenant at once (two appends at the same journal sequence, twice the applies).
+fn owning_tenants<K: Resource>(child: K) -> Vec<ObjectRef<Tenant>> {
+    let api_version = Tenant::api_version(&());
+    let kind = Tenant::kind(&());
+    child
+        .meta()
+        .owner_references
+        .iter()
+        .flatten()
+        .filter(|owner| owner.api_version == api_version && owner.kind == kind)
+        .map(|owner| ObjectRef::new(&owner.name))
+        .collect()
+}
+
+/// Builds the caches and the controller and runs until `shutdown` resolves; in-flight
+/// reconciles finish first.
+pub async fn run(
+    client: Client,
+    make_context: impl FnOnce(Stores) -> Context,
+    concurrency: u16,
+    tenant_selector: Option<&str>,
+    ready: Arc<std::sync::atomic::AtomicBool>,
+    shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
+) {
+    let (namespaces, ns_watch) = cache::<Namespace>(&client);
+    let (config_maps, cm_watch) = cache::<ConfigMap>(&client);
+    let (services, svc_watch) = cache::<Service>(&client);
+    let (statefulsets, sts_watch) = cache::<StatefulSet>(&client);
+    let (deployments, deploy_watch) = cache::<Deployment>(&client);
+    let (network_policies, np_watch) = cache::<NetworkPolicy>(&client);
+    let (quotas, quota_watch) = cache::<ResourceQuota>(&client);
+    let (limit_ranges, lr_watch) = cache::<LimitRange>(&client);
+    let (pods, pod_watch) = pod_cache(&client);
+    let stores = Stores {
+        namespaces,
+        config_maps,
+        services,
+        statefulsets,
+        deployments,
+        network_policies,
+        quotas,
+        limit_ranges,
+        pods,
+    };
+    let ctx = Arc::new(make_context(stores.clone()).with_caches_synced(ready.clone()));
+    let tenants: Api<Tenant> = Api::all(client.clone());
+    let mut tenant_watch = watcher::Config::default()
+        .any_semantic()
+        .page_size(LIST_PAGE_SIZE);
+    if let Some(selector) = tenant_selector {
+        tenant_watch = tenant_watch.labels(selector);
+    }
+    let (tenant_store, tenant_writer) = reflector::store();
+    // Managed fields are dropped here too: a Tenant's status entry alone decodes into a
+    // tree of maps many times the size of the status it describes.
+    let tenant_stream = watcher(tenants, tenant_watch)
+        .modify(|t| t.meta_mut().managed_fields = None)
+        .reflect(tenant_writer)
+        .applied_objects();
+    let controller = Controller::for_stream(tenant_stream, tenant_store)
+        .watches_stream(ns_watch, owning_tenants)
+        .watches_stream(cm_watch, owning_tenants)
+        .watches_stream(svc_watch, owning_tenants)
+        .watches_stream(sts_watch, owning_tenants)
+        .watches_stream(deploy_watch, owning_tenants)
+        .watches_stream(np_watch, owning_tenants)
+        .watches_stream(quota_watch, owning_tenants)
+        .watches_stream(lr_watch, owning_tenants)
+        .watches_stream(pod_watch, pod_tenant)
+        .with_config(
+            controller::Config::default()
+                .concurrency(concurrency)
+                .debounce(Duration::from_millis(100)),
+        )
+        .trigger_backoff(ResetTimerBackoff::new(
+            TriggerBackoff::default(),
+            Duration::from_secs(30),
+        ))
+        .graceful_shutdown_on(shutdown);
+    let tenant_store = controller.store();
+    let readiness = tokio::spawn(report_readiness(stores, tenant_store, ready));
+    controller
+        .run(reconcile, error_policy, ctx)
+        .for_each(|result| async move {
+            if let Err(e) = result {
+                tracing::debug!(error = %e, "controller event");
+            }
+        })
+        .await;
+    readiness.abort();
+}
+
+#[cfg(test)]
+mod trigger_backoff_tests {
+    use super::*;
+
+    #[test]
+    fn trigger_backoff_doubles_to_its_cap_and_resets() {
+        let mut b = TriggerBackoff::default();
+        let first: Vec<u64> = b.by_ref().take(6).map(|d| d.as_millis() as u64).collect();
+        assert_eq!(first, vec![200, 400, 800, 1600, 3000, 3000]);
+        b.reset();
+        assert_eq!(b.next(), Some(Duration::from_millis(200)));
+    }
+}
+
+#[cfg(test)]
+mod owner_trigger_tests {
+    use super::*;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
+
+    fn owned_by(api_version: &str, kind: &str, name: &str) -> ConfigMap {
+        ConfigMap {
+            metadata: ObjectMeta {
+                name: Some("t-redis-config".into()),
+                namespace: Some("tenant-t".into()),
+                owner_references: Some(vec![OwnerReference {
+                    api_version: api_version.into(),
+                    kind: kind.into(),
+                    name: name.into(),
+                    uid: "uid-1".into(),
+                    ..OwnerReference::default()
+                }]),
+                ..ObjectMeta::default()
+            },
+            ..ConfigMap::default()
+        }
+    }
+
+    #[test]
+    fn a_namespaced_child_triggers_the_same_reference_as_the_tenant_itself() {
+        let triggered = owning_tenants(owned_by("neurallog.io/v1", "Tenant", "t"));
+        assert_eq!(triggered, vec![ObjectRef::<Tenant>::new("t")]);
+        assert_eq!(triggered[0].namespace, None);
+    }
+
+    #[test]
+    fn other_owners_trigger_nothing() {
+        assert!(owning_tenants(owned_by("apps/v1", "Deployment", "t")).is_empty());
+        assert!(owning_tenants(owned_by("neurallog.io/v2", "Tenant", "t")).is_empty());
+        assert!(owning_tenants(ConfigMap::default()).is_empty());
+    }
+}
