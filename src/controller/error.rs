@@ -54,3 +54,10 @@ impl Error {
         }
     }
 }
+
+pub(super) fn source_code(error: &kube::Error) -> Option<u16> {
+    match error {
+        kube::Error::Api(status) => Some(status.code),
+        _ => None,
+    }
+}

@@ -106,7 +106,11 @@ impl Context {
     /// Creates the Event of every journal record not yet mirrored (normally just the last;
     /// more after a failed mirror). Deterministic names make this idempotent. Only a
     /// journal read can fail it; a failed Event write is left for a later pass.
-    pub(super) async fn mirror_events(&self, tenant: &Tenant, tail: Option<&Record>) -> Result<(), Error> {
+    pub(super) async fn mirror_events(
+        &self,
+        tenant: &Tenant,
+        tail: Option<&Record>,
+    ) -> Result<(), Error> {
         let Some(tail) = tail else { return Ok(()) };
         let mirrored = self.memo(tenant, |m| m.mirrored);
         if mirrored >= tail.seq {
@@ -249,7 +253,12 @@ impl Context {
 
     /// Remembers the write this pass could not make (for status and the machine) or that
     /// every write went through, and tells the tenant's owner once per distinct cause.
-    pub(super) async fn record_write_outcome(&self, tenant: &Tenant, seq: u64, applied: &Result<(), Error>) {
+    pub(super) async fn record_write_outcome(
+        &self,
+        tenant: &Tenant,
+        seq: u64,
+        applied: &Result<(), Error>,
+    ) {
         let failure = match applied {
             // A conflict is someone else's write meanwhile: the retry settles it.
             Err(Error::Write { source, .. }) if source_code(source) == Some(409) => return,

@@ -31,6 +31,7 @@ mod runtime;
 
 pub use context::{Context, Stores};
 pub use error::Error;
+use error::source_code;
 pub use pass::{error_policy, reconcile};
 pub use runtime::{managed_selector, run};
 

@@ -115,13 +115,6 @@ pub async fn reconcile(tenant: Arc<Tenant>, ctx: Arc<Context>) -> Result<Action,
     result
 }
 
-fn source_code(error: &kube::Error) -> Option<u16> {
-    match error {
-        kube::Error::Api(status) => Some(status.code),
-        _ => None,
-    }
-}
-
 /// Tells the tenant's owner, on the Tenant itself, that its phase changes are held: the
 /// journal (the truth for phases) cannot be written. One Event per distinct error.
 async fn report_unwritable_journal(tenant: &Tenant, ctx: &Context, error: &Error) {
