@@ -1,7 +1,7 @@
 //! The operator's HTTP endpoints: `/metrics`, `/healthz`, `/readyz`, and the read-only
-//! journal API under `/journal/` ([`crate::journal_api`]).
+//! journal API under `/journal/` ([`crate::journal::api`]).
 
-use crate::journal_api::{self, ApiLimits, ApiState, SharedJournal};
+use crate::journal::api::{self as journal_api, ApiLimits, ApiState, SharedJournal};
 use crate::metrics::Metrics;
 use axum::Router;
 use axum::extract::State;

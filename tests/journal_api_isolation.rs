@@ -13,9 +13,9 @@
 use chrono::{DateTime, Duration as TimeDelta, Utc};
 use neurallog_machines::{Input, Phase, Trigger, step};
 use neurallog_operator::http::{self, HttpState};
+use neurallog_operator::journal::api::{ApiLimits, DEFAULT_MAX_REQUESTS, SharedJournal};
+use neurallog_operator::journal::slot::JournalSlot;
 use neurallog_operator::journal::{Journal, NewRecord, spec_digest};
-use neurallog_operator::journal_api::{ApiLimits, DEFAULT_MAX_REQUESTS, SharedJournal};
-use neurallog_operator::journal_slot::JournalSlot;
 use neurallog_operator::metrics::Metrics;
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -7,8 +7,8 @@
 use clap::{Parser, Subcommand};
 use neurallog_operator::cli::journal::{SourceArgs, export, ignore_closed_pipe, show};
 use neurallog_operator::cli::replay;
-use neurallog_operator::journal_client::{DEFAULT_SERVICE, ServiceRef};
-use neurallog_operator::journal_view::{ExportFilter, parse_time};
+use neurallog_operator::journal::client::{DEFAULT_SERVICE, ServiceRef};
+use neurallog_operator::journal::view::{ExportFilter, parse_time};
 use std::io::Write;
 use std::path::PathBuf;
 

@@ -2,8 +2,8 @@
 //! `replay` and the kubectl plugin.
 
 use super::progress::Progress;
-use crate::journal_client::{ServiceRef, Source};
-use crate::journal_view::{ExportFilter, parse_time, write_history, write_list, write_verify};
+use crate::journal::client::{ServiceRef, Source};
+use crate::journal::view::{ExportFilter, parse_time, write_history, write_list, write_verify};
 use anyhow::bail;
 use chrono::{DateTime, Utc};
 use std::io::Write;

@@ -2,9 +2,9 @@
 //! machine, or (`--at`) its phase at a moment.
 
 use super::journal::SourceArgs;
-use crate::journal_client::{Source, chain_records};
-use crate::journal_view::parse_time;
-use crate::replay::{replay, write_at, write_replay};
+use crate::journal::client::{Source, chain_records};
+use crate::journal::replay::{replay, write_at, write_replay};
+use crate::journal::view::parse_time;
 use anyhow::bail;
 use chrono::{DateTime, Utc};
 use std::io::Write;

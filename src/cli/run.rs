@@ -4,13 +4,14 @@ use crate::auth::{AuthClient, AuthConfig};
 use crate::controller::{self, Context};
 use crate::crd::Tenant;
 use crate::http::{self, HttpState};
-use crate::journal_api::{self, ApiLimits, SharedJournal};
-use crate::journal_recovery::{self, StatusPosition};
-use crate::journal_slot::JournalSlot;
+use crate::journal;
+use crate::journal::api::{self as journal_api, ApiLimits, SharedJournal};
+use crate::journal::recovery::{self as journal_recovery, StatusPosition};
+use crate::journal::slot::JournalSlot;
+use crate::journal::upkeep as journal_upkeep;
 use crate::leader::{self, Leadership, LeaseConfig};
 use crate::metrics::Metrics;
 use crate::render::RenderSettings;
-use crate::{journal, journal_upkeep};
 use anyhow::Context as _;
 use chrono::Utc;
 use kube::ResourceExt;
@@ -360,7 +361,8 @@ fn render_settings(args: &RunArgs) -> RenderSettings {
     }
 }
 
-/// Opens the journal, replacing it if it is damaged (see [`journal_recovery`]).
+/// Opens the journal, replacing it if it is damaged (see [`journal_recovery`], the
+/// start-up check).
 async fn open_journal(
     path: &Path,
     options: journal::Options,

@@ -37,10 +37,10 @@ pub use runtime::{managed_selector, run};
 
 use crate::auth::{AuthClient, AuthError};
 use crate::crd::{Tenant, TenantStatus, namespace_for};
+use crate::journal::slot::JournalSlot;
 use crate::journal::{
     Journal, JournalError, NewRecord, Record, RecoveryMark, record_time, spec_digest,
 };
-use crate::journal_slot::JournalSlot;
 use crate::metrics::{Metrics, ResultLabel};
 use crate::render::{self, RenderError, RenderSettings};
 use apply::{Applier, create_event};

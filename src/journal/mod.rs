@@ -11,7 +11,9 @@
 //! (async callers use `spawn_blocking`) and `Journal` is `Send + Sync`: share it in an
 //! `Arc`.
 
+pub mod api;
 mod append;
+pub mod client;
 pub mod codec;
 mod digest;
 mod durable;
@@ -19,10 +21,14 @@ mod error;
 mod read;
 mod read_only;
 mod record;
-mod recovery;
+pub mod recovery;
+pub mod replay;
 mod retention;
+pub mod slot;
 mod tails;
+pub mod upkeep;
 mod verify;
+pub mod view;
 mod writer;
 
 #[cfg(test)]
@@ -37,7 +43,7 @@ pub use error::JournalError;
 pub use read::RecordIter;
 pub use read_only::{JournalCopy, ReadOnlyError};
 pub use record::{NewRecord, Record, TenantSummary, record_time};
-pub use recovery::RecoveryMark;
+pub use recovery::mark::RecoveryMark;
 pub use retention::{Checkpoint, Compaction, Retention};
 pub use tails::Acknowledged;
 pub use verify::{Problem, ProblemKind, VerifyProgress, VerifyReport, VerifyScope};

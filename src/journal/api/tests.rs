@@ -1,6 +1,6 @@
 use super::*;
+use crate::journal::client::Source;
 use crate::journal::testing::{TO_RUNNING, lifecycle, open_temp, sample_entry, t0};
-use crate::journal_client::Source;
 use verify_cache::VerifyResponse;
 
 const UID_A: &str = "aaaaaaaa-0000-4000-8000-000000000001";
@@ -22,7 +22,7 @@ fn shared_journal() -> (tempfile::TempDir, SharedJournal) {
         journal.append(entry).unwrap();
     }
     let shared = SharedJournal::default();
-    let _ = shared.set(Arc::new(crate::journal_slot::JournalSlot::new(journal)));
+    let _ = shared.set(Arc::new(crate::journal::slot::JournalSlot::new(journal)));
     (dir, shared)
 }
 
@@ -110,7 +110,7 @@ fn large_journal() -> (tempfile::TempDir, SharedJournal) {
     );
     journal.flush().unwrap();
     let shared = SharedJournal::default();
-    let _ = shared.set(Arc::new(crate::journal_slot::JournalSlot::new(journal)));
+    let _ = shared.set(Arc::new(crate::journal::slot::JournalSlot::new(journal)));
     (dir, shared)
 }
 

@@ -2,12 +2,12 @@
 //! holds it), the operator's HTTP journal API (`--server URL`), or that API through the
 //! Kubernetes API server's service proxy (`--kube-service NS/NAME[:PORT]`), so an auditor
 //! needs only a kubeconfig allowed `services/proxy`. Every source gives the same
-//! [`crate::journal_view`] shapes; rendering is done once, there.
+//! [`crate::journal::view`] shapes; rendering is done once, there.
 
-use crate::journal::{Journal, JournalCopy, Record, TenantSummary, VerifyProgress};
-use crate::journal_view::{
+use crate::journal::view::{
     ExportFilter, History, VerifyOutcome, export_line, export_records, read_history, verify_journal,
 };
+use crate::journal::{Journal, JournalCopy, Record, TenantSummary, VerifyProgress};
 use anyhow::{Context as _, anyhow, bail};
 use futures::AsyncReadExt as _;
 use serde::de::DeserializeOwned;
@@ -312,7 +312,7 @@ mod tests {
     fn queries_are_encoded() {
         let filter = ExportFilter {
             tenant: Some("a b".into()),
-            since: Some(crate::journal_view::parse_time("2025-01-02T03:04:05.5+00:00").unwrap()),
+            since: Some(crate::journal::view::parse_time("2025-01-02T03:04:05.5+00:00").unwrap()),
         };
         assert_eq!(
             export_query(&filter),
@@ -375,7 +375,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_refused_proxy_request_says_why() {
-        let (client, _server) = fake_api_server(|_| (503, crate::journal_api::NOT_LEADER.into()));
+        let (client, _server) = fake_api_server(|_| (503, crate::journal::api::NOT_LEADER.into()));
         let source = Source::kube(client, &"ops/journal:http".parse().unwrap());
         let error = source.verify(|_| {}).await.unwrap_err().to_string();
         assert!(

@@ -16,7 +16,7 @@
 use super::ApiError;
 use super::admission::{Permit, on_own_thread};
 use crate::journal::Journal;
-use crate::journal_view::{VerifyOutcome, verify_journal};
+use crate::journal::view::{VerifyOutcome, verify_journal};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};

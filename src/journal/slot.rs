@@ -6,7 +6,7 @@
 //! reopens it from disk on a later use, at most once per [`REOPEN_INTERVAL`]: the operator
 //! resumes by itself when the disk has space again. A reopened journal must still hold
 //! every record the closed one acknowledged; one that lost any stays closed, and the
-//! start-up check of the next operator start moves it aside (`journal_recovery`).
+//! start-up check of the next operator start moves it aside (`super::recovery`).
 
 use crate::journal::{Acknowledged, Journal, JournalError};
 use std::path::{Path, PathBuf};

@@ -19,11 +19,11 @@
 mod admission;
 pub mod verify_cache;
 
-use crate::journal::{Journal, JournalError};
-use crate::journal_slot::JournalSlot;
-use crate::journal_view::{
+use crate::journal::slot::JournalSlot;
+use crate::journal::view::{
     ExportFilter, History, export_line, export_records, parse_time, read_history,
 };
+use crate::journal::{Journal, JournalError};
 use admission::{Admission, on_own_thread, spawn_reader};
 use axum::Router;
 use axum::body::Body;
@@ -38,7 +38,7 @@ use tokio::sync::mpsc::{self, error::SendTimeoutError, error::TrySendError};
 use verify_cache::{VerifyCache, VerifyResponse};
 
 #[cfg(doc)]
-use crate::journal_view::VerifyOutcome;
+use crate::journal::view::VerifyOutcome;
 
 /// The journal once this replica has opened it (as the leader).
 pub type SharedJournal = Arc<OnceLock<Arc<JournalSlot>>>;

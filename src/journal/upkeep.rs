@@ -3,7 +3,7 @@
 //! `neurallog_journal_disk_bytes` follows the journal's size every [`MEASURE_EVERY`].
 
 use crate::journal::Retention;
-use crate::journal_slot::JournalSlot;
+use crate::journal::slot::JournalSlot;
 use crate::metrics::Metrics;
 use std::sync::Arc;
 use std::time::Duration;

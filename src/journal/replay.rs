@@ -5,7 +5,7 @@
 //! divergence: this is how a change to the machine is checked against real history.
 
 use crate::journal::Record;
-use crate::journal_view::{describe_input, format_time, write_table};
+use crate::journal::view::{describe_input, format_time, write_table};
 use chrono::{DateTime, Utc};
 use neurallog_machines::{Action, Input, Phase, Transition};
 use std::io::{self, Write};
