@@ -314,29 +314,35 @@ mod tests {
 
     const UID: &str = "aaaaaaaa-0000-4000-8000-000000000001";
 
-    /// A flapping tenant: Running and Degraded in turn, one record a minute.
+    /// A record of a flapping tenant that is in `phase`: it leaves Running when a
+    /// component is lost and comes back when all are ready; one record a minute.
+    fn flap(uid: &str, seq: u64, phase: Phase) -> NewRecord {
+        let trigger = if phase == Phase::Running {
+            Trigger::ComponentLost
+        } else {
+            Trigger::AllReady
+        };
+        let input = Input::new(trigger, 1);
+        let transition = step(phase, &input).unwrap_or_else(|| panic!("{phase} {trigger:?}"));
+        NewRecord::from_transition(
+            "acme",
+            uid,
+            seq,
+            t0() + Duration::minutes(seq as i64),
+            1,
+            input,
+            transition,
+            "digest",
+        )
+    }
+
+    /// A flapping tenant's first `records` records, written in one batch.
     fn flapping(journal: &Journal, uid: &str, records: u64) {
         let mut phase = Phase::Running;
         let mut entries = Vec::new();
         for seq in 1..=records {
-            let trigger = if phase == Phase::Running {
-                Trigger::ComponentLost
-            } else {
-                Trigger::AllReady
-            };
-            let input = Input::new(trigger, 1);
-            let transition = step(phase, &input).unwrap_or_else(|| panic!("{phase} {trigger:?}"));
-            phase = transition.to;
-            let entry = NewRecord::from_transition(
-                "acme",
-                uid,
-                seq,
-                t0() + Duration::minutes(seq as i64),
-                1,
-                input,
-                transition,
-                "digest",
-            );
+            let entry = flap(uid, seq, phase);
+            phase = entry.to;
             entries.push(entry);
         }
         journal.bulk_append_unflushed(entries).unwrap();
@@ -399,24 +405,7 @@ mod tests {
     fn flapping_more(journal: &Journal, seqs: std::ops::RangeInclusive<u64>) {
         for seq in seqs {
             let last = journal.last(UID).unwrap().unwrap();
-            let trigger = if last.to == Phase::Running {
-                Trigger::ComponentLost
-            } else {
-                Trigger::AllReady
-            };
-            let input = Input::new(trigger, 1);
-            let transition = step(last.to, &input).unwrap();
-            let entry = NewRecord::from_transition(
-                "acme",
-                UID,
-                seq,
-                t0() + Duration::minutes(seq as i64),
-                1,
-                input,
-                transition,
-                "digest",
-            );
-            journal.append(entry).unwrap();
+            journal.append(flap(UID, seq, last.to)).unwrap();
         }
     }
 
