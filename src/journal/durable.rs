@@ -81,6 +81,16 @@ impl DiskSync {
     }
 }
 
+/// sled's flush, then the syncs that make it survive a power cut (`disk` is `None` for a
+/// private read-only copy). The one way the journal makes writes durable.
+pub(super) fn flush_durably(db: &sled::Db, disk: Option<&DiskSync>) -> Result<(), sled::Error> {
+    db.flush()?;
+    if let Some(disk) = disk {
+        disk.sync().map_err(sled::Error::Io)?;
+    }
+    Ok(())
+}
+
 impl Entries {
     fn read(root: &Path) -> io::Result<Entries> {
         Ok(Entries {

@@ -199,11 +199,7 @@ impl Journal {
     /// Makes everything written so far durable, against a power cut too (see
     /// [`durable`]). [`Journal::append`] already does this.
     pub fn flush(&self) -> Result<(), JournalError> {
-        self.db.flush()?;
-        if let Some(disk) = &self.disk {
-            disk.sync().map_err(storage)?;
-        }
-        Ok(())
+        Ok(durable::flush_durably(&self.db, self.disk.as_deref())?)
     }
 }
 

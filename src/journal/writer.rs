@@ -30,11 +30,7 @@ pub(super) struct Store {
 impl Store {
     /// sled's flush, then the syncs that make it survive a power cut.
     pub(super) fn flush(&self) -> Result<(), sled::Error> {
-        self.db.flush()?;
-        if let Some(disk) = &self.disk {
-            disk.sync().map_err(sled::Error::Io)?;
-        }
-        Ok(())
+        super::durable::flush_durably(&self.db, self.disk.as_deref())
     }
 }
 
