@@ -8,7 +8,9 @@ use serde::{Deserialize, Serialize};
 use std::fmt;
 
 mod diagram;
+mod duties;
 pub use diagram::mermaid;
+pub use duties::{Duty, duty_table, plan};
 
 /// Where a tenant is in its life. `New` is the state before the first journal record.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -57,8 +59,8 @@ pub enum Trigger {
     ProgressResumed,
 }
 
-/// What the operator must do after a transition. Recorded for audit and replay; the
-/// applier itself is level-triggered and works from the phase, not from this.
+/// What the operator must do after a transition: journaled with it, and carried out by the
+/// applier as the [`Duty`]s of [`Action::duties`] (see [`plan`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub enum Action {
     CreateNamespace,

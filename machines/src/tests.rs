@@ -191,3 +191,69 @@ proptest! {
         }
     }
 }
+
+/// A pass after a crash between journaling and carrying out a transition only knows the
+/// phase: what the phase keeps must cover what the transition into it asked for.
+#[test]
+fn every_phase_keeps_what_the_transition_into_it_asked_for() {
+    for from in Phase::ALL {
+        for trigger in Trigger::ALL {
+            let Some(t) = step(from, &Input::new(trigger, 0)) else {
+                continue;
+            };
+            for duty in t.outputs.iter().flat_map(|a| a.duties()) {
+                assert!(
+                    t.to.keeps().contains(duty),
+                    "{from} --{trigger}--> {}: {duty} is asked for but {} does not keep it",
+                    t.to,
+                    t.to
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn a_plan_is_in_duty_order_without_repeats() {
+    let plan = plan(
+        &[Action::ProvisionServer, Action::CreateNamespace],
+        Phase::Pending,
+    );
+    assert_eq!(
+        plan,
+        vec![
+            Duty::HoldFinalizer,
+            Duty::Namespace,
+            Duty::Server,
+            Duty::Registration
+        ]
+    );
+    assert_eq!(super::plan(&[], Phase::New), Vec::<Duty>::new());
+    assert_eq!(
+        super::plan(&[Action::Teardown], Phase::Deleting),
+        vec![Duty::Teardown]
+    );
+}
+
+#[test]
+fn reporting_actions_ask_for_no_duty() {
+    for action in [
+        Action::MarkRunning,
+        Action::MarkDegraded,
+        Action::ReportFailure,
+        Action::ReportStall,
+    ] {
+        assert!(action.duties().is_empty(), "{action}");
+    }
+}
+
+#[test]
+fn the_committed_duty_table_matches_the_machine() {
+    let readme = include_str!("../README.md");
+    let expected = duty_table();
+    assert!(
+        readme.contains(&expected),
+        "machines/README.md is out of date; regenerate it with \
+         `cargo run -p neurallog-machines --example diagram` and paste:\n{expected}"
+    );
+}

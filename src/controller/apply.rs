@@ -1,6 +1,7 @@
-//! The applier: makes the cluster hold what the tenant's phase needs. Level-triggered: it
-//! ensures everything phase P needs on every reconcile in P, not what the transition into
-//! P emitted, so a crash between journaling and applying is repaired by the next pass.
+//! The applier: carries out the duties the machine plans for a pass (the transition's
+//! outputs and what the phase keeps; see `machines/README.md`). Level-triggered: every
+//! pass in phase P carries out what P keeps, so a crash between journaling and applying
+//! is repaired by the next pass.
 
 use super::compare::{DESIRED_HASH_ANNOTATION, desired_hash, is_up_to_date};
 use super::events::{self, EventType};
@@ -15,7 +16,7 @@ use k8s_openapi::api::networking::v1::NetworkPolicy;
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams, Preconditions};
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Api, Resource, ResourceExt};
-use neurallog_machines::Phase;
+use neurallog_machines::Duty;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
@@ -82,49 +83,39 @@ impl<'a> Applier<'a> {
         }
     }
 
-    /// Makes the cluster hold what `phase` needs, then waits until the caches show what
+    /// Carries out `plan` (see [`neurallog_machines::plan`]: the duties of the transition
+    /// this pass took and those its phase keeps), then waits until the caches show what
     /// this pass wrote. The next pass, usually triggered by this pass's own status patch
     /// within milliseconds, would otherwise find a cache without the new objects and apply
     /// them (and post their Created Events) a second time.
-    pub async fn ensure(&self, phase: Phase) -> Result<(), Error> {
-        let result = self.ensure_phase(phase).await;
+    pub async fn ensure(&self, plan: &[Duty]) -> Result<(), Error> {
+        let result = self.carry_out_all(plan).await;
         self.await_own_writes().await;
         result
     }
 
-    async fn ensure_phase(&self, phase: Phase) -> Result<(), Error> {
-        match phase {
-            Phase::New => Ok(()),
-            Phase::Failed => self.ensure_finalizer().await,
-            Phase::Pending => {
-                self.ensure_finalizer().await?;
-                self.ensure_namespace().await
-            }
-            Phase::ProvisioningRedis => {
-                self.ensure_finalizer().await?;
-                self.ensure_namespace().await?;
-                if self.namespace_usable() {
-                    self.ensure_namespace_guards().await?;
-                    self.ensure_redis().await?;
-                }
+    async fn carry_out_all(&self, plan: &[Duty]) -> Result<(), Error> {
+        for duty in plan {
+            self.carry_out(*duty).await?;
+        }
+        Ok(())
+    }
+
+    /// One method per duty; machines/README.md lists them.
+    async fn carry_out(&self, duty: Duty) -> Result<(), Error> {
+        match duty {
+            Duty::HoldFinalizer => self.hold_finalizer().await,
+            Duty::Namespace => self.ensure_namespace().await,
+            // Never into a namespace that is someone else's or going away.
+            Duty::NamespaceGuards | Duty::Redis | Duty::Server if !self.namespace_usable() => {
                 Ok(())
             }
-            Phase::ProvisioningServer
-            | Phase::Running
-            | Phase::Updating
-            | Phase::Degraded
-            | Phase::Stalled => {
-                self.ensure_finalizer().await?;
-                self.ensure_namespace().await?;
-                if self.namespace_usable() {
-                    self.ensure_namespace_guards().await?;
-                    self.ensure_redis().await?;
-                    self.ensure_server().await?;
-                }
-                self.ensure_registered().await
-            }
-            Phase::Deleting => self.tear_down().await,
-            Phase::Deleted => self.release_finalizer().await,
+            Duty::NamespaceGuards => self.ensure_namespace_guards().await,
+            Duty::Redis => self.ensure_redis().await,
+            Duty::Server => self.ensure_server().await,
+            Duty::Registration => self.ensure_registered().await,
+            Duty::Teardown => self.tear_down().await,
+            Duty::ReleaseFinalizer => self.release_finalizer().await,
         }
     }
 
@@ -188,7 +179,7 @@ impl<'a> Applier<'a> {
         )
     }
 
-    async fn ensure_finalizer(&self) -> Result<(), Error> {
+    async fn hold_finalizer(&self) -> Result<(), Error> {
         if self.tenant.finalizers().iter().any(|f| f == FINALIZER) {
             return Ok(());
         }
@@ -579,5 +570,23 @@ pub async fn create_event(client: &kube::Client, event: &Event) -> Result<bool, 
         Ok(_) => Ok(true),
         Err(kube::Error::Api(e)) if e.code == 409 => Ok(false),
         Err(e) => Err(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use neurallog_machines::Duty;
+
+    /// machines/README.md says which method carries out each duty; every duty is there.
+    #[test]
+    fn the_machine_readme_names_the_method_of_every_duty() {
+        let readme = include_str!("../../machines/README.md");
+        for duty in Duty::ALL {
+            let row = format!("| {duty} | `Applier::");
+            assert!(
+                readme.contains(&row),
+                "machines/README.md lacks a row {row}"
+            );
+        }
     }
 }

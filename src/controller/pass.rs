@@ -142,10 +142,12 @@ async fn reconcile_tenant(tenant: Arc<Tenant>, ctx: Arc<Context>) -> Result<Acti
     let obs = ctx.observe(&tenant).await?;
     let facts = ctx.facts(&tenant, tail.as_ref());
     let input = derive_input(tail.as_ref().map_or(Phase::New, |r| r.to), facts, &obs);
+    let mut outputs = Vec::new();
     if let Some(input) = input
         && let Some(record) = ctx.append(&tenant, tail.as_ref(), input).await?
     {
         ctx.count_outcome(&record);
+        outputs.clone_from(&record.outputs);
         tail = Some(record);
     }
     let phase = tail.as_ref().map_or(Phase::New, |r| r.to);
@@ -155,7 +157,8 @@ async fn reconcile_tenant(tenant: Arc<Tenant>, ctx: Arc<Context>) -> Result<Acti
     ctx.mirror_events(&tenant, tail.as_ref()).await?;
 
     let seq = tail.as_ref().map_or(0, |r| r.seq);
-    let applied = Applier::new(&ctx, &tenant, &obs, seq).ensure(phase).await;
+    let plan = neurallog_machines::plan(&outputs, phase);
+    let applied = Applier::new(&ctx, &tenant, &obs, seq).ensure(&plan).await;
     ctx.record_write_outcome(&tenant, seq, &applied).await;
     if phase == Phase::Deleted {
         applied?;

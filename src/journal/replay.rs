@@ -95,15 +95,28 @@ pub fn record_at(records: &[Record], at: DateTime<Utc>) -> Option<&Record> {
 }
 
 fn outputs(actions: &[Action]) -> String {
-    if actions.is_empty() {
+    comma_list(actions)
+}
+
+fn comma_list<T: std::fmt::Display>(items: &[T]) -> String {
+    if items.is_empty() {
         "-".to_owned()
     } else {
-        actions
+        items
             .iter()
             .map(ToString::to_string)
             .collect::<Vec<_>>()
             .join(",")
     }
+}
+
+/// What the operator carries out after `transition`: its outputs' duties and those of its
+/// phase (see `machines/README.md`).
+fn duties(transition: &Transition) -> String {
+    comma_list(&neurallog_machines::plan(
+        &transition.outputs,
+        transition.to,
+    ))
 }
 
 /// One line per step, then recorded vs replayed side by side at a divergence.
@@ -158,6 +171,7 @@ fn write_divergence(out: &mut impl Write, step: &ReplayedStep) -> io::Result<()>
             outputs(&recorded.outputs),
             side(&|t| outputs(&t.outputs)),
         ],
+        vec!["duties".into(), duties(recorded), side(&|t| duties(t))],
         vec![
             "message".into(),
             recorded.message.clone(),

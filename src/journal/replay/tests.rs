@@ -97,11 +97,24 @@ fn the_divergence_is_printed_side_by_side() {
     write_replay(&mut out, &replay).unwrap();
     let text = String::from_utf8(out).unwrap();
     assert!(text.contains("first divergence at seq 3:"), "{text}");
-    assert!(
-        text.contains("to       ProvisioningServer                       Running"),
+    let row = |name: &str| -> Vec<String> {
+        text.lines()
+            .find(|line| line.starts_with(name))
+            .map(|line| line.split_whitespace().map(str::to_owned).collect())
+            .unwrap_or_default()
+    };
+    assert_eq!(
+        row("to "),
+        ["to", "ProvisioningServer", "Running"],
         "{text}"
     );
     assert!(text.contains("outputs  ProvisionServer"), "{text}");
+    let provisioned = "HoldFinalizer,Namespace,NamespaceGuards,Redis,Server,Registration";
+    assert_eq!(
+        row("duties"),
+        ["duties", provisioned, provisioned],
+        "{text}"
+    );
     assert!(text.lines().nth(3).unwrap().ends_with("DIVERGES"), "{text}");
 }
 
