@@ -8,7 +8,7 @@ use super::events::{self, EventType};
 use super::observation::{AuthState, NamespaceState, Observation};
 use super::{Context, Error, FINALIZER};
 use crate::crd::{Tenant, namespace_for};
-use crate::render;
+use crate::render::{self, Desired, RenderError};
 use backon::{ExponentialBuilder, Retryable};
 use k8s_openapi::NamespaceResourceScope;
 use k8s_openapi::api::core::v1::{Event, Namespace};
@@ -39,6 +39,8 @@ pub struct Applier<'a> {
     ctx: &'a Context,
     tenant: &'a Tenant,
     obs: &'a Observation,
+    /// The objects the spec asks for, rendered once for the pass.
+    desired: &'a Result<Desired, RenderError>,
     /// The journal sequence of the current phase: "Created" Events are named after it.
     seq: u64,
     written: Mutex<Vec<CacheCheck>>,
@@ -73,11 +75,18 @@ fn write_error(kind: &str, name: &str) -> impl FnOnce(kube::Error) -> Error {
 }
 
 impl<'a> Applier<'a> {
-    pub fn new(ctx: &'a Context, tenant: &'a Tenant, obs: &'a Observation, seq: u64) -> Self {
+    pub fn new(
+        ctx: &'a Context,
+        tenant: &'a Tenant,
+        obs: &'a Observation,
+        desired: &'a Result<Desired, RenderError>,
+        seq: u64,
+    ) -> Self {
         Self {
             ctx,
             tenant,
             obs,
+            desired,
             seq,
             written: Mutex::new(Vec::new()),
         }
@@ -117,6 +126,12 @@ impl<'a> Applier<'a> {
             Duty::Teardown => self.tear_down().await,
             Duty::ReleaseFinalizer => self.release_finalizer().await,
         }
+    }
+
+    /// The rendered objects; a spec that could not be rendered fails only the duties that
+    /// need them (teardown and the finalizer never do).
+    fn desired(&self) -> Result<&'a Desired, Error> {
+        self.desired.as_ref().map_err(|e| Error::Render(e.clone()))
     }
 
     fn name(&self) -> String {
@@ -223,7 +238,7 @@ impl<'a> Applier<'a> {
     }
 
     async fn ensure_namespace(&self) -> Result<(), Error> {
-        let desired = render::namespace(self.tenant).map_err(Error::Render)?;
+        let desired = self.desired()?.namespace.clone();
         let api: Api<Namespace> = Api::all(self.ctx.client.clone());
         match &self.obs.namespace {
             NamespaceState::Foreign { .. } | NamespaceState::Ours { active: false } => Ok(()),
@@ -248,7 +263,7 @@ impl<'a> Applier<'a> {
             }
             NamespaceState::Ours { active: true } => {
                 let key = ObjectRef::new(&self.namespace());
-                self.apply_unless_current(&api, key, desired, &self.ctx.stores.namespaces)
+                self.apply_unless_current(&api, key, &desired, &self.ctx.stores.namespaces)
                     .await
                     .map(|_| ())
             }
@@ -258,25 +273,17 @@ impl<'a> Applier<'a> {
     /// Quota, limit range and network policies: in place before any pod is created.
     async fn ensure_namespace_guards(&self) -> Result<(), Error> {
         let stores = &self.ctx.stores;
-        self.apply(
-            render::limit_range(self.tenant).map_err(Error::Render)?,
-            &stores.limit_ranges,
-            None,
-        )
-        .await?;
-        self.apply(
-            render::resource_quota(self.tenant).map_err(Error::Render)?,
-            &stores.quotas,
-            None,
-        )
-        .await?;
-        let policies =
-            render::network_policies(self.tenant, &self.ctx.settings).map_err(Error::Render)?;
-        let wanted: Vec<String> = policies
+        let desired = self.desired()?;
+        self.apply(&desired.limit_range, &stores.limit_ranges, None)
+            .await?;
+        self.apply(&desired.resource_quota, &stores.quotas, None)
+            .await?;
+        let wanted: Vec<String> = desired
+            .network_policies
             .iter()
             .filter_map(|p| p.metadata.name.clone())
             .collect();
-        for policy in policies {
+        for policy in &desired.network_policies {
             self.apply(policy, &stores.network_policies, None).await?;
         }
         self.prune_network_policies(&wanted).await
@@ -312,21 +319,21 @@ impl<'a> Applier<'a> {
 
     async fn ensure_redis(&self) -> Result<(), Error> {
         let stores = &self.ctx.stores;
-        let t = self.tenant;
+        let desired = self.desired()?;
         self.apply(
-            render::redis_config_map(t).map_err(Error::Render)?,
+            &desired.redis_config_map,
             &stores.config_maps,
             Some(REDIS_CONFIG_MAP),
         )
         .await?;
         self.apply(
-            render::redis_service(t).map_err(Error::Render)?,
+            &desired.redis_service,
             &stores.services,
             Some(REDIS_SERVICE),
         )
         .await?;
         self.apply(
-            render::redis_statefulset(t).map_err(Error::Render)?,
+            &desired.redis_statefulset,
             &stores.statefulsets,
             Some(REDIS_STATEFULSET),
         )
@@ -335,16 +342,19 @@ impl<'a> Applier<'a> {
 
     async fn ensure_server(&self) -> Result<(), Error> {
         let stores = &self.ctx.stores;
-        let t = self.tenant;
+        let desired = self.desired()?;
         self.apply(
-            render::server_service(t).map_err(Error::Render)?,
+            &desired.server_service,
             &stores.services,
             Some(SERVER_SERVICE),
         )
         .await?;
-        let deployment = render::server_deployment(t, &self.ctx.settings).map_err(Error::Render)?;
-        self.apply(deployment, &stores.deployments, Some(SERVER_DEPLOYMENT))
-            .await
+        self.apply(
+            &desired.server_deployment,
+            &stores.deployments,
+            Some(SERVER_DEPLOYMENT),
+        )
+        .await
     }
 
     async fn ensure_registered(&self) -> Result<(), Error> {
@@ -424,7 +434,7 @@ impl<'a> Applier<'a> {
     /// become. `announced` objects get a "Created ..." Event when they are new.
     async fn apply<K>(
         &self,
-        desired: K,
+        desired: &K,
         store: &Store<K>,
         announced: Option<Announced>,
     ) -> Result<(), Error>
@@ -456,7 +466,7 @@ impl<'a> Applier<'a> {
         &self,
         api: &Api<K>,
         key: ObjectRef<K>,
-        desired: K,
+        desired: &K,
         store: &Store<K>,
     ) -> Result<Option<K>, Error>
     where
@@ -470,7 +480,7 @@ impl<'a> Applier<'a> {
             + 'static,
     {
         let observed = store.get(&key);
-        let (body, hash) = with_hash(&desired)?;
+        let (body, hash) = with_hash(desired)?;
         if let Some(observed) = &observed {
             let observed = serde_json::to_value(observed.as_ref()).map_err(Error::Serialize)?;
             if is_up_to_date(&strip_hash(&body), &observed, &hash) {

@@ -32,6 +32,7 @@ mod runtime;
 pub use context::{Context, Stores};
 pub use error::Error;
 use error::source_code;
+use observe::Wanted;
 pub use pass::{error_policy, reconcile};
 pub use runtime::{managed_selector, run};
 

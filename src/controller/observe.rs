@@ -3,11 +3,45 @@
 
 use super::*;
 
+/// What the spec asks for, worked out once per pass: its problems (validation, then
+/// rendering), and the rendered objects when there are none.
+pub struct Wanted {
+    pub problems: Vec<String>,
+    pub objects: Result<render::Desired, RenderError>,
+}
+
+impl Wanted {
+    pub fn of(tenant: &Tenant, settings: &RenderSettings) -> Wanted {
+        let mut problems: Vec<String> =
+            crate::validation::validate(&tenant.name_any(), &tenant.spec)
+                .iter()
+                .map(|p| p.to_string())
+                .collect();
+        let objects = if problems.is_empty() {
+            let rendered = render::Desired::render(tenant, settings);
+            if let Err(error) = &rendered {
+                problems.push(error.to_string());
+            }
+            rendered
+        } else {
+            Err(RenderError::InvalidField {
+                field: "spec".into(),
+                message: problems.join("; "),
+            })
+        };
+        Wanted { problems, objects }
+    }
+}
+
 impl Context {
     /// Reads the tenant's objects from the caches. The namespace is also read from the API
     /// server when the (label-selected) cache lacks it: a foreign namespace of the same
     /// name carries none of our labels.
-    pub(super) async fn observe(&self, tenant: &Tenant) -> Result<Observation, Error> {
+    pub(super) async fn observe(
+        &self,
+        tenant: &Tenant,
+        wanted: &Wanted,
+    ) -> Result<Observation, Error> {
         let name = tenant.name_any();
         let ns_name = namespace_for(&name);
         let cached = self.stores.namespaces.get(&ObjectRef::new(&ns_name));
@@ -21,10 +55,6 @@ impl Context {
         let owned = namespace
             .as_ref()
             .is_some_and(|ns| render::is_owned_by(ns, tenant));
-        let mut problems: Vec<String> = crate::validation::validate(&name, &tenant.spec)
-            .iter()
-            .map(|p| p.to_string())
-            .collect();
         let sts = self
             .stores
             .statefulsets
@@ -33,22 +63,12 @@ impl Context {
             .stores
             .deployments
             .get(&ObjectRef::new(&render::server_name(&name)).within(&ns_name));
-        let (redis_matches, server_matches) = if problems.is_empty() {
-            match (
-                render::redis_statefulset(tenant),
-                render::server_deployment(tenant, &self.settings),
-            ) {
-                (Ok(s), Ok(d)) => (
-                    apply::matches_desired(&s, sts.as_deref()),
-                    apply::matches_desired(&d, deployment.as_deref()),
-                ),
-                (Err(e), _) | (_, Err(e)) => {
-                    problems.push(e.to_string());
-                    (false, false)
-                }
-            }
-        } else {
-            (false, false)
+        let (redis_matches, server_matches) = match &wanted.objects {
+            Ok(desired) => (
+                apply::matches_desired(&desired.redis_statefulset, sts.as_deref()),
+                apply::matches_desired(&desired.server_deployment, deployment.as_deref()),
+            ),
+            Err(_) => (false, false),
         };
         let redis = statefulset_state(sts.as_deref(), tenant.spec.redis.replicas, redis_matches);
         let server = deployment_state(
@@ -75,7 +95,7 @@ impl Context {
             redis,
             server,
             auth: self.auth_state(tenant),
-            problems,
+            problems: wanted.problems.clone(),
             redis_problem,
             server_problem,
             write_failure: self.memo(tenant, |m| m.write_failure.clone()),

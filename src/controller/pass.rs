@@ -139,7 +139,8 @@ async fn reconcile_tenant(tenant: Arc<Tenant>, ctx: Arc<Context>) -> Result<Acti
     ctx.tell_of_recovery(&tenant).await?;
     ctx.retry_events(&tenant).await;
 
-    let obs = ctx.observe(&tenant).await?;
+    let wanted = Wanted::of(&tenant, &ctx.settings);
+    let obs = ctx.observe(&tenant, &wanted).await?;
     let facts = ctx.facts(&tenant, tail.as_ref());
     let input = derive_input(tail.as_ref().map_or(Phase::New, |r| r.to), facts, &obs);
     let mut outputs = Vec::new();
@@ -158,7 +159,9 @@ async fn reconcile_tenant(tenant: Arc<Tenant>, ctx: Arc<Context>) -> Result<Acti
 
     let seq = tail.as_ref().map_or(0, |r| r.seq);
     let plan = neurallog_machines::plan(&outputs, phase);
-    let applied = Applier::new(&ctx, &tenant, &obs, seq).ensure(&plan).await;
+    let applied = Applier::new(&ctx, &tenant, &obs, &wanted.objects, seq)
+        .ensure(&plan)
+        .await;
     ctx.record_write_outcome(&tenant, seq, &applied).await;
     if phase == Phase::Deleted {
         applied?;
@@ -168,7 +171,7 @@ async fn reconcile_tenant(tenant: Arc<Tenant>, ctx: Arc<Context>) -> Result<Acti
     }
     // Observed again: the caches now show what this pass created, so the status says
     // "0/1 replicas ready" at once instead of "not created yet" and a second patch later.
-    let obs = ctx.observe(&tenant).await?;
+    let obs = ctx.observe(&tenant, &wanted).await?;
     ctx.mirror_status(&tenant, tail.as_ref(), &obs).await?;
     ctx.metrics.set_phase(&uid, Some(phase.as_str()));
     ctx.metrics

@@ -3,6 +3,7 @@
 //! Nothing here talks to the cluster: the same Tenant and settings always give the same
 //! objects, which is what makes "no change means no write" checkable.
 
+mod desired;
 mod labels;
 mod names;
 mod namespace;
@@ -13,6 +14,7 @@ mod resources;
 mod security;
 mod server;
 
+pub use desired::Desired;
 pub use labels::{
     COMPONENT_LABEL, MANAGED_BY_LABEL, MANAGED_BY_VALUE, TENANT_LABEL, TENANT_UID_LABEL,
     component_labels, tenant_labels,
@@ -60,7 +62,7 @@ impl Default for RenderSettings {
 /// Why a Tenant cannot be rendered. Validation reports these before rendering; they are
 /// errors here rather than panics so that a Tenant that slipped past validation is
 /// reported, not fatal.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[derive(Clone, Debug, thiserror::Error, PartialEq, Eq)]
 pub enum RenderError {
     #[error("the Tenant has no uid yet (it was not read from the API server)")]
     MissingUid,
