@@ -1,7 +1,25 @@
 //! What every pass shares: the clients, caches, journal and metrics, and what the operator
 //! remembers about each tenant between passes.
 
-use super::*;
+use super::DEFAULT_PROGRESS_DEADLINE;
+use super::Error;
+use super::failures;
+use super::observation::AuthState;
+use crate::auth::AuthClient;
+use crate::crd::{Tenant, TenantStatus};
+use crate::journal::slot::JournalSlot;
+use crate::journal::{Journal, JournalError, RecoveryMark};
+use crate::metrics::Metrics;
+use crate::render::RenderSettings;
+use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
+use k8s_openapi::api::core::v1::{ConfigMap, LimitRange, Namespace, Pod, ResourceQuota, Service};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
+use kube::runtime::reflector::Store;
+use kube::{Client, ResourceExt};
+use std::collections::HashMap;
+use std::fmt::Debug;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 /// Watch caches of everything the operator owns, label-selected and without managed fields.
 #[derive(Clone)]

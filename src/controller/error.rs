@@ -1,6 +1,10 @@
 //! What a reconcile pass can fail with, and the stable reason each failure reports.
 
-use super::*;
+use super::JOURNAL_UNWRITABLE;
+use crate::auth::AuthError;
+use crate::journal::JournalError;
+use crate::render::RenderError;
+use std::fmt::Debug;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {

@@ -1,7 +1,20 @@
 //! Mirroring to Kubernetes: an Event per journaled transition (and the Warning Events),
 //! then the Tenant's status. Events are best effort; the journal is the truth.
 
-use super::*;
+use super::apply::{self, create_event};
+use super::error::source_code;
+use super::events::{self, EventType};
+use super::failures;
+use super::observation::Observation;
+use super::status;
+use super::{Context, Error};
+use super::{EVENT_WRITE_FAILED, JOURNAL_RECOVERED, MAX_PENDING_EVENTS};
+use crate::crd::{Tenant, namespace_for};
+use crate::journal::Record;
+use chrono::Utc;
+use kube::api::{Patch, PatchParams};
+use kube::{Api, ResourceExt};
+use tracing::warn;
 
 impl Context {
     /// Creates an Event; whether it exists now. Never an error: Events are a mirror, and

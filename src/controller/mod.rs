@@ -31,41 +31,11 @@ mod runtime;
 
 pub use context::{Context, Stores};
 pub use error::Error;
-use error::source_code;
-use observe::Wanted;
 pub use pass::{error_policy, reconcile};
 pub use runtime::{managed_selector, run};
 
-use crate::auth::{AuthClient, AuthError};
-use crate::crd::{Tenant, TenantStatus, namespace_for};
-use crate::journal::slot::JournalSlot;
-use crate::journal::{
-    Journal, JournalError, NewRecord, Record, RecoveryMark, record_time, spec_digest,
-};
-use crate::metrics::{Metrics, ResultLabel};
-use crate::render::{self, RenderError, RenderSettings};
-use apply::{Applier, create_event};
-use chrono::Utc;
-use events::EventType;
-use futures::{Stream, StreamExt};
-use input::{TenantFacts, derive_input};
-use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
-use k8s_openapi::api::core::v1::{ConfigMap, LimitRange, Namespace, Pod, ResourceQuota, Service};
-use k8s_openapi::api::networking::v1::NetworkPolicy;
-use kube::api::{Patch, PatchParams};
-use kube::runtime::controller::{self, Action, Controller};
-use kube::runtime::reflector::{self, ObjectRef, Store};
-use kube::runtime::utils::{Backoff, ResetTimerBackoff};
-use kube::runtime::{WatchStreamExt, watcher};
-use kube::{Api, Client, Resource, ResourceExt};
-use neurallog_machines::{Phase, step};
-use observation::{AuthState, Observation, deployment_state, namespace_state, statefulset_state};
-use serde::de::DeserializeOwned;
-use std::collections::HashMap;
-use std::fmt::Debug;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
-use tracing::{Instrument, info, info_span, warn};
+use crate::crd::{Tenant, TenantStatus};
+use std::time::Duration;
 
 pub const FINALIZER: &str = "neurallog.io/finalizer";
 

@@ -1,7 +1,17 @@
 //! Observing a tenant from the watch caches (and Auth): what exists, what is ready, and
 //! why not.
 
-use super::*;
+use super::apply;
+use super::failures;
+use super::observation::{Observation, deployment_state, namespace_state, statefulset_state};
+use super::{Context, Error};
+use crate::crd::{Tenant, namespace_for};
+use crate::render::{self, RenderError, RenderSettings};
+use chrono::Utc;
+use k8s_openapi::api::core::v1::{Namespace, Pod};
+use kube::runtime::reflector::ObjectRef;
+use kube::{Api, ResourceExt};
+use std::sync::Arc;
 
 /// What the spec asks for, worked out once per pass: its problems (validation, then
 /// rendering), and the rendered objects when there are none.

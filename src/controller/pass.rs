@@ -1,7 +1,23 @@
 //! One reconcile pass: observe -> derive the input -> transition -> journal -> apply ->
 //! mirror, and what the pass asks of the controller next (requeue, backoff).
 
-use super::*;
+use super::apply::Applier;
+use super::input::{TenantFacts, derive_input};
+use super::observe::Wanted;
+use super::{Context, Error};
+use super::{
+    EVENT_RETRY, FAILED_RECHECK, JOURNAL_UNWRITABLE, NEXT_TRANSITION_DELAY, STALLED_RECHECK,
+};
+use crate::crd::Tenant;
+use crate::journal::{NewRecord, Record, record_time, spec_digest};
+use crate::metrics::ResultLabel;
+use chrono::Utc;
+use kube::ResourceExt;
+use kube::runtime::controller::Action;
+use neurallog_machines::{Phase, step};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tracing::{Instrument, info, info_span, warn};
 
 impl Context {
     pub(super) async fn append(

@@ -1,7 +1,24 @@
 //! Running the controller: the watch caches and what triggers a pass, readiness, and the
 //! per-tenant backoff.
 
-use super::*;
+use super::pass::{error_policy, reconcile};
+use super::{Context, Stores};
+use crate::crd::Tenant;
+use crate::render;
+use futures::{Stream, StreamExt};
+use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
+use k8s_openapi::api::core::v1::{ConfigMap, LimitRange, Namespace, Pod, ResourceQuota, Service};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
+use kube::runtime::controller::{self, Controller};
+use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::utils::{Backoff, ResetTimerBackoff};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Api, Client, Resource, ResourceExt};
+use serde::de::DeserializeOwned;
+use std::fmt::Debug;
+use std::sync::Arc;
+use std::time::Duration;
+use tracing::info;
 
 /// Label selector of everything the operator creates.
 pub fn managed_selector() -> String {
