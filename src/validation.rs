@@ -573,6 +573,11 @@ mod env {
     }
 }
 
+/// Whether `text` is a DNS-1123 label: the form of a namespace name.
+pub fn is_dns_label(text: &str) -> bool {
+    syntax::is_dns_label(text)
+}
+
 mod syntax {
     //! Kubernetes name syntax: DNS labels and subdomains, label keys and values,
     //! environment variable names and ConfigMap/Secret keys.

@@ -113,11 +113,20 @@ struct Env {
 }
 
 async fn env(prefix: &str) -> Env {
+    env_with(prefix, |_| Vec::new()).await
+}
+
+/// `env`, with more operator flags made from the run id.
+async fn env_with(prefix: &str, args: impl FnOnce(&str) -> Vec<String>) -> Env {
     let client = client().await;
     install_crd(&client).await;
     let run = unique(prefix);
     let auth = auth_stub().await;
-    let operator = Operator::start(&run, &auth.url());
+    let options = OperatorOptions {
+        args: args(&run),
+        ..OperatorOptions::default()
+    };
+    let operator = Operator::start_with_options(&run, &auth.url(), &options);
     operator.wait_ready().await;
     // The stub serves while the test runs (its handle would stop it when dropped).
     std::mem::forget(auth);
@@ -454,14 +463,23 @@ async fn network_policies_isolate_tenants_with_real_connections() {
     if !real_node() {
         return;
     }
-    let env = env("real").await;
+    let ingress_ns_of = |run: &str| format!("real-node-ingress-{run}");
+    let env = env_with("real", |run| {
+        vec!["--ingress-controller-namespaces".into(), ingress_ns_of(run)]
+    })
+    .await;
     let isolated = format!("{}-a", env.run);
     let neighbour = format!("{}-b", env.run);
     let open = format!("{}-c", env.run);
     let _cleanup = TenantCleanup(vec![isolated.clone(), neighbour.clone(), open.clone()]);
     let allowed_ns = format!("real-node-allowed-{}", env.run);
     let other_ns = format!("real-node-other-{}", env.run);
-    let _namespaces = NamespaceCleanup(vec![allowed_ns.clone(), other_ns.clone()]);
+    let ingress_ns = ingress_ns_of(&env.run);
+    let _namespaces = NamespaceCleanup(vec![
+        allowed_ns.clone(),
+        other_ns.clone(),
+        ingress_ns.clone(),
+    ]);
 
     let with_policy = |allowed: &str, enabled: bool| {
         format!(
@@ -480,10 +498,11 @@ async fn network_policies_isolate_tenants_with_real_connections() {
     }
     client_pod(&allowed_ns);
     client_pod(&other_ns);
+    client_pod(&ingress_ns);
     for name in [&isolated, &neighbour, &open] {
         wait_for_phase(&env.client, name, "Running", PROVISION).await;
     }
-    for ns in [&allowed_ns, &other_ns] {
+    for ns in [&allowed_ns, &other_ns, &ingress_ns] {
         pod_on_node(&env.client, ns, "client").await;
     }
 
@@ -496,6 +515,8 @@ async fn network_policies_isolate_tenants_with_real_connections() {
     let b_server_pod = pod_on_node(&env.client, &b_ns, &format!("{neighbour}-server-"))
         .await
         .name_any();
+    let b_server = service_ip(&b_ns, &format!("{neighbour}-server"));
+    let b_redis = pod_ip(&pod_on_node(&env.client, &b_ns, &format!("{neighbour}-redis-")).await);
     let c_ns = ns_of(&open);
     let c_redis = pod_ip(&pod_on_node(&env.client, &c_ns, &format!("{open}-redis-")).await);
     let c_server = service_ip(&c_ns, &format!("{open}-server"));
@@ -530,6 +551,21 @@ async fn network_policies_isolate_tenants_with_real_connections() {
     assert!(
         !redis_answers(&b_ns, &b_server_pod, &a_redis),
         "other tenant -> Redis is refused"
+    );
+    // The ingress controllers' namespace (the operator's --ingress-controller-namespaces)
+    // reaches the server of a tenant that allows no namespace, as the guide's Ingress
+    // needs, and never its Redis; other namespaces do not reach that server.
+    assert!(
+        server_answers(&ingress_ns, "client", &b_server),
+        "ingress controller namespace -> server"
+    );
+    assert!(
+        !redis_answers(&ingress_ns, "client", &b_redis),
+        "ingress controller namespace -> Redis is refused"
+    );
+    assert!(
+        !server_answers(&other_ns, "client", &b_server),
+        "other namespace -> server of a tenant allowing none is refused"
     );
     // With policies disabled, everything is reachable.
     assert!(

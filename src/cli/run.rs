@@ -96,6 +96,17 @@ pub struct RunArgs {
     /// Port of the Auth service (tenant servers may reach it).
     #[arg(long, env = "NEURALLOG_AUTH_PORT", default_value_t = 3040)]
     auth_port: i32,
+    /// Namespaces of ingress controllers, admitted to the server port (3030) of every
+    /// tenant with network policies on (policy allow-ingress-controller). Comma-separated;
+    /// an empty value admits none.
+    #[arg(
+        long,
+        env = "NEURALLOG_INGRESS_CONTROLLER_NAMESPACES",
+        value_delimiter = ',',
+        default_value = "ingress-nginx,nginx-ingress,traefik,haproxy-controller,kong,projectcontour,istio-ingress",
+        value_parser = ingress_controller_namespace
+    )]
+    ingress_controller_namespaces: Vec<String>,
     /// Cluster DNS domain.
     #[arg(
         long,
@@ -358,6 +369,24 @@ fn render_settings(args: &RunArgs) -> RenderSettings {
         auth_namespace: args.auth_namespace.clone(),
         auth_port: args.auth_port,
         cluster_domain: args.cluster_domain.clone(),
+        ingress_controller_namespaces: args
+            .ingress_controller_namespaces
+            .iter()
+            .filter(|ns| !ns.is_empty())
+            .cloned()
+            .collect(),
+    }
+}
+
+/// A namespace name (a DNS-1123 label), or empty (an empty flag value admits none).
+fn ingress_controller_namespace(value: &str) -> Result<String, String> {
+    let value = value.trim();
+    if value.is_empty() || crate::validation::is_dns_label(value) {
+        Ok(value.to_string())
+    } else {
+        Err(format!(
+            "{value:?} is not a namespace name (lowercase letters, digits and '-', at most 63, starting and ending with a letter or digit)"
+        ))
     }
 }
 
@@ -519,6 +548,48 @@ mod tests {
         assert_eq!(config.lease_duration, Duration::from_secs(15));
         assert_eq!(config.renew_deadline, Duration::from_secs(10));
         assert_eq!(config.retry_period, Duration::from_secs(2));
+    }
+
+    #[derive(Parser)]
+    struct Run {
+        #[command(flatten)]
+        args: RunArgs,
+    }
+
+    fn ingress_namespaces(args: &[&str]) -> Result<Vec<String>, clap::Error> {
+        let parsed = Run::try_parse_from(std::iter::once("test").chain(args.iter().copied()))?;
+        Ok(render_settings(&parsed.args).ingress_controller_namespaces)
+    }
+
+    #[test]
+    fn ingress_controller_namespaces_default_to_the_common_controllers() {
+        assert_eq!(
+            ingress_namespaces(&[]).expect("valid"),
+            crate::render::DEFAULT_INGRESS_CONTROLLER_NAMESPACES.map(String::from)
+        );
+        assert_eq!(
+            ingress_namespaces(&["--ingress-controller-namespaces", "edge, gateway-system"])
+                .expect("valid"),
+            ["edge", "gateway-system"]
+        );
+        assert!(
+            ingress_namespaces(&["--ingress-controller-namespaces", ""])
+                .expect("valid")
+                .is_empty(),
+            "an empty value admits no ingress controller"
+        );
+    }
+
+    #[test]
+    fn an_ingress_controller_namespace_that_is_no_namespace_name_is_refused() {
+        let error = ingress_namespaces(&["--ingress-controller-namespaces", "ok,Bad_Name"])
+            .expect_err("refused");
+        assert!(
+            error
+                .to_string()
+                .contains("\"Bad_Name\" is not a namespace name"),
+            "{error}"
+        );
     }
 
     #[test]

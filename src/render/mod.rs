@@ -46,7 +46,22 @@ pub struct RenderSettings {
     pub auth_port: i32,
     /// Cluster DNS domain, for `REDIS_HOST`.
     pub cluster_domain: String,
+    /// Namespaces of ingress controllers, admitted to the server port of every tenant
+    /// whose network policies are on (policy `allow-ingress-controller`); empty: none.
+    pub ingress_controller_namespaces: Vec<String>,
 }
+
+/// Where the common ingress controllers install themselves by default: ingress-nginx,
+/// NGINX Inc.'s controller, Traefik, HAProxy, Kong, Contour, Istio's ingress gateway.
+pub const DEFAULT_INGRESS_CONTROLLER_NAMESPACES: [&str; 7] = [
+    "ingress-nginx",
+    "nginx-ingress",
+    "traefik",
+    "haproxy-controller",
+    "kong",
+    "projectcontour",
+    "istio-ingress",
+];
 
 impl Default for RenderSettings {
     fn default() -> Self {
@@ -55,6 +70,9 @@ impl Default for RenderSettings {
             auth_namespace: "neurallog".into(),
             auth_port: 3040,
             cluster_domain: "cluster.local".into(),
+            ingress_controller_namespaces: DEFAULT_INGRESS_CONTROLLER_NAMESPACES
+                .map(String::from)
+                .to_vec(),
         }
     }
 }

@@ -80,6 +80,20 @@ pub fn network_policies(
             vec![],
         )?);
     }
+    // The guide's Ingress reaches the server through the ingress controller's pods.
+    if !settings.ingress_controller_namespaces.is_empty() {
+        policies.push(policy(
+            tenant,
+            "allow-ingress-controller",
+            pods_of(&name, "server"),
+            &["Ingress"],
+            vec![ingress(
+                vec![namespaces(&settings.ingress_controller_namespaces)],
+                vec![port(Protocol::Tcp, SERVER_PORT)],
+            )],
+            vec![],
+        )?);
+    }
     for (i, rule) in spec.ingress_rules.iter().enumerate() {
         policies.push(policy(
             tenant,
@@ -204,6 +218,7 @@ fn port(protocol: Protocol, number: i32) -> NetworkPolicyPort {
 mod tests {
     use super::*;
     use crate::crd::{EgressRule, IngressRule};
+    use crate::render::DEFAULT_INGRESS_CONTROLLER_NAMESPACES;
     use crate::render::test_support::{basic, customized};
 
     fn names(policies: &[NetworkPolicy]) -> Vec<String> {
@@ -213,9 +228,16 @@ mod tests {
             .collect()
     }
 
+    fn without_ingress_controllers() -> RenderSettings {
+        RenderSettings {
+            ingress_controller_namespaces: Vec::new(),
+            ..RenderSettings::default()
+        }
+    }
+
     #[test]
     fn an_empty_allowed_namespaces_list_allows_nobody() {
-        let policies = network_policies(&basic(), &RenderSettings::default()).expect("renders");
+        let policies = network_policies(&basic(), &without_ingress_controllers()).expect("renders");
         assert_eq!(
             names(&policies),
             [
@@ -225,6 +247,67 @@ mod tests {
                 "allow-auth-egress"
             ]
         );
+    }
+
+    /// The one ingress rule of policy `name`: its source namespaces and ports.
+    fn ingress_of(policies: &[NetworkPolicy], name: &str) -> (Vec<String>, Vec<IntOrString>) {
+        let policy = policies
+            .iter()
+            .find(|p| p.metadata.name.as_deref() == Some(name))
+            .unwrap_or_else(|| panic!("policy {name}"));
+        let spec = policy.spec.clone().expect("spec");
+        assert_eq!(spec.policy_types, Some(vec!["Ingress".to_string()]));
+        let rules = spec.ingress.expect("ingress");
+        assert_eq!(rules.len(), 1);
+        let namespaces = rules[0].from.as_ref().expect("from")[0]
+            .namespace_selector
+            .clone()
+            .expect("namespaces")
+            .match_expressions
+            .expect("expressions")[0]
+            .values
+            .clone()
+            .expect("values");
+        let ports = rules[0]
+            .ports
+            .iter()
+            .flatten()
+            .filter_map(|p| p.port.clone())
+            .collect();
+        (namespaces, ports)
+    }
+
+    #[test]
+    fn ingress_controllers_reach_the_server_port_only() {
+        let policies = network_policies(&basic(), &RenderSettings::default()).expect("renders");
+        let (namespaces, ports) = ingress_of(&policies, "allow-ingress-controller");
+        assert_eq!(
+            namespaces,
+            DEFAULT_INGRESS_CONTROLLER_NAMESPACES.map(String::from)
+        );
+        assert_eq!(ports, [IntOrString::Int(SERVER_PORT)]);
+        let policy = policies
+            .iter()
+            .find(|p| p.metadata.name.as_deref() == Some("allow-ingress-controller"))
+            .expect("policy");
+        let selected = policy
+            .spec
+            .as_ref()
+            .and_then(|s| s.pod_selector.clone())
+            .and_then(|s| s.match_labels)
+            .expect("server pods");
+        assert_eq!(
+            selected
+                .get(crate::render::COMPONENT_LABEL)
+                .map(String::as_str),
+            Some("server")
+        );
+    }
+
+    #[test]
+    fn no_ingress_controller_namespaces_means_no_such_policy() {
+        let policies = network_policies(&basic(), &without_ingress_controllers()).expect("renders");
+        assert!(!names(&policies).contains(&"allow-ingress-controller".to_string()));
     }
 
     #[test]
