@@ -13,7 +13,6 @@ use k8s_openapi::api::core::v1::Event;
 use kube::api::{DeleteParams, ListParams};
 use kube::{Api, Client};
 use neurallog_operator::crd::Tenant;
-use std::path::Path;
 use std::process::{Command, Output};
 use std::time::Duration;
 
@@ -33,29 +32,6 @@ fn stdout_of(args: &[&str]) -> String {
     assert!(
         output.status.success(),
         "{args:?} failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8_lossy(&output.stdout).into_owned()
-}
-
-/// `kubectl tenant ARGS`, kubectl finding the plugin binary on $PATH.
-fn kubectl_plugin(args: &[&str]) -> String {
-    let plugin = Path::new(env!("CARGO_BIN_EXE_kubectl-tenant"));
-    let dir = plugin.parent().expect("the plugin's directory");
-    let path = std::env::join_paths(std::iter::once(dir.to_path_buf()).chain(
-        std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default()),
-    ))
-    .expect("PATH");
-    let output = Command::new(kubectl_path())
-        .arg("tenant")
-        .args(args)
-        .env("PATH", path)
-        .env_remove("RUST_BACKTRACE")
-        .output()
-        .expect("kubectl runs");
-    assert!(
-        output.status.success(),
-        "kubectl tenant {args:?} failed: {}",
         String::from_utf8_lossy(&output.stderr)
     );
     String::from_utf8_lossy(&output.stdout).into_owned()
@@ -187,14 +163,14 @@ async fn journal_show_matches_the_events_and_verify_passes() {
         "{replay}"
     );
 
-    let history = kubectl_plugin(&["history", &name, "--server", &server]);
+    let history = kubectl_tenant(&["history", &name, "--server", &server]);
     assert_eq!(
         history, table,
         "kubectl tenant history shows what journal show shows"
     );
-    let plugin_export = kubectl_plugin(&["journal", &name, "--server", &server]);
+    let plugin_export = kubectl_tenant(&["journal", &name, "--server", &server]);
     assert_eq!(plugin_export, export);
-    let plugin_replay = kubectl_plugin(&["replay", &name, "--server", &server]);
+    let plugin_replay = kubectl_tenant(&["replay", &name, "--server", &server]);
     assert_eq!(plugin_replay, replay);
 
     let journal = operator

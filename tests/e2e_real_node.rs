@@ -366,9 +366,17 @@ async fn the_basic_tenant_runs_real_containers_with_its_config_probes_claim_and_
     wait_until_gone(&tenants, &name, PROVISION).await;
 }
 
-/// A pod that only sleeps, in namespace `namespace` (created `real-node-*`, so it lands on
-/// the real node), to connect from with the stand-in image's busybox `nc`.
+/// A pod `client` that only sleeps, in namespace `namespace` (created `real-node-*`, so it
+/// lands on the real node), to connect from with the stand-in image's busybox `nc`.
 fn client_pod(namespace: &str) -> String {
+    standin_pod(namespace, "client", "{}", r#"command: ["sleep", "3600"]"#);
+    namespace.to_string()
+}
+
+/// A namespace `namespace` (created if missing; `real-node-*` lands on the real node) with a
+/// restricted pod `name` of the stand-in image, labelled `labels` (a YAML flow map); `run` is the container's
+/// command or env, as YAML lines at container level.
+fn standin_pod(namespace: &str, name: &str, labels: &str, run: &str) {
     let image = local_image("server-standin");
     let manifest = format!(
         r#"apiVersion: v1
@@ -377,7 +385,7 @@ metadata: {{name: {namespace}}}
 ---
 apiVersion: v1
 kind: Pod
-metadata: {{name: client, namespace: {namespace}}}
+metadata: {{name: {name}, namespace: {namespace}, labels: {labels}}}
 spec:
   automountServiceAccountToken: false
   terminationGracePeriodSeconds: 0
@@ -386,17 +394,16 @@ spec:
     runAsUser: 1000
     seccompProfile: {{type: RuntimeDefault}}
   containers:
-  - name: client
+  - name: main
     image: {image}
-    command: ["sleep", "3600"]
+    {run}
     securityContext:
       allowPrivilegeEscalation: false
       capabilities: {{drop: [ALL]}}
 "#
     );
     let (ok, out, err) = kubectl_stdin(&["apply", "-f", "-"], &manifest);
-    assert!(ok, "client pod: {err}{out}");
-    namespace.to_string()
+    assert!(ok, "pod {namespace}/{name}: {err}{out}");
 }
 
 /// Sends `request` to `host:port` with busybox `nc` from `pod` (an image with busybox and
@@ -415,8 +422,7 @@ fn redis_answers(namespace: &str, pod: &str, host: &str) -> bool {
 
 /// The server at `host` answers GET / from `pod` (200, it reaches its Redis).
 fn server_answers(namespace: &str, pod: &str, host: &str) -> bool {
-    let request = format!("GET / HTTP/1.0\\r\\nHost: {host}\\r\\n\\r\\n");
-    let answer = talk(namespace, pod, host, 3030, &request);
+    let answer = http_get(namespace, pod, host, 3030);
     answer.starts_with("HTTP/1.0 200") && answer.contains("answers PING")
 }
 
@@ -602,6 +608,101 @@ async fn network_policies_isolate_tenants_with_real_connections() {
     for name in [&isolated, &neighbour, &open] {
         wait_until_gone(&tenants, name, PROVISION).await;
     }
+}
+
+/// The guide's custom rules, with real connections: an ingress rule admits pods with its
+/// labels to its port and nothing else; an egress rule lets the server reach pods with its
+/// labels on its port, and no other pod.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn custom_rules_open_exactly_what_they_say() {
+    if !real_node() {
+        return;
+    }
+    let env = env("real").await;
+    let name = format!("{}-r", env.run);
+    let _cleanup = TenantCleanup(vec![name.clone()]);
+    let front_ns = format!("real-node-front-{}", env.run);
+    let db_ns = format!("real-node-db-{}", env.run);
+    let _namespaces = NamespaceCleanup(vec![front_ns.clone(), db_ns.clone()]);
+    let yaml = "apiVersion: neurallog.io/v1\nkind: Tenant\nmetadata:\n  name: x\nspec:\n  networkPolicy:\n    enabled: true\n    ingressRules:\n      - description: Allow ingress from the web front end\n        from: {app: web-frontend}\n        ports: [{protocol: TCP, port: 3030}]\n    egressRules:\n      - description: Allow egress to the database\n        to: {app: database}\n        ports: [{protocol: TCP, port: 5432}]\n";
+    let mut tenant = tenant_from_yaml(yaml, &name, &env.run);
+    tenant.spec.server.image = local_image("server-standin");
+    tenant.spec.redis.image = local_image("redis");
+    apply_tenant(&env.client, &tenant).await;
+    let sleep = r#"command: ["sleep", "3600"]"#;
+    standin_pod(&front_ns, "web", "{app: web-frontend}", sleep);
+    standin_pod(&front_ns, "plain", "{}", sleep);
+    // Stand-ins listening on 5432: they answer HTTP (503: they have no Redis) when reached.
+    let listen = r#"env: [{name: PORT, value: "5432"}, {name: REDIS_HOST, value: "127.0.0.1"}, {name: REDIS_PORT, value: "1"}]"#;
+    standin_pod(&db_ns, "database", "{app: database}", listen);
+    standin_pod(&db_ns, "elsewhere", "{app: other}", listen);
+    wait_for_phase(&env.client, &name, "Running", PROVISION).await;
+    for (ns, pod) in [(&front_ns, "web"), (&front_ns, "plain")] {
+        pod_on_node(&env.client, ns, pod).await;
+    }
+    let database = pod_ip(&running_pod(&env.client, &db_ns, "database").await);
+    let elsewhere = pod_ip(&running_pod(&env.client, &db_ns, "elsewhere").await);
+
+    let ns = format!("tenant-{name}");
+    let server = service_ip(&ns, &format!("{name}-server"));
+    let redis = pod_ip(&pod_on_node(&env.client, &ns, &format!("{name}-redis-")).await);
+    let server_pod = pod_on_node(&env.client, &ns, &format!("{name}-server-"))
+        .await
+        .name_any();
+
+    assert!(
+        server_answers(&front_ns, "web", &server),
+        "a pod with the rule's labels -> server port"
+    );
+    assert!(
+        !redis_answers(&front_ns, "web", &redis),
+        "a pod with the rule's labels -> Redis (not the rule's port) is refused"
+    );
+    assert!(
+        !server_answers(&front_ns, "plain", &server),
+        "a pod without the rule's labels -> server is refused"
+    );
+    assert!(
+        http_answers(&ns, &server_pod, &database, 5432),
+        "server -> a pod with the egress rule's labels on its port"
+    );
+    assert!(
+        !http_answers(&ns, &server_pod, &elsewhere, 5432),
+        "server -> a pod without the egress rule's labels is refused"
+    );
+    // The refusal is the policies', not a dead listener: the same pod answers from its
+    // own namespace.
+    assert!(
+        http_answers(&db_ns, "database", &elsewhere, 5432),
+        "the listener without the labels answers otherwise"
+    );
+}
+
+/// A pod `name` in `namespace` that is running (not necessarily ready: the listeners
+/// without Redis never are).
+async fn running_pod(client: &Client, namespace: &str, name: &str) -> Pod {
+    let pods: Api<Pod> = Api::namespaced(client.clone(), namespace);
+    wait_for(&format!("pod {namespace}/{name} to run"), PROVISION, || {
+        let pods = pods.clone();
+        async move {
+            let pod = pods.get_opt(name).await.ok()??;
+            let ip = pod.status.as_ref().and_then(|s| s.pod_ip.as_ref());
+            let running = pod.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running");
+            (running && ip.is_some()).then_some(pod)
+        }
+    })
+    .await
+}
+
+/// Anything at `host:port` answers an HTTP request from `pod`.
+fn http_answers(namespace: &str, pod: &str, host: &str, port: u16) -> bool {
+    http_get(namespace, pod, host, port).starts_with("HTTP/1.0 ")
+}
+
+/// The answer to `GET /` at `host:port` from `pod`; empty when the connection failed.
+fn http_get(namespace: &str, pod: &str, host: &str, port: u16) -> String {
+    let request = format!("GET / HTTP/1.0\\r\\nHost: {host}\\r\\n\\r\\n");
+    talk(namespace, pod, host, port, &request)
 }
 
 /// Builds (tests/cluster/node/images.sh) and imports the named images into the real node;
@@ -994,6 +1095,19 @@ patches:
         tool.status.success() && said.contains("journal intact"),
         "journal verify --kube-service: {said}{}",
         String::from_utf8_lossy(&tool.stderr)
+    );
+    // The kubectl plugin, run by kubectl as a user would, through the same proxy.
+    let history = kubectl_tenant(&[
+        "history",
+        &name,
+        "--service",
+        &service,
+        "--kubeconfig",
+        &kubeconfig().display().to_string(),
+    ]);
+    assert!(
+        history.lines().count() > 4 && history.contains("Running"),
+        "kubectl tenant history through the service proxy: {history}"
     );
 
     let tenants: Api<Tenant> = Api::all(client.clone());

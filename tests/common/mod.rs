@@ -79,6 +79,30 @@ pub fn kubectl_path() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("kubectl"))
 }
 
+/// `kubectl tenant ARGS` run by kubectl, which finds the plugin binary on $PATH; stdout.
+pub fn kubectl_tenant(args: &[&str]) -> String {
+    let plugin = std::path::Path::new(env!("CARGO_BIN_EXE_kubectl-tenant"));
+    let dir = plugin.parent().expect("the plugin's directory");
+    let path = std::env::join_paths(std::iter::once(dir.to_path_buf()).chain(
+        std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default()),
+    ))
+    .expect("PATH");
+    let output = std::process::Command::new(kubectl_path())
+        .arg("tenant")
+        .args(args)
+        .env("PATH", path)
+        .env_remove("RUST_BACKTRACE")
+        .output()
+        .expect("kubectl runs");
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(
+        output.status.success(),
+        "kubectl tenant {args:?}: {stdout}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    stdout
+}
+
 /// Runs kubectl against the test cluster; returns stdout, panics with stderr on failure.
 /// It blocks its thread: a test serving the Auth stub must run on a multi-thread runtime.
 pub fn kubectl(args: &[&str]) -> String {
