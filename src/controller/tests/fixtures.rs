@@ -62,9 +62,9 @@ pub(super) fn tenant() -> Tenant {
 
 /// How the scripted API server answers a request.
 pub(super) enum Reply {
-    /// The object sent, now stored (with a uid and a resourceVersion) and delivered to the
-    /// watch cache of its kind, if the operator watches it: 201 for a create.
-    Stored,
+    /// 201 with the object sent, now stored (with a uid and a resourceVersion) and
+    /// delivered to the watch cache of its kind, if the operator watches it.
+    Created,
     /// The stored Tenant after the request's JSON patch or merge patch.
     PatchedTenant,
     /// The tenant namespace as cached, now terminating, and delivered so to the cache:
@@ -125,7 +125,7 @@ pub(super) fn get_namespace() -> Exchange {
 }
 
 pub(super) fn create_namespace() -> Exchange {
-    Exchange::new(Method::POST, "/api/v1/namespaces", Reply::Stored)
+    Exchange::new(Method::POST, "/api/v1/namespaces", Reply::Created)
         .with("/metadata/name", NAMESPACE)
 }
 
@@ -137,7 +137,7 @@ pub(super) fn delete_namespace(uid: &str) -> Exchange {
 
 /// An Event on the Tenant.
 pub(super) fn event(type_: &str, reason: &str) -> Exchange {
-    Exchange::new(Method::POST, EVENTS_PATH, Reply::Stored)
+    Exchange::new(Method::POST, EVENTS_PATH, Reply::Created)
         .with("/type", type_)
         .with("/reason", reason)
         .with("/involvedObject/kind", "Tenant")
@@ -290,15 +290,10 @@ impl ApiServer {
             );
         }
         let (code, reply) = match exchange.reply {
-            Reply::Stored => {
-                let code = if exchange.method == Method::POST {
-                    201
-                } else {
-                    200
-                };
+            Reply::Created => {
                 let object = stored(body);
                 self.watches.deliver(&object, false);
-                (code, object)
+                (201, object)
             }
             Reply::PatchedTenant => (200, self.patch_tenant(exchange.content_type, body)),
             Reply::Terminating => {
