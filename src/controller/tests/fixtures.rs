@@ -80,7 +80,7 @@ pub(super) struct Exchange {
     path: String,
     content_type: Option<&'static str>,
     /// JSON pointer into the request body, and the value it must hold there.
-    fields: Vec<(&'static str, Value)>,
+    fields: Vec<(String, Value)>,
     reply: Reply,
 }
 
@@ -103,8 +103,8 @@ impl Exchange {
     }
 
     /// The request body must hold `value` at JSON pointer `pointer`.
-    pub(super) fn with(mut self, pointer: &'static str, value: impl Into<Value>) -> Self {
-        self.fields.push((pointer, value.into()));
+    pub(super) fn with(mut self, pointer: impl Into<String>, value: impl Into<Value>) -> Self {
+        self.fields.push((pointer.into(), value.into()));
         self
     }
 
@@ -124,9 +124,17 @@ pub(super) fn get_namespace() -> Exchange {
     Exchange::new(Method::GET, &path, Reply::Failure(404, "NotFound"))
 }
 
+/// The namespace created with the hash of what was rendered: the next pass finds it current.
 pub(super) fn create_namespace() -> Exchange {
+    let hash = format!(
+        "/metadata/annotations/{}",
+        DESIRED_HASH_ANNOTATION.replace('/', "~1")
+    );
+    let rendered = applied(render::namespace(&tenant()));
+    let rendered_hash = rendered.pointer(&hash).cloned().expect("a hash");
     Exchange::new(Method::POST, "/api/v1/namespaces", Reply::Created)
         .with("/metadata/name", NAMESPACE)
+        .with(hash, rendered_hash)
 }
 
 /// The namespace deleted only if it still is the one of uid `uid`.
@@ -163,6 +171,7 @@ pub(super) fn patch_finalizers(resource_version: &str, finalizers: &[&str]) -> E
         .with("/0/op", "test")
         .with("/0/path", "/metadata/resourceVersion")
         .with("/0/value", resource_version)
+        .with("/1/op", "add")
         .with("/1/path", "/metadata/finalizers")
         .with("/1/value", json!(finalizers))
 }

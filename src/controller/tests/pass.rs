@@ -121,20 +121,32 @@ async fn a_failed_event_write_holds_nothing_and_is_retried_by_a_later_pass() {
     assert!(!fx.ctx.events_behind(&fx.api.tenant()));
 }
 
-#[tokio::test]
-async fn auth_down_is_a_warning_and_a_retry_never_a_transition() {
-    let mut fx = settled(TO_PROVISIONING_SERVER, AuthState::Unknown).await;
+/// A tenant at ProvisioningServer whose objects are all ready, not registered with Auth
+/// yet, and Auth down.
+async fn waiting_for_auth_that_is_down() -> Fixture {
+    let fx = settled(TO_PROVISIONING_SERVER, AuthState::Unknown).await;
     let down = Faults {
         down: true,
         ..Faults::default()
     };
     fx.auth.set_faults(down).await.expect("the stub goes down");
+    fx
+}
+
+/// The status patch that tells of Auth being down: still ProvisioningServer.
+fn status_auth_unavailable() -> Exchange {
+    patch_status("ProvisioningServer")
+        .with("/status/conditions/1/type", "Reconciling")
+        .with("/status/conditions/1/reason", "AuthUnavailable")
+}
+
+#[tokio::test]
+async fn auth_down_is_a_warning_and_a_retry_never_a_transition() {
+    let mut fx = waiting_for_auth_that_is_down().await;
     let error = fx
         .pass(vec![
             event("Warning", "AuthUnavailable"),
-            patch_status("ProvisioningServer")
-                .with("/status/conditions/1/type", "Reconciling")
-                .with("/status/conditions/1/reason", "AuthUnavailable"),
+            status_auth_unavailable(),
         ])
         .await
         .expect_err("the pass fails, for a retry with backoff");
@@ -202,4 +214,24 @@ async fn a_deleted_tenant_is_torn_down_then_released() {
     assert_eq!(action, Action::await_change());
     assert_eq!(phase_and_seq(&fx.tail()), (Phase::Deleted, 6));
     assert!(fx.api.tenant().finalizers().is_empty());
+}
+
+#[tokio::test]
+async fn a_warning_event_that_could_not_be_written_is_sent_by_the_next_pass() {
+    let mut fx = waiting_for_auth_that_is_down().await;
+    let forbidden = Reply::Failure(403, "Forbidden");
+    fx.pass(vec![
+        event("Warning", "AuthUnavailable").reply(forbidden),
+        status_auth_unavailable(),
+    ])
+    .await
+    .expect_err("Auth is down");
+    assert!(fx.ctx.events_behind(&fx.api.tenant()));
+
+    // Auth is still down. The same cause makes no second Warning, but the one that could
+    // not be written goes first thing; the status already tells.
+    fx.pass(vec![event("Warning", "AuthUnavailable")])
+        .await
+        .expect_err("Auth is still down");
+    assert!(!fx.ctx.events_behind(&fx.api.tenant()));
 }
