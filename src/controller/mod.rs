@@ -28,6 +28,8 @@ mod mirror;
 mod observe;
 mod pass;
 mod runtime;
+#[cfg(test)]
+mod tests;
 
 pub use context::{Context, Stores};
 pub use error::Error;

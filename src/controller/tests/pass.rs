@@ -1,0 +1,237 @@
+//! The pass, scenario by scenario, with the exact requests each pass makes.
+
+use super::fixtures::*;
+use crate::controller::observation::AuthState;
+use crate::controller::{FINALIZER, JOURNAL_UNWRITABLE};
+use crate::journal::testing::TO_RUNNING;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::ResourceExt;
+use kube::runtime::controller::Action;
+use neurallog_auth_stub::Faults;
+use neurallog_machines::{Phase, Trigger};
+use std::time::Duration;
+
+/// The triggers that bring a new tenant to ProvisioningServer.
+const TO_PROVISIONING_SERVER: &[Trigger] = &[
+    Trigger::Observed,
+    Trigger::NamespaceReady,
+    Trigger::RedisReady,
+];
+
+/// How soon the pass after one that made the next transition possible comes.
+const NEXT_TRANSITION: Duration = Duration::from_millis(100);
+
+/// How soon a Running tenant is looked at again without a change.
+const RUNNING_RECHECK: Duration = Duration::from_secs(600);
+
+/// How soon a pass follows one that could not write an Event.
+const EVENT_RETRY: Duration = Duration::from_secs(5);
+
+/// How soon a Deleting tenant is looked at again (the namespace controller can take a while).
+const DELETING_RECHECK: Duration = Duration::from_secs(5);
+
+fn phase_and_seq(record: &crate::journal::Record) -> (Phase, u64) {
+    (record.to, record.seq)
+}
+
+#[tokio::test]
+async fn a_first_pass_journals_pending_then_takes_the_finalizer_and_creates_the_namespace() {
+    let mut fx = Fixture::new(tenant()).await;
+    let action = fx
+        .pass(vec![
+            // Not in the (label-selected) cache: a foreign namespace would carry no label.
+            get_namespace(),
+            transition_event(1, Phase::Pending),
+            patch_finalizers("1", &[FINALIZER]),
+            create_namespace(),
+            event("Normal", "Created").with("/message", "Created namespace tenant-my-tenant"),
+            patch_status("Pending").with("/status/journal/sequence", 1),
+        ])
+        .await
+        .expect("the pass succeeds");
+    assert_eq!(
+        action,
+        Action::requeue(NEXT_TRANSITION),
+        "the namespace is there: NamespaceReady is next"
+    );
+    let tail = fx.tail();
+    assert_eq!(
+        (tail.from, tail.to, tail.seq),
+        (Phase::New, Phase::Pending, 1)
+    );
+    assert_eq!(fx.api.tenant().finalizers(), [FINALIZER]);
+}
+
+#[tokio::test]
+async fn a_settled_running_tenant_costs_no_request_at_all() {
+    let mut fx = settled(&TO_RUNNING, AuthState::Registered).await;
+    let action = fx.pass(vec![]).await.expect("the pass succeeds");
+    assert_eq!(action, Action::requeue(RUNNING_RECHECK));
+    assert_eq!(fx.ctx.metrics.total_writes(), 0);
+    assert_eq!(fx.auth.calls().total, 0, "no Auth call either");
+    assert_eq!(phase_and_seq(&fx.tail()), (Phase::Running, 4));
+}
+
+#[tokio::test]
+async fn an_unwritable_journal_fails_the_pass_with_a_warning_on_the_tenant() {
+    let mut fx = settled(&TO_RUNNING, AuthState::Registered).await;
+    let status = fx.api.tenant().status;
+    fx.break_journal();
+    let error = fx
+        .pass(vec![event("Warning", JOURNAL_UNWRITABLE)])
+        .await
+        .expect_err("the pass fails");
+    assert_eq!(error.reason(), JOURNAL_UNWRITABLE);
+    assert_eq!(
+        fx.api.tenant().status,
+        status,
+        "the status is left as it was"
+    );
+}
+
+#[tokio::test]
+async fn a_failed_event_write_holds_nothing_and_is_retried_by_a_later_pass() {
+    // A pass journaled Running, then stopped before mirroring it.
+    let mut fx = settled(TO_PROVISIONING_SERVER, AuthState::Registered).await;
+    fx.journal(Trigger::AllReady).await;
+    let action = fx
+        .pass(vec![
+            transition_event(4, Phase::Running).reply(Reply::Failure(500, "InternalError")),
+            patch_status("Running").with("/status/journal/sequence", 4),
+        ])
+        .await
+        .expect("a failed Event does not fail the pass");
+    assert_eq!(action, Action::requeue(EVENT_RETRY), "soon, for the Event");
+    assert!(fx.ctx.events_behind(&fx.api.tenant()));
+
+    // After a failed Event write the status no longer vouches for the earlier Events: the
+    // retry writes the chain's Events from the first; those that exist answer
+    // AlreadyExists, which counts as written.
+    let exists = || Reply::Failure(409, "AlreadyExists");
+    let action = fx
+        .pass(vec![
+            transition_event(1, Phase::Pending).reply(exists()),
+            transition_event(2, Phase::ProvisioningRedis).reply(exists()),
+            transition_event(3, Phase::ProvisioningServer).reply(exists()),
+            transition_event(4, Phase::Running),
+        ])
+        .await
+        .expect("the pass succeeds");
+    assert_eq!(action, Action::requeue(RUNNING_RECHECK));
+    assert!(!fx.ctx.events_behind(&fx.api.tenant()));
+}
+
+/// A tenant at ProvisioningServer whose objects are all ready, not registered with Auth
+/// yet, and Auth down.
+async fn waiting_for_auth_that_is_down() -> Fixture {
+    let fx = settled(TO_PROVISIONING_SERVER, AuthState::Unknown).await;
+    let down = Faults {
+        down: true,
+        ..Faults::default()
+    };
+    fx.auth.set_faults(down).await.expect("the stub goes down");
+    fx
+}
+
+/// The status patch that tells of Auth being down: still ProvisioningServer.
+fn status_auth_unavailable() -> Exchange {
+    patch_status("ProvisioningServer")
+        .with("/status/conditions/1/type", "Reconciling")
+        .with("/status/conditions/1/reason", "AuthUnavailable")
+}
+
+#[tokio::test]
+async fn auth_down_is_a_warning_and_a_retry_never_a_transition() {
+    let mut fx = waiting_for_auth_that_is_down().await;
+    let error = fx
+        .pass(vec![
+            event("Warning", "AuthUnavailable"),
+            status_auth_unavailable(),
+        ])
+        .await
+        .expect_err("the pass fails, for a retry with backoff");
+    assert_eq!(error.reason(), "AuthUnavailable");
+    assert_eq!(phase_and_seq(&fx.tail()), (Phase::ProvisioningServer, 3));
+
+    fx.auth
+        .set_faults(Faults::default())
+        .await
+        .expect("the stub comes back");
+    let action = fx
+        .pass(vec![
+            patch_status("ProvisioningServer")
+                .with("/status/conditions/1/reason", "ProvisioningServer"),
+        ])
+        .await
+        .expect("the pass succeeds");
+    assert_eq!(action, Action::requeue(NEXT_TRANSITION), "Running is next");
+    assert_eq!(fx.auth.tenants(), ["my-tenant"]);
+    assert_eq!(fx.auth.tenant_admin("my-tenant").as_deref(), Some(ADMIN));
+    assert_eq!(
+        phase_and_seq(&fx.tail()),
+        (Phase::ProvisioningServer, 3),
+        "the transition is the next pass's"
+    );
+}
+
+#[tokio::test]
+async fn a_deleted_tenant_is_torn_down_then_released() {
+    let mut fx = settled(&TO_RUNNING, AuthState::Registered).await;
+    fx.ctx
+        .auth
+        .register("my-tenant", ADMIN)
+        .await
+        .expect("registered");
+    let mut deleted = fx.api.tenant();
+    deleted.metadata.deletion_timestamp = Some(Time(k8s_openapi::jiff::Timestamp::now()));
+    fx.api.store_tenant(&deleted);
+
+    let action = fx
+        .pass(vec![
+            transition_event(5, Phase::Deleting),
+            delete_namespace(&namespace_uid()),
+            patch_status("Deleting"),
+        ])
+        .await
+        .expect("the pass succeeds");
+    assert_eq!(
+        action,
+        Action::requeue(DELETING_RECHECK),
+        "still terminating"
+    );
+    assert_eq!(phase_and_seq(&fx.tail()), (Phase::Deleting, 5));
+    assert!(fx.auth.tenants().is_empty(), "deregistered from Auth");
+
+    fx.api.namespace_gone();
+    let action = fx
+        .pass(vec![
+            get_namespace(),
+            transition_event(6, Phase::Deleted),
+            patch_finalizers("2", &[]),
+        ])
+        .await
+        .expect("the pass succeeds");
+    assert_eq!(action, Action::await_change());
+    assert_eq!(phase_and_seq(&fx.tail()), (Phase::Deleted, 6));
+    assert!(fx.api.tenant().finalizers().is_empty());
+}
+
+#[tokio::test]
+async fn a_warning_event_that_could_not_be_written_is_sent_by_the_next_pass() {
+    let mut fx = waiting_for_auth_that_is_down().await;
+    let forbidden = Reply::Failure(403, "Forbidden");
+    fx.pass(vec![
+        event("Warning", "AuthUnavailable").reply(forbidden),
+        status_auth_unavailable(),
+    ])
+    .await
+    .expect_err("Auth is down");
+    assert!(fx.ctx.events_behind(&fx.api.tenant()));
+
+    // Auth is still down. The same cause makes no second Warning, but the one that could
+    // not be written goes first thing; the status already tells.
+    fx.pass(vec![event("Warning", "AuthUnavailable")])
+        .await
+        .expect_err("Auth is still down");
+    assert!(!fx.ctx.events_behind(&fx.api.tenant()));
+}
