@@ -21,6 +21,7 @@ use neurallog_operator::crd::Tenant;
 use std::time::Duration;
 
 const BASIC: &str = include_str!("../examples/basic-tenant.yaml");
+const CUSTOMIZED: &str = include_str!("../examples/customized-tenant.yaml");
 const NODE: &str = "neurallog-real-node";
 /// Real pods: images unpacked, probes with their initial delays, a 2-core machine shared
 /// with other builds.
@@ -607,6 +608,107 @@ async fn network_policies_isolate_tenants_with_real_connections() {
     }
     for name in [&isolated, &neighbour, &open] {
         wait_until_gone(&tenants, name, PROVISION).await;
+    }
+}
+
+/// The guide's customized tenant with real pods: every server replica runs and is ready,
+/// the runtime enforces the resources it sets, Redis runs its config, the claim has its
+/// size, the server has its env, and every container runs non-root and restricted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_customized_tenant_runs_real_containers_with_its_resources_config_and_env() {
+    if !real_node() {
+        return;
+    }
+    let env = env("real").await;
+    let name = format!("{}-c", env.run);
+    let _cleanup = TenantCleanup(vec![name.clone()]);
+    let ns = format!("tenant-{name}");
+    let mut tenant = tenant_from_yaml(CUSTOMIZED, &name, &env.run);
+    tenant.spec.server.image = local_image("server-standin");
+    tenant.spec.redis.image = local_image("redis");
+    apply_tenant(&env.client, &tenant).await;
+    let running = wait_for_phase(&env.client, &name, "Running", PROVISION).await;
+    let ready = running
+        .status
+        .and_then(|s| s.server_status)
+        .map(|s| s.ready_replicas);
+    assert_eq!(ready, Some(2), "both server replicas are ready");
+
+    let pods: Api<Pod> = Api::namespaced(env.client.clone(), &ns);
+    let servers = pods
+        .list(&ListParams::default().labels("neurallog.io/component=server"))
+        .await
+        .expect("server pods")
+        .items;
+    assert_eq!(servers.len(), 2, "two server pods");
+    for server in &servers {
+        let pod = server.name_any();
+        assert_eq!(
+            server.spec.as_ref().and_then(|s| s.node_name.as_deref()),
+            Some(NODE),
+            "{pod} runs on the real node"
+        );
+        assert_restricted(&ns, &pod, 1000);
+        let log_level = exec_ok(&ns, &pod, &["sh", "-c", "echo $LOG_LEVEL"]);
+        assert_eq!(log_level.trim(), "debug", "{pod}: the spec's env");
+        // 512Mi and 500m, as the spec says, enforced by the container's cgroup.
+        assert_eq!(cgroup_memory_limit(&ns, &pod), 512 * 1024 * 1024, "{pod}");
+        assert_eq!(cgroup_cpu_quota(&ns, &pod), (50_000, 100_000), "{pod}");
+    }
+
+    let redis = pod_on_node(&env.client, &ns, &format!("{name}-redis-")).await;
+    let redis_pod = redis.name_any();
+    assert_restricted(&ns, &redis_pod, 999);
+    assert_eq!(cgroup_memory_limit(&ns, &redis_pod), 256 * 1024 * 1024);
+    assert_eq!(cgroup_cpu_quota(&ns, &redis_pod), (30_000, 100_000));
+    let policy = exec_ok(
+        &ns,
+        &redis_pod,
+        &["redis-cli", "config", "get", "maxmemory-policy"],
+    );
+    assert_eq!(
+        policy.lines().collect::<Vec<_>>(),
+        ["maxmemory-policy", "allkeys-lru"],
+        "Redis runs the spec's config"
+    );
+    let claims: Api<PersistentVolumeClaim> = Api::namespaced(env.client.clone(), &ns);
+    let claim = claims
+        .get(&format!("redis-data-{name}-redis-0"))
+        .await
+        .expect("the Redis claim");
+    let capacity = claim
+        .status
+        .and_then(|s| s.capacity)
+        .and_then(|c| c.get("storage").cloned())
+        .map(|q| q.0);
+    assert_eq!(
+        capacity.as_deref(),
+        Some("5Gi"),
+        "the claim has the spec's size"
+    );
+}
+
+/// The memory limit the runtime set on the container's cgroup, in bytes (cgroup v1 or v2).
+fn cgroup_memory_limit(namespace: &str, pod: &str) -> u64 {
+    let read = "cat /sys/fs/cgroup/memory/memory.limit_in_bytes 2>/dev/null || cat /sys/fs/cgroup/memory.max";
+    let limit = exec_ok(namespace, pod, &["sh", "-c", read]);
+    limit
+        .trim()
+        .parse()
+        .unwrap_or_else(|_| panic!("{pod}: memory limit {limit:?}"))
+}
+
+/// (quota, period) of the container's CPU cgroup, in microseconds (cgroup v1 or v2).
+fn cgroup_cpu_quota(namespace: &str, pod: &str) -> (i64, i64) {
+    let read = "if [ -e /sys/fs/cgroup/cpu/cpu.cfs_quota_us ]; then echo $(cat /sys/fs/cgroup/cpu/cpu.cfs_quota_us) $(cat /sys/fs/cgroup/cpu/cpu.cfs_period_us); else cat /sys/fs/cgroup/cpu.max; fi";
+    let answer = exec_ok(namespace, pod, &["sh", "-c", read]);
+    let numbers: Vec<i64> = answer
+        .split_whitespace()
+        .filter_map(|n| n.parse().ok())
+        .collect();
+    match numbers[..] {
+        [quota, period] => (quota, period),
+        _ => panic!("{pod}: CPU quota {answer:?}"),
     }
 }
 
