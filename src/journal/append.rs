@@ -163,7 +163,10 @@ pub(super) fn validate(entry: &NewRecord) -> Result<(), JournalError> {
 }
 
 /// Decides where `entry` goes in the chain whose head is `head`.
-pub(super) fn place(entry: &NewRecord, head: Option<&TenantSummary>) -> Result<Placement, JournalError> {
+pub(super) fn place(
+    entry: &NewRecord,
+    head: Option<&TenantSummary>,
+) -> Result<Placement, JournalError> {
     let next = head.map_or(1, |h| h.last_seq.saturating_add(1));
     if entry.seq < next {
         return Ok(Placement::Stored);

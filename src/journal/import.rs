@@ -110,7 +110,10 @@ fn import_in(
             _ => {
                 return refused(
                     0,
-                    gap(first, "this replica has none of the chain before it, and no checkpoint it links to"),
+                    gap(
+                        first,
+                        "this replica has none of the chain before it, and no checkpoint it links to",
+                    ),
                 );
             }
         }
@@ -136,10 +139,7 @@ fn import_in(
     if count > 0
         && let Some(head) = &head
     {
-        tenants.insert(
-            uid.as_bytes(),
-            codec::row_from_summary(head).encode(),
-        )?;
+        tenants.insert(uid.as_bytes(), codec::row_from_summary(head).encode())?;
         if let Some(checkpoint) = anchor {
             checkpoints.insert(uid.as_bytes(), encode_checkpoint(checkpoint))?;
         }
@@ -213,10 +213,16 @@ fn already_stored(
     if stored == Some(record.hash) {
         return Ok(Ok(None));
     }
-    let held = stored.map_or_else(|| "no record (compacted)".to_owned(), |h| format!("hash {}", h.to_hex()));
+    let held = stored.map_or_else(
+        || "no record (compacted)".to_owned(),
+        |h| format!("hash {}", h.to_hex()),
+    );
     Ok(Err(conflict(
         &record.to_new(),
-        format!("the chains forked: this replica holds {held} at this seq, not {}", record.hash.to_hex()),
+        format!(
+            "the chains forked: this replica holds {held} at this seq, not {}",
+            record.hash.to_hex()
+        ),
     )))
 }
 
@@ -246,12 +252,11 @@ fn gap(first: &Record, why: &str) -> JournalError {
     )
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::journal::{NewRecord, Retention};
-    use crate::journal::testing::{TO_RUNNING, lifecycle, open_temp, t0};
+    use crate::journal::Retention;
+    use crate::journal::testing::{TO_RUNNING, lifecycle, next_after, open_temp, t0};
 
     const UID: &str = "uid-1";
 
@@ -270,15 +275,6 @@ mod tests {
 
     fn seqs(journal: &Journal) -> Vec<u64> {
         chain(journal).iter().map(|r| r.seq).collect()
-    }
-
-    /// The record after `record` (the journal checks the chain, not the machine).
-    fn next_after(record: &Record) -> NewRecord {
-        let mut entry = record.to_new();
-        entry.seq += 1;
-        entry.time += chrono::Duration::seconds(1);
-        entry.from = record.to;
-        entry
     }
 
     fn refusal(imported: &Imported) -> String {
@@ -331,7 +327,11 @@ mod tests {
             .import(None, vec![changed, records[3].clone()])
             .unwrap();
         assert_eq!(imported.records, 0);
-        assert!(refusal(&imported).contains("is not the hash of its fields"), "{}", refusal(&imported));
+        assert!(
+            refusal(&imported).contains("is not the hash of its fields"),
+            "{}",
+            refusal(&imported)
+        );
         assert_eq!(seqs(&follower), [1, 2]);
 
         // A record of another history of the chain (a fork): its prevHash is not our tail's.
@@ -342,7 +342,11 @@ mod tests {
         let forked = chain(&other)[2].clone();
         let imported = follower.import(None, vec![forked]).unwrap();
         assert_eq!(imported.records, 0);
-        assert!(refusal(&imported).contains("does not link"), "{}", refusal(&imported));
+        assert!(
+            refusal(&imported).contains("does not link"),
+            "{}",
+            refusal(&imported)
+        );
         assert_eq!(seqs(&follower), [1, 2]);
 
         // What links before the first bad record is kept.
@@ -352,13 +356,21 @@ mod tests {
             .import(None, vec![records[2].clone(), broken])
             .unwrap();
         assert_eq!(imported.records, 1);
-        assert!(refusal(&imported).contains("does not link"), "{}", refusal(&imported));
+        assert!(
+            refusal(&imported).contains("does not link"),
+            "{}",
+            refusal(&imported)
+        );
         assert_eq!(seqs(&follower), [1, 2, 3]);
         assert!(follower.verify().unwrap().is_ok());
 
         // A different record at a seq we hold is the fork too.
         let imported = follower.import(None, chain(&other)[..1].to_vec()).unwrap();
-        assert!(refusal(&imported).contains("forked"), "{}", refusal(&imported));
+        assert!(
+            refusal(&imported).contains("forked"),
+            "{}",
+            refusal(&imported)
+        );
     }
 
     #[test]
@@ -368,13 +380,21 @@ mod tests {
         let (_f, follower) = open_temp();
         let imported = follower.import(None, records[2..].to_vec()).unwrap();
         assert_eq!(imported.records, 0);
-        assert!(refusal(&imported).contains("a gap"), "{}", refusal(&imported));
+        assert!(
+            refusal(&imported).contains("a gap"),
+            "{}",
+            refusal(&imported)
+        );
         assert_eq!(follower.tenant(UID).unwrap(), None);
 
         follower.import(None, records[..1].to_vec()).unwrap();
         let imported = follower.import(None, records[2..].to_vec()).unwrap();
         assert_eq!(imported.records, 0);
-        assert!(refusal(&imported).contains("skips ahead"), "{}", refusal(&imported));
+        assert!(
+            refusal(&imported).contains("skips ahead"),
+            "{}",
+            refusal(&imported)
+        );
         assert_eq!(seqs(&follower), [1]);
     }
 
@@ -400,15 +420,25 @@ mod tests {
         wrong.hash = crate::journal::Digest::ZERO;
         let imported = follower.import(Some(wrong), kept.clone()).unwrap();
         assert_eq!(imported.records, 0);
-        assert!(refusal(&imported).contains("does not link"), "{}", refusal(&imported));
+        assert!(
+            refusal(&imported).contains("does not link"),
+            "{}",
+            refusal(&imported)
+        );
         assert_eq!(follower.checkpoint(UID).unwrap(), None);
         assert_eq!(follower.tenant(UID).unwrap(), None);
 
         // Without one, the chain's first kept record is a gap.
         let imported = follower.import(None, kept.clone()).unwrap();
-        assert!(refusal(&imported).contains("a gap"), "{}", refusal(&imported));
+        assert!(
+            refusal(&imported).contains("a gap"),
+            "{}",
+            refusal(&imported)
+        );
 
-        let imported = follower.import(Some(checkpoint.clone()), kept.clone()).unwrap();
+        let imported = follower
+            .import(Some(checkpoint.clone()), kept.clone())
+            .unwrap();
         assert_eq!((imported.records, refusal(&imported)), (1, String::new()));
         assert_eq!(follower.checkpoint(UID).unwrap(), Some(checkpoint));
         assert_eq!(chain(&follower), kept);

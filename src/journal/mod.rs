@@ -18,6 +18,7 @@ pub mod codec;
 mod digest;
 mod durable;
 mod error;
+pub mod follow;
 mod import;
 mod read;
 mod read_only;

@@ -292,7 +292,10 @@ async fn a_chain_is_served_after_a_seq_and_the_recovery_mark_with_it() {
     let history = get(format!("/journal/tenants/acme?uid={UID_A}&after=4")).await;
     assert_eq!(history["records"], serde_json::json!([]));
 
-    assert_eq!(get("/journal/recovery".into()).await, serde_json::Value::Null);
+    assert_eq!(
+        get("/journal/recovery".into()).await,
+        serde_json::Value::Null
+    );
     let mark = crate::journal::RecoveryMark {
         moved_to: "/j.damaged".into(),
         reason: "lost tail".into(),
