@@ -153,6 +153,10 @@ fn import_in(
     ))
 }
 
+/// A record that links, as stored (value and record); `None`: the chain holds it
+/// already; an error: it does not link.
+type Linked = Result<Option<(Vec<u8>, Record)>, JournalError>;
+
 /// The stored value and record of `record` if it is the next record of the chain whose
 /// head is `head`; `None` if the chain already holds it; an error if it does not link.
 fn link(
@@ -160,7 +164,7 @@ fn link(
     head: Option<&TenantSummary>,
     uid: &str,
     record: &Record,
-) -> TxResult<Result<Option<(Vec<u8>, Record)>, JournalError>> {
+) -> TxResult<Linked> {
     let entry = record.to_new();
     if record.uid != uid {
         return Ok(Err(conflict(&entry, format!("it is not of chain {uid}"))));
@@ -198,10 +202,7 @@ fn link(
 }
 
 /// `None` if the chain holds `record` already (same hash), else the fork.
-fn already_stored(
-    records_tree: &TransactionalTree,
-    record: &Record,
-) -> TxResult<Result<Option<(Vec<u8>, Record)>, JournalError>> {
+fn already_stored(records_tree: &TransactionalTree, record: &Record) -> TxResult<Linked> {
     let key = record_key(&record.uid, record.seq);
     let stored = match records_tree.get(&key)? {
         Some(value) => match decode_record(&key, &value) {
@@ -277,6 +278,14 @@ mod tests {
         chain(journal).iter().map(|r| r.seq).collect()
     }
 
+    fn assert_refused(imported: &Imported, why: &str) {
+        let refusal = refusal(imported);
+        assert!(
+            refusal.contains(why),
+            "refused for {refusal:?}, not {why:?}"
+        );
+    }
+
     fn refusal(imported: &Imported) -> String {
         imported
             .refused
@@ -327,11 +336,7 @@ mod tests {
             .import(None, vec![changed, records[3].clone()])
             .unwrap();
         assert_eq!(imported.records, 0);
-        assert!(
-            refusal(&imported).contains("is not the hash of its fields"),
-            "{}",
-            refusal(&imported)
-        );
+        assert_refused(&imported, "is not the hash of its fields");
         assert_eq!(seqs(&follower), [1, 2]);
 
         // A record of another history of the chain (a fork): its prevHash is not our tail's.
@@ -342,11 +347,7 @@ mod tests {
         let forked = chain(&other)[2].clone();
         let imported = follower.import(None, vec![forked]).unwrap();
         assert_eq!(imported.records, 0);
-        assert!(
-            refusal(&imported).contains("does not link"),
-            "{}",
-            refusal(&imported)
-        );
+        assert_refused(&imported, "does not link");
         assert_eq!(seqs(&follower), [1, 2]);
 
         // What links before the first bad record is kept.
@@ -356,21 +357,13 @@ mod tests {
             .import(None, vec![records[2].clone(), broken])
             .unwrap();
         assert_eq!(imported.records, 1);
-        assert!(
-            refusal(&imported).contains("does not link"),
-            "{}",
-            refusal(&imported)
-        );
+        assert_refused(&imported, "does not link");
         assert_eq!(seqs(&follower), [1, 2, 3]);
         assert!(follower.verify().unwrap().is_ok());
 
         // A different record at a seq we hold is the fork too.
         let imported = follower.import(None, chain(&other)[..1].to_vec()).unwrap();
-        assert!(
-            refusal(&imported).contains("forked"),
-            "{}",
-            refusal(&imported)
-        );
+        assert_refused(&imported, "forked");
     }
 
     #[test]
@@ -380,21 +373,13 @@ mod tests {
         let (_f, follower) = open_temp();
         let imported = follower.import(None, records[2..].to_vec()).unwrap();
         assert_eq!(imported.records, 0);
-        assert!(
-            refusal(&imported).contains("a gap"),
-            "{}",
-            refusal(&imported)
-        );
+        assert_refused(&imported, "a gap");
         assert_eq!(follower.tenant(UID).unwrap(), None);
 
         follower.import(None, records[..1].to_vec()).unwrap();
         let imported = follower.import(None, records[2..].to_vec()).unwrap();
         assert_eq!(imported.records, 0);
-        assert!(
-            refusal(&imported).contains("skips ahead"),
-            "{}",
-            refusal(&imported)
-        );
+        assert_refused(&imported, "skips ahead");
         assert_eq!(seqs(&follower), [1]);
     }
 
@@ -420,21 +405,13 @@ mod tests {
         wrong.hash = crate::journal::Digest::ZERO;
         let imported = follower.import(Some(wrong), kept.clone()).unwrap();
         assert_eq!(imported.records, 0);
-        assert!(
-            refusal(&imported).contains("does not link"),
-            "{}",
-            refusal(&imported)
-        );
+        assert_refused(&imported, "does not link");
         assert_eq!(follower.checkpoint(UID).unwrap(), None);
         assert_eq!(follower.tenant(UID).unwrap(), None);
 
         // Without one, the chain's first kept record is a gap.
         let imported = follower.import(None, kept.clone()).unwrap();
-        assert!(
-            refusal(&imported).contains("a gap"),
-            "{}",
-            refusal(&imported)
-        );
+        assert_refused(&imported, "a gap");
 
         let imported = follower
             .import(Some(checkpoint.clone()), kept.clone())
