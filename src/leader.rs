@@ -8,14 +8,19 @@
 //! leader renews every retry period and gives up when it cannot renew within the renew
 //! deadline, which is shorter than the lease duration: it stops leading before anyone may
 //! take over.
+//!
+//! The holder also advertises where its journal API is, in the Lease's
+//! [`JOURNAL_URL_ANNOTATION`]: a waiting replica that follows the leader's journal
+//! (`crate::journal::follow`) reads it from the Lease it polls anyway.
 
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
 use k8s_openapi::jiff::Timestamp;
 use kube::api::PostParams;
 use kube::{Api, Client};
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
@@ -31,6 +36,35 @@ pub struct LeaseConfig {
     pub renew_deadline: Duration,
     /// How often candidates try to acquire and the leader renews.
     pub retry_period: Duration,
+    /// The URL of this replica's journal API, advertised on the Lease while it leads.
+    pub journal_url: Option<String>,
+}
+
+/// The Lease annotation holding the leader's journal API URL.
+pub const JOURNAL_URL_ANNOTATION: &str = "neurallog.io/journal-url";
+
+/// `annotations` with the journal URL set to `url` (removed when `None`).
+fn advertised(
+    annotations: Option<BTreeMap<String, String>>,
+    url: Option<&str>,
+) -> Option<BTreeMap<String, String>> {
+    let mut annotations = annotations.unwrap_or_default();
+    match url {
+        Some(url) => annotations.insert(JOURNAL_URL_ANNOTATION.to_owned(), url.to_owned()),
+        None => annotations.remove(JOURNAL_URL_ANNOTATION),
+    };
+    (!annotations.is_empty()).then_some(annotations)
+}
+
+/// The journal URL a Lease advertises.
+fn journal_url_of(lease: &Lease) -> Option<String> {
+    lease
+        .metadata
+        .annotations
+        .as_ref()?
+        .get(JOURNAL_URL_ANNOTATION)
+        .filter(|url| !url.is_empty())
+        .cloned()
 }
 
 impl LeaseConfig {
@@ -143,6 +177,8 @@ enum Attempt {
     HeldBy {
         holder: String,
         for_at_most: Duration,
+        /// Where the holder's journal API is, if it says.
+        journal_url: Option<String>,
     },
     /// Another writer changed the Lease between our read and write; read again.
     Conflict,
@@ -198,6 +234,7 @@ impl Elector {
             } => Ok(Attempt::HeldBy {
                 holder,
                 for_at_most,
+                journal_url: journal_url_of(&lease),
             }),
             Decision::Renew | Decision::TakeOver => {
                 let spec = held_spec(&spec, &self.config, Timestamp::now());
@@ -211,6 +248,7 @@ impl Elector {
             metadata: ObjectMeta {
                 name: Some(self.config.name.clone()),
                 namespace: Some(self.config.namespace.clone()),
+                annotations: advertised(None, self.config.journal_url.as_deref()),
                 ..ObjectMeta::default()
             },
             spec: Some(LeaseSpec {
@@ -229,7 +267,11 @@ impl Elector {
     }
 
     /// Replaces the Lease read as `lease` (its resourceVersion guards the write).
-    async fn write(&mut self, lease: Lease, spec: LeaseSpec) -> Result<Attempt, kube::Error> {
+    async fn write(&mut self, mut lease: Lease, spec: LeaseSpec) -> Result<Attempt, kube::Error> {
+        lease.metadata.annotations = advertised(
+            lease.metadata.annotations.take(),
+            self.config.journal_url.as_deref(),
+        );
         let updated = Lease {
             spec: Some(spec),
             ..lease
@@ -248,18 +290,28 @@ impl Elector {
         }
     }
 
-    /// Waits until this process holds the lease. Errors (a missing permission, the API
-    /// server away) are logged and retried: the process stays alive and not ready.
-    async fn acquire(&mut self) {
+    /// Waits until this process holds the lease, telling `leader_journal` where the
+    /// holder's journal API is meanwhile. Errors (a missing permission, the API server
+    /// away) are logged and retried: the process stays alive and not ready.
+    async fn acquire(&mut self, leader_journal: &watch::Sender<Option<String>>) {
         let mut last_holder = None;
         loop {
             let wait = match self.try_acquire_or_renew().await {
-                Ok(Attempt::Leading) => return,
+                Ok(Attempt::Leading) => {
+                    leader_journal.send_replace(None);
+                    return;
+                }
                 Ok(Attempt::Conflict) => self.config.retry_period,
                 Ok(Attempt::HeldBy {
                     holder,
                     for_at_most,
+                    journal_url,
                 }) => {
+                    leader_journal.send_if_modified(|url| {
+                        let changed = *url != journal_url;
+                        *url = journal_url;
+                        changed
+                    });
                     if last_holder.as_ref() != Some(&holder) {
                         info!(%holder, lease = %self.lease_ref(), "waiting for the leader lease");
                         last_holder = Some(holder);
@@ -363,9 +415,14 @@ impl std::fmt::Display for LostLease {
 }
 
 /// Waits (forever, retrying) until this process holds the lease, then keeps renewing it.
-pub async fn acquire(client: Client, config: LeaseConfig) -> Leadership {
+/// Meanwhile `leader_journal` has the holder's journal API URL, when it advertises one.
+pub async fn acquire(
+    client: Client,
+    config: LeaseConfig,
+    leader_journal: watch::Sender<Option<String>>,
+) -> Leadership {
     let mut elector = Elector::new(client, config);
-    elector.acquire().await;
+    elector.acquire(&leader_journal).await;
     info!(
         lease = %elector.lease_ref(),
         identity = %elector.config.identity,
@@ -426,6 +483,7 @@ mod tests {
             lease_duration: Duration::from_secs(15),
             renew_deadline: Duration::from_secs(10),
             retry_period: Duration::from_secs(2),
+            journal_url: None,
         }
     }
 
@@ -485,6 +543,24 @@ mod tests {
         assert_eq!(renewed.acquire_time, Some(MicroTime(Timestamp::UNIX_EPOCH)));
         assert_eq!(renewed.renew_time, Some(MicroTime(now)));
         assert_eq!(renewed.lease_duration_seconds, Some(15));
+    }
+
+    #[test]
+    fn the_journal_url_is_advertised_beside_other_annotations_and_read_back() {
+        let others = BTreeMap::from([("team".to_owned(), "ops".to_owned())]);
+        let set = advertised(Some(others.clone()), Some("http://10.0.0.7:8080"));
+        let mut lease = Lease::default();
+        lease.metadata.annotations = set.clone();
+        assert_eq!(
+            journal_url_of(&lease).as_deref(),
+            Some("http://10.0.0.7:8080")
+        );
+        assert_eq!(set.as_ref().map(|a| a["team"].as_str()), Some("ops"));
+        // A replica that cannot say where its journal is leaves no stale URL behind.
+        lease.metadata.annotations = advertised(set, None);
+        assert_eq!(journal_url_of(&lease), None);
+        assert_eq!(lease.metadata.annotations, Some(others));
+        assert_eq!(advertised(None, None), None);
     }
 
     #[test]

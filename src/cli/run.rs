@@ -6,6 +6,7 @@ use crate::crd::Tenant;
 use crate::http::{self, HttpState};
 use crate::journal;
 use crate::journal::api::{self as journal_api, ApiLimits, SharedJournal};
+use crate::journal::follow::{FollowMetrics, Follower};
 use crate::journal::recovery::{self as journal_recovery, StatusPosition};
 use crate::journal::slot::JournalSlot;
 use crate::journal::upkeep as journal_upkeep;
@@ -67,6 +68,30 @@ pub struct RunArgs {
         value_parser = clap::value_parser!(u64).range(8..)
     )]
     journal_cache_mb: u64,
+    /// While waiting for the leader lease, follow the leader's journal (through its journal
+    /// API, each record checked against its hash chain) into this replica's own journal,
+    /// so that a takeover continues the leader's chains. Only for replicas that each have
+    /// a journal directory of their own, never one shared with the leader.
+    #[arg(
+        long = "journal-follow",
+        env = "NEURALLOG_JOURNAL_FOLLOW",
+        action = clap::ArgAction::SetTrue,
+        value_parser = clap::builder::BoolishValueParser::new()
+    )]
+    journal_follow: bool,
+    /// How often a following replica polls the leader's journal, in milliseconds.
+    #[arg(
+        long,
+        env = "NEURALLOG_JOURNAL_FOLLOW_INTERVAL_MS",
+        default_value_t = 250,
+        value_parser = clap::value_parser!(u64).range(10..)
+    )]
+    journal_follow_interval_ms: u64,
+    /// Where other replicas reach this replica's journal API; the leader advertises it on
+    /// the Lease. Default: http://$POD_IP:<port of --metrics-addr>, else
+    /// http://<--metrics-addr> unless that is a wildcard address.
+    #[arg(long, env = "NEURALLOG_JOURNAL_ADVERTISE_URL")]
+    journal_advertise_url: Option<String>,
     /// Base URL of the NeuralLog Auth service, as the operator reaches it.
     #[arg(
         long,
@@ -226,6 +251,7 @@ impl LeaderElectionArgs {
                 "lease-retry-period-seconds",
                 self.lease_retry_period_seconds,
             )?,
+            journal_url: None,
         };
         config.validate().map_err(anyhow::Error::msg)?;
         Ok(Some(config))
@@ -264,11 +290,25 @@ pub(crate) async fn kube_client(kubeconfig: Option<&PathBuf>) -> anyhow::Result<
 
 pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     init_logging(args.log_format);
-    let lease = args.leader_election.lease_config()?;
+    let lease = args
+        .leader_election
+        .lease_config()?
+        .map(|lease| LeaseConfig {
+            journal_url: journal_advertise_url(
+                args.journal_advertise_url.as_deref(),
+                std::env::var("POD_IP").ok().as_deref(),
+                args.metrics_addr,
+            ),
+            ..lease
+        });
     let client = kube_client(args.kubeconfig.as_ref()).await?;
     let auth = auth_client(&args)?;
     let mut metrics = Metrics::default();
     let leading = register_leader_gauge(&mut metrics);
+    let follow_metrics = FollowMetrics::register(&mut metrics.registry);
+    let options = journal::Options {
+        cache_bytes: args.journal_cache_mb << 20,
+    };
     let metrics = Arc::new(metrics);
     let ready = Arc::new(AtomicBool::new(false));
     let stop = stop_on_signal();
@@ -290,8 +330,18 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let leadership = match lease {
         None => None,
         Some(lease) => {
-            let acquire = leader::acquire(client.clone(), lease);
-            let Some(leadership) = until_stopped(acquire, stop.clone()).await else {
+            let (leader_journal_tx, leader_journal) = watch::channel(None);
+            let follower = if args.journal_follow {
+                start_following(&args, options, leader_journal, follow_metrics).await
+            } else {
+                None
+            };
+            let acquire = leader::acquire(client.clone(), lease, leader_journal_tx);
+            let acquired = until_stopped(acquire, stop.clone()).await;
+            if let Some(follower) = follower {
+                follower.stop().await;
+            }
+            let Some(leadership) = acquired else {
                 server.await??;
                 tracing::info!("stopped before leading; bye");
                 return Ok(());
@@ -300,11 +350,9 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         }
     };
     leading.set(1);
-    // Opened only by the leader: a waiting replica never touches (or locks) the journal.
+    // Opened (and checked) here by the leader; a waiting replica opens it only to follow
+    // the leader's journal, and has closed it again.
     let statuses = status_positions(&client, args.tenant_selector.as_deref()).await?;
-    let options = journal::Options {
-        cache_bytes: args.journal_cache_mb << 20,
-    };
     let journal = open_journal(&args.journal, options, statuses).await?;
     let recovery = journal.with(|j| j.recovery())?;
     let retention = journal::Retention {
@@ -387,6 +435,54 @@ fn ingress_controller_namespace(value: &str) -> Result<String, String> {
         Err(format!(
             "{value:?} is not a namespace name (lowercase letters, digits and '-', at most 63, starting and ending with a letter or digit)"
         ))
+    }
+}
+
+/// Where other replicas reach this replica's journal API (see `--journal-advertise-url`).
+fn journal_advertise_url(
+    explicit: Option<&str>,
+    pod_ip: Option<&str>,
+    metrics_addr: SocketAddr,
+) -> Option<String> {
+    if let Some(url) = explicit.map(str::trim).filter(|u| !u.is_empty()) {
+        return Some(url.trim_end_matches('/').to_owned());
+    }
+    let pod_ip = pod_ip.and_then(|ip| ip.trim().parse::<std::net::IpAddr>().ok());
+    match pod_ip {
+        Some(ip) => Some(format!(
+            "http://{}",
+            SocketAddr::new(ip, metrics_addr.port())
+        )),
+        None if metrics_addr.ip().is_unspecified() => None,
+        None => Some(format!("http://{metrics_addr}")),
+    }
+}
+
+/// Opens this replica's journal and follows the leader's into it, until stopped. `None`
+/// (logged) when the journal cannot be opened: the start-up check deals with it on
+/// takeover.
+async fn start_following(
+    args: &RunArgs,
+    options: journal::Options,
+    leader_journal: watch::Receiver<Option<String>>,
+    metrics: FollowMetrics,
+) -> Option<Follower> {
+    let path = args.journal.clone();
+    let opened = tokio::task::spawn_blocking(move || journal::Journal::open_with(&path, options))
+        .await
+        .map_err(|e| e.to_string())
+        .and_then(|opened| opened.map_err(|e| e.to_string()));
+    match opened {
+        Ok(journal) => Some(Follower::start(
+            Arc::new(journal),
+            leader_journal,
+            Duration::from_millis(args.journal_follow_interval_ms),
+            metrics,
+        )),
+        Err(error) => {
+            tracing::error!(%error, "cannot open the journal to follow the leader's: not following");
+            None
+        }
     }
 }
 
@@ -525,6 +621,30 @@ mod tests {
     fn lease_config(args: &[&str]) -> anyhow::Result<Option<LeaseConfig>> {
         let parsed = Election::try_parse_from(std::iter::once("test").chain(args.iter().copied()))?;
         parsed.args.lease_config()
+    }
+
+    #[test]
+    fn the_advertised_journal_url_is_explicit_or_the_pod_ip_or_a_specific_listen_address() {
+        let any: SocketAddr = "0.0.0.0:8080".parse().expect("addr");
+        let local: SocketAddr = "127.0.0.1:9090".parse().expect("addr");
+        assert_eq!(
+            journal_advertise_url(Some("http://op-0.ops:8080/"), Some("10.0.0.7"), any).as_deref(),
+            Some("http://op-0.ops:8080")
+        );
+        assert_eq!(
+            journal_advertise_url(None, Some("10.0.0.7"), any).as_deref(),
+            Some("http://10.0.0.7:8080")
+        );
+        assert_eq!(
+            journal_advertise_url(None, Some("fd00::7"), any).as_deref(),
+            Some("http://[fd00::7]:8080")
+        );
+        assert_eq!(
+            journal_advertise_url(None, None, local).as_deref(),
+            Some("http://127.0.0.1:9090")
+        );
+        assert_eq!(journal_advertise_url(None, Some("not-an-ip"), any), None);
+        assert_eq!(journal_advertise_url(Some(" "), None, any), None);
     }
 
     #[test]

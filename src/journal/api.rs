@@ -1,8 +1,11 @@
 //! The read-only HTTP journal API, served next to `/metrics`:
 //!
 //! - `GET /journal/tenants`: every chain's summary (JSON array).
-//! - `GET /journal/tenants/{name}[?uid=UID]`: one chain's history (JSON, see
-//!   [`History`]); the tenant's newest chain without `uid`.
+//! - `GET /journal/tenants/{name}[?uid=UID][&after=SEQ]`: one chain's history (JSON, see
+//!   [`History`]); the tenant's newest chain without `uid`; only the records after seq
+//!   `SEQ` with `after` (how a standby follows the chain: `src/journal/follow.rs`).
+//! - `GET /journal/recovery`: the journal's [`crate::journal::RecoveryMark`] (JSON, `null`
+//!   for an original journal): which chain label its records are under.
 //! - `GET /journal/export[?tenant=T][&since=RFC3339]`: JSON Lines, streamed.
 //! - `GET /journal/verify`: a [`VerifyOutcome`], with when it was computed (see
 //!   [`verify_cache`]).
@@ -111,6 +114,7 @@ pub fn router_with(state: ApiState) -> Router {
         .route("/journal/tenants/{name}", get(history))
         .route("/journal/export", get(export))
         .route("/journal/verify", get(verify))
+        .route("/journal/recovery", get(recovery))
         .with_state(state)
 }
 
@@ -191,6 +195,7 @@ async fn tenants(State(api): State<ApiState>) -> Result<Response, ApiError> {
 #[derive(Deserialize)]
 struct HistoryQuery {
     uid: Option<String>,
+    after: Option<u64>,
 }
 
 async fn history(
@@ -200,7 +205,11 @@ async fn history(
 ) -> Result<axum::Json<History>, ApiError> {
     let found = api
         .read(move |j| {
-            read_history(j, &name, query.uid.as_deref())?.ok_or_else(|| {
+            let mut history = read_history(j, &name, query.uid.as_deref())?;
+            if let (Some(history), Some(after)) = (&mut history, query.after) {
+                history.records.retain(|r| r.seq > after);
+            }
+            history.ok_or_else(|| {
                 ApiError::NotFound(match query.uid {
                     Some(uid) => format!("the journal has no chain {uid} of tenant {name}"),
                     None => format!("the journal has no tenant {name}"),
@@ -355,6 +364,13 @@ fn export_body(rx: mpsc::Receiver<Chunk>, write_timeout: Duration) -> Body {
         Some((item, next))
     });
     Body::from_stream(lines)
+}
+
+async fn recovery(
+    State(api): State<ApiState>,
+) -> Result<axum::Json<Option<crate::journal::RecoveryMark>>, ApiError> {
+    let mark = api.read(|j| Ok(j.recovery()?)).await?;
+    Ok(axum::Json(mark))
 }
 
 async fn verify(State(api): State<ApiState>) -> Result<axum::Json<VerifyResponse>, ApiError> {

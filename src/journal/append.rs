@@ -15,7 +15,7 @@ use std::collections::HashMap;
 const BULK_BATCH: usize = 8192;
 
 /// Where `entry` falls relative to the chain's head.
-enum Placement {
+pub(super) enum Placement {
     /// The next record of the chain.
     Next { prev_hash: Digest },
     /// A seq already stored: a retry if the stored record is the same.
@@ -146,7 +146,7 @@ fn append_in(
 }
 
 /// Checks what can be checked without the chain.
-fn validate(entry: &NewRecord) -> Result<(), JournalError> {
+pub(super) fn validate(entry: &NewRecord) -> Result<(), JournalError> {
     if entry.uid.is_empty() || entry.uid.as_bytes().contains(&KEY_SEPARATOR) {
         return Err(invalid(
             entry,
@@ -163,7 +163,10 @@ fn validate(entry: &NewRecord) -> Result<(), JournalError> {
 }
 
 /// Decides where `entry` goes in the chain whose head is `head`.
-fn place(entry: &NewRecord, head: Option<&TenantSummary>) -> Result<Placement, JournalError> {
+pub(super) fn place(
+    entry: &NewRecord,
+    head: Option<&TenantSummary>,
+) -> Result<Placement, JournalError> {
     let next = head.map_or(1, |h| h.last_seq.saturating_add(1));
     if entry.seq < next {
         return Ok(Placement::Stored);
@@ -201,7 +204,7 @@ fn place(entry: &NewRecord, head: Option<&TenantSummary>) -> Result<Placement, J
 }
 
 /// The chain's summary once `record` is its last record.
-fn summary_after(head: Option<&TenantSummary>, record: &Record) -> TenantSummary {
+pub(super) fn summary_after(head: Option<&TenantSummary>, record: &Record) -> TenantSummary {
     TenantSummary {
         tenant: record.tenant.clone(),
         uid: record.uid.clone(),
@@ -215,9 +218,9 @@ fn summary_after(head: Option<&TenantSummary>, record: &Record) -> TenantSummary
 }
 
 /// A transaction's own result: only storage errors abort it (see [`append_in`]).
-type TxResult<T> = Result<T, ConflictableTransactionError<std::convert::Infallible>>;
+pub(super) type TxResult<T> = Result<T, ConflictableTransactionError<std::convert::Infallible>>;
 
-fn read_head(
+pub(super) fn read_head(
     tenants: &TransactionalTree,
     uid: &str,
 ) -> TxResult<Result<Option<TenantSummary>, JournalError>> {
@@ -252,7 +255,7 @@ fn stored_retry(
     }))
 }
 
-fn conflict(entry: &NewRecord, reason: impl Into<String>) -> JournalError {
+pub(super) fn conflict(entry: &NewRecord, reason: impl Into<String>) -> JournalError {
     JournalError::Conflict {
         tenant: entry.tenant.clone(),
         uid: entry.uid.clone(),

@@ -18,6 +18,8 @@ pub mod codec;
 mod digest;
 mod durable;
 mod error;
+pub mod follow;
+mod import;
 mod read;
 mod read_only;
 mod record;
@@ -40,6 +42,7 @@ mod tests;
 
 pub use digest::{Digest, spec_digest};
 pub use error::JournalError;
+pub use import::Imported;
 pub use read::RecordIter;
 pub use read_only::{JournalCopy, ReadOnlyError};
 pub use record::{NewRecord, Record, TenantSummary, record_time};

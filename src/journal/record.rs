@@ -104,6 +104,23 @@ impl Record {
             && self.spec_digest == entry.spec_digest
     }
 
+    /// The entry that, appended after `prev_hash`, stores this record again.
+    pub fn to_new(&self) -> NewRecord {
+        NewRecord {
+            tenant: self.tenant.clone(),
+            uid: self.uid.clone(),
+            seq: self.seq,
+            time: self.time,
+            generation: self.generation,
+            from: self.from,
+            input: self.input.clone(),
+            to: self.to,
+            outputs: self.outputs.clone(),
+            message: self.message.clone(),
+            spec_digest: self.spec_digest.clone(),
+        }
+    }
+
     /// The hash this record's fields give, for checking an exported record against its
     /// `hash` without the journal.
     pub fn recompute_hash(&self) -> Digest {

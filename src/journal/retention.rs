@@ -269,7 +269,7 @@ fn compact_range(
 
 /// JSON, then the SHA-256 of that JSON: a flipped byte is found, not read as another
 /// checkpoint.
-fn encode_checkpoint(checkpoint: &Checkpoint) -> Vec<u8> {
+pub(super) fn encode_checkpoint(checkpoint: &Checkpoint) -> Vec<u8> {
     let mut bytes = serde_json::to_vec(checkpoint).unwrap_or_default();
     let digest = Digest::of(&bytes);
     bytes.extend_from_slice(&digest.0);

@@ -63,6 +63,16 @@ pub(crate) fn lifecycle(
     records
 }
 
+/// The record after `record` in its chain, one second later (the journal checks the
+/// chain, not the machine).
+pub(crate) fn next_after(record: &super::Record) -> NewRecord {
+    let mut entry = record.to_new();
+    entry.seq += 1;
+    entry.time += Duration::seconds(1);
+    entry.from = record.to;
+    entry
+}
+
 /// Provisioning to `Running`.
 pub(crate) const TO_RUNNING: [Trigger; 4] = [
     Trigger::Observed,

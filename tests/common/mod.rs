@@ -550,6 +550,19 @@ impl Operator {
         .await
     }
 
+    /// Sends `signal` (`STOP`, `CONT`, ...) to the process.
+    pub fn signal(&self, signal: &str) {
+        let pid = self.child.as_ref().expect("a running operator").id();
+        let sent = Command::new("kill")
+            .args([&format!("-{signal}"), &pid.to_string()])
+            .status()
+            .expect("kill runs");
+        assert!(
+            sent.success(),
+            "cannot send SIG{signal} to the operator (pid {pid})"
+        );
+    }
+
     /// Whether /readyz answers 200 right now.
     pub async fn is_ready(&self) -> bool {
         reqwest::get(format!("{}/readyz", self.metrics_url))

@@ -268,3 +268,47 @@ async fn verify_is_served_from_the_last_scan_until_something_is_appended() {
     assert_eq!(outcome.records, 7);
     assert_eq!(state.verify_scans(), 2);
 }
+
+#[tokio::test]
+async fn a_chain_is_served_after_a_seq_and_the_recovery_mark_with_it() {
+    let (_dir, journal) = shared_journal();
+    let base = serve(journal.clone()).await;
+    let get = |path: String| {
+        let url = format!("{base}{path}");
+        async move {
+            let response = reqwest::get(&url).await.unwrap();
+            assert_eq!(response.status(), StatusCode::OK, "{url}");
+            response.json::<serde_json::Value>().await.unwrap()
+        }
+    };
+    let history = get(format!("/journal/tenants/acme?uid={UID_A}&after=2")).await;
+    let seqs: Vec<u64> = history["records"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["seq"].as_u64().unwrap())
+        .collect();
+    assert_eq!(seqs, [3, 4]);
+    let history = get(format!("/journal/tenants/acme?uid={UID_A}&after=4")).await;
+    assert_eq!(history["records"], serde_json::json!([]));
+
+    assert_eq!(
+        get("/journal/recovery".into()).await,
+        serde_json::Value::Null
+    );
+    let mark = crate::journal::RecoveryMark {
+        moved_to: "/j.damaged".into(),
+        reason: "lost tail".into(),
+        at: t0(),
+        chain: Some("r20250102030405".into()),
+        earlier_chains: vec![None],
+    };
+    journal
+        .get()
+        .unwrap()
+        .with(|j| j.mark_recovery(&mark))
+        .unwrap();
+    let served: crate::journal::RecoveryMark =
+        serde_json::from_value(get("/journal/recovery".into()).await).unwrap();
+    assert_eq!(served, mark);
+}
