@@ -528,61 +528,99 @@ async fn network_policies_isolate_tenants_with_real_connections() {
     let c_redis = pod_ip(&pod_on_node(&env.client, &c_ns, &format!("{open}-redis-")).await);
     let c_server = service_ip(&c_ns, &format!("{open}-server"));
 
-    // An allowed namespace reaches the server (by Service name and ClusterIP), not Redis.
-    assert!(
-        server_answers(&allowed_ns, "client", &a_server_dns),
-        "allowed namespace -> server (DNS)"
-    );
-    assert!(
-        server_answers(&allowed_ns, "client", &a_server),
-        "allowed namespace -> server (ClusterIP)"
-    );
-    assert!(
-        !redis_answers(&allowed_ns, "client", &a_redis),
-        "allowed namespace -> Redis is refused"
-    );
-    // Another namespace reaches neither.
-    assert!(
-        !server_answers(&other_ns, "client", &a_server),
-        "other namespace -> server is refused"
-    );
-    assert!(
-        !redis_answers(&other_ns, "client", &a_redis),
-        "other namespace -> Redis is refused"
-    );
-    // Another tenant's pods reach neither.
-    assert!(
-        !server_answers(&b_ns, &b_server_pod, &a_server),
-        "other tenant -> server is refused"
-    );
-    assert!(
-        !redis_answers(&b_ns, &b_server_pod, &a_redis),
-        "other tenant -> Redis is refused"
-    );
-    // The ingress controllers' namespace (the operator's --ingress-controller-namespaces)
-    // reaches the server of a tenant that allows no namespace, as the guide's Ingress
-    // needs, and never its Redis; other namespaces do not reach that server.
-    assert!(
-        server_answers(&ingress_ns, "client", &b_server),
-        "ingress controller namespace -> server"
-    );
-    assert!(
-        !redis_answers(&ingress_ns, "client", &b_redis),
-        "ingress controller namespace -> Redis is refused"
-    );
-    assert!(
-        !server_answers(&other_ns, "client", &b_server),
-        "other namespace -> server of a tenant allowing none is refused"
-    );
-    // With policies disabled, everything is reachable.
-    assert!(
-        server_answers(&other_ns, "client", &c_server),
-        "policies off -> server"
-    );
-    assert!(
-        redis_answers(&other_ns, "client", &c_redis),
-        "policies off -> Redis"
-    );
+    assert_reach(&[
+        // An allowed namespace reaches the server (by Service name and ClusterIP), not Redis.
+        (
+            &allowed_ns,
+            "client",
+            Server(&a_server_dns),
+            true,
+            "allowed namespace -> server (DNS)",
+        ),
+        (
+            &allowed_ns,
+            "client",
+            Server(&a_server),
+            true,
+            "allowed namespace -> server (ClusterIP)",
+        ),
+        (
+            &allowed_ns,
+            "client",
+            Redis(&a_redis),
+            false,
+            "allowed namespace -> Redis is refused",
+        ),
+        // Another namespace reaches neither.
+        (
+            &other_ns,
+            "client",
+            Server(&a_server),
+            false,
+            "other namespace -> server is refused",
+        ),
+        (
+            &other_ns,
+            "client",
+            Redis(&a_redis),
+            false,
+            "other namespace -> Redis is refused",
+        ),
+        // Another tenant's pods reach neither.
+        (
+            &b_ns,
+            &b_server_pod,
+            Server(&a_server),
+            false,
+            "other tenant -> server is refused",
+        ),
+        (
+            &b_ns,
+            &b_server_pod,
+            Redis(&a_redis),
+            false,
+            "other tenant -> Redis is refused",
+        ),
+        // The ingress controllers' namespace (the operator's --ingress-controller-namespaces)
+        // reaches the server of a tenant that allows no namespace, as the guide's Ingress
+        // needs, and never its Redis; other namespaces do not reach that server.
+        (
+            &ingress_ns,
+            "client",
+            Server(&b_server),
+            true,
+            "ingress controller namespace -> server",
+        ),
+        (
+            &ingress_ns,
+            "client",
+            Redis(&b_redis),
+            false,
+            "ingress controller namespace -> Redis is refused",
+        ),
+        (
+            &other_ns,
+            "client",
+            Server(&b_server),
+            false,
+            "other namespace -> server of a tenant allowing none is refused",
+        ),
+        // With policies disabled, everything is reachable.
+        (
+            &other_ns,
+            "client",
+            Server(&c_server),
+            true,
+            "policies off -> server",
+        ),
+        (
+            &other_ns,
+            "client",
+            Redis(&c_redis),
+            true,
+            "policies off -> Redis",
+        ),
+    ]);
     // The refusals are the policies', not a dead network: the same client reaches the
     // isolated tenant once its policies are off.
     let mut tenant = tenant_from_yaml(&with_policy(&allowed_ns, false), &isolated, &env.run);
@@ -752,32 +790,74 @@ async fn custom_rules_open_exactly_what_they_say() {
         .await
         .name_any();
 
-    assert!(
-        server_answers(&front_ns, "web", &server),
-        "a pod with the rule's labels -> server port"
-    );
-    assert!(
-        !redis_answers(&front_ns, "web", &redis),
-        "a pod with the rule's labels -> Redis (not the rule's port) is refused"
-    );
-    assert!(
-        !server_answers(&front_ns, "plain", &server),
-        "a pod without the rule's labels -> server is refused"
-    );
-    assert!(
-        http_answers(&ns, &server_pod, &database, 5432),
-        "server -> a pod with the egress rule's labels on its port"
-    );
-    assert!(
-        !http_answers(&ns, &server_pod, &elsewhere, 5432),
-        "server -> a pod without the egress rule's labels is refused"
-    );
-    // The refusal is the policies', not a dead listener: the same pod answers from its
-    // own namespace.
-    assert!(
-        http_answers(&db_ns, "database", &elsewhere, 5432),
-        "the listener without the labels answers otherwise"
-    );
+    assert_reach(&[
+        (
+            &front_ns,
+            "web",
+            Server(&server),
+            true,
+            "a pod with the rule's labels -> server port",
+        ),
+        (
+            &front_ns,
+            "web",
+            Redis(&redis),
+            false,
+            "a pod with the rule's labels -> Redis (not the rule's port) is refused",
+        ),
+        (
+            &front_ns,
+            "plain",
+            Server(&server),
+            false,
+            "a pod without the rule's labels -> server is refused",
+        ),
+        (
+            &ns,
+            &server_pod,
+            Http(&database, 5432),
+            true,
+            "server -> a pod with the egress rule's labels on its port",
+        ),
+        (
+            &ns,
+            &server_pod,
+            Http(&elsewhere, 5432),
+            false,
+            "server -> a pod without the egress rule's labels is refused",
+        ),
+        // The refusal is the policies', not a dead listener: it answers a pod of its own
+        // namespace.
+        (
+            &db_ns,
+            "database",
+            Http(&elsewhere, 5432),
+            true,
+            "the listener without the labels answers otherwise",
+        ),
+    ]);
+}
+
+/// What a test connects to: a tenant's server (GET / on 3030, answered 200), its Redis
+/// (PING on 6379), or anything answering HTTP on a port.
+enum Target<'a> {
+    Server(&'a str),
+    Redis(&'a str),
+    Http(&'a str, u16),
+}
+use Target::{Http, Redis, Server};
+
+/// Checks each (namespace, pod, target, open, what): from `pod`, `target` answers exactly
+/// when `open`.
+fn assert_reach(cases: &[(&str, &str, Target, bool, &str)]) {
+    for (namespace, pod, target, open, what) in cases {
+        let answered = match target {
+            Server(host) => server_answers(namespace, pod, host),
+            Redis(host) => redis_answers(namespace, pod, host),
+            Http(host, port) => http_answers(namespace, pod, host, *port),
+        };
+        assert_eq!(answered, *open, "{what}");
+    }
 }
 
 /// A pod `name` in `namespace` that is running (not necessarily ready: the listeners

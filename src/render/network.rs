@@ -68,30 +68,18 @@ pub fn network_policies(
     ];
     // An empty list allows nobody: then the policy is simply not there.
     if !spec.allowed_namespaces.is_empty() {
-        policies.push(policy(
+        policies.push(server_port_from(
             tenant,
             "allow-api-access",
-            pods_of(&name, "server"),
-            &["Ingress"],
-            vec![ingress(
-                vec![namespaces(&spec.allowed_namespaces)],
-                vec![port(Protocol::Tcp, SERVER_PORT)],
-            )],
-            vec![],
+            &spec.allowed_namespaces,
         )?);
     }
     // The guide's Ingress reaches the server through the ingress controller's pods.
     if !settings.ingress_controller_namespaces.is_empty() {
-        policies.push(policy(
+        policies.push(server_port_from(
             tenant,
             "allow-ingress-controller",
-            pods_of(&name, "server"),
-            &["Ingress"],
-            vec![ingress(
-                vec![namespaces(&settings.ingress_controller_namespaces)],
-                vec![port(Protocol::Tcp, SERVER_PORT)],
-            )],
-            vec![],
+            &settings.ingress_controller_namespaces,
         )?);
     }
     for (i, rule) in spec.ingress_rules.iter().enumerate() {
@@ -115,6 +103,26 @@ pub fn network_policies(
         )?);
     }
     Ok(policies)
+}
+
+/// Policy `name`: pods of `from_namespaces` may reach the server port, nothing else.
+fn server_port_from(
+    tenant: &Tenant,
+    name: &str,
+    from_namespaces: &[String],
+) -> Result<NetworkPolicy, RenderError> {
+    let tenant_name = tenant.metadata.name.clone().unwrap_or_default();
+    policy(
+        tenant,
+        name,
+        pods_of(&tenant_name, "server"),
+        &["Ingress"],
+        vec![ingress(
+            vec![namespaces(from_namespaces)],
+            vec![port(Protocol::Tcp, SERVER_PORT)],
+        )],
+        vec![],
+    )
 }
 
 fn policy(
