@@ -14,7 +14,9 @@ mod tools;
 
 use common::*;
 use serde_json::Value;
-use tools::{DryRunNamespace, documents, find, helm, install_prometheus_operator_crds, kustomize};
+use tools::{
+    DryRunNamespace, client_with_monitoring_crds, documents, find, helm, kustomize, server_dry_run,
+};
 
 const CHART: &str = "charts/neurallog-operator";
 const RELEASE: &str = "neurallog-operator";
@@ -115,9 +117,7 @@ fn the_chart_renders_the_pod_and_rbac_of_deploy() {
 
 #[tokio::test]
 async fn the_rendered_chart_is_accepted_by_the_api_server() {
-    let client = client().await;
-    install_crd(&client).await;
-    install_prometheus_operator_crds();
+    let client = client_with_monitoring_crds().await;
     let release = unique("helm");
     let namespace = DryRunNamespace::create(&client, &release).await;
     let rendered = helm(&[
@@ -185,27 +185,10 @@ async fn the_rendered_chart_is_accepted_by_the_api_server() {
     );
 
     // The CRD as the harness's manager: the same content, so it co-owns and cannot conflict.
-    let (ok, stdout, stderr) = kubectl_stdin(
-        &[
-            "apply",
-            "--server-side",
-            "--dry-run=server",
-            "--field-manager=neurallog-e2e",
-            "-f",
-            "-",
-        ],
-        &rendered,
-    );
-    assert!(ok, "the rendered chart is rejected:\n{stdout}\n{stderr}");
+    let (accepted, warnings) = server_dry_run(&rendered);
     assert!(
-        !stderr.contains("PodSecurity"),
-        "the pod must meet the restricted Pod Security Standard:\n{stderr}"
+        !warnings.contains("PodSecurity"),
+        "the pod must meet the restricted Pod Security Standard:\n{warnings}"
     );
-    assert_eq!(
-        stdout
-            .matches("serverside-applied (server dry run)")
-            .count(),
-        docs.len(),
-        "every rendered object is accepted:\n{stdout}"
-    );
+    assert_eq!(accepted, docs.len(), "every rendered object is accepted");
 }

@@ -19,7 +19,8 @@ use serde_json::{Value, json};
 use std::collections::BTreeSet;
 use std::time::Duration;
 use tools::{
-    DryRunNamespace, documents, find, helm, install_prometheus_operator_crds, kustomize, promtool,
+    DryRunNamespace, client_with_monitoring_crds, documents, find, helm, kustomize, promtool,
+    server_dry_run,
 };
 
 const CHART: &str = "charts/neurallog-operator";
@@ -47,22 +48,23 @@ fn chart_monitoring() -> Vec<Value> {
     ]))
 }
 
-fn alert_names(rule: &Value) -> BTreeSet<String> {
+/// The rules of a PrometheusRule, every group's.
+fn rules(rule: &Value) -> impl Iterator<Item = &Value> {
     rule["spec"]["groups"]
         .as_array()
         .expect("rule groups")
         .iter()
         .flat_map(|g| g["rules"].as_array().expect("rules").iter())
+}
+
+fn alert_names(rule: &Value) -> BTreeSet<String> {
+    rules(rule)
         .filter_map(|r| r["alert"].as_str().map(String::from))
         .collect()
 }
 
 fn expressions(rule: &Value) -> Vec<String> {
-    rule["spec"]["groups"]
-        .as_array()
-        .expect("rule groups")
-        .iter()
-        .flat_map(|g| g["rules"].as_array().expect("rules").iter())
+    rules(rule)
         .map(|r| r["expr"].as_str().expect("an expr").to_string())
         .collect()
 }
@@ -281,9 +283,7 @@ async fn the_alerts_and_the_dashboard_use_only_metrics_the_operator_exports() {
 
 #[tokio::test]
 async fn the_kustomize_component_is_accepted_by_the_api_server() {
-    let client = client().await;
-    install_crd(&client).await;
-    install_prometheus_operator_crds();
+    let client = client_with_monitoring_crds().await;
 
     // An overlay of deploy/ with the component, as a user writes it (outside deploy/).
     let overlay = repo_root().join(format!("target/{}", unique("kustomize-monitoring")));
@@ -319,25 +319,8 @@ async fn the_kustomize_component_is_accepted_by_the_api_server() {
         })
         .collect();
     let list = json!({"apiVersion": "v1", "kind": "List", "items": objects});
-    let (ok, stdout, stderr) = kubectl_stdin(
-        &[
-            "apply",
-            "--server-side",
-            "--dry-run=server",
-            "--field-manager=neurallog-e2e",
-            "-f",
-            "-",
-        ],
-        &list.to_string(),
-    );
-    assert!(ok, "the component is rejected:\n{stdout}\n{stderr}");
-    assert_eq!(
-        stdout
-            .matches("serverside-applied (server dry run)")
-            .count(),
-        2,
-        "{stdout}"
-    );
+    let (accepted, _) = server_dry_run(&list.to_string());
+    assert_eq!(accepted, 2, "both objects are accepted");
 
     // And the API server checks what it should: a rule with a bad duration is refused.
     let mut broken = objects[1].clone();

@@ -141,16 +141,7 @@ impl Drop for Sandbox {
         if !ok {
             eprintln!("cleanup: {stderr}");
         }
-        let _ = kubectl_stdin(
-            &[
-                "delete",
-                "namespace",
-                &self.namespace,
-                "--ignore-not-found",
-                "--wait=false",
-            ],
-            "",
-        );
+        let _ = delete_namespace(&self.namespace);
     }
 }
 

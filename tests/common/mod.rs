@@ -730,6 +730,21 @@ pub fn server_message(tenant: &Tenant) -> String {
         .unwrap_or_default()
 }
 
+/// Deletes namespace `name` without waiting (and without failing when it is gone already);
+/// returns kubectl's (success, stdout, stderr).
+pub fn delete_namespace(name: &str) -> (bool, String, String) {
+    kubectl_stdin(
+        &[
+            "delete",
+            "namespace",
+            name,
+            "--ignore-not-found",
+            "--wait=false",
+        ],
+        "",
+    )
+}
+
 /// A short-lived token of ServiceAccount `name`, from the TokenRequest API.
 pub async fn service_account_token(client: &Client, namespace: &str, name: &str) -> String {
     let accounts: Api<ServiceAccount> = Api::namespaced(client.clone(), namespace);

@@ -4,7 +4,10 @@
 //! (`#[path = "common/tools.rs"] mod tools;`, beside `mod common;`).
 #![allow(dead_code)]
 
-use crate::common::{kubeconfig, kubectl, kubectl_stdin, repo_root, skip_without_cluster};
+use crate::common::{
+    client, delete_namespace, install_crd, kubeconfig, kubectl, kubectl_stdin, repo_root,
+    skip_without_cluster,
+};
 use k8s_openapi::api::core::v1::Namespace;
 use kube::api::PostParams;
 use kube::{Api, Client};
@@ -176,15 +179,37 @@ impl DryRunNamespace {
 
 impl Drop for DryRunNamespace {
     fn drop(&mut self) {
-        let _ = kubectl_stdin(
-            &[
-                "delete",
-                "namespace",
-                &self.0,
-                "--ignore-not-found",
-                "--wait=false",
-            ],
-            "",
-        );
+        let _ = delete_namespace(&self.0);
     }
+}
+
+/// A client of the test cluster, with the Tenant CRD and the Prometheus Operator's
+/// installed: what a dry run of the chart's or deploy/'s monitoring objects needs.
+pub async fn client_with_monitoring_crds() -> Client {
+    let client = client().await;
+    install_crd(&client).await;
+    install_prometheus_operator_crds();
+    client
+}
+
+/// `kubectl apply --server-side --dry-run=server` of `manifests` as the harness's field
+/// manager (validated and admitted, never stored). Asserts that it succeeds and returns
+/// how many objects were accepted, and kubectl's stderr (warnings).
+pub fn server_dry_run(manifests: &str) -> (usize, String) {
+    let (ok, stdout, stderr) = kubectl_stdin(
+        &[
+            "apply",
+            "--server-side",
+            "--dry-run=server",
+            "--field-manager=neurallog-e2e",
+            "-f",
+            "-",
+        ],
+        manifests,
+    );
+    assert!(ok, "the API server refuses them:\n{stdout}\n{stderr}");
+    let accepted = stdout
+        .matches("serverside-applied (server dry run)")
+        .count();
+    (accepted, stderr)
 }
