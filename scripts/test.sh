@@ -48,5 +48,9 @@ export NEURALLOG_E2E_KUBECONFIG="$(cluster_state_dir)/kubeconfig"
 export NEURALLOG_REQUIRE_CLUSTER=1
 export NEURALLOG_KUBECTL="$(cluster_bin_dir)/kubectl"
 export NEURALLOG_HELM="$(bash tests/cluster/build.sh helm | tail -n 1)/helm"
+# The monitoring tests' tools: promtool (built from the Prometheus Go module) and the
+# Prometheus Operator's CRDs (from its Go module), cached beside the cluster's binaries.
+log "monitoring test tools (promtool, the Prometheus Operator's CRDs)"
+export NEURALLOG_PROMTOOL="$(bash tests/cluster/build.sh monitoring | tail -n 1)/promtool"
 log "end-to-end tests"
 cargo test --workspace --test '*'

@@ -476,7 +476,7 @@ pub struct AuthSpec {
 #[serde(rename_all = "camelCase")]
 pub struct TenantStatus {
     /// Current phase: Pending, ProvisioningRedis, ProvisioningServer, Running, Updating,
-    /// Degraded, Failed or Deleting. The journal is the source of truth.
+    /// Degraded, Stalled, Failed or Deleting. The journal is the source of truth.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub phase: Option<String>,
     /// The tenant namespace.
@@ -504,9 +504,15 @@ pub struct TenantStatus {
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
 #[serde(rename_all = "camelCase")]
 pub struct ComponentStatus {
+    /// Running, NotReady, Updating (rolling out a new template), Pending (not created
+    /// yet), NotCreated (the tenant failed first) or Deleted.
     pub phase: String,
+    /// What the operator sees, in words: replicas ready and, when a pod is not, the pod
+    /// and Kubernetes' reason (image pull, crash loop, scheduling, ...).
     pub message: String,
+    /// Replicas that are ready.
     pub ready_replicas: i32,
+    /// Replicas the workload asks for.
     pub total_replicas: i32,
 }
 
@@ -514,7 +520,11 @@ pub struct ComponentStatus {
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
 #[serde(rename_all = "camelCase")]
 pub struct JournalPosition {
+    /// Sequence number of the tenant's last journaled transition (gapless from 1 in its
+    /// chain); `neurallog-operator journal show NAME` lists them.
     pub sequence: u64,
+    /// SHA-256 (hex) of that record, chained to the one before: what `journal verify`
+    /// recomputes.
     pub hash: String,
     /// Set when the operator's journal was replaced after damage: which chain `sequence`
     /// counts in.

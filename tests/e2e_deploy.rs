@@ -32,11 +32,19 @@ struct Uninstall;
 
 impl Drop for Uninstall {
     fn drop(&mut self) {
-        let deletions: [&[&str]; 3] = [
+        let deletions: [&[&str]; 4] = [
             &[
                 "delete",
                 "clusterrolebinding,clusterrole",
                 "neurallog-operator",
+            ],
+            // The roles for people (cluster-scoped; the journal reader goes with the namespace).
+            &[
+                "delete",
+                "clusterrole",
+                "neurallog-tenant-viewer",
+                "neurallog-tenant-editor",
+                "neurallog-tenant-admin",
             ],
             &[
                 "delete",

@@ -1,101 +1,29 @@
 //! The Helm chart: lints, renders what deploy/ installs (same pod, same RBAC rules, same
 //! CRD), and its output, with every optional part switched on, is accepted by the API
 //! server (`kubectl apply --server-side --dry-run=server`: validated and admitted, never
-//! stored). Helm is built from its Go module by tests/cluster/build.sh.
+//! stored): monitoring (with the Prometheus Operator's CRDs, installed from its published
+//! manifests), the Grafana dashboard, the roles for people. Helm is built from its Go
+//! module by tests/cluster/build.sh.
 
 // Tests and benches may unwrap (clippy.toml covers only `#[test]` functions).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
+#[path = "common/tools.rs"]
+mod tools;
 
 use common::*;
-use k8s_openapi::api::core::v1::Namespace;
-use kube::api::PostParams;
-use kube::{Api, Client};
-use serde::Deserialize;
-use serde_json::{Value, json};
-use std::path::PathBuf;
-use std::process::Command;
+use serde_json::Value;
+use tools::{
+    DryRunNamespace, client_with_monitoring_crds, documents, find, helm, kustomize, server_dry_run,
+};
 
 const CHART: &str = "charts/neurallog-operator";
 const RELEASE: &str = "neurallog-operator";
 const NAMESPACE: &str = "neurallog-system";
-
-/// `$NEURALLOG_HELM`, else helm in the control plane's cache bin directory (as
-/// tests/cluster/lib.sh computes it from versions.env).
-fn helm_path() -> PathBuf {
-    if let Some(path) = std::env::var_os("NEURALLOG_HELM") {
-        return PathBuf::from(path);
-    }
-    let versions = std::fs::read_to_string(repo_root().join("tests/cluster/versions.env"))
-        .expect("tests/cluster/versions.env");
-    let version = |key: &str| {
-        versions
-            .lines()
-            .find_map(|l| l.strip_prefix(&format!("{key}=")))
-            .unwrap_or_else(|| panic!("{key} in versions.env"))
-            .trim()
-            .to_string()
-    };
-    let root = std::env::var_os("NEURALLOG_CACHE_DIR")
-        .map(PathBuf::from)
-        .or_else(|| {
-            std::env::var_os("XDG_CACHE_HOME").map(|c| PathBuf::from(c).join("neurallog-operator"))
-        })
-        .or_else(|| {
-            std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/neurallog-operator"))
-        })
-        .expect("a cache directory");
-    root.join(format!(
-        "kube-{}-etcd-{}-kwok-{}/bin/helm",
-        version("KUBE_VERSION"),
-        version("ETCD_VERSION"),
-        version("KWOK_VERSION")
-    ))
-}
-
-fn helm(args: &[&str]) -> String {
-    // Helm comes with the cluster's tools (tests/cluster/build.sh).
-    skip_without_cluster();
-    let helm = helm_path();
-    assert!(
-        helm.exists(),
-        "helm is missing at {}: run `bash tests/cluster/build.sh helm`",
-        helm.display()
-    );
-    let output = Command::new(&helm)
-        .current_dir(repo_root())
-        .args(args)
-        .output()
-        .expect("helm runs");
-    assert!(
-        output.status.success(),
-        "helm {args:?} failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8_lossy(&output.stdout).into_owned()
-}
-
-fn documents(yaml: &str) -> Vec<Value> {
-    serde_yaml::Deserializer::from_str(yaml)
-        .map(|doc| Value::deserialize(doc).expect("YAML documents"))
-        .filter(|doc| !doc.is_null())
-        .collect()
-}
-
-fn find<'a>(docs: &'a [Value], kind: &str, name: &str) -> &'a Value {
-    docs.iter()
-        .find(|d| d["kind"] == kind && d["metadata"]["name"] == name)
-        .unwrap_or_else(|| panic!("no {kind} {name} rendered"))
-}
-
-fn kustomized() -> Vec<Value> {
-    let deploy = repo_root().join("deploy");
-    documents(&kubectl(&[
-        "kustomize",
-        deploy.to_str().expect("a UTF-8 path"),
-    ]))
-}
+/// Values that switch every optional part on.
+const ALL_OPTIONS: &str = "tests/fixtures/chart-all-options.yaml";
+const DASHBOARD: &str = "charts/neurallog-operator/dashboards/neurallog-operator.json";
 
 #[test]
 fn the_chart_lints_cleanly() {
@@ -111,7 +39,7 @@ fn the_chart_renders_the_pod_and_rbac_of_deploy() {
         "--namespace",
         NAMESPACE,
     ]));
-    let deploy = kustomized();
+    let deploy = kustomize("deploy");
     let deployment = "neurallog-operator-controller-manager";
     let pod = |docs: &[Value]| find(docs, "Deployment", deployment)["spec"].clone();
     let (ours, theirs) = (pod(&chart), pod(&deploy));
@@ -148,8 +76,27 @@ fn the_chart_renders_the_pod_and_rbac_of_deploy() {
         ("ClusterRole", "neurallog-operator"),
         ("Role", "neurallog-operator-leader-election"),
         ("Role", "neurallog-operator-events"),
+        ("ClusterRole", "neurallog-tenant-viewer"),
+        ("ClusterRole", "neurallog-tenant-editor"),
+        ("ClusterRole", "neurallog-tenant-admin"),
+        ("Role", "neurallog-journal-reader"),
     ] {
         assert!(find(&deploy, kind, name)["rules"].is_array());
+        let aggregation = |docs: &[Value]| {
+            let labels = find(docs, kind, name)["metadata"]["labels"].clone();
+            labels
+                .as_object()
+                .into_iter()
+                .flatten()
+                .filter(|(k, _)| k.starts_with("rbac.authorization.k8s.io/aggregate-to-"))
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            aggregation(&chart),
+            aggregation(&deploy),
+            "the chart's {kind} {name} aggregates differently from deploy/"
+        );
         assert_eq!(
             find(&chart, kind, name)["rules"],
             find(&deploy, kind, name)["rules"],
@@ -168,48 +115,9 @@ fn the_chart_renders_the_pod_and_rbac_of_deploy() {
     );
 }
 
-/// The namespace of the dry run, enforcing the restricted Pod Security Standard like
-/// deploy/'s; deleted at the end (it holds nothing: a dry run stores nothing).
-struct DryRunNamespace(String);
-
-impl DryRunNamespace {
-    async fn create(client: &Client, name: &str) -> DryRunNamespace {
-        let namespaces: Api<Namespace> = Api::all(client.clone());
-        let ns: Namespace = serde_json::from_value(json!({"metadata": {
-            "name": name,
-            "labels": {
-                "pod-security.kubernetes.io/enforce": "restricted",
-                "pod-security.kubernetes.io/warn": "restricted",
-            },
-        }}))
-        .expect("a namespace");
-        namespaces
-            .create(&PostParams::default(), &ns)
-            .await
-            .expect("the namespace is created");
-        DryRunNamespace(name.to_string())
-    }
-}
-
-impl Drop for DryRunNamespace {
-    fn drop(&mut self) {
-        let _ = kubectl_stdin(
-            &[
-                "delete",
-                "namespace",
-                &self.0,
-                "--ignore-not-found",
-                "--wait=false",
-            ],
-            "",
-        );
-    }
-}
-
 #[tokio::test]
 async fn the_rendered_chart_is_accepted_by_the_api_server() {
-    let client = client().await;
-    install_crd(&client).await;
+    let client = client_with_monitoring_crds().await;
     let release = unique("helm");
     let namespace = DryRunNamespace::create(&client, &release).await;
     let rendered = helm(&[
@@ -219,16 +127,48 @@ async fn the_rendered_chart_is_accepted_by_the_api_server() {
         "--namespace",
         &namespace.0,
         "--include-crds",
-        "--set",
-        "auth.tokenSecret.name=neurallog-auth-token",
-        "--set",
-        "journal.storageClassName=standard",
-        "--set",
-        "tenantSelector=neurallog.io/shard=a",
-        "--set",
-        "replicas=1",
+        "--values",
+        ALL_OPTIONS,
     ]);
     let docs = documents(&rendered);
+    let mut kinds: Vec<&str> = docs.iter().filter_map(|d| d["kind"].as_str()).collect();
+    kinds.sort_unstable();
+    kinds.dedup();
+    assert_eq!(
+        kinds,
+        [
+            "ClusterRole",
+            "ClusterRoleBinding",
+            "ConfigMap",
+            "CustomResourceDefinition",
+            "Deployment",
+            "PersistentVolumeClaim",
+            "PrometheusRule",
+            "Role",
+            "RoleBinding",
+            "Service",
+            "ServiceAccount",
+            "ServiceMonitor",
+        ],
+        "every optional part is rendered"
+    );
+    let dashboard = find(
+        &docs,
+        "ConfigMap",
+        &format!("{release}-neurallog-operator-dashboard"),
+    );
+    let committed: Value = serde_json::from_str(
+        &std::fs::read_to_string(repo_root().join(DASHBOARD)).expect(DASHBOARD),
+    )
+    .expect("the dashboard is JSON");
+    let shipped: Value = serde_json::from_str(
+        dashboard["data"]["neurallog-operator.json"]
+            .as_str()
+            .expect("the dashboard's key"),
+    )
+    .expect("the ConfigMap's dashboard is JSON");
+    assert_eq!(shipped, committed, "the ConfigMap carries {DASHBOARD}");
+    assert_eq!(dashboard["metadata"]["labels"]["grafana_dashboard"], "1");
     let deployment = find(
         &docs,
         "Deployment",
@@ -245,27 +185,10 @@ async fn the_rendered_chart_is_accepted_by_the_api_server() {
     );
 
     // The CRD as the harness's manager: the same content, so it co-owns and cannot conflict.
-    let (ok, stdout, stderr) = kubectl_stdin(
-        &[
-            "apply",
-            "--server-side",
-            "--dry-run=server",
-            "--field-manager=neurallog-e2e",
-            "-f",
-            "-",
-        ],
-        &rendered,
-    );
-    assert!(ok, "the rendered chart is rejected:\n{stdout}\n{stderr}");
+    let (accepted, warnings) = server_dry_run(&rendered);
     assert!(
-        !stderr.contains("PodSecurity"),
-        "the pod must meet the restricted Pod Security Standard:\n{stderr}"
+        !warnings.contains("PodSecurity"),
+        "the pod must meet the restricted Pod Security Standard:\n{warnings}"
     );
-    assert_eq!(
-        stdout
-            .matches("serverside-applied (server dry run)")
-            .count(),
-        docs.len(),
-        "every rendered object is accepted:\n{stdout}"
-    );
+    assert_eq!(accepted, docs.len(), "every rendered object is accepted");
 }

@@ -14,15 +14,14 @@ mod common;
 
 use common::*;
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
-use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
+use k8s_openapi::api::core::v1::Namespace;
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use kube::api::{DeleteParams, PostParams};
 use kube::{Api, Client};
 use neurallog_operator::crd::Tenant;
 use serde::Deserialize;
 use serde_json::{Value, json};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
@@ -128,59 +127,6 @@ impl Drop for Sandbox {
     }
 }
 
-/// A short-lived token of the operator's ServiceAccount, from the TokenRequest API.
-async fn service_account_token(client: &Client, namespace: &str) -> String {
-    let accounts: Api<ServiceAccount> = Api::namespaced(client.clone(), namespace);
-    let request = TokenRequest {
-        spec: TokenRequestSpec {
-            audiences: vec![],
-            expiration_seconds: Some(3600),
-            ..TokenRequestSpec::default()
-        },
-        ..TokenRequest::default()
-    };
-    accounts
-        .create_token_request(SERVICE_ACCOUNT, &PostParams::default(), &request)
-        .await
-        .expect("a token for the ServiceAccount")
-        .status
-        .expect("a token request status")
-        .token
-}
-
-/// A kubeconfig for the test cluster (its server and CA) that authenticates with `token`.
-fn token_kubeconfig(token: &str, dir: &Path) -> PathBuf {
-    let admin = kube::config::Kubeconfig::read_from(kubeconfig()).expect("kubeconfig parses");
-    let context = admin
-        .contexts
-        .iter()
-        .find(|c| Some(&c.name) == admin.current_context.as_ref())
-        .and_then(|c| c.context.as_ref())
-        .expect("a current context");
-    let cluster = admin
-        .clusters
-        .iter()
-        .find(|c| c.name == context.cluster)
-        .and_then(|c| c.cluster.as_ref())
-        .expect("the context's cluster");
-    let config = json!({
-        "apiVersion": "v1",
-        "kind": "Config",
-        "clusters": [{"name": "test", "cluster": {
-            "server": cluster.server,
-            "certificate-authority": cluster.certificate_authority,
-            "certificate-authority-data": cluster.certificate_authority_data,
-        }}],
-        "users": [{"name": "operator", "user": {"token": token}}],
-        "contexts": [{"name": "operator", "context": {"cluster": "test", "user": "operator"}}],
-        "current-context": "operator",
-    });
-    let path = dir.join("operator.kubeconfig");
-    std::fs::write(&path, serde_yaml::to_string(&config).expect("YAML"))
-        .expect("kubeconfig written");
-    path
-}
-
 /// `kubectl auth can-i` as `who` (`--as=...` with the admin kubeconfig, or the token's).
 fn can_i(kubeconfig: &Path, who: &[&str], verb: &str, resource: &str, scope: &[&str]) -> bool {
     let output = Command::new(kubectl_path())
@@ -259,9 +205,9 @@ async fn the_operator_runs_a_tenant_lifecycle_with_exactly_the_rbac_of_deploy() 
     install_crd(&client).await;
     let run = unique("rbac");
     let sandbox = Sandbox::create(&client, &run).await;
-    let token = service_account_token(&client, &sandbox.namespace).await;
+    let token = service_account_token(&client, &sandbox.namespace, SERVICE_ACCOUNT).await;
     let dir = tempfile::tempdir().expect("temp dir");
-    let operator_kubeconfig = token_kubeconfig(&token, dir.path());
+    let operator_kubeconfig = token_kubeconfig(&token, &dir.path().join("operator.kubeconfig"));
     assert_no_secret_access(&operator_kubeconfig, &sandbox.namespace);
 
     let _leftovers = TenantCleanup(vec![run.clone()]);

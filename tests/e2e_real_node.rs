@@ -1353,11 +1353,19 @@ patches:
 /// Deletes what deploy/ (or the chart) installed, but the shared CRD: the fixed names
 /// that tests/e2e_deploy.rs and e2e_helm.rs use too (test files run one after another).
 fn uninstall() {
-    let deletions: [&[&str]; 3] = [
+    let deletions: [&[&str]; 4] = [
         &[
             "delete",
             "clusterrolebinding,clusterrole",
             "neurallog-operator",
+        ],
+        // The roles for people (cluster-scoped; the journal reader goes with the namespace).
+        &[
+            "delete",
+            "clusterrole",
+            "neurallog-tenant-viewer",
+            "neurallog-tenant-editor",
+            "neurallog-tenant-admin",
         ],
         &[
             "-n",

@@ -207,6 +207,44 @@ build_node() {
   build_kubelet
 }
 
+# promtool, for `promtool test rules` on the chart's alerts (tests/e2e_monitoring.rs).
+build_promtool() {
+  [ -x "$bin/promtool" ] && [ "$(node_stamp promtool)" = "$PROMETHEUS_VERSION" ] && return 0
+  log "building promtool from Prometheus $PROMETHEUS_VERSION; a cold build takes a few minutes"
+  local dir pkg=github.com/prometheus/common/version
+  dir=$(prepare_module promtool)
+  cd "$dir"
+  go get "github.com/prometheus/prometheus/cmd/promtool@$PROMETHEUS_VERSION"
+  CGO_ENABLED=0 go build -trimpath -ldflags "-s -w -X $pkg.Version=$PROMETHEUS_VERSION" \
+    -o "$bin/promtool" github.com/prometheus/prometheus/cmd/promtool
+  stamp_node promtool "$PROMETHEUS_VERSION"
+}
+
+# The Prometheus Operator's published CRDs (ServiceMonitor, PrometheusRule), as its module
+# ships them, copied into the cache under their version: the monitoring test installs them.
+build_prometheus_crds() {
+  local dest
+  dest=$(cluster_cache_dir)/prometheus-operator-$PROMETHEUS_OPERATOR_VERSION/crds
+  [ -s "$dest/monitoring.coreos.com_prometheusrules.yaml" ] &&
+    [ -s "$dest/monitoring.coreos.com_servicemonitors.yaml" ] && return 0
+  log "fetching the Prometheus Operator $PROMETHEUS_OPERATOR_VERSION CRDs (Go module)"
+  local module=github.com/prometheus-operator/prometheus-operator src
+  src=$(go mod download -json "$module@$PROMETHEUS_OPERATOR_VERSION" |
+    sed -nE 's/^[[:space:]]*"Dir": "(.*)",?$/\1/p')
+  [ -d "$src/example/prometheus-operator-crd" ] || die "no example/prometheus-operator-crd in $module@$PROMETHEUS_OPERATOR_VERSION"
+  mkdir -p "$dest.new"
+  cp "$src"/example/prometheus-operator-crd/monitoring.coreos.com_{prometheusrules,servicemonitors}.yaml "$dest.new/"
+  chmod u+w "$dest.new"/*
+  rm -rf "$dest"
+  mv "$dest.new" "$dest"
+}
+
+# What tests/e2e_monitoring.rs needs beyond the cluster and helm.
+build_monitoring() {
+  build_prometheus_crds
+  build_promtool
+}
+
 start=$(date +%s)
 components=${*:-kwok etcd kube provisioner helm}
 for c in $components; do

@@ -2,11 +2,14 @@
 //! process per test with its own journal and tenant label, and an in-process Auth stub.
 #![allow(dead_code)]
 
+use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
+use k8s_openapi::api::core::v1::ServiceAccount;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-use kube::api::{Patch, PatchParams};
+use kube::api::{Patch, PatchParams, PostParams};
 use kube::{Api, Client, ResourceExt};
 use neurallog_auth_stub::{AuthStub, AuthStubHandle};
 use neurallog_operator::crd::Tenant;
+use serde_json::json;
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -762,4 +765,72 @@ pub fn server_message(tenant: &Tenant) -> String {
         .and_then(|s| s.server_status.as_ref())
         .map(|s| s.message.clone())
         .unwrap_or_default()
+}
+
+/// Deletes namespace `name` without waiting (and without failing when it is gone already);
+/// returns kubectl's (success, stdout, stderr).
+pub fn delete_namespace(name: &str) -> (bool, String, String) {
+    kubectl_stdin(
+        &[
+            "delete",
+            "namespace",
+            name,
+            "--ignore-not-found",
+            "--wait=false",
+        ],
+        "",
+    )
+}
+
+/// A short-lived token of ServiceAccount `name`, from the TokenRequest API.
+pub async fn service_account_token(client: &Client, namespace: &str, name: &str) -> String {
+    let accounts: Api<ServiceAccount> = Api::namespaced(client.clone(), namespace);
+    let request = TokenRequest {
+        spec: TokenRequestSpec {
+            audiences: vec![],
+            expiration_seconds: Some(3600),
+            ..TokenRequestSpec::default()
+        },
+        ..TokenRequest::default()
+    };
+    accounts
+        .create_token_request(name, &PostParams::default(), &request)
+        .await
+        .expect("a token for the ServiceAccount")
+        .status
+        .expect("a token request status")
+        .token
+}
+
+/// Writes to `path` a kubeconfig for the test cluster (its server and CA) that authenticates
+/// with `token`, and returns `path`.
+pub fn token_kubeconfig(token: &str, path: &Path) -> PathBuf {
+    let admin = kube::config::Kubeconfig::read_from(kubeconfig()).expect("kubeconfig parses");
+    let context = admin
+        .contexts
+        .iter()
+        .find(|c| Some(&c.name) == admin.current_context.as_ref())
+        .and_then(|c| c.context.as_ref())
+        .expect("a current context");
+    let cluster = admin
+        .clusters
+        .iter()
+        .find(|c| c.name == context.cluster)
+        .and_then(|c| c.cluster.as_ref())
+        .expect("the context's cluster");
+    let config = json!({
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [{"name": "test", "cluster": {
+            "server": cluster.server,
+            "certificate-authority": cluster.certificate_authority,
+            "certificate-authority-data": cluster.certificate_authority_data,
+        }}],
+        "users": [{"name": "token", "user": {"token": token}}],
+        "contexts": [{"name": "token", "context": {"cluster": "test", "user": "token"}}],
+        "current-context": "token",
+    });
+    std::fs::write(path, serde_yaml::to_string(&config).expect("YAML"))
+        .expect("kubeconfig written");
+    path.to_path_buf()
 }

@@ -27,3 +27,25 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- define "neurallog-operator.image" -}}
 {{- printf "%s:%s" .Values.image.repository (.Values.image.tag | default .Chart.AppVersion) -}}
 {{- end -}}
+
+{{/* The series of this release's operator, as a ServiceMonitor scrapes them: its job is the
+Service's name. */}}
+{{- define "neurallog-operator.metricsSelector" -}}
+job="{{ include "neurallog-operator.fullname" . }}",namespace="{{ .Release.Namespace }}"
+{{- end -}}
+
+{{/* journal.size in bytes: a whole number with an optional Ki, Mi, Gi, Ti, k, M, G or T. */}}
+{{- define "neurallog-operator.journalBytes" -}}
+{{- $size := toString .Values.journal.size -}}
+{{- $units := dict "Ki" 1024 "Mi" 1048576 "Gi" 1073741824 "Ti" 1099511627776 "k" 1000 "M" 1000000 "G" 1000000000 "T" 1000000000000 -}}
+{{- $unit := regexFind "[A-Za-z]+$" $size -}}
+{{- $number := trimSuffix $unit $size -}}
+{{- if or (not (regexMatch "^[0-9]+$" $number)) (and $unit (not (hasKey $units $unit))) -}}
+{{- fail (printf "journal.size %q: the journal alert needs a whole number with an optional Ki, Mi, Gi, Ti, k, M, G or T" $size) -}}
+{{- end -}}
+{{- if $unit -}}
+{{- mul (int64 $number) (int64 (get $units $unit)) -}}
+{{- else -}}
+{{- int64 $number -}}
+{{- end -}}
+{{- end -}}
