@@ -1291,6 +1291,27 @@ patches:
         history.lines().count() > 4 && history.contains("Running"),
         "kubectl tenant history through the service proxy: {history}"
     );
+    let exported = kubectl_tenant(&[
+        "journal",
+        &name,
+        "--service",
+        &service,
+        "--kubeconfig",
+        &kubeconfig().display().to_string(),
+    ]);
+    let seqs: Vec<u64> = exported
+        .lines()
+        .map(|line| {
+            let record: serde_json::Value = serde_json::from_str(line).expect("a JSON line");
+            record["seq"].as_u64().expect("a seq")
+        })
+        .collect();
+    assert_eq!(
+        seqs,
+        (1..=seqs.len() as u64).collect::<Vec<_>>(),
+        "kubectl tenant journal through the service proxy: every record, in order: {exported}"
+    );
+    assert!(seqs.len() >= before_records.len(), "{exported}");
 
     let tenants: Api<Tenant> = Api::all(client.clone());
     tenants
