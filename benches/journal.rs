@@ -2,6 +2,12 @@
 //! writers next to the disk's own `fdatasync` latency and raw sled, measured in the same run,
 //! and the time to read and verify a large journal. Prints figures; asserts nothing about speed.
 //!
+//! The disk's figure is a small `pwrite` then `fdatasync` over a file written and synced
+//! beforehand (no size or block allocation to commit: one device round trip, the least a
+//! durable write costs), measured right after the 1-writer run and right before each
+//! concurrent one so that both see the same load; each run's ratio is to that measurement. Appending to a growing file (which also
+//! commits its new size) is shown once for reference.
+//!
 //! ```text
 //! cargo bench --bench journal
 //! JOURNAL_BENCH_APPENDS=200 JOURNAL_BENCH_RECORDS=20000 cargo bench --bench journal
@@ -9,7 +15,8 @@
 //!
 //! | variable | default | meaning |
 //! |----------|---------|---------|
-//! | `JOURNAL_BENCH_APPENDS` | 2000 | flushed appends (and raw sled inserts) to time |
+//! | `JOURNAL_BENCH_APPENDS` | 2000 | durable appends with 1 writer (and raw sled inserts, disk syncs) to time |
+//! | `JOURNAL_BENCH_CONCURRENT_APPENDS` | 20000 | durable appends with 4 and with 16 writers |
 //! | `JOURNAL_BENCH_TENANTS` | 16 | chains the timed appends rotate over |
 //! | `JOURNAL_BENCH_RECORDS` | 1000000 | records in the journal that is verified |
 //! | `JOURNAL_BENCH_CHAIN_LEN` | 100 | records per chain in that journal |
@@ -27,6 +34,7 @@ use std::time::Instant;
 
 struct Config {
     appends: u64,
+    concurrent_appends: u64,
     tenants: u64,
     records: u64,
     chain_len: u64,
@@ -40,6 +48,7 @@ impl Config {
             .unwrap_or_else(std::env::temp_dir);
         Config {
             appends: env_u64("JOURNAL_BENCH_APPENDS", 2000),
+            concurrent_appends: env_u64("JOURNAL_BENCH_CONCURRENT_APPENDS", 20_000),
             tenants: env_u64("JOURNAL_BENCH_TENANTS", 16).max(1),
             records: env_u64("JOURNAL_BENCH_RECORDS", 1_000_000),
             chain_len: env_u64("JOURNAL_BENCH_CHAIN_LEN", 100).max(1),
@@ -198,11 +207,26 @@ fn concurrent_appends(
 }
 
 /// The disk's own durable write: a small `pwrite` then `fdatasync`, one at a time, in the
-/// directory the journal is on.
-fn raw_fdatasync(dir: &Path, writes: u64, len: usize) -> Latencies {
+/// directory the journal is on. `preallocated`: over a file written and synced first, so
+/// the sync writes data only; otherwise appending, so each sync also commits the new size.
+fn raw_fdatasync(dir: &Path, writes: u64, len: usize, preallocated: bool) -> Latencies {
     use std::os::unix::fs::FileExt;
-    let file = std::fs::File::create(dir.join("raw-fdatasync")).expect("create");
+    let path = dir.join("raw-fdatasync");
+    let file = std::fs::File::create(&path).expect("create");
     let data = vec![0x5a_u8; len];
+    if preallocated {
+        let zeros = vec![0u8; 1 << 20];
+        let total = writes * len as u64;
+        let mut at = 0;
+        while at < total {
+            file.write_all_at(&zeros, at).expect("fill");
+            at += zeros.len() as u64;
+        }
+        file.sync_all().expect("fsync");
+        std::fs::File::open(dir)
+            .and_then(|d| d.sync_all())
+            .expect("fsync dir");
+    }
     let micros = (0..writes)
         .map(|i| {
             let start = Instant::now();
@@ -211,6 +235,8 @@ fn raw_fdatasync(dir: &Path, writes: u64, len: usize) -> Latencies {
             start.elapsed().as_secs_f64() * 1e6
         })
         .collect();
+    drop(file);
+    std::fs::remove_file(&path).expect("remove");
     Latencies::new(micros)
 }
 
@@ -259,40 +285,48 @@ fn dir_size(path: &Path) -> u64 {
         .unwrap_or(0)
 }
 
+/// An append's latency over the disk's round trip just measured.
+fn ratios(appends: &Latencies, disk: &Latencies) {
+    println!(
+        "{:<28} journal/disk   p50 {:.2}x   p99 {:.2}x",
+        "",
+        appends.quantile(0.50) / disk.quantile(0.50),
+        appends.quantile(0.99) / disk.quantile(0.99),
+    );
+}
+
 fn main() {
     let config = Config::from_env();
     let workload = Workload::new();
     let root = config.dir.path();
     println!("journal benchmark in {}", root.display());
     println!(
-        "appends: {} over {} chains; verify: {} records in chains of {}",
-        config.appends, config.tenants, config.records, config.chain_len
+        "appends: {} with 1 writer, {} with 4 and 16, over {} chains; verify: {} records in chains of {}",
+        config.appends, config.concurrent_appends, config.tenants, config.records, config.chain_len
     );
 
     println!("\n== durable appends (each fdatasynced before it returns) ==");
     let (single, _) = concurrent_appends(&root.join("appends"), &workload, config.appends, 1);
     let value_len = stored_value_len(&root.join("appends"));
-    let disk = raw_fdatasync(root, config.appends, value_len);
+    let disk_after_single = raw_fdatasync(root, config.appends, value_len, true);
+    let growing = raw_fdatasync(root, config.appends, value_len, false);
     let baseline = raw_sled_appends(&root.join("raw"), config.appends, value_len);
     println!("record value: {value_len} bytes (raw sled and raw fdatasync write the same size)");
-    disk.print("disk: pwrite+fdatasync");
+    growing.print("disk: fdatasync, appending");
     baseline.print("raw sled insert+flush");
+    disk_after_single.print("disk: fdatasync, in place");
     single.print("journal append, 1 writer");
+    ratios(&single, &disk_after_single);
     for writers in [4, 16] {
+        let disk = raw_fdatasync(root, config.appends, value_len, true);
         let path = root.join(format!("appends-{writers}"));
-        let (latencies, rate) = concurrent_appends(&path, &workload, config.appends, writers);
+        let (latencies, rate) =
+            concurrent_appends(&path, &workload, config.concurrent_appends, writers);
+        disk.print("disk: fdatasync, in place");
         latencies.print(&format!("journal append, {writers} writers"));
-        println!(
-            "{:<28} {rate:>9.0} appends/s   p99/disk p99 {:.2}x",
-            "",
-            latencies.quantile(0.99) / disk.quantile(0.99)
-        );
+        println!("{:<28} {rate:>9.0} appends/s", "");
+        ratios(&latencies, &disk);
     }
-    println!(
-        "1 writer: journal/disk       p50 {:.2}x   p99 {:.2}x",
-        single.quantile(0.50) / disk.quantile(0.50),
-        single.quantile(0.99) / disk.quantile(0.99),
-    );
 
     println!("\n== read + verify {} records ==", config.records);
     let path = root.join("large");
