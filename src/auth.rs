@@ -26,6 +26,10 @@ mod config {
     /// Per-request timeout unless configured otherwise.
     pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
 
+    /// The largest answer read from Auth unless configured otherwise: a tenant list of tens
+    /// of thousands of names fits; a misbehaving server cannot make the operator buffer more.
+    pub const DEFAULT_MAX_BODY_BYTES: usize = 4 * 1024 * 1024;
+
     /// Where the Auth service is and how to talk to it.
     ///
     /// `Debug` redacts the token.
@@ -40,6 +44,8 @@ mod config {
         /// Admin user registered for tenants that do not name one.
         pub admin_user_id: String,
         pub retry: RetryPolicy,
+        /// Answers larger than this are refused, not read.
+        pub max_body_bytes: usize,
     }
 
     impl AuthConfig {
@@ -51,7 +57,18 @@ mod config {
                 timeout: DEFAULT_TIMEOUT,
                 admin_user_id: admin_user_id.into(),
                 retry: RetryPolicy::default(),
+                max_body_bytes: DEFAULT_MAX_BODY_BYTES,
             })
+        }
+
+        pub fn with_max_body_bytes(mut self, max: usize) -> Self {
+            self.max_body_bytes = max;
+            self
+        }
+
+        /// Whether the bearer token would travel unencrypted (an `http://` URL).
+        pub fn sends_token_in_clear(&self) -> bool {
+            self.token.is_some() && self.base_url.scheme() == "http"
         }
 
         pub fn with_token(mut self, token: impl Into<String>) -> Self {
@@ -383,6 +400,7 @@ mod client {
         retry: RetryPolicy,
         /// Only to scrub it from echoed response bodies.
         token: Option<String>,
+        max_body_bytes: usize,
     }
 
     #[derive(Serialize)]
@@ -415,6 +433,12 @@ mod client {
     impl AuthClient {
         pub fn new(config: AuthConfig) -> Result<Self, AuthError> {
             config.validate()?;
+            if config.sends_token_in_clear() {
+                tracing::warn!(
+                    url = %url_for_display(&config.base_url),
+                    "the Auth token is sent over plain HTTP: use an https:// Auth URL outside a trusted network"
+                );
+            }
             let http = reqwest::Client::builder()
                 .use_rustls_tls()
                 .timeout(config.timeout)
@@ -434,6 +458,7 @@ mod client {
                 timeout: config.timeout,
                 retry: config.retry,
                 token: config.token,
+                max_body_bytes: config.max_body_bytes,
             })
         }
 
@@ -575,11 +600,46 @@ mod client {
                 .get(RETRY_AFTER)
                 .and_then(|value| value.to_str().ok())
                 .and_then(retry::parse_retry_after);
-            let body = response.bytes().await.map_err(transport_failure)?.to_vec();
+            let body = self.read_body(&call.url, response).await?;
             if status.is_success() || call.accepted.contains(&status) {
                 return Ok(Reply { status, body });
             }
             Err(self.status_failure(&call.url, status, retry_after, &body))
+        }
+
+        /// The answer's body, refused (not retried) once it passes `max_body_bytes`.
+        async fn read_body(
+            &self,
+            url: &Url,
+            mut response: reqwest::Response,
+        ) -> Result<Vec<u8>, AttemptFailure> {
+            let too_large = || {
+                AttemptFailure::Final(AuthError::Unavailable {
+                    url: url_for_display(url),
+                    reason: format!(
+                        "the answer is larger than {} bytes; not read",
+                        self.max_body_bytes
+                    ),
+                })
+            };
+            if response
+                .content_length()
+                .is_some_and(|length| length > self.max_body_bytes as u64)
+            {
+                return Err(too_large());
+            }
+            let mut body = Vec::new();
+            while let Some(chunk) = response
+                .chunk()
+                .await
+                .map_err(|error| self.transport_failure(url, error))?
+            {
+                if body.len() + chunk.len() > self.max_body_bytes {
+                    return Err(too_large());
+                }
+                body.extend_from_slice(&chunk);
+            }
+            Ok(body)
         }
 
         fn transport_failure(&self, url: &Url, error: reqwest::Error) -> AttemptFailure {
@@ -783,6 +843,36 @@ mod tests {
         assert_eq!(auth.deregister("acme").await, Ok(Deregistration::Removed));
         assert_eq!(auth.deregister("acme").await, Ok(Deregistration::WasAbsent));
         assert!(stub.tenants().is_empty());
+    }
+
+    #[tokio::test]
+    async fn an_answer_larger_than_the_limit_is_refused_not_read() {
+        let stub = stub(None).await;
+        let auth = client(&stub);
+        for i in 0..20 {
+            auth.register(&format!("tenant-{i:02}"), "alice")
+                .await
+                .unwrap();
+        }
+        assert_eq!(auth.list().await.map(|t| t.len()), Ok(20));
+        let small = AuthClient::new(config(&stub).with_max_body_bytes(64)).unwrap();
+        let error = small.list().await.expect_err("refused");
+        assert!(
+            error.to_string().contains("larger than 64 bytes"),
+            "{error}"
+        );
+        assert_eq!(stub.calls().count("GET"), 2, "refused, not retried");
+    }
+
+    #[test]
+    fn a_token_over_plain_http_is_noticed() {
+        let config = AuthConfig::new("http://auth.example:3040", "admin").unwrap();
+        assert!(!config.sends_token_in_clear(), "no token, nothing to leak");
+        assert!(config.clone().with_token(TOKEN).sends_token_in_clear());
+        let tls = AuthConfig::new("https://auth.example", "admin")
+            .unwrap()
+            .with_token(TOKEN);
+        assert!(!tls.sends_token_in_clear());
     }
 
     #[tokio::test]
