@@ -16,7 +16,7 @@ pub use self::error::AuthError;
 
 mod config {
     use std::fmt;
-    use std::path::Path;
+    use std::path::{Path, PathBuf};
     use std::time::Duration;
 
     use reqwest::Url;
@@ -39,6 +39,8 @@ mod config {
         pub base_url: Url,
         /// Bearer token sent with every call, if the service requires one.
         pub token: Option<String>,
+        /// Where the token was read from: re-read when the file changes (a rotated Secret).
+        pub token_file: Option<PathBuf>,
         /// Timeout of one HTTP request (connect included).
         pub timeout: Duration,
         /// Admin user registered for tenants that do not name one.
@@ -54,6 +56,7 @@ mod config {
             Ok(Self {
                 base_url: parse_base_url(base_url)?,
                 token: None,
+                token_file: None,
                 timeout: DEFAULT_TIMEOUT,
                 admin_user_id: admin_user_id.into(),
                 retry: RetryPolicy::default(),
@@ -76,9 +79,13 @@ mod config {
             self
         }
 
-        /// Reads the token from a file (see [`load_token_file`]).
+        /// Reads the token from a file (see [`load_token_file`]), and again whenever the
+        /// file changes.
         pub fn with_token_file(self, path: impl AsRef<Path>) -> Result<Self, AuthError> {
-            Ok(self.with_token(load_token_file(path)?))
+            let path = path.as_ref();
+            let mut config = self.with_token(load_token_file(path)?);
+            config.token_file = Some(path.to_path_buf());
+            Ok(config)
         }
 
         pub fn with_timeout(mut self, timeout: Duration) -> Self {
@@ -359,16 +366,18 @@ mod retry {
 
 mod client {
     use std::fmt;
+    use std::path::{Path, PathBuf};
     use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::{Arc, Mutex};
     use std::time::Duration;
 
     use backon::Retryable;
-    use reqwest::header::{AUTHORIZATION, CONTENT_TYPE, HeaderMap, HeaderValue, RETRY_AFTER};
+    use reqwest::header::{AUTHORIZATION, CONTENT_TYPE, HeaderValue, RETRY_AFTER};
     use reqwest::{Method, StatusCode, Url};
     use serde::{Deserialize, Serialize};
     use tokio::time::Instant;
 
-    use super::config::{AuthConfig, RetryPolicy};
+    use super::config::{AuthConfig, RetryPolicy, load_token_file};
     use super::error::AuthError;
     use super::retry::{self, AttemptFailure};
     use super::{describe_transport_error, summarize_body, url_for_display};
@@ -398,9 +407,30 @@ mod client {
         timeout: Duration,
         budget: Duration,
         retry: RetryPolicy,
-        /// Only to scrub it from echoed response bodies.
-        token: Option<String>,
+        /// Sent as the bearer token, and scrubbed from echoed response bodies.
+        token: Arc<Mutex<Option<String>>>,
+        token_file: Option<Arc<TokenFile>>,
         max_body_bytes: usize,
+    }
+
+    /// The token's file and how it looked when last read.
+    struct TokenFile {
+        path: PathBuf,
+        read_as: Mutex<Option<FileStamp>>,
+    }
+
+    /// Modification time and size: a rewritten or swapped (Secret volume) file differs.
+    type FileStamp = (Option<std::time::SystemTime>, u64);
+
+    fn stamp_of(path: &Path) -> Option<FileStamp> {
+        let meta = std::fs::metadata(path).ok()?;
+        Some((meta.modified().ok(), meta.len()))
+    }
+
+    fn locked<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+        mutex
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     #[derive(Serialize)]
@@ -433,6 +463,9 @@ mod client {
     impl AuthClient {
         pub fn new(config: AuthConfig) -> Result<Self, AuthError> {
             config.validate()?;
+            if let Some(token) = &config.token {
+                bearer(token)?;
+            }
             if config.sends_token_in_clear() {
                 tracing::warn!(
                     url = %url_for_display(&config.base_url),
@@ -445,7 +478,6 @@ mod client {
                 .connect_timeout(config.timeout)
                 // A redirect would be a misconfigured URL; following it could send the token elsewhere.
                 .redirect(reqwest::redirect::Policy::none())
-                .default_headers(default_headers(config.token.as_deref())?)
                 .build()
                 .map_err(|error| {
                     AuthError::Config(format!("cannot build the HTTP client: {error}"))
@@ -457,7 +489,13 @@ mod client {
                 admin_user_id: config.admin_user_id,
                 timeout: config.timeout,
                 retry: config.retry,
-                token: config.token,
+                token_file: config.token_file.map(|path| {
+                    Arc::new(TokenFile {
+                        read_as: Mutex::new(stamp_of(&path)),
+                        path,
+                    })
+                }),
+                token: Arc::new(Mutex::new(config.token)),
                 max_body_bytes: config.max_body_bytes,
             })
         }
@@ -587,6 +625,12 @@ mod client {
                 .http
                 .request(call.method.clone(), call.url.clone())
                 .timeout(timeout);
+            if let Some(token) = self.current_token() {
+                // Checked when read: a token that is no header value is never kept.
+                if let Ok(value) = bearer(&token) {
+                    request = request.header(AUTHORIZATION, value);
+                }
+            }
             if let Some(body) = &call.json_body {
                 request = request
                     .header(CONTENT_TYPE, "application/json")
@@ -605,6 +649,32 @@ mod client {
                 return Ok(Reply { status, body });
             }
             Err(self.status_failure(&call.url, status, retry_after, &body))
+        }
+
+        /// The token to send: re-read first when its file changed since the last read. A
+        /// file that cannot be used (unreadable, empty, not a header value) keeps the
+        /// previous token, with a warning.
+        fn current_token(&self) -> Option<String> {
+            if let Some(file) = &self.token_file {
+                let now = stamp_of(&file.path);
+                let mut read_as = locked(&file.read_as);
+                if now.is_some() && now != *read_as {
+                    *read_as = now;
+                    match load_token_file(&file.path).and_then(|token| {
+                        bearer(&token)?;
+                        Ok(token)
+                    }) {
+                        Ok(token) => {
+                            tracing::info!(file = %file.path.display(), "re-read the Auth token file");
+                            *locked(&self.token) = Some(token);
+                        }
+                        Err(error) => {
+                            tracing::warn!(%error, "keeping the previous Auth token");
+                        }
+                    }
+                }
+            }
+            locked(&self.token).clone()
         }
 
         /// The answer's body, refused (not retried) once it passes `max_body_bytes`.
@@ -681,14 +751,14 @@ mod client {
                         url,
                         reason: format!(
                             "HTTP {status}: {}",
-                            summarize_body(body, self.token.as_deref())
+                            summarize_body(body, self.current_token().as_deref())
                         ),
                     })
                 }
                 _ => AttemptFailure::Final(AuthError::Rejected {
                     url,
                     status: status.as_u16(),
-                    body: summarize_body(body, self.token.as_deref()),
+                    body: summarize_body(body, self.current_token().as_deref()),
                 }),
             }
         }
@@ -706,19 +776,16 @@ mod client {
         }
     }
 
-    fn default_headers(token: Option<&str>) -> Result<HeaderMap, AuthError> {
-        let mut headers = HeaderMap::new();
-        if let Some(token) = token {
-            let mut value =
-                HeaderValue::from_str(&format!("Bearer {}", token.trim())).map_err(|_| {
-                    AuthError::Config(
-                        "the auth token holds characters not allowed in an HTTP header".into(),
-                    )
-                })?;
-            value.set_sensitive(true);
-            headers.insert(AUTHORIZATION, value);
-        }
-        Ok(headers)
+    /// The Authorization header of `token`, marked sensitive (never logged).
+    fn bearer(token: &str) -> Result<HeaderValue, AuthError> {
+        let mut value =
+            HeaderValue::from_str(&format!("Bearer {}", token.trim())).map_err(|_| {
+                AuthError::Config(
+                    "the auth token holds characters not allowed in an HTTP header".into(),
+                )
+            })?;
+        value.set_sensitive(true);
+        Ok(value)
     }
 
     /// Rejects ids that cannot name one path segment (`url` drops `.` and `..` segments).
@@ -862,6 +929,33 @@ mod tests {
             "{error}"
         );
         assert_eq!(stub.calls().count("GET"), 2, "refused, not retried");
+    }
+
+    /// A rotated Secret rewrites the file: the next call sends the new token; a file that
+    /// turns empty keeps the previous one.
+    #[tokio::test]
+    async fn a_changed_token_file_is_read_again() {
+        let stub = stub(Some(TOKEN)).await;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("token");
+        std::fs::write(&path, "an-old-token\n").unwrap();
+        let auth = AuthClient::new(config(&stub).with_token_file(&path).unwrap()).unwrap();
+        let refused = auth.list().await.expect_err("the old token is refused");
+        assert!(
+            matches!(refused, AuthError::Unauthorized { .. }),
+            "{refused}"
+        );
+
+        // A new size as well as a new time: the check must not depend on the clock's grain.
+        std::fs::write(&path, format!("{TOKEN}\n")).unwrap();
+        assert_eq!(auth.list().await, Ok(Vec::new()), "the new token is sent");
+
+        std::fs::write(&path, "\n").unwrap();
+        assert_eq!(
+            auth.list().await,
+            Ok(Vec::new()),
+            "an emptied file keeps the token in use"
+        );
     }
 
     #[test]
