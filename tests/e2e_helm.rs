@@ -15,7 +15,8 @@ mod tools;
 use common::*;
 use serde_json::Value;
 use tools::{
-    DryRunNamespace, client_with_monitoring_crds, documents, find, helm, kustomize, server_dry_run,
+    DryRunNamespace, client_with_monitoring_crds, documents, find, helm, helm_refused, kustomize,
+    server_dry_run,
 };
 
 const CHART: &str = "charts/neurallog-operator";
@@ -113,6 +114,21 @@ fn the_chart_renders_the_pod_and_rbac_of_deploy() {
             == crd("deploy/crd/tenants.neurallog.io.yaml"),
         "the chart's CRD is stale: copy deploy/crd/tenants.neurallog.io.yaml to charts/neurallog-operator/crds/"
     );
+}
+
+/// The journal API has no authentication of its own: the chart never publishes it.
+#[test]
+fn the_chart_refuses_to_expose_the_journal_outside_the_cluster() {
+    for exposed in ["LoadBalancer", "NodePort"] {
+        let setting = format!("service.type={exposed}");
+        let refusal = helm_refused(&["template", "x", CHART, "--set", &setting]);
+        assert!(
+            refusal.contains(&format!(
+                "service.type {exposed} would expose the operator's journal API"
+            )),
+            "{refusal}"
+        );
+    }
 }
 
 #[tokio::test]

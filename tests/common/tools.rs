@@ -80,6 +80,22 @@ fn run(program: &Path, args: &[&str]) -> String {
     String::from_utf8_lossy(&output.stdout).into_owned()
 }
 
+/// Runs helm where it must fail; returns its stderr.
+pub fn helm_refused(args: &[&str]) -> String {
+    let program = tool("NEURALLOG_HELM", "helm", "helm");
+    let output = Command::new(&program)
+        .current_dir(repo_root())
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("{} runs: {e}", program.display()));
+    assert!(
+        !output.status.success(),
+        "helm {args:?} was expected to fail and rendered:\n{}",
+        String::from_utf8_lossy(&output.stdout)
+    );
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
 /// Runs helm (`$NEURALLOG_HELM`, else the cache's).
 pub fn helm(args: &[&str]) -> String {
     run(&tool("NEURALLOG_HELM", "helm", "helm"), args)
