@@ -578,6 +578,22 @@ pub fn is_dns_label(text: &str) -> bool {
     syntax::is_dns_label(text)
 }
 
+/// A label selector of `key=value` pairs separated by commas (empty: select everything),
+/// as the operator's pod-selector flags take it; the error says which pair is wrong.
+pub fn parse_match_labels(text: &str) -> Result<BTreeMap<String, String>, String> {
+    let mut labels = BTreeMap::new();
+    for pair in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let Some((key, value)) = pair.split_once('=') else {
+            return Err(format!("{pair:?} is not key=value"));
+        };
+        let (key, value) = (key.trim(), value.trim());
+        syntax::check_label_key(key).map_err(|why| format!("label key {key:?}: {why}"))?;
+        syntax::check_label_value(value).map_err(|why| format!("label value {value:?}: {why}"))?;
+        labels.insert(key.to_string(), value.to_string());
+    }
+    Ok(labels)
+}
+
 mod syntax {
     //! Kubernetes name syntax: DNS labels and subdomains, label keys and values,
     //! environment variable names and ConfigMap/Secret keys.

@@ -17,6 +17,7 @@ use anyhow::Context as _;
 use chrono::Utc;
 use kube::ResourceExt;
 use prometheus_client::metrics::gauge::Gauge;
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -121,6 +122,14 @@ pub struct RunArgs {
     /// Port of the Auth service (tenant servers may reach it).
     #[arg(long, env = "NEURALLOG_AUTH_PORT", default_value_t = 3040)]
     auth_port: i32,
+    /// Labels (key=value,...) of the Auth pods tenant servers may reach; empty: every pod
+    /// of the Auth namespace.
+    #[arg(long, env = "NEURALLOG_AUTH_POD_SELECTOR", default_value = "", value_parser = crate::validation::parse_match_labels)]
+    auth_pod_selector: BTreeMap<String, String>,
+    /// Labels (key=value,...) of the cluster DNS pods in kube-system that tenant pods may
+    /// ask; empty: every pod of kube-system.
+    #[arg(long, env = "NEURALLOG_DNS_POD_SELECTOR", default_value = "k8s-app=kube-dns", value_parser = crate::validation::parse_match_labels)]
+    dns_pod_selector: BTreeMap<String, String>,
     /// Namespaces of ingress controllers, admitted to the server port (3030) of every
     /// tenant with network policies on (policy allow-ingress-controller). Comma-separated;
     /// an empty value admits none.
@@ -416,6 +425,8 @@ fn render_settings(args: &RunArgs) -> RenderSettings {
         tenant_auth_url: args.tenant_auth_url.clone(),
         auth_namespace: args.auth_namespace.clone(),
         auth_port: args.auth_port,
+        auth_pod_labels: args.auth_pod_selector.clone(),
+        dns_pod_labels: args.dns_pod_selector.clone(),
         cluster_domain: args.cluster_domain.clone(),
         ingress_controller_namespaces: args
             .ingress_controller_namespaces
@@ -697,6 +708,46 @@ mod tests {
                 .expect("valid")
                 .is_empty(),
             "an empty value admits no ingress controller"
+        );
+    }
+
+    fn settings(args: &[&str]) -> Result<RenderSettings, clap::Error> {
+        let parsed = Run::try_parse_from(std::iter::once("test").chain(args.iter().copied()))?;
+        Ok(render_settings(&parsed.args))
+    }
+
+    #[test]
+    fn dns_and_auth_pod_selectors_default_to_kube_dns_and_every_auth_pod() {
+        let defaults = settings(&[]).expect("valid");
+        assert_eq!(
+            defaults.dns_pod_labels,
+            BTreeMap::from([("k8s-app".to_string(), "kube-dns".to_string())])
+        );
+        assert!(defaults.auth_pod_labels.is_empty());
+        let chosen = settings(&[
+            "--auth-pod-selector",
+            "app=auth, tier=api",
+            "--dns-pod-selector",
+            "",
+        ])
+        .expect("valid");
+        assert_eq!(
+            chosen.auth_pod_labels,
+            BTreeMap::from([
+                ("app".to_string(), "auth".to_string()),
+                ("tier".to_string(), "api".to_string())
+            ])
+        );
+        assert!(chosen.dns_pod_labels.is_empty());
+        let refused = settings(&["--dns-pod-selector", "k8s-app"]).expect_err("no value");
+        assert!(
+            refused.to_string().contains("\"k8s-app\" is not key=value"),
+            "{refused}"
+        );
+        let refused = settings(&["--auth-pod-selector", "app=bad value"]).expect_err("a space");
+        assert!(
+            refused.to_string().contains("label value \"bad value\""),
+            "{refused}"
         );
     }
 

@@ -44,6 +44,11 @@ pub struct RenderSettings {
     pub auth_namespace: String,
     /// Port of the Auth service, opened for egress by the network policies.
     pub auth_port: i32,
+    /// Labels of the Auth pods in `auth_namespace` that servers may reach (empty: all).
+    pub auth_pod_labels: BTreeMap<String, String>,
+    /// Labels of the cluster DNS pods in kube-system that tenant pods may ask (empty: all
+    /// pods of kube-system).
+    pub dns_pod_labels: BTreeMap<String, String>,
     /// Cluster DNS domain, for `REDIS_HOST`.
     pub cluster_domain: String,
     /// Namespaces of ingress controllers, admitted to the server port of every tenant
@@ -69,6 +74,8 @@ impl Default for RenderSettings {
             tenant_auth_url: "http://auth.neurallog.svc.cluster.local:3040".into(),
             auth_namespace: "neurallog".into(),
             auth_port: 3040,
+            auth_pod_labels: BTreeMap::new(),
+            dns_pod_labels: string_map([("k8s-app", "kube-dns")]),
             cluster_domain: "cluster.local".into(),
             ingress_controller_namespaces: DEFAULT_INGRESS_CONTROLLER_NAMESPACES
                 .map(String::from)

@@ -50,7 +50,10 @@ pub fn network_policies(
             &["Egress"],
             vec![],
             vec![egress(
-                vec![namespaces(&["kube-system".to_string()])],
+                vec![pods_in(
+                    &["kube-system".to_string()],
+                    &settings.dns_pod_labels,
+                )],
                 vec![port(Protocol::Udp, 53), port(Protocol::Tcp, 53)],
             )],
         )?,
@@ -61,7 +64,10 @@ pub fn network_policies(
             &["Egress"],
             vec![],
             vec![egress(
-                vec![namespaces(std::slice::from_ref(&settings.auth_namespace))],
+                vec![pods_in(
+                    std::slice::from_ref(&settings.auth_namespace),
+                    &settings.auth_pod_labels,
+                )],
                 vec![port(Protocol::Tcp, settings.auth_port)],
             )],
         )?,
@@ -193,6 +199,17 @@ fn namespaces(names: &[String]) -> NetworkPolicyPeer {
     }
 }
 
+/// Pods with `labels` (all pods when empty) in the namespaces `names`.
+fn pods_in(names: &[String], labels: &BTreeMap<String, String>) -> NetworkPolicyPeer {
+    NetworkPolicyPeer {
+        pod_selector: (!labels.is_empty()).then(|| LabelSelector {
+            match_labels: Some(labels.clone()),
+            ..LabelSelector::default()
+        }),
+        ..namespaces(names)
+    }
+}
+
 /// Pods with `labels` in any namespace.
 fn pods_anywhere(labels: &BTreeMap<String, String>) -> NetworkPolicyPeer {
     NetworkPolicyPeer {
@@ -310,6 +327,43 @@ mod tests {
                 .map(String::as_str),
             Some("server")
         );
+    }
+
+    /// The peer of the one egress rule of policy `name`.
+    fn egress_peer(policies: &[NetworkPolicy], name: &str) -> NetworkPolicyPeer {
+        let policy = policies
+            .iter()
+            .find(|p| p.metadata.name.as_deref() == Some(name))
+            .unwrap_or_else(|| panic!("policy {name}"));
+        let rules = policy.spec.clone().and_then(|s| s.egress).expect("egress");
+        rules[0].to.clone().expect("to")[0].clone()
+    }
+
+    #[test]
+    fn dns_and_auth_egress_reach_only_the_selected_pods_of_their_namespace() {
+        let mut settings = RenderSettings::default();
+        let policies = network_policies(&basic(), &settings).expect("renders");
+        let dns = egress_peer(&policies, "allow-dns");
+        assert_eq!(
+            dns.pod_selector.and_then(|s| s.match_labels),
+            Some(BTreeMap::from([(
+                "k8s-app".to_string(),
+                "kube-dns".to_string()
+            )]))
+        );
+        assert!(dns.namespace_selector.is_some(), "in kube-system only");
+        let auth = egress_peer(&policies, "allow-auth-egress");
+        assert_eq!(auth.pod_selector, None, "every pod of the Auth namespace");
+
+        settings.auth_pod_labels = BTreeMap::from([("app".to_string(), "auth".to_string())]);
+        settings.dns_pod_labels = BTreeMap::new();
+        let policies = network_policies(&basic(), &settings).expect("renders");
+        let auth = egress_peer(&policies, "allow-auth-egress");
+        assert_eq!(
+            auth.pod_selector.and_then(|s| s.match_labels),
+            Some(settings.auth_pod_labels.clone())
+        );
+        assert_eq!(egress_peer(&policies, "allow-dns").pod_selector, None);
     }
 
     #[test]
