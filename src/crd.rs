@@ -58,6 +58,17 @@ pub mod limits {
     pub const MAX_RULE_DESCRIPTION: usize = 1024;
     pub const MAX_ADMIN_USER_ID: usize = 256;
     pub const MAX_PORT: i32 = 65535;
+    pub const MAX_NODE_SELECTOR: usize = 32;
+    pub const MAX_TOLERATIONS: usize = 32;
+    pub const MAX_TOPOLOGY_SPREAD: usize = 8;
+    /// The largest useful skew: more than the server's replica limit never constrains.
+    pub const MAX_SKEW: i32 = 100;
+    pub const MAX_IMAGE_PULL_SECRETS: usize = 16;
+    /// A label key: a DNS subdomain prefix (253), '/', a name (63).
+    pub const MAX_LABEL_KEY: usize = 253 + 1 + 63;
+    /// The longest `tolerationSeconds` Kubernetes keeps a pod on a tainted node for: a
+    /// year is already "forever" for an eviction delay.
+    pub const MAX_TOLERATION_SECONDS: i64 = 365 * 24 * 3600;
     /// A namespace name, a label value, the name part of a label key.
     pub const MAX_DNS_LABEL: usize = DNS_LABEL_MAX;
     /// A Secret or ConfigMap name.
@@ -170,6 +181,18 @@ pub struct TenantSpec {
     /// Registration with the NeuralLog Auth service.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub auth: Option<AuthSpec>,
+
+    /// Secrets (of type kubernetes.io/dockerconfigjson, in the tenant namespace
+    /// `tenant-<name>`) used to pull the server and Redis images from private registries.
+    /// Create them in that namespace once it exists; pods wait in ImagePullBackOff until
+    /// then.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(
+        length(max = limits::MAX_IMAGE_PULL_SECRETS),
+        inner(length(min = 1, max = limits::MAX_DNS_SUBDOMAIN))
+    )]
+    #[schemars(extend("x-kubernetes-list-type" = "set"))]
+    pub image_pull_secrets: Vec<String>,
 }
 
 /// The NeuralLog server of the tenant.
@@ -197,6 +220,23 @@ pub struct ServerSpec {
     #[schemars(length(max = limits::MAX_ENV))]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["name"]))]
     pub env: Vec<EnvVar>,
+
+    /// Run the server pods only on nodes with all these labels (a Pod's nodeSelector).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(extend("maxProperties" = limits::MAX_NODE_SELECTOR, "additionalProperties" = {"type": "string", "maxLength": limits::MAX_DNS_LABEL}))]
+    pub node_selector: BTreeMap<String, String>,
+
+    /// Taints of nodes the server pods tolerate (a Pod's tolerations).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = limits::MAX_TOLERATIONS))]
+    pub tolerations: Vec<Toleration>,
+
+    /// Spread the server pods over nodes or zones: each entry becomes a topology spread
+    /// constraint over the server pods of this tenant.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = limits::MAX_TOPOLOGY_SPREAD))]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["topologyKey"]))]
+    pub topology_spread: Vec<TopologySpread>,
 }
 
 /// An environment variable: a literal `value`, or `valueFrom` a Secret or ConfigMap key.
@@ -328,6 +368,7 @@ impl From<&str> for QuantityValue {
 /// The tenant's Redis.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("has(self.storageClassName) == has(oldSelf.storageClassName) && (!has(self.storageClassName) || self.storageClassName == oldSelf.storageClassName)").message("spec.redis.storageClassName is immutable: a StatefulSet's volume claim template cannot change; to use another class, delete the tenant and create it again"))]
 pub struct RedisSpec {
     /// Number of Redis pods. Only 1 is supported: more replicas without replication
     /// would be independent masters with different data.
@@ -362,6 +403,133 @@ pub struct RedisSpec {
     #[x_kube(validation = Rule::new(format!("self.all(k, k.matches('{REDIS_CONFIG_KEY_PATTERN}'))")).message("spec.redis.config: keys are lower-case redis.conf directives such as maxmemory-policy"))]
     #[x_kube(validation = Rule::new("self.all(k, !self[k].contains('\\n') && !self[k].contains('\\r'))").message("spec.redis.config: values must be a single line"))]
     pub config: BTreeMap<String, String>,
+
+    /// StorageClass of the Redis data volume; the cluster's default class when unset.
+    /// Cannot be changed after creation (a StatefulSet's volume claim templates are
+    /// immutable).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = limits::MAX_DNS_SUBDOMAIN))]
+    pub storage_class_name: Option<String>,
+
+    /// Run the Redis pods only on nodes with all these labels (a Pod's nodeSelector).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(extend("maxProperties" = limits::MAX_NODE_SELECTOR, "additionalProperties" = {"type": "string", "maxLength": limits::MAX_DNS_LABEL}))]
+    pub node_selector: BTreeMap<String, String>,
+
+    /// Taints of nodes the Redis pods tolerate (a Pod's tolerations).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = limits::MAX_TOLERATIONS))]
+    pub tolerations: Vec<Toleration>,
+
+    /// Spread the Redis pods over nodes or zones: each entry becomes a topology spread
+    /// constraint over the Redis pods of this tenant.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = limits::MAX_TOPOLOGY_SPREAD))]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["topologyKey"]))]
+    pub topology_spread: Vec<TopologySpread>,
+}
+
+/// A taint the pods tolerate, as in a Pod's tolerations.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("self.operator != 'Exists' || !has(self.value) || self.value == ''").message("tolerations: operator Exists takes no value"))]
+#[x_kube(validation = Rule::new("(has(self.key) && self.key != '') || self.operator == 'Exists'").message("tolerations: a toleration without a key must use operator Exists (it then tolerates every taint)"))]
+#[x_kube(validation = Rule::new("!has(self.tolerationSeconds) || (has(self.effect) && self.effect == 'NoExecute')").message("tolerations: tolerationSeconds applies only to effect NoExecute"))]
+pub struct Toleration {
+    /// The taint's key (a label key); empty with operator Exists matches every taint.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = limits::MAX_LABEL_KEY))]
+    pub key: Option<String>,
+    /// Equal (the taint's value must be `value`) or Exists (any value).
+    #[serde(default)]
+    pub operator: TolerationOperator,
+    /// The taint's value, with operator Equal.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = limits::MAX_DNS_LABEL))]
+    pub value: Option<String>,
+    /// The taint effect to tolerate: NoSchedule, PreferNoSchedule or NoExecute; every
+    /// effect when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub effect: Option<TaintEffect>,
+    /// With effect NoExecute: how long a pod stays on a node after the taint appears;
+    /// forever when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = limits::MAX_TOLERATION_SECONDS))]
+    pub toleration_seconds: Option<i64>,
+}
+
+/// How a toleration matches a taint's value.
+#[derive(
+    schemars::JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default,
+)]
+pub enum TolerationOperator {
+    #[default]
+    Equal,
+    Exists,
+}
+
+/// What a taint does to pods that do not tolerate it.
+#[derive(schemars::JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TaintEffect {
+    NoSchedule,
+    PreferNoSchedule,
+    NoExecute,
+}
+
+/// Spread a component's pods over the values of a node label.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct TopologySpread {
+    /// The node label whose values are the domains, such as kubernetes.io/hostname (one
+    /// domain per node) or topology.kubernetes.io/zone.
+    #[schemars(length(min = 1, max = limits::MAX_LABEL_KEY))]
+    pub topology_key: String,
+    /// The most the number of pods may differ between two domains.
+    #[serde(default = "one")]
+    #[schemars(range(min = 1, max = limits::MAX_SKEW))]
+    pub max_skew: i32,
+    /// DoNotSchedule (a pod that would break the skew waits) or ScheduleAnyway (the
+    /// scheduler only prefers spreading).
+    #[serde(default)]
+    pub when_unsatisfiable: WhenUnsatisfiable,
+}
+
+/// What the scheduler does with a pod that would break a spread.
+#[derive(
+    schemars::JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default,
+)]
+pub enum WhenUnsatisfiable {
+    #[default]
+    DoNotSchedule,
+    ScheduleAnyway,
+}
+
+/// Where a component's pods may run, as both specs declare it.
+#[derive(Clone, Copy, Debug)]
+pub struct Placement<'a> {
+    pub node_selector: &'a BTreeMap<String, String>,
+    pub tolerations: &'a [Toleration],
+    pub topology_spread: &'a [TopologySpread],
+}
+
+impl ServerSpec {
+    pub fn placement(&self) -> Placement<'_> {
+        Placement {
+            node_selector: &self.node_selector,
+            tolerations: &self.tolerations,
+            topology_spread: &self.topology_spread,
+        }
+    }
+}
+
+impl RedisSpec {
+    pub fn placement(&self) -> Placement<'_> {
+        Placement {
+            node_selector: &self.node_selector,
+            tolerations: &self.tolerations,
+            topology_spread: &self.topology_spread,
+        }
+    }
 }
 
 /// Network isolation of the tenant namespace.
@@ -559,6 +727,9 @@ impl Default for ServerSpec {
             image: default_server_image(),
             resources: None,
             env: Vec::new(),
+            node_selector: BTreeMap::new(),
+            tolerations: Vec::new(),
+            topology_spread: Vec::new(),
         }
     }
 }
@@ -571,6 +742,10 @@ impl Default for RedisSpec {
             resources: None,
             storage: default_redis_storage(),
             config: BTreeMap::new(),
+            storage_class_name: None,
+            node_selector: BTreeMap::new(),
+            tolerations: Vec::new(),
+            topology_spread: Vec::new(),
         }
     }
 }

@@ -45,6 +45,7 @@ pub fn validate(tenant_name: &str, spec: &TenantSpec) -> Vec<SpecProblem> {
     if let Some(auth) = &spec.auth {
         check_admin_user_id(auth.admin_user_id.as_deref(), &mut problems);
     }
+    placement::check_image_pull_secrets(&spec.image_pull_secrets, &mut problems);
     problems.0
 }
 
@@ -137,6 +138,7 @@ fn check_server(server: &ServerSpec, problems: &mut Problems) {
     check_image("spec.server.image", &server.image, problems);
     check_resources("spec.server.resources", server.resources.as_ref(), problems);
     env::check(&server.env, problems);
+    placement::check("spec.server", server.placement(), problems);
 }
 
 fn check_redis(redis: &RedisSpec, problems: &mut Problems) {
@@ -153,6 +155,8 @@ fn check_redis(redis: &RedisSpec, problems: &mut Problems) {
     check_resources("spec.redis.resources", redis.resources.as_ref(), problems);
     check_positive_quantity("spec.redis.storage", &redis.storage, Unit::Bytes, problems);
     check_redis_config(redis, problems);
+    placement::check_storage_class(redis.storage_class_name.as_deref(), problems);
+    placement::check("spec.redis", redis.placement(), problems);
 }
 
 fn check_image(field: &str, image: &str, problems: &mut Problems) {
@@ -780,11 +784,15 @@ mod syntax {
 
 #[cfg(test)]
 mod crd_agreement;
+mod placement;
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::crd::{AuthSpec, Protocol, Tenant};
+    use crate::crd::{
+        AuthSpec, Protocol, TaintEffect, Tenant, Toleration, TolerationOperator, TopologySpread,
+        WhenUnsatisfiable,
+    };
     use crate::{crd, redis_config};
     use proptest::prelude::*;
 

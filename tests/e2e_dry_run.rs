@@ -133,6 +133,76 @@ mod plausible {
             )
     }
 
+    type PlacementParts = (
+        std::collections::BTreeMap<String, String>,
+        Vec<Toleration>,
+        Vec<TopologySpread>,
+    );
+
+    fn placement() -> impl Strategy<Value = PlacementParts> {
+        let tolerations = select(
+            &[
+                (
+                    "dedicated",
+                    TolerationOperator::Equal,
+                    "neurallog",
+                    Some(TaintEffect::NoSchedule),
+                    None,
+                ),
+                (
+                    "example.com/gpu",
+                    TolerationOperator::Exists,
+                    "",
+                    None,
+                    None,
+                ),
+                ("", TolerationOperator::Exists, "", None, None),
+                (
+                    "node.kubernetes.io/unreachable",
+                    TolerationOperator::Exists,
+                    "",
+                    Some(TaintEffect::NoExecute),
+                    Some(30),
+                ),
+                (
+                    "spot",
+                    TolerationOperator::Equal,
+                    "",
+                    Some(TaintEffect::PreferNoSchedule),
+                    None,
+                ),
+            ][..],
+        )
+        .prop_map(
+            |(key, operator, value, effect, toleration_seconds)| Toleration {
+                key: (!key.is_empty()).then(|| key.to_string()),
+                operator,
+                value: (!value.is_empty()).then(|| value.to_string()),
+                effect,
+                toleration_seconds,
+            },
+        );
+        let spread = (
+            select(&["kubernetes.io/hostname", "topology.kubernetes.io/zone"][..]),
+            1..4i32,
+            any::<bool>(),
+        )
+            .prop_map(|(key, max_skew, soft)| TopologySpread {
+                topology_key: key.to_string(),
+                max_skew,
+                when_unsatisfiable: if soft {
+                    WhenUnsatisfiable::ScheduleAnyway
+                } else {
+                    WhenUnsatisfiable::DoNotSchedule
+                },
+            });
+        (
+            labels(),
+            vec(tolerations, 0..3),
+            option::of(spread).prop_map(|s| s.into_iter().collect()),
+        )
+    }
+
     pub fn spec() -> impl Strategy<Value = TenantSpec> {
         let images = select(
             &[
@@ -140,27 +210,45 @@ mod plausible {
                 "registry.local:5000/nl/server:1.2.3",
             ][..],
         );
-        let server =
-            (1..5i32, images, resources(), env()).prop_map(|(replicas, image, resources, env)| {
+        let server = (1..5i32, images, resources(), env(), placement()).prop_map(
+            |(replicas, image, resources, env, (node_selector, tolerations, topology_spread))| {
                 ServerSpec {
                     replicas,
                     image: image.to_string(),
                     resources,
                     env,
+                    node_selector,
+                    tolerations,
+                    topology_spread,
                 }
-            });
+            },
+        );
         let redis = (
             resources(),
             select(&["512Mi", "1Gi", "10Gi"][..]),
             redis_config(),
+            option::of(select(&["standard", "fast-ssd.example.com"][..])),
+            placement(),
         )
-            .prop_map(|(resources, storage, config)| RedisSpec {
-                replicas: 1,
-                image: "redis:7-alpine".into(),
-                resources,
-                storage: storage.to_string(),
-                config,
-            });
+            .prop_map(
+                |(
+                    resources,
+                    storage,
+                    config,
+                    storage_class,
+                    (node_selector, tolerations, topology_spread),
+                )| RedisSpec {
+                    replicas: 1,
+                    image: "redis:7-alpine".into(),
+                    resources,
+                    storage: storage.to_string(),
+                    config,
+                    storage_class_name: storage_class.map(str::to_string),
+                    node_selector,
+                    tolerations,
+                    topology_spread,
+                },
+            );
         let auth = option::of(
             option::of("[a-z0-9-]{1,20}").prop_map(|admin_user_id| AuthSpec { admin_user_id }),
         );
@@ -171,15 +259,28 @@ mod plausible {
             redis,
             network_policy(),
             auth,
+            vec("[a-z][a-z0-9.-]{0,20}[a-z0-9]", 0..3),
         )
             .prop_map(
-                |(display_name, description, server, redis, network_policy, auth)| TenantSpec {
+                |(
                     display_name,
                     description,
                     server,
                     redis,
                     network_policy,
                     auth,
+                    mut image_pull_secrets,
+                )| {
+                    image_pull_secrets.dedup();
+                    TenantSpec {
+                        display_name,
+                        description,
+                        server,
+                        redis,
+                        network_policy,
+                        auth,
+                        image_pull_secrets,
+                    }
                 },
             )
     }
@@ -235,6 +336,7 @@ fn rendered(tenant: &Tenant, settings: &RenderSettings) -> Result<Rendered, Stri
         policies: render::network_policies(tenant, settings).map_err(e)?,
         quota: render::resource_quota(tenant).map_err(e)?,
         limit_range: render::limit_range(tenant).map_err(e)?,
+        disruption_budget: render::server_disruption_budget(tenant).map_err(e)?,
     })
 }
 
@@ -247,6 +349,7 @@ struct Rendered {
     policies: Vec<k8s_openapi::api::networking::v1::NetworkPolicy>,
     quota: k8s_openapi::api::core::v1::ResourceQuota,
     limit_range: k8s_openapi::api::core::v1::LimitRange,
+    disruption_budget: Option<k8s_openapi::api::policy::v1::PodDisruptionBudget>,
 }
 
 /// Dry-run creates `object` in namespace `ns` (the tenant namespace does not exist here).
@@ -318,6 +421,9 @@ async fn all_admitted(client: &Client, ns: &str, r: Rendered) -> Vec<String> {
     }
     note(admitted(client, ns, r.quota).await);
     note(admitted(client, ns, r.limit_range).await);
+    if let Some(budget) = r.disruption_budget {
+        note(admitted(client, ns, budget).await);
+    }
     refused
 }
 

@@ -13,6 +13,7 @@ use backon::{ExponentialBuilder, Retryable};
 use k8s_openapi::NamespaceResourceScope;
 use k8s_openapi::api::core::v1::{Event, Namespace};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams, Preconditions};
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Api, Resource, ResourceExt};
@@ -354,7 +355,31 @@ impl<'a> Applier<'a> {
             &stores.deployments,
             Some(SERVER_DEPLOYMENT),
         )
-        .await
+        .await?;
+        match &desired.server_disruption_budget {
+            Some(budget) => self.apply(budget, &stores.disruption_budgets, None).await,
+            None => self.remove_disruption_budget().await,
+        }
+    }
+
+    /// Scaled back to one replica: the budget would only block node drains.
+    async fn remove_disruption_budget(&self) -> Result<(), Error> {
+        let ns = self.namespace();
+        let name = render::server_name(&self.name());
+        let key = ObjectRef::new(&name).within(&ns);
+        if self.ctx.stores.disruption_budgets.get(&key).is_none() {
+            return Ok(());
+        }
+        let api: Api<PodDisruptionBudget> = Api::namespaced(self.ctx.client.clone(), &ns);
+        self.ctx
+            .metrics
+            .count_write("delete", "poddisruptionbudgets");
+        let params = DeleteParams::default();
+        match retry(|| api.delete(&name, &params)).await {
+            Ok(_) => Ok(()),
+            Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
+            Err(e) => Err(write_error("PodDisruptionBudget", &name)(e)),
+        }
     }
 
     async fn ensure_registered(&self) -> Result<(), Error> {

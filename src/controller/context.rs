@@ -14,6 +14,7 @@ use crate::render::RenderSettings;
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::core::v1::{ConfigMap, LimitRange, Namespace, Pod, ResourceQuota, Service};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::runtime::reflector::Store;
 use kube::{Client, ResourceExt};
 use std::collections::HashMap;
@@ -32,6 +33,7 @@ pub struct Stores {
     pub network_policies: Store<NetworkPolicy>,
     pub quotas: Store<ResourceQuota>,
     pub limit_ranges: Store<LimitRange>,
+    pub disruption_budgets: Store<PodDisruptionBudget>,
     /// The tenants' pods, status only: why a component is not ready.
     pub pods: Store<Pod>,
 }

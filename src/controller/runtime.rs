@@ -9,6 +9,7 @@ use futures::{Stream, StreamExt};
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::core::v1::{ConfigMap, LimitRange, Namespace, Pod, ResourceQuota, Service};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::runtime::controller::{self, Controller};
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::utils::{Backoff, ResetTimerBackoff};
@@ -46,6 +47,10 @@ async fn report_readiness(
         ("networkpolicies", wait_ready(stores.network_policies)),
         ("resourcequotas", wait_ready(stores.quotas)),
         ("limitranges", wait_ready(stores.limit_ranges)),
+        (
+            "poddisruptionbudgets",
+            wait_ready(stores.disruption_budgets),
+        ),
         ("pods", wait_ready(stores.pods)),
     ];
     let mut next_report = std::time::Instant::now() + Duration::from_secs(10);
@@ -209,6 +214,7 @@ pub async fn run(
     let (network_policies, np_watch) = cache::<NetworkPolicy>(&client);
     let (quotas, quota_watch) = cache::<ResourceQuota>(&client);
     let (limit_ranges, lr_watch) = cache::<LimitRange>(&client);
+    let (disruption_budgets, pdb_watch) = cache::<PodDisruptionBudget>(&client);
     let (pods, pod_watch) = pod_cache(&client);
     let stores = Stores {
         namespaces,
@@ -219,6 +225,7 @@ pub async fn run(
         network_policies,
         quotas,
         limit_ranges,
+        disruption_budgets,
         pods,
     };
     let ctx = Arc::new(make_context(stores.clone()).with_caches_synced(ready.clone()));
@@ -245,6 +252,7 @@ pub async fn run(
         .watches_stream(np_watch, owning_tenants)
         .watches_stream(quota_watch, owning_tenants)
         .watches_stream(lr_watch, owning_tenants)
+        .watches_stream(pdb_watch, owning_tenants)
         .watches_stream(pod_watch, pod_tenant)
         .with_config(
             controller::Config::default()

@@ -3,12 +3,14 @@
 
 use super::{
     RenderError, RenderSettings, limit_range, namespace, network_policies, redis_config_map,
-    redis_service, redis_statefulset, resource_quota, server_deployment, server_service,
+    redis_service, redis_statefulset, resource_quota, server_deployment, server_disruption_budget,
+    server_service,
 };
 use crate::crd::Tenant;
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::core::v1::{ConfigMap, LimitRange, Namespace, ResourceQuota, Service};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct Desired {
@@ -21,6 +23,8 @@ pub struct Desired {
     pub redis_statefulset: StatefulSet,
     pub server_service: Service,
     pub server_deployment: Deployment,
+    /// Only with more than one server replica.
+    pub server_disruption_budget: Option<PodDisruptionBudget>,
 }
 
 impl Desired {
@@ -35,6 +39,7 @@ impl Desired {
             redis_statefulset: redis_statefulset(tenant)?,
             server_service: server_service(tenant)?,
             server_deployment: server_deployment(tenant, settings)?,
+            server_disruption_budget: server_disruption_budget(tenant)?,
         })
     }
 }

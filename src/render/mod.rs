@@ -8,6 +8,7 @@ mod labels;
 mod names;
 mod namespace;
 mod network;
+mod placement;
 mod quota;
 mod redis;
 mod resources;
@@ -28,7 +29,9 @@ pub use redis::{
     redis_service, redis_statefulset,
 };
 pub use resources::{ContainerResources, effective_resources};
-pub use server::{SERVER_PORT, server_deployment, server_name, server_service};
+pub use server::{
+    SERVER_PORT, server_deployment, server_disruption_budget, server_name, server_service,
+};
 
 use crate::crd::Tenant;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};

@@ -1,6 +1,7 @@
 //! Redis: a ConfigMap holding redis.conf, a headless Service and a StatefulSet with a volume.
 
 use super::labels::selector_labels;
+use super::placement::place;
 use super::resources::{REDIS_DEFAULTS, effective_resources};
 use super::security::{container_security, pod_security};
 use super::{RenderError, RenderSettings, child_meta, string_map};
@@ -127,7 +128,10 @@ pub fn redis_statefulset(tenant: &Tenant) -> Result<StatefulSet, RenderError> {
                 metadata: Some(pod_meta),
                 spec: Some(redis_pod(tenant)?),
             },
-            volume_claim_templates: Some(vec![data_claim(&spec.storage)]),
+            volume_claim_templates: Some(vec![data_claim(
+                &spec.storage,
+                spec.storage_class_name.as_deref(),
+            )]),
             ..StatefulSetSpec::default()
         }),
         ..StatefulSet::default()
@@ -189,7 +193,7 @@ fn redis_pod(tenant: &Tenant) -> Result<PodSpec, RenderError> {
         security_context: Some(container_security(true)),
         ..Container::default()
     };
-    Ok(PodSpec {
+    let mut pod = PodSpec {
         containers: vec![container],
         security_context: Some(pod_security(REDIS_UID)),
         automount_service_account_token: Some(false),
@@ -202,7 +206,14 @@ fn redis_pod(tenant: &Tenant) -> Result<PodSpec, RenderError> {
             ..Volume::default()
         }]),
         ..PodSpec::default()
-    })
+    };
+    place(
+        &mut pod,
+        tenant,
+        spec.placement(),
+        &selector_labels(&name, "redis"),
+    );
+    Ok(pod)
 }
 
 /// The readiness probe: Redis answers PING with PONG (an error reply fails it too).
@@ -214,7 +225,7 @@ pub fn readiness_command() -> Vec<String> {
     ]
 }
 
-fn data_claim(storage: &str) -> PersistentVolumeClaim {
+fn data_claim(storage: &str, storage_class: Option<&str>) -> PersistentVolumeClaim {
     PersistentVolumeClaim {
         metadata: ObjectMeta {
             name: Some(DATA_VOLUME.into()),
@@ -229,6 +240,7 @@ fn data_claim(storage: &str) -> PersistentVolumeClaim {
                 )])),
                 ..VolumeResourceRequirements::default()
             }),
+            storage_class_name: storage_class.map(str::to_string),
             ..PersistentVolumeClaimSpec::default()
         }),
         ..PersistentVolumeClaim::default()

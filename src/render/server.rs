@@ -1,6 +1,7 @@
 //! The NeuralLog server: a Deployment and a ClusterIP Service on port 3030.
 
 use super::labels::selector_labels;
+use super::placement::place;
 use super::redis::{REDIS_PORT, redis_host};
 use super::resources::{SERVER_DEFAULTS, effective_resources};
 use super::security::{container_security, pod_security};
@@ -14,6 +15,7 @@ use k8s_openapi::api::core::v1::{
     HTTPGetAction, PodSpec, PodTemplateSpec, Probe, SecretKeySelector, Service, ServicePort,
     ServiceSpec,
 };
+use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
@@ -80,6 +82,30 @@ pub fn server_deployment(
     })
 }
 
+/// With more than one server pod, voluntary disruptions (a node drain) take them down one
+/// at a time; with one there is nothing to keep available, and a budget would only block
+/// the drain.
+pub fn server_disruption_budget(
+    tenant: &Tenant,
+) -> Result<Option<PodDisruptionBudget>, RenderError> {
+    if tenant.spec.server.replicas <= 1 {
+        return Ok(None);
+    }
+    let name = tenant.metadata.name.clone().unwrap_or_default();
+    Ok(Some(PodDisruptionBudget {
+        metadata: child_meta(tenant, server_name(&name), Some("server"))?,
+        spec: Some(PodDisruptionBudgetSpec {
+            max_unavailable: Some(IntOrString::Int(1)),
+            selector: Some(LabelSelector {
+                match_labels: Some(selector_labels(&name, "server")),
+                ..LabelSelector::default()
+            }),
+            ..PodDisruptionBudgetSpec::default()
+        }),
+        ..PodDisruptionBudget::default()
+    }))
+}
+
 fn server_pod(tenant: &Tenant, settings: &RenderSettings) -> Result<PodSpec, RenderError> {
     let spec = &tenant.spec.server;
     let resources = effective_resources(
@@ -114,12 +140,20 @@ fn server_pod(tenant: &Tenant, settings: &RenderSettings) -> Result<PodSpec, Ren
         security_context: Some(container_security(false)),
         ..Container::default()
     };
-    Ok(PodSpec {
+    let mut pod = PodSpec {
         containers: vec![container],
         security_context: Some(pod_security(SERVER_UID)),
         automount_service_account_token: Some(false),
         ..PodSpec::default()
-    })
+    };
+    let name = tenant.metadata.name.clone().unwrap_or_default();
+    place(
+        &mut pod,
+        tenant,
+        spec.placement(),
+        &selector_labels(&name, "server"),
+    );
+    Ok(pod)
 }
 
 /// The operator's variables first, then the user's (validation refuses a user variable

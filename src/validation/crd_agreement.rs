@@ -17,7 +17,7 @@ use crate::crd::{
 use crate::redis_config::SUPPORTED_DIRECTIVES;
 
 /// Schema limits that only admission enforces, each with the reason validation leaves it.
-const ADMISSION_ONLY: [(&str, &str, &str); 3] = [
+const ADMISSION_ONLY: [(&str, &str, &str); 7] = [
     (
         ".spec.redis.config{}",
         "maxLength",
@@ -27,6 +27,26 @@ const ADMISSION_ONLY: [(&str, &str, &str); 3] = [
         ".spec.redis.storage",
         "maxLength",
         "a quantity's text length means nothing once it parses",
+    ),
+    (
+        ".spec.server.tolerations[].key",
+        "maxLength",
+        "a taint key's own form is checked, tighter: a name part of at most 63",
+    ),
+    (
+        ".spec.redis.tolerations[].key",
+        "maxLength",
+        "a taint key's own form is checked, tighter: a name part of at most 63",
+    ),
+    (
+        ".spec.server.topologySpread[].topologyKey",
+        "maxLength",
+        "a node label key's own form is checked, tighter: a name part of at most 63",
+    ),
+    (
+        ".spec.redis.topologySpread[].topologyKey",
+        "maxLength",
+        "a node label key's own form is checked, tighter: a name part of at most 63",
     ),
     (
         ".status.journal.sequence",
@@ -128,11 +148,28 @@ fn base_spec(path: &str) -> Value {
         json!({"secretKeyRef": key_ref})
     };
     let rule = json!({"description": "web", "from": {"app": "web"}, "to": {"app": "web"}, "ports": [{"port": 80}]});
+    let toleration = json!({"key": "dedicated", "operator": "Equal", "value": "nl", "effect": "NoExecute", "tolerationSeconds": 30});
+    let spread = json!({"topologyKey": "kubernetes.io/hostname", "maxSkew": 1});
     json!({
         "displayName": "Acme",
         "description": "Acme's logs",
-        "server": {"image": "server:1", "env": [{"name": "LEVEL", "valueFrom": value_from}]},
-        "redis": {"image": "redis:7", "storage": "1Gi", "config": {"maxmemory-policy": "allkeys-lru"}},
+        "imagePullSecrets": ["registry"],
+        "server": {
+            "image": "server:1",
+            "env": [{"name": "LEVEL", "valueFrom": value_from}],
+            "nodeSelector": {"pool": "web"},
+            "tolerations": [toleration.clone()],
+            "topologySpread": [spread.clone()],
+        },
+        "redis": {
+            "image": "redis:7",
+            "storage": "1Gi",
+            "config": {"maxmemory-policy": "allkeys-lru"},
+            "storageClassName": "standard",
+            "nodeSelector": {"disk": "ssd"},
+            "tolerations": [toleration],
+            "topologySpread": [spread],
+        },
         "networkPolicy": {
             "allowedNamespaces": ["monitoring"],
             "ingressRules": [rule.clone()],
@@ -171,10 +208,13 @@ fn at_bound(limit: &Limit, current: &Value, past: bool) -> Value {
         "minimum" | "minLength" | "minItems" => limit.bound - step,
         _ => limit.bound + step,
     };
-    let count = usize::try_from(bound).unwrap();
+    // Only sizes are counts; a number's bound may be past zero (minimum 0, minus one).
+    let count = || usize::try_from(bound).unwrap();
     match limit.keyword.as_str() {
-        "maxLength" | "minLength" => Value::from("a".repeat(count)),
-        "maxItems" | "minItems" => Value::from(vec![current.as_array().unwrap()[0].clone(); count]),
+        "maxLength" | "minLength" => Value::from("a".repeat(count())),
+        "maxItems" | "minItems" => {
+            Value::from(vec![current.as_array().unwrap()[0].clone(); count()])
+        }
         "maxProperties" => {
             let first = current
                 .as_object()
@@ -184,7 +224,7 @@ fn at_bound(limit: &Limit, current: &Value, past: bool) -> Value {
                 .unwrap()
                 .clone();
             Value::Object(
-                (0..count)
+                (0..count())
                     .map(|i| (format!("k{i}"), first.clone()))
                     .collect(),
             )

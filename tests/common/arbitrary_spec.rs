@@ -67,13 +67,85 @@ fn env_var() -> impl Strategy<Value = EnvVar> {
     })
 }
 
+fn label_key() -> impl Strategy<Value = String> {
+    prop_oneof![
+        text(),
+        Just("kubernetes.io/hostname".to_string()),
+        Just("topology.kubernetes.io/zone".to_string()),
+        "[a-z]{1,8}(\\.[a-z]{1,8})?/[a-zA-Z0-9._-]{0,10}",
+    ]
+}
+
+fn toleration() -> impl Strategy<Value = Toleration> {
+    let operator = prop_oneof![
+        Just(TolerationOperator::Equal),
+        Just(TolerationOperator::Exists)
+    ];
+    let effect = option::of(prop_oneof![
+        Just(TaintEffect::NoSchedule),
+        Just(TaintEffect::PreferNoSchedule),
+        Just(TaintEffect::NoExecute),
+    ]);
+    let seconds = option::of(prop_oneof![-2..100i64, any::<i64>()]);
+    (
+        option::of(label_key()),
+        operator,
+        option::of(text()),
+        effect,
+        seconds,
+    )
+        .prop_map(
+            |(key, operator, value, effect, toleration_seconds)| Toleration {
+                key,
+                operator,
+                value,
+                effect,
+                toleration_seconds,
+            },
+        )
+}
+
+fn topology_spread() -> impl Strategy<Value = TopologySpread> {
+    let when = prop_oneof![
+        Just(WhenUnsatisfiable::DoNotSchedule),
+        Just(WhenUnsatisfiable::ScheduleAnyway)
+    ];
+    (label_key(), prop_oneof![-1..4i32, any::<i32>()], when).prop_map(
+        |(topology_key, max_skew, when_unsatisfiable)| TopologySpread {
+            topology_key,
+            max_skew,
+            when_unsatisfiable,
+        },
+    )
+}
+
+/// Node selector, tolerations and topology spread, as both components take them.
+type PlacementParts = (
+    BTreeMap<String, String>,
+    Vec<Toleration>,
+    Vec<TopologySpread>,
+);
+
+fn placement() -> impl Strategy<Value = PlacementParts> {
+    (
+        btree_map(label_key(), text(), 0..3),
+        vec(toleration(), 0..3),
+        vec(topology_spread(), 0..3),
+    )
+}
+
 fn server() -> impl Strategy<Value = ServerSpec> {
-    (count(), text(), resources(), vec(env_var(), 0..4)).prop_map(
-        |(replicas, image, resources, env)| ServerSpec {
-            replicas,
-            image,
-            resources,
-            env,
+    (count(), text(), resources(), vec(env_var(), 0..4), placement()).prop_map(
+        |(replicas, image, resources, env, (node_selector, tolerations, topology_spread))| {
+            ServerSpec {
+                replicas,
+                image,
+                resources,
+                env,
+                node_selector,
+                tolerations,
+                topology_spread,
+            }
         },
     )
 }
@@ -99,14 +171,30 @@ fn redis() -> impl Strategy<Value = RedisSpec> {
         resources(),
         prop_oneof![quantity_text().prop_map(|q| q.0), text()],
         btree_map(redis_key(), value, 0..4),
+        option::of(text()),
+        placement(),
     )
-        .prop_map(|(replicas, image, resources, storage, config)| RedisSpec {
-            replicas,
-            image,
-            resources,
-            storage,
-            config,
-        })
+        .prop_map(
+            |(
+                replicas,
+                image,
+                resources,
+                storage,
+                config,
+                storage_class_name,
+                (node_selector, tolerations, topology_spread),
+            )| RedisSpec {
+                replicas,
+                image,
+                resources,
+                storage,
+                config,
+                storage_class_name,
+                node_selector,
+                tolerations,
+                topology_spread,
+            },
+        )
 }
 
 fn ports() -> impl Strategy<Value = Vec<PortRule>> {
@@ -171,15 +259,19 @@ pub fn spec() -> impl Strategy<Value = TenantSpec> {
         redis(),
         network_policy(),
         auth,
+        vec(text(), 0..3),
     )
         .prop_map(
-            |(display_name, description, server, redis, network_policy, auth)| TenantSpec {
-                display_name,
-                description,
-                server,
-                redis,
-                network_policy,
-                auth,
+            |(display_name, description, server, redis, network_policy, auth, image_pull_secrets)| {
+                TenantSpec {
+                    display_name,
+                    description,
+                    server,
+                    redis,
+                    network_policy,
+                    auth,
+                    image_pull_secrets,
+                }
             },
         )
 }

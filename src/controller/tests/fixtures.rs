@@ -24,6 +24,7 @@ use http::{Method, Request, Response};
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::core::v1::{ConfigMap, LimitRange, Namespace, Pod, ResourceQuota, Service};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::client::Body;
 use kube::runtime::controller::Action;
 use kube::runtime::reflector::ObjectRef;
@@ -406,6 +407,7 @@ watches!(
     network_policies: NetworkPolicy,
     quotas: ResourceQuota,
     limit_ranges: LimitRange,
+    disruption_budgets: PodDisruptionBudget,
     pods: Pod,
 );
 
