@@ -97,8 +97,9 @@ mod plausible {
         )
     }
 
+    /// A rule's peer selector: at least one label (validation refuses an empty one).
     fn labels() -> impl Strategy<Value = std::collections::BTreeMap<String, String>> {
-        btree_map("[a-z]{1,8}(/[a-z]{1,8})?", "[a-z0-9]{0,8}", 0..3)
+        btree_map("[a-z]{1,8}(/[a-z]{1,8})?", "[a-z0-9]{0,8}", 1..3)
     }
 
     fn network_policy() -> impl Strategy<Value = NetworkPolicySpec> {
@@ -197,7 +198,7 @@ mod plausible {
                 },
             });
         (
-            labels(),
+            btree_map("[a-z]{1,8}(/[a-z]{1,8})?", "[a-z0-9]{0,8}", 0..3),
             vec(tolerations, 0..3),
             option::of(spread).prop_map(|s| s.into_iter().collect()),
         )
@@ -259,7 +260,7 @@ mod plausible {
             redis,
             network_policy(),
             auth,
-            vec("[a-z][a-z0-9.-]{0,20}[a-z0-9]", 0..3),
+            vec("[a-z][a-z0-9-]{0,20}[a-z0-9](\\.[a-z]{1,8})?", 0..3),
         )
             .prop_map(
                 |(
@@ -271,6 +272,7 @@ mod plausible {
                     auth,
                     mut image_pull_secrets,
                 )| {
+                    image_pull_secrets.sort();
                     image_pull_secrets.dedup();
                     TenantSpec {
                         display_name,
