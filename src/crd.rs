@@ -59,6 +59,8 @@ pub mod limits {
     pub const MAX_ADMIN_USER_ID: usize = 256;
     pub const MAX_PORT: i32 = 65535;
     pub const MAX_NODE_SELECTOR: usize = 32;
+    /// A CPU target of 10 times the request is already far past any sensible one.
+    pub const MAX_CPU_TARGET_PERCENT: i32 = 1000;
     pub const MAX_TOLERATIONS: usize = 32;
     pub const MAX_TOPOLOGY_SPREAD: usize = 8;
     /// The largest useful skew: more than the server's replica limit never constrains.
@@ -199,7 +201,7 @@ pub struct TenantSpec {
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct ServerSpec {
-    /// Number of server pods (at least 1).
+    /// Number of server pods (at least 1). Ignored while `autoscaling` is set.
     #[serde(default = "one")]
     #[schemars(range(min = 1, max = limits::MAX_SERVER_REPLICAS))]
     pub replicas: i32,
@@ -220,6 +222,13 @@ pub struct ServerSpec {
     #[schemars(length(max = limits::MAX_ENV))]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["name"]))]
     pub env: Vec<EnvVar>,
+
+    /// Let a HorizontalPodAutoscaler size the server on CPU between minReplicas and
+    /// maxReplicas. The operator then leaves the replica count to it (`replicas` is
+    /// ignored), sizes the quota for maxReplicas plus one surge pod, and counts the server
+    /// ready once minReplicas pods are.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub autoscaling: Option<Autoscaling>,
 
     /// Run the server pods only on nodes with all these labels (a Pod's nodeSelector).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
@@ -427,6 +436,61 @@ pub struct RedisSpec {
     #[schemars(length(max = limits::MAX_TOPOLOGY_SPREAD))]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["topologyKey"]))]
     pub topology_spread: Vec<TopologySpread>,
+}
+
+/// Horizontal autoscaling of the server on CPU utilization.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("self.minReplicas <= self.maxReplicas").message("spec.server.autoscaling: minReplicas must not exceed maxReplicas"))]
+pub struct Autoscaling {
+    /// The fewest server pods (at least 1).
+    #[serde(default = "one")]
+    #[schemars(range(min = 1, max = limits::MAX_SERVER_REPLICAS))]
+    pub min_replicas: i32,
+    /// The most server pods.
+    #[schemars(range(min = 1, max = limits::MAX_SERVER_REPLICAS))]
+    pub max_replicas: i32,
+    /// The average CPU use the autoscaler aims for, in percent of the pods' CPU request
+    /// (above 100 lets pods use CPU beyond their request).
+    #[serde(
+        default = "default_cpu_target",
+        rename = "targetCPUUtilizationPercentage"
+    )]
+    #[schemars(range(min = 1, max = limits::MAX_CPU_TARGET_PERCENT))]
+    pub target_cpu_utilization_percentage: i32,
+}
+
+fn default_cpu_target() -> i32 {
+    80
+}
+
+/// How many server pods run: a fixed count, or the autoscaler's choice within bounds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ServerScale {
+    Fixed(i32),
+    Autoscaled { min: i32, max: i32 },
+}
+
+impl ServerScale {
+    /// The most pods the server may run (before a rollout's surge pod).
+    pub fn max(self) -> i32 {
+        match self {
+            ServerScale::Fixed(n) => n,
+            ServerScale::Autoscaled { max, .. } => max,
+        }
+    }
+}
+
+impl ServerSpec {
+    pub fn scale(&self) -> ServerScale {
+        match &self.autoscaling {
+            Some(a) => ServerScale::Autoscaled {
+                min: a.min_replicas,
+                max: a.max_replicas,
+            },
+            None => ServerScale::Fixed(self.replicas),
+        }
+    }
 }
 
 /// A taint the pods tolerate, as in a Pod's tolerations.
@@ -727,6 +791,7 @@ impl Default for ServerSpec {
             image: default_server_image(),
             resources: None,
             env: Vec::new(),
+            autoscaling: None,
             node_selector: BTreeMap::new(),
             tolerations: Vec::new(),
             topology_spread: Vec::new(),

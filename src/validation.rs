@@ -7,9 +7,9 @@
 //! panics, whatever the input.
 
 use crate::crd::{
-    EgressRule, EnvVar, EnvVarSource, IngressRule, KeyRef, MAX_TENANT_NAME_LEN, NAME_FORM_MESSAGE,
-    NetworkPolicySpec, OPERATOR_ENV, PortRule, QuantityValue, RedisSpec, RequestLimit, Resources,
-    ServerSpec, TenantSpec, limits, name_length_message,
+    Autoscaling, EgressRule, EnvVar, EnvVarSource, IngressRule, KeyRef, MAX_TENANT_NAME_LEN,
+    NAME_FORM_MESSAGE, NetworkPolicySpec, OPERATOR_ENV, PortRule, QuantityValue, RedisSpec,
+    RequestLimit, Resources, ServerSpec, TenantSpec, limits, name_length_message,
 };
 use crate::quantity::Quantity;
 use crate::redis_config::{self, quoted};
@@ -139,6 +139,47 @@ fn check_server(server: &ServerSpec, problems: &mut Problems) {
     check_resources("spec.server.resources", server.resources.as_ref(), problems);
     env::check(&server.env, problems);
     placement::check("spec.server", server.placement(), problems);
+    if let Some(autoscaling) = &server.autoscaling {
+        check_autoscaling(autoscaling, problems);
+    }
+}
+
+fn check_autoscaling(autoscaling: &Autoscaling, problems: &mut Problems) {
+    const FIELD: &str = "spec.server.autoscaling";
+    let replicas = 1..=limits::MAX_SERVER_REPLICAS;
+    for (field, count) in [
+        ("minReplicas", autoscaling.min_replicas),
+        ("maxReplicas", autoscaling.max_replicas),
+    ] {
+        if !replicas.contains(&count) {
+            problems.add(
+                format!("{FIELD}.{field}"),
+                format!(
+                    "must be from 1 to {}, found {count}",
+                    limits::MAX_SERVER_REPLICAS
+                ),
+            );
+        }
+    }
+    if autoscaling.min_replicas > autoscaling.max_replicas {
+        problems.add(
+            FIELD,
+            format!(
+                "minReplicas ({}) must not exceed maxReplicas ({})",
+                autoscaling.min_replicas, autoscaling.max_replicas
+            ),
+        );
+    }
+    let target = autoscaling.target_cpu_utilization_percentage;
+    if !(1..=limits::MAX_CPU_TARGET_PERCENT).contains(&target) {
+        problems.add(
+            format!("{FIELD}.targetCPUUtilizationPercentage"),
+            format!(
+                "must be from 1 to {}, found {target}",
+                limits::MAX_CPU_TARGET_PERCENT
+            ),
+        );
+    }
 }
 
 fn check_redis(redis: &RedisSpec, problems: &mut Problems) {

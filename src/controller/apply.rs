@@ -11,9 +11,9 @@ use crate::crd::{Tenant, namespace_for};
 use crate::render::{self, Desired, RenderError};
 use backon::{ExponentialBuilder, Retryable};
 use k8s_openapi::NamespaceResourceScope;
+use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Event, Namespace};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
-use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams, Preconditions};
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Api, Resource, ResourceExt};
@@ -28,6 +28,8 @@ use std::time::Duration;
 
 /// The one field manager for everything the operator applies.
 pub const FIELD_MANAGER: &str = "neurallog-operator";
+/// Holds the server's replica count while it passes to the autoscaler.
+const REPLICAS_HANDOVER_MANAGER: &str = "neurallog-operator-replicas-handover";
 
 /// How long a pass waits for the watch caches to show its own writes.
 const OWN_WRITES_DEADLINE: Duration = Duration::from_secs(2);
@@ -350,35 +352,91 @@ impl<'a> Applier<'a> {
             Some(SERVER_SERVICE),
         )
         .await?;
+        if desired.server_autoscaler.is_some() {
+            self.hand_replicas_to_autoscaler(&desired.server_deployment)
+                .await?;
+        }
         self.apply(
             &desired.server_deployment,
             &stores.deployments,
             Some(SERVER_DEPLOYMENT),
         )
         .await?;
+        let server = render::server_name(&self.name());
+        match &desired.server_autoscaler {
+            Some(autoscaler) => self.apply(autoscaler, &stores.autoscalers, None).await?,
+            // Autoscaling turned off: the Deployment's apply above set the count again.
+            None => self.remove_cached(&stores.autoscalers, &server).await?,
+        }
         match &desired.server_disruption_budget {
             Some(budget) => self.apply(budget, &stores.disruption_budgets, None).await,
-            None => self.remove_disruption_budget().await,
+            // Back to one replica: the budget would only block node drains.
+            None => {
+                self.remove_cached(&stores.disruption_budgets, &server)
+                    .await
+            }
         }
     }
 
-    /// Scaled back to one replica: the budget would only block node drains.
-    async fn remove_disruption_budget(&self) -> Result<(), Error> {
+    /// Before the first apply of a Deployment without `replicas` (autoscaling turned on),
+    /// another field manager takes over the count the operator set. An apply that drops a
+    /// field its manager alone owned resets it to the default, one pod, until the
+    /// autoscaler scales up again; shared, the field keeps its value and the autoscaler
+    /// owns it from then on.
+    async fn hand_replicas_to_autoscaler(&self, desired: &Deployment) -> Result<(), Error> {
         let ns = self.namespace();
-        let name = render::server_name(&self.name());
+        let name = desired.metadata.name.clone().unwrap_or_default();
         let key = ObjectRef::new(&name).within(&ns);
-        if self.ctx.stores.disruption_budgets.get(&key).is_none() {
+        let Some(live) = self.ctx.stores.deployments.get(&key) else {
+            return Ok(());
+        };
+        let (body, hash) = with_hash(desired)?;
+        let observed = serde_json::to_value(live.as_ref()).map_err(Error::Serialize)?;
+        if is_up_to_date(&strip_hash(&body), &observed, &hash) {
             return Ok(());
         }
-        let api: Api<PodDisruptionBudget> = Api::namespaced(self.ctx.client.clone(), &ns);
-        self.ctx
-            .metrics
-            .count_write("delete", "poddisruptionbudgets");
+        let Some(replicas) = live.spec.as_ref().and_then(|s| s.replicas) else {
+            return Ok(());
+        };
+        let api: Api<Deployment> = Api::namespaced(self.ctx.client.clone(), &ns);
+        let handover = json!({
+            "apiVersion": "apps/v1",
+            "kind": "Deployment",
+            "metadata": {"name": name, "namespace": ns},
+            "spec": {"replicas": replicas},
+        });
+        let params = PatchParams::apply(REPLICAS_HANDOVER_MANAGER).force();
+        self.ctx.metrics.count_write("patch", "deployments");
+        let patch = Patch::Apply(&handover);
+        retry(|| api.patch(&name, &params, &patch))
+            .await
+            .map_err(write_error("Deployment", &name))?;
+        Ok(())
+    }
+
+    /// Deletes `name` in the tenant namespace if `store` shows it: an object the spec no
+    /// longer asks for.
+    async fn remove_cached<K>(&self, store: &Store<K>, name: &str) -> Result<(), Error>
+    where
+        K: Resource<DynamicType = (), Scope = NamespaceResourceScope>
+            + Clone
+            + Debug
+            + DeserializeOwned
+            + Send
+            + Sync
+            + 'static,
+    {
+        let ns = self.namespace();
+        if store.get(&ObjectRef::new(name).within(&ns)).is_none() {
+            return Ok(());
+        }
+        let api: Api<K> = Api::namespaced(self.ctx.client.clone(), &ns);
+        self.ctx.metrics.count_write("delete", &K::plural(&()));
         let params = DeleteParams::default();
-        match retry(|| api.delete(&name, &params)).await {
+        match retry(|| api.delete(name, &params)).await {
             Ok(_) => Ok(()),
             Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
-            Err(e) => Err(write_error("PodDisruptionBudget", &name)(e)),
+            Err(e) => Err(write_error(&K::kind(&()), name)(e)),
         }
     }
 

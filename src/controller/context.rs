@@ -12,6 +12,7 @@ use crate::journal::{Journal, JournalError, RecoveryMark};
 use crate::metrics::Metrics;
 use crate::render::RenderSettings;
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
+use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::core::v1::{ConfigMap, LimitRange, Namespace, Pod, ResourceQuota, Service};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
@@ -34,6 +35,7 @@ pub struct Stores {
     pub quotas: Store<ResourceQuota>,
     pub limit_ranges: Store<LimitRange>,
     pub disruption_budgets: Store<PodDisruptionBudget>,
+    pub autoscalers: Store<HorizontalPodAutoscaler>,
     /// The tenants' pods, status only: why a component is not ready.
     pub pods: Store<Pod>,
 }

@@ -61,7 +61,7 @@ pub fn derive_input(phase: Phase, facts: TenantFacts, obs: &Observation) -> Opti
         Phase::ProvisioningServer => all_ready.then_some(Trigger::AllReady),
         Phase::Running if spec_changed => Some(Trigger::SpecChanged),
         Phase::Running => {
-            (!(obs.redis.is_ready() && obs.server.is_ready())).then_some(Trigger::ComponentLost)
+            (obs.redis.is_lost() || obs.server.is_lost()).then_some(Trigger::ComponentLost)
         }
         Phase::Updating | Phase::Degraded | Phase::Stalled if spec_changed => {
             Some(Trigger::SpecChanged)
@@ -219,6 +219,7 @@ mod tests {
                 ready: 0,
                 desired: 1,
                 current: true,
+                ..WorkloadState::default()
             },
             ..obs()
         }

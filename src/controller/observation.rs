@@ -2,6 +2,7 @@
 //! need. Built from the watch caches by `Observer`; everything here is pure.
 
 use super::failures::{PodProblem, WriteFailure};
+use crate::crd::ServerScale;
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::core::v1::Namespace;
 
@@ -25,11 +26,29 @@ pub struct WorkloadState {
     /// The controller has seen the current object generation, the object is what the
     /// operator renders now, and every replica runs the current template and is ready.
     pub current: bool,
+    /// Autoscaled: the fewest ready replicas that count as ready (`desired` is then the
+    /// autoscaler's current count, which it may raise at any time).
+    pub autoscaled_min: Option<i32>,
+    /// Autoscaled and the controller has not yet seen the object's generation: the
+    /// autoscaler (or the operator) just changed it, and the status is from before. Not
+    /// ready yet, and not lost either.
+    pub settling: bool,
 }
 
 impl WorkloadState {
     pub fn is_ready(&self) -> bool {
-        self.exists && self.current && self.ready >= self.desired
+        self.exists && self.current && self.ready >= self.required()
+    }
+
+    /// Whether a pass should treat the workload as lost: not ready, and not merely between
+    /// an autoscaler's change and the controller's answer to it.
+    pub fn is_lost(&self) -> bool {
+        !self.is_ready() && !self.settling
+    }
+
+    /// Ready replicas needed: every one, or an autoscaled workload's minimum.
+    pub fn required(&self) -> i32 {
+        self.autoscaled_min.unwrap_or(self.desired)
     }
 
     pub fn readiness(&self) -> neurallog_machines::Readiness {
@@ -46,6 +65,7 @@ impl WorkloadState {
             ready: n,
             desired: n,
             current: true,
+            ..WorkloadState::default()
         }
     }
 }
@@ -160,40 +180,57 @@ pub fn statefulset_state(
             && revision_rolled
             && status.updated_replicas.unwrap_or(0) >= desired
             && status.replicas <= desired,
+        ..WorkloadState::default()
     }
 }
 
 pub fn deployment_state(
     deployment: Option<&Deployment>,
-    desired: i32,
+    scale: ServerScale,
     matches_desired: bool,
 ) -> WorkloadState {
+    let (desired, autoscaled_min) = match scale {
+        ServerScale::Fixed(n) => (n, None),
+        // The autoscaler's current count, which the Deployment holds.
+        ServerScale::Autoscaled { min, .. } => (
+            deployment
+                .and_then(|d| d.spec.as_ref())
+                .and_then(|s| s.replicas)
+                .unwrap_or(min),
+            Some(min),
+        ),
+    };
     let Some(deployment) = deployment else {
         return WorkloadState {
             desired,
+            autoscaled_min,
             ..WorkloadState::default()
         };
     };
     let status = deployment.status.clone().unwrap_or_default();
     let generation_seen = status.observed_generation >= deployment.metadata.generation;
     let ready = status.ready_replicas.unwrap_or(0);
+    let required = autoscaled_min.unwrap_or(desired);
     WorkloadState {
         exists: true,
         ready,
         desired,
         // Old pods still terminating count in `replicas`: the rollout is done when only
-        // updated ones remain.
+        // updated ones remain (an autoscaled one needs its minimum of them).
         current: matches_desired
             && generation_seen
-            && status.updated_replicas.unwrap_or(0) >= desired
+            && status.updated_replicas.unwrap_or(0) >= required
             && status.replicas.unwrap_or(0) <= desired
-            && status.available_replicas.unwrap_or(0) >= desired,
+            && status.available_replicas.unwrap_or(0) >= required,
+        autoscaled_min,
+        settling: autoscaled_min.is_some() && !generation_seen,
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::crd::ServerScale;
     use k8s_openapi::api::apps::v1::{DeploymentStatus, StatefulSetStatus};
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
@@ -223,24 +260,81 @@ mod tests {
 
     #[test]
     fn a_deployment_is_ready_only_when_rolled_out_at_the_current_generation() {
-        assert!(deployment_state(Some(&deployment(2, 2, 2, 2, 2)), 2, true).is_ready());
         assert!(
-            !deployment_state(Some(&deployment(3, 2, 2, 2, 2)), 2, true).is_ready(),
+            deployment_state(
+                Some(&deployment(2, 2, 2, 2, 2)),
+                ServerScale::Fixed(2),
+                true
+            )
+            .is_ready()
+        );
+        assert!(
+            !deployment_state(
+                Some(&deployment(3, 2, 2, 2, 2)),
+                ServerScale::Fixed(2),
+                true
+            )
+            .is_ready(),
             "generation not observed"
         );
         assert!(
-            !deployment_state(Some(&deployment(2, 2, 3, 1, 2)), 2, true).is_ready(),
+            !deployment_state(
+                Some(&deployment(2, 2, 3, 1, 2)),
+                ServerScale::Fixed(2),
+                true
+            )
+            .is_ready(),
             "rollout in progress"
         );
         assert!(
-            !deployment_state(Some(&deployment(2, 2, 2, 2, 1)), 2, true).is_ready(),
+            !deployment_state(
+                Some(&deployment(2, 2, 2, 2, 1)),
+                ServerScale::Fixed(2),
+                true
+            )
+            .is_ready(),
             "a pod not ready"
         );
         assert!(
-            !deployment_state(Some(&deployment(2, 2, 2, 2, 2)), 2, false).is_ready(),
+            !deployment_state(
+                Some(&deployment(2, 2, 2, 2, 2)),
+                ServerScale::Fixed(2),
+                false
+            )
+            .is_ready(),
             "drifted from desired"
         );
-        assert!(!deployment_state(None, 2, true).is_ready());
+        assert!(!deployment_state(None, ServerScale::Fixed(2), true).is_ready());
+    }
+
+    fn autoscaled(deployment: Deployment, spec_replicas: i32) -> WorkloadState {
+        let mut deployment = deployment;
+        deployment.spec = Some(k8s_openapi::api::apps::v1::DeploymentSpec {
+            replicas: Some(spec_replicas),
+            ..Default::default()
+        });
+        deployment_state(
+            Some(&deployment),
+            ServerScale::Autoscaled { min: 2, max: 5 },
+            true,
+        )
+    }
+
+    #[test]
+    fn an_autoscaled_deployment_is_ready_with_its_minimum_and_settles_after_a_scale() {
+        // The autoscaler raised the count to 4; 2 of them are ready: the minimum.
+        let scaling_up = autoscaled(deployment(5, 5, 4, 4, 2), 4);
+        assert!(scaling_up.is_ready());
+        assert_eq!((scaling_up.ready, scaling_up.desired), (2, 4));
+        // Just scaled, the controller has not answered yet: not ready, not lost.
+        let just_scaled = autoscaled(deployment(6, 5, 4, 4, 4), 5);
+        assert!(!just_scaled.is_ready());
+        assert!(just_scaled.settling && !just_scaled.is_lost());
+        // Below the minimum, with the generation seen: lost.
+        let below_minimum = autoscaled(deployment(6, 6, 3, 3, 1), 3);
+        assert!(below_minimum.is_lost());
+        // A rollout (old pods beyond the count) is not done.
+        assert!(!autoscaled(deployment(6, 6, 5, 3, 3), 3).is_ready());
     }
 
     #[test]

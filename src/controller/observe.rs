@@ -83,7 +83,7 @@ impl Context {
         let redis = statefulset_state(sts.as_deref(), tenant.spec.redis.replicas, redis_matches);
         let server = deployment_state(
             deployment.as_deref(),
-            tenant.spec.server.replicas,
+            tenant.spec.server.scale(),
             server_matches,
         );
         let now = Utc::now();

@@ -7,6 +7,7 @@ use crate::crd::Tenant;
 use crate::render;
 use futures::{Stream, StreamExt};
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
+use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::core::v1::{ConfigMap, LimitRange, Namespace, Pod, ResourceQuota, Service};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
@@ -51,6 +52,7 @@ async fn report_readiness(
             "poddisruptionbudgets",
             wait_ready(stores.disruption_budgets),
         ),
+        ("horizontalpodautoscalers", wait_ready(stores.autoscalers)),
         ("pods", wait_ready(stores.pods)),
     ];
     let mut next_report = std::time::Instant::now() + Duration::from_secs(10);
@@ -215,6 +217,7 @@ pub async fn run(
     let (quotas, quota_watch) = cache::<ResourceQuota>(&client);
     let (limit_ranges, lr_watch) = cache::<LimitRange>(&client);
     let (disruption_budgets, pdb_watch) = cache::<PodDisruptionBudget>(&client);
+    let (autoscalers, hpa_watch) = cache::<HorizontalPodAutoscaler>(&client);
     let (pods, pod_watch) = pod_cache(&client);
     let stores = Stores {
         namespaces,
@@ -226,6 +229,7 @@ pub async fn run(
         quotas,
         limit_ranges,
         disruption_budgets,
+        autoscalers,
         pods,
     };
     let ctx = Arc::new(make_context(stores.clone()).with_caches_synced(ready.clone()));
@@ -253,6 +257,7 @@ pub async fn run(
         .watches_stream(quota_watch, owning_tenants)
         .watches_stream(lr_watch, owning_tenants)
         .watches_stream(pdb_watch, owning_tenants)
+        .watches_stream(hpa_watch, owning_tenants)
         .watches_stream(pod_watch, pod_tenant)
         .with_config(
             controller::Config::default()

@@ -3,11 +3,12 @@
 
 use super::{
     RenderError, RenderSettings, limit_range, namespace, network_policies, redis_config_map,
-    redis_service, redis_statefulset, resource_quota, server_deployment, server_disruption_budget,
-    server_service,
+    redis_service, redis_statefulset, resource_quota, server_autoscaler, server_deployment,
+    server_disruption_budget, server_service,
 };
 use crate::crd::Tenant;
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
+use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::core::v1::{ConfigMap, LimitRange, Namespace, ResourceQuota, Service};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
@@ -25,6 +26,8 @@ pub struct Desired {
     pub server_deployment: Deployment,
     /// Only with more than one server replica.
     pub server_disruption_budget: Option<PodDisruptionBudget>,
+    /// Only with `spec.server.autoscaling`.
+    pub server_autoscaler: Option<HorizontalPodAutoscaler>,
 }
 
 impl Desired {
@@ -40,6 +43,7 @@ impl Desired {
             server_service: server_service(tenant)?,
             server_deployment: server_deployment(tenant, settings)?,
             server_disruption_budget: server_disruption_budget(tenant)?,
+            server_autoscaler: server_autoscaler(tenant)?,
         })
     }
 }

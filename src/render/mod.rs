@@ -30,7 +30,8 @@ pub use redis::{
 };
 pub use resources::{ContainerResources, effective_resources};
 pub use server::{
-    SERVER_PORT, server_deployment, server_disruption_budget, server_name, server_service,
+    SERVER_PORT, server_autoscaler, server_deployment, server_disruption_budget, server_name,
+    server_service,
 };
 
 use crate::crd::Tenant;

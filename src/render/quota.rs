@@ -1,5 +1,6 @@
 //! A ResourceQuota and LimitRange for the tenant namespace, derived from the spec: room
-//! for every replica of each component plus one rolling-update surge pod.
+//! for every replica of each component (the most an autoscaled server may run) plus one
+//! rolling-update surge pod.
 
 use super::resources::{
     ContainerResources, REDIS_DEFAULTS, ResourceDefaults, SERVER_DEFAULTS, effective_resources,
@@ -19,7 +20,7 @@ pub const LIMIT_RANGE_NAME: &str = "tenant-limits";
 pub fn resource_quota(tenant: &Tenant) -> Result<ResourceQuota, RenderError> {
     let server = &tenant.spec.server;
     let redis = &tenant.spec.redis;
-    let server_pods = i64::from(server.replicas) + 1;
+    let server_pods = i64::from(server.scale().max()) + 1;
     let redis_pods = i64::from(redis.replicas) + 1;
     let server_each = effective_resources(
         server.resources.as_ref(),

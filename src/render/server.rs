@@ -6,9 +6,13 @@ use super::redis::{REDIS_PORT, redis_host};
 use super::resources::{SERVER_DEFAULTS, effective_resources};
 use super::security::{container_security, pod_security};
 use super::{RenderError, RenderSettings, child_meta};
-use crate::crd::{EnvVar, Tenant};
+use crate::crd::{EnvVar, ServerScale, Tenant};
 use k8s_openapi::api::apps::v1::{
     Deployment, DeploymentSpec, DeploymentStrategy, RollingUpdateDeployment,
+};
+use k8s_openapi::api::autoscaling::v2::{
+    CrossVersionObjectReference, HorizontalPodAutoscaler, HorizontalPodAutoscalerSpec, MetricSpec,
+    MetricTarget, ResourceMetricSource,
 };
 use k8s_openapi::api::core::v1::{
     ConfigMapKeySelector, Container, ContainerPort, EnvVar as K8sEnvVar, EnvVarSource,
@@ -59,7 +63,12 @@ pub fn server_deployment(
     Ok(Deployment {
         metadata: child_meta(tenant, server_name(&name), Some("server"))?,
         spec: Some(DeploymentSpec {
-            replicas: Some(tenant.spec.server.replicas),
+            // Autoscaled: the count is the autoscaler's, and an apply without the field
+            // leaves it alone (see `Applier::hand_replicas_to_autoscaler`).
+            replicas: match tenant.spec.server.scale() {
+                ServerScale::Fixed(n) => Some(n),
+                ServerScale::Autoscaled { .. } => None,
+            },
             selector: LabelSelector {
                 match_labels: Some(selector_labels(&name, "server")),
                 ..LabelSelector::default()
@@ -82,13 +91,47 @@ pub fn server_deployment(
     })
 }
 
-/// With more than one server pod, voluntary disruptions (a node drain) take them down one
-/// at a time; with one there is nothing to keep available, and a budget would only block
-/// the drain.
+/// A HorizontalPodAutoscaler of the server Deployment on CPU, when the spec asks for one.
+pub fn server_autoscaler(tenant: &Tenant) -> Result<Option<HorizontalPodAutoscaler>, RenderError> {
+    let Some(autoscaling) = &tenant.spec.server.autoscaling else {
+        return Ok(None);
+    };
+    let name = tenant.metadata.name.clone().unwrap_or_default();
+    Ok(Some(HorizontalPodAutoscaler {
+        metadata: child_meta(tenant, server_name(&name), Some("server"))?,
+        spec: Some(HorizontalPodAutoscalerSpec {
+            scale_target_ref: CrossVersionObjectReference {
+                api_version: Some("apps/v1".into()),
+                kind: "Deployment".into(),
+                name: server_name(&name),
+            },
+            min_replicas: Some(autoscaling.min_replicas),
+            max_replicas: autoscaling.max_replicas,
+            metrics: Some(vec![MetricSpec {
+                type_: "Resource".into(),
+                resource: Some(ResourceMetricSource {
+                    name: "cpu".into(),
+                    target: MetricTarget {
+                        type_: "Utilization".into(),
+                        average_utilization: Some(autoscaling.target_cpu_utilization_percentage),
+                        ..MetricTarget::default()
+                    },
+                }),
+                ..MetricSpec::default()
+            }]),
+            ..HorizontalPodAutoscalerSpec::default()
+        }),
+        ..HorizontalPodAutoscaler::default()
+    }))
+}
+
+/// With more than one server pod (or an autoscaler that may run more), voluntary
+/// disruptions (a node drain) take them down one at a time; with one there is nothing to
+/// keep available, and a budget would only block the drain.
 pub fn server_disruption_budget(
     tenant: &Tenant,
 ) -> Result<Option<PodDisruptionBudget>, RenderError> {
-    if tenant.spec.server.replicas <= 1 {
+    if tenant.spec.server.scale().max() <= 1 {
         return Ok(None);
     }
     let name = tenant.metadata.name.clone().unwrap_or_default();

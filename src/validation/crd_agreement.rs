@@ -157,6 +157,7 @@ fn base_spec(path: &str) -> Value {
         "server": {
             "image": "server:1",
             "env": [{"name": "LEVEL", "valueFrom": value_from}],
+            "autoscaling": {"minReplicas": 1, "maxReplicas": 1, "targetCPUUtilizationPercentage": 80},
             "nodeSelector": {"pool": "web"},
             "tolerations": [toleration.clone()],
             "topologySpread": [spread.clone()],

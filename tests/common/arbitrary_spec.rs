@@ -142,6 +142,7 @@ fn server() -> impl Strategy<Value = ServerSpec> {
                 image,
                 resources,
                 env,
+                autoscaling: None,
                 node_selector,
                 tolerations,
                 topology_spread,

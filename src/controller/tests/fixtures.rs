@@ -22,6 +22,7 @@ use futures::FutureExt;
 use http::header::CONTENT_TYPE;
 use http::{Method, Request, Response};
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
+use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::core::v1::{ConfigMap, LimitRange, Namespace, Pod, ResourceQuota, Service};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
@@ -408,6 +409,7 @@ watches!(
     quotas: ResourceQuota,
     limit_ranges: LimitRange,
     disruption_budgets: PodDisruptionBudget,
+    autoscalers: HorizontalPodAutoscaler,
     pods: Pod,
 );
 
