@@ -33,7 +33,7 @@ use kube::api::{Patch, PatchParams};
 use kube::{Api, Client};
 use neurallog_auth_stub::AuthStub;
 use neurallog_operator::controller::observation::{deployment_state, statefulset_state};
-use neurallog_operator::crd::Tenant;
+use neurallog_operator::crd::{ServerScale, Tenant};
 use operator::OperatorProcess;
 use report::{Convergence, OperatorFigures, Results, Resync};
 use settings::Settings;
@@ -193,7 +193,7 @@ async fn converge_baseline(client: &Client, settings: &Settings) -> anyhow::Resu
         baseline::workload_selector(),
         settings.tenants,
         settings.timeout,
-        move |d| deployment_state(Some(d), server_replicas, true).is_ready(),
+        move |d| deployment_state(Some(d), ServerScale::Fixed(server_replicas), true).is_ready(),
     ));
     let processes = cpu::Processes::of_cluster(&settings.cluster_dir);
     let window = Window::open(client, &processes).await?;
