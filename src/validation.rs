@@ -831,8 +831,8 @@ mod placement;
 mod tests {
     use super::*;
     use crate::crd::{
-        AuthSpec, Protocol, TaintEffect, Tenant, Toleration, TolerationOperator, TopologySpread,
-        WhenUnsatisfiable,
+        AuthSpec, Autoscaling, Protocol, TaintEffect, Tenant, Toleration, TolerationOperator,
+        TopologySpread, WhenUnsatisfiable,
     };
     use crate::{crd, redis_config};
     use proptest::prelude::*;

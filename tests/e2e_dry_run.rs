@@ -211,19 +211,36 @@ mod plausible {
                 "registry.local:5000/nl/server:1.2.3",
             ][..],
         );
-        let server = (1..5i32, images, resources(), env(), placement()).prop_map(
-            |(replicas, image, resources, env, (node_selector, tolerations, topology_spread))| {
-                ServerSpec {
-                    replicas,
-                    image: image.to_string(),
-                    resources,
-                    env,
-                    node_selector,
-                    tolerations,
-                    topology_spread,
-                }
+        let autoscaling = option::of((1..4i32, 0..4i32, 1..200i32).prop_map(
+            |(min_replicas, extra, target)| Autoscaling {
+                min_replicas,
+                max_replicas: min_replicas + extra,
+                target_cpu_utilization_percentage: target,
             },
-        );
+        ));
+        let server = (
+            (1..5i32, images, resources(), env()),
+            autoscaling,
+            placement(),
+        )
+            .prop_map(
+                |(
+                    (replicas, image, resources, env),
+                    autoscaling,
+                    (node_selector, tolerations, topology_spread),
+                )| {
+                    ServerSpec {
+                        replicas,
+                        image: image.to_string(),
+                        resources,
+                        env,
+                        autoscaling,
+                        node_selector,
+                        tolerations,
+                        topology_spread,
+                    }
+                },
+            );
         let redis = (
             resources(),
             select(&["512Mi", "1Gi", "10Gi"][..]),
@@ -339,6 +356,7 @@ fn rendered(tenant: &Tenant, settings: &RenderSettings) -> Result<Rendered, Stri
         quota: render::resource_quota(tenant).map_err(e)?,
         limit_range: render::limit_range(tenant).map_err(e)?,
         disruption_budget: render::server_disruption_budget(tenant).map_err(e)?,
+        autoscaler: render::server_autoscaler(tenant).map_err(e)?,
     })
 }
 
@@ -352,6 +370,7 @@ struct Rendered {
     quota: k8s_openapi::api::core::v1::ResourceQuota,
     limit_range: k8s_openapi::api::core::v1::LimitRange,
     disruption_budget: Option<k8s_openapi::api::policy::v1::PodDisruptionBudget>,
+    autoscaler: Option<k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler>,
 }
 
 /// Dry-run creates `object` in namespace `ns` (the tenant namespace does not exist here).
@@ -425,6 +444,9 @@ async fn all_admitted(client: &Client, ns: &str, r: Rendered) -> Vec<String> {
     note(admitted(client, ns, r.limit_range).await);
     if let Some(budget) = r.disruption_budget {
         note(admitted(client, ns, budget).await);
+    }
+    if let Some(autoscaler) = r.autoscaler {
+        note(admitted(client, ns, autoscaler).await);
     }
     refused
 }

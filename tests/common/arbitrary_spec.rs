@@ -135,20 +135,40 @@ fn placement() -> impl Strategy<Value = PlacementParts> {
 }
 
 fn server() -> impl Strategy<Value = ServerSpec> {
-    (count(), text(), resources(), vec(env_var(), 0..4), placement()).prop_map(
-        |(replicas, image, resources, env, (node_selector, tolerations, topology_spread))| {
-            ServerSpec {
+    let autoscaling = option::of((count(), count(), prop_oneof![-1..300i32, any::<i32>()]).prop_map(
+        |(min_replicas, max_replicas, target_cpu_utilization_percentage)| Autoscaling {
+            min_replicas,
+            max_replicas,
+            target_cpu_utilization_percentage,
+        },
+    ));
+    (
+        count(),
+        text(),
+        resources(),
+        vec(env_var(), 0..4),
+        autoscaling,
+        placement(),
+    )
+        .prop_map(
+            |(
                 replicas,
                 image,
                 resources,
                 env,
-                autoscaling: None,
+                autoscaling,
+                (node_selector, tolerations, topology_spread),
+            )| ServerSpec {
+                replicas,
+                image,
+                resources,
+                env,
+                autoscaling,
                 node_selector,
                 tolerations,
                 topology_spread,
-            }
-        },
-    )
+            },
+        )
 }
 
 fn redis_key() -> impl Strategy<Value = String> {
