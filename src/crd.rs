@@ -600,12 +600,14 @@ impl RedisSpec {
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct NetworkPolicySpec {
-    /// Create NetworkPolicies: deny by default, allow traffic inside the namespace, from
-    /// `allowedNamespaces`, DNS, and the custom rules.
+    /// Create NetworkPolicies: deny by default; Redis accepts only its own server pods on
+    /// 6379; the server port 3030 is open to the tenant's namespace, `allowedNamespaces` and
+    /// the ingress controllers; DNS and Auth egress; then the custom rules.
     #[serde(default = "yes")]
     pub enabled: bool,
 
-    /// Namespaces whose pods may reach the tenant's server. Empty means none.
+    /// Namespaces whose pods may reach the tenant's server port (3030), never Redis. Empty
+    /// means none.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(
         length(max = limits::MAX_ALLOWED_NAMESPACES),
@@ -616,12 +618,13 @@ pub struct NetworkPolicySpec {
     )]
     pub allowed_namespaces: Vec<NamespaceName>,
 
-    /// Extra ingress rules, one NetworkPolicy each.
+    /// Extra ingress rules, one NetworkPolicy each, into the server pods only (never Redis)
+    /// from pods of the tenant's namespace or of `allowedNamespaces`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = limits::MAX_RULES))]
     pub ingress_rules: Vec<IngressRule>,
 
-    /// Extra egress rules, one NetworkPolicy each.
+    /// Extra egress rules, one NetworkPolicy each, out of the server pods only.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = limits::MAX_RULES))]
     pub egress_rules: Vec<EgressRule>,
@@ -630,7 +633,8 @@ pub struct NetworkPolicySpec {
 /// A namespace name (a DNS label).
 pub type NamespaceName = String;
 
-/// Allow traffic into the tenant namespace from pods with these labels.
+/// Allow traffic into the tenant's server pods (never Redis) from pods with these labels
+/// in the tenant's namespace or in `allowedNamespaces`.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
 #[serde(rename_all = "camelCase")]
 pub struct IngressRule {
@@ -638,17 +642,19 @@ pub struct IngressRule {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = limits::MAX_RULE_DESCRIPTION))]
     pub description: Option<String>,
-    /// Labels of the pods (in any namespace) allowed in.
+    /// Labels of the pods allowed in; they must run in the tenant's namespace or in one of
+    /// `allowedNamespaces` (pods elsewhere are not admitted). Empty means every pod there.
     #[serde(default)]
     #[schemars(extend("maxProperties" = limits::MAX_RULE_LABELS, "additionalProperties" = {"type": "string", "maxLength": limits::MAX_DNS_LABEL}))]
     pub from: BTreeMap<String, String>,
-    /// Ports the rule opens; empty means all.
+    /// Ports of the server pods the rule opens; empty means all ports of the server pods
+    /// (never Redis's).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = limits::MAX_RULE_PORTS))]
     pub ports: Vec<PortRule>,
 }
 
-/// Allow traffic out of the tenant namespace to pods with these labels.
+/// Allow traffic out of the tenant's server pods (not Redis) to pods with these labels.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
 #[serde(rename_all = "camelCase")]
 pub struct EgressRule {
@@ -656,7 +662,7 @@ pub struct EgressRule {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = limits::MAX_RULE_DESCRIPTION))]
     pub description: Option<String>,
-    /// Labels of the pods (in any namespace) the tenant may reach.
+    /// Labels of the pods (in any namespace) the server may reach. Empty means every pod.
     #[serde(default)]
     #[schemars(extend("maxProperties" = limits::MAX_RULE_LABELS, "additionalProperties" = {"type": "string", "maxLength": limits::MAX_DNS_LABEL}))]
     pub to: BTreeMap<String, String>,

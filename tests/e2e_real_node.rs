@@ -518,6 +518,9 @@ async fn network_policies_isolate_tenants_with_real_connections() {
     let a_redis = pod_ip(&pod_on_node(&env.client, &a_ns, &format!("{isolated}-redis-")).await);
     let a_server = service_ip(&a_ns, &format!("{isolated}-server"));
     let a_server_dns = format!("{isolated}-server.{a_ns}.svc.cluster.local");
+    let a_server_pod = pod_on_node(&env.client, &a_ns, &format!("{isolated}-server-"))
+        .await
+        .name_any();
     let b_ns = ns_of(&neighbour);
     let b_server_pod = pod_on_node(&env.client, &b_ns, &format!("{neighbour}-server-"))
         .await
@@ -529,6 +532,14 @@ async fn network_policies_isolate_tenants_with_real_connections() {
     let c_server = service_ip(&c_ns, &format!("{open}-server"));
 
     assert_reach(&[
+        // Redis answers its own server (the one client it admits).
+        (
+            &a_ns,
+            &a_server_pod,
+            Redis(&a_redis),
+            true,
+            "its own server -> Redis",
+        ),
         // An allowed namespace reaches the server (by Service name and ClusterIP), not Redis.
         (
             &allowed_ns,
@@ -751,8 +762,10 @@ fn cgroup_cpu_quota(namespace: &str, pod: &str) -> (i64, i64) {
 }
 
 /// The guide's custom rules, with real connections: an ingress rule admits pods with its
-/// labels to its port and nothing else; an egress rule lets the server reach pods with its
-/// labels on its port, and no other pod.
+/// labels from the tenant's allowed namespaces only, to the server only (a rule without
+/// ports never opens Redis); an egress rule lets the server reach pods with its labels on
+/// its port, and no other pod. The rows of tests/network_isolation.rs that real pods can
+/// realise (the stand-in listens on the server port only).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn custom_rules_open_exactly_what_they_say() {
     if !real_node() {
@@ -762,22 +775,30 @@ async fn custom_rules_open_exactly_what_they_say() {
     let name = format!("{}-r", env.run);
     let _cleanup = TenantCleanup(vec![name.clone()]);
     let front_ns = format!("real-node-front-{}", env.run);
+    let stranger_ns = format!("real-node-stranger-{}", env.run);
     let db_ns = format!("real-node-db-{}", env.run);
-    let _namespaces = NamespaceCleanup(vec![front_ns.clone(), db_ns.clone()]);
-    let yaml = "apiVersion: neurallog.io/v1\nkind: Tenant\nmetadata:\n  name: x\nspec:\n  networkPolicy:\n    enabled: true\n    ingressRules:\n      - description: Allow ingress from the web front end\n        from: {app: web-frontend}\n        ports: [{protocol: TCP, port: 3030}]\n    egressRules:\n      - description: Allow egress to the database\n        to: {app: database}\n        ports: [{protocol: TCP, port: 5432}]\n";
-    let mut tenant = tenant_from_yaml(yaml, &name, &env.run);
+    let _namespaces = NamespaceCleanup(vec![front_ns.clone(), stranger_ns.clone(), db_ns.clone()]);
+    let yaml = format!(
+        "apiVersion: neurallog.io/v1\nkind: Tenant\nmetadata:\n  name: x\nspec:\n  networkPolicy:\n    enabled: true\n    allowedNamespaces: [{front_ns}]\n    ingressRules:\n      - description: Allow ingress from the web front end\n        from: {{app: web-frontend}}\n        ports: [{{protocol: TCP, port: 3030}}]\n      - description: Every port of the server, from the web pods\n        from: {{app: web}}\n    egressRules:\n      - description: Allow egress to the database\n        to: {{app: database}}\n        ports: [{{protocol: TCP, port: 5432}}]\n"
+    );
+    let mut tenant = tenant_from_yaml(&yaml, &name, &env.run);
     tenant.spec.server.image = local_image("server-standin");
     tenant.spec.redis.image = local_image("redis");
     apply_tenant(&env.client, &tenant).await;
     let sleep = r#"command: ["sleep", "3600"]"#;
-    standin_pod(&front_ns, "web", "{app: web-frontend}", sleep);
-    standin_pod(&front_ns, "plain", "{}", sleep);
+    standin_pod(&front_ns, "web", "{app: web}", sleep);
+    standin_pod(&stranger_ns, "web", "{app: web}", sleep);
+    standin_pod(&stranger_ns, "frontend", "{app: web-frontend}", sleep);
     // Stand-ins listening on 5432: they answer HTTP (503: they have no Redis) when reached.
     let listen = r#"env: [{name: PORT, value: "5432"}, {name: REDIS_HOST, value: "127.0.0.1"}, {name: REDIS_PORT, value: "1"}]"#;
     standin_pod(&db_ns, "database", "{app: database}", listen);
     standin_pod(&db_ns, "elsewhere", "{app: other}", listen);
     wait_for_phase(&env.client, &name, "Running", PROVISION).await;
-    for (ns, pod) in [(&front_ns, "web"), (&front_ns, "plain")] {
+    for (ns, pod) in [
+        (&front_ns, "web"),
+        (&stranger_ns, "web"),
+        (&stranger_ns, "frontend"),
+    ] {
         pod_on_node(&env.client, ns, pod).await;
     }
     let database = pod_ip(&running_pod(&env.client, &db_ns, "database").await);
@@ -796,21 +817,35 @@ async fn custom_rules_open_exactly_what_they_say() {
             "web",
             Server(&server),
             true,
-            "a pod with the rule's labels -> server port",
+            "an allowed namespace's pod with the rule's labels -> server",
         ),
         (
             &front_ns,
             "web",
             Redis(&redis),
             false,
-            "a pod with the rule's labels -> Redis (not the rule's port) is refused",
+            "a rule without ports does not open Redis",
         ),
         (
-            &front_ns,
-            "plain",
+            &stranger_ns,
+            "frontend",
             Server(&server),
             false,
-            "a pod without the rule's labels -> server is refused",
+            "the rule's labels in a namespace not allowed -> server is refused",
+        ),
+        (
+            &stranger_ns,
+            "web",
+            Server(&server),
+            false,
+            "the port-less rule's labels in a namespace not allowed -> server is refused",
+        ),
+        (
+            &stranger_ns,
+            "web",
+            Redis(&redis),
+            false,
+            "the port-less rule's labels in a namespace not allowed -> Redis is refused",
         ),
         (
             &ns,

@@ -2,9 +2,10 @@
 //! needs and what its spec asks for.
 
 use super::labels::selector_labels;
+use super::redis::REDIS_PORT;
 use super::server::SERVER_PORT;
 use super::{RenderError, RenderSettings, child_meta};
-use crate::crd::{PortRule, Protocol, Tenant};
+use crate::crd::{PortRule, Protocol, Tenant, namespace_for};
 use k8s_openapi::api::networking::v1::{
     NetworkPolicy, NetworkPolicyEgressRule, NetworkPolicyIngressRule, NetworkPolicyPeer,
     NetworkPolicyPort, NetworkPolicySpec,
@@ -26,6 +27,8 @@ pub fn network_policies(
         return Ok(Vec::new());
     }
     let name = tenant.metadata.name.clone().unwrap_or_default();
+    let server = || pods_of(&name, "server");
+    let redis = || pods_of(&name, "redis");
     let mut policies = vec![
         policy(
             tenant,
@@ -35,13 +38,50 @@ pub fn network_policies(
             vec![],
             vec![],
         )?,
+        // Redis has no password: only its own server may connect, and only to Redis's port.
         policy(
             tenant,
-            "allow-internal-traffic",
+            "allow-redis-from-server",
+            redis(),
+            &["Ingress"],
+            vec![ingress(
+                vec![pods_here(server())],
+                vec![port(Protocol::Tcp, REDIS_PORT)],
+            )],
+            vec![],
+        )?,
+        policy(
+            tenant,
+            "allow-server-to-redis",
+            server(),
+            &["Egress"],
+            vec![],
+            vec![egress(
+                vec![pods_here(redis())],
+                vec![port(Protocol::Tcp, REDIS_PORT)],
+            )],
+        )?,
+        // Pods of the tenant namespace reach the server port. Their egress to the server
+        // pods is open on every port: the server's ingress policies decide (the port 3030
+        // here, a custom ingress rule's ports for its peers in this namespace).
+        policy(
+            tenant,
+            "allow-server-from-namespace",
+            server(),
+            &["Ingress"],
+            vec![ingress(
+                vec![pods_here(all_pods())],
+                vec![port(Protocol::Tcp, SERVER_PORT)],
+            )],
+            vec![],
+        )?,
+        policy(
+            tenant,
+            "allow-egress-to-server",
             all_pods(),
-            &["Ingress", "Egress"],
-            vec![ingress(vec![same_namespace()], vec![])],
-            vec![egress(vec![same_namespace()], vec![])],
+            &["Egress"],
+            vec![],
+            vec![egress(vec![pods_here(server())], vec![])],
         )?,
         policy(
             tenant,
@@ -60,7 +100,7 @@ pub fn network_policies(
         policy(
             tenant,
             "allow-auth-egress",
-            pods_of(&name, "server"),
+            server(),
             &["Egress"],
             vec![],
             vec![egress(
@@ -88,13 +128,24 @@ pub fn network_policies(
             &settings.ingress_controller_namespaces,
         )?);
     }
+    // A custom rule's peers: pods with its labels in the tenant's namespace or an allowed
+    // one. It selects the server pods only, so even "all ports" never opens Redis.
+    let mut rule_namespaces = vec![namespace_for(&name)];
+    for allowed in &spec.allowed_namespaces {
+        if !rule_namespaces.contains(allowed) {
+            rule_namespaces.push(allowed.clone());
+        }
+    }
     for (i, rule) in spec.ingress_rules.iter().enumerate() {
         policies.push(policy(
             tenant,
             &format!("custom-ingress-{i}"),
-            all_pods(),
+            server(),
             &["Ingress"],
-            vec![ingress(vec![pods_anywhere(&rule.from)], ports(&rule.ports))],
+            vec![ingress(
+                vec![pods_in(&rule_namespaces, &rule.from)],
+                ports(&rule.ports),
+            )],
             vec![],
         )?);
     }
@@ -102,7 +153,7 @@ pub fn network_policies(
         policies.push(policy(
             tenant,
             &format!("custom-egress-{i}"),
-            all_pods(),
+            server(),
             &["Egress"],
             vec![],
             vec![egress(vec![pods_anywhere(&rule.to)], ports(&rule.ports))],
@@ -178,9 +229,10 @@ fn pods_of(tenant: &str, component: &str) -> LabelSelector {
     }
 }
 
-fn same_namespace() -> NetworkPolicyPeer {
+/// Pods matching `selector` in the policy's own namespace.
+fn pods_here(selector: LabelSelector) -> NetworkPolicyPeer {
     NetworkPolicyPeer {
-        pod_selector: Some(LabelSelector::default()),
+        pod_selector: Some(selector),
         ..NetworkPolicyPeer::default()
     }
 }
@@ -267,7 +319,10 @@ mod tests {
             names(&policies),
             [
                 "default-deny-all",
-                "allow-internal-traffic",
+                "allow-redis-from-server",
+                "allow-server-to-redis",
+                "allow-server-from-namespace",
+                "allow-egress-to-server",
                 "allow-dns",
                 "allow-auth-egress"
             ]
@@ -447,10 +502,25 @@ mod tests {
                 port: 5432,
             }],
         }];
+        tenant.spec.network_policy.allowed_namespaces = vec!["monitoring".into()];
         let policies = network_policies(&tenant, &RenderSettings::default()).expect("renders");
         let all = names(&policies);
         assert!(all.contains(&"custom-ingress-0".to_string()));
         assert!(all.contains(&"custom-egress-0".to_string()));
+        for name in ["custom-ingress-0", "custom-egress-0"] {
+            let policy = policies
+                .iter()
+                .find(|p| p.metadata.name.as_deref() == Some(name))
+                .expect("policy");
+            let selected = policy.spec.as_ref().and_then(|s| s.pod_selector.clone());
+            assert_eq!(
+                selected.and_then(|s| s.match_labels),
+                Some(selector_labels("my-tenant", "server")),
+                "{name} selects the server pods only"
+            );
+        }
+        let (namespaces, _) = ingress_of(&policies, "custom-ingress-0");
+        assert_eq!(namespaces, ["tenant-my-tenant", "monitoring"]);
         tenant.spec.network_policy.enabled = false;
         assert!(
             network_policies(&tenant, &RenderSettings::default())
