@@ -170,6 +170,12 @@ pub struct TenantSpec {
     /// Registration with the NeuralLog Auth service.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub auth: Option<AuthSpec>,
+
+    /// While true, the API server refuses to delete this Tenant, and so its namespace and
+    /// data (the ValidatingAdmissionPolicy neurallog-tenant-deletion-protection, installed
+    /// with the CRD). Set it to false first to delete the tenant. Default false.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub deletion_protection: bool,
 }
 
 /// The NeuralLog server of the tenant.

@@ -171,15 +171,25 @@ mod plausible {
             redis,
             network_policy(),
             auth,
+            proptest::bool::ANY,
         )
             .prop_map(
-                |(display_name, description, server, redis, network_policy, auth)| TenantSpec {
+                |(
                     display_name,
                     description,
                     server,
                     redis,
                     network_policy,
                     auth,
+                    deletion_protection,
+                )| TenantSpec {
+                    display_name,
+                    description,
+                    server,
+                    redis,
+                    network_policy,
+                    auth,
+                    deletion_protection,
                 },
             )
     }

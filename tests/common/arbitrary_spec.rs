@@ -171,15 +171,17 @@ pub fn spec() -> impl Strategy<Value = TenantSpec> {
         redis(),
         network_policy(),
         auth,
+        proptest::bool::ANY,
     )
         .prop_map(
-            |(display_name, description, server, redis, network_policy, auth)| TenantSpec {
+            |(display_name, description, server, redis, network_policy, auth, deletion_protection)| TenantSpec {
                 display_name,
                 description,
                 server,
                 redis,
                 network_policy,
                 auth,
+                deletion_protection,
             },
         )
 }
