@@ -40,3 +40,4 @@ bench: ## Converge N tenants with the operator and with a plain client on a benc
 crd:
 	cargo run -q -- crd > deploy/crd/tenants.neurallog.io.yaml
 	cp deploy/crd/tenants.neurallog.io.yaml charts/neurallog-operator/crds/tenants.neurallog.io.yaml
+	cp deploy/crd/tenant_deletion_protection.yaml charts/neurallog-operator/crds/tenant_deletion_protection.yaml

@@ -195,6 +195,12 @@ pub struct TenantSpec {
     )]
     #[schemars(extend("x-kubernetes-list-type" = "set"))]
     pub image_pull_secrets: Vec<String>,
+
+    /// While true, the API server refuses to delete this Tenant, and so its namespace and
+    /// data (the ValidatingAdmissionPolicy neurallog-tenant-deletion-protection, installed
+    /// with the CRD). Set it to false first to delete the tenant. Default false.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub deletion_protection: bool,
 }
 
 /// The NeuralLog server of the tenant.

@@ -32,7 +32,7 @@ struct Uninstall;
 
 impl Drop for Uninstall {
     fn drop(&mut self) {
-        let deletions: [&[&str]; 4] = [
+        let deletions: [&[&str]; 5] = [
             &[
                 "delete",
                 "clusterrolebinding,clusterrole",
@@ -52,6 +52,13 @@ impl Drop for Uninstall {
                 "neurallog-operator-events",
                 "-n",
                 "default",
+            ],
+            // The write policy names this install's ServiceAccount; the deletion protection
+            // is the CRD's, shared like it.
+            &[
+                "delete",
+                "validatingadmissionpolicybinding,validatingadmissionpolicy",
+                "neurallog-operator-writes",
             ],
             &["delete", "namespace", NAMESPACE, "--timeout=120s"],
         ];
@@ -194,5 +201,33 @@ async fn the_kustomize_install_applies_cleanly_and_becomes_available() {
     assert!(
         !can_i("list", "secrets"),
         "the operator must not list secrets"
+    );
+
+    // The write policy is in force for the install's ServiceAccount: RBAC would let it
+    // create a Deployment in kube-system (a dry run), the API server refuses.
+    let attempt = [
+        "create",
+        "deployment",
+        "neurallog-admission-probe",
+        "--image=registry.invalid/none",
+        "-n",
+        "kube-system",
+        "--dry-run=server",
+        &operator,
+    ];
+    let attempt = &attempt;
+    let refusal = wait_for(
+        "the API server to enforce neurallog-operator-writes",
+        INSTALL,
+        move || async move {
+            let (ok, _, stderr) = kubectl_stdin(attempt, "");
+            (!ok && stderr.contains("ValidatingAdmissionPolicy 'neurallog-operator-writes'"))
+                .then_some(stderr)
+        },
+    )
+    .await;
+    assert!(
+        refusal.contains("kube-system is not one of them"),
+        "{refusal}"
     );
 }

@@ -278,6 +278,7 @@ mod plausible {
             network_policy(),
             auth,
             vec("[a-z][a-z0-9-]{0,20}[a-z0-9](\\.[a-z]{1,8})?", 0..3),
+            proptest::bool::ANY,
         )
             .prop_map(
                 |(
@@ -288,6 +289,7 @@ mod plausible {
                     network_policy,
                     auth,
                     mut image_pull_secrets,
+                    deletion_protection,
                 )| {
                     image_pull_secrets.sort();
                     image_pull_secrets.dedup();
@@ -299,6 +301,7 @@ mod plausible {
                         network_policy,
                         auth,
                         image_pull_secrets,
+                        deletion_protection,
                     }
                 },
             )

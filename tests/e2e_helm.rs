@@ -2,7 +2,8 @@
 //! CRD), and its output, with every optional part switched on, is accepted by the API
 //! server (`kubectl apply --server-side --dry-run=server`: validated and admitted, never
 //! stored): monitoring (with the Prometheus Operator's CRDs, installed from its published
-//! manifests), the Grafana dashboard, the roles for people. Helm is built from its Go
+//! manifests), the Grafana dashboard, the roles for people, the admission policies (the
+//! release's ServiceAccount confined to its tenant namespaces; deletion protection). Helm is built from its Go
 //! module by tests/cluster/build.sh.
 
 // Tests and benches may unwrap (clippy.toml covers only `#[test]` functions).
@@ -108,12 +109,32 @@ fn the_chart_renders_the_pod_and_rbac_of_deploy() {
             find(&deploy, kind, name)["metadata"]["namespace"]
         );
     }
+    // The admission policies: the release's names are deploy/'s for this release.
+    for (kind, name) in [
+        ("ValidatingAdmissionPolicy", "neurallog-operator-writes"),
+        (
+            "ValidatingAdmissionPolicyBinding",
+            "neurallog-operator-writes",
+        ),
+    ] {
+        assert!(find(&deploy, kind, name)["spec"].is_object());
+        assert_eq!(
+            find(&chart, kind, name)["spec"],
+            find(&deploy, kind, name)["spec"],
+            "the chart's {kind} {name} differs from deploy/"
+        );
+    }
     let crd = |path: &str| std::fs::read_to_string(repo_root().join(path)).expect(path);
-    assert!(
-        crd("charts/neurallog-operator/crds/tenants.neurallog.io.yaml")
-            == crd("deploy/crd/tenants.neurallog.io.yaml"),
-        "the chart's CRD is stale: copy deploy/crd/tenants.neurallog.io.yaml to charts/neurallog-operator/crds/"
-    );
+    for file in [
+        "tenants.neurallog.io.yaml",
+        "tenant_deletion_protection.yaml",
+    ] {
+        assert!(
+            crd(&format!("charts/neurallog-operator/crds/{file}"))
+                == crd(&format!("deploy/crd/{file}")),
+            "the chart's crds/{file} is stale: `make crd` copies deploy/crd/{file}"
+        );
+    }
 }
 
 /// The journal API has no authentication of its own: the chart never publishes it.
@@ -165,6 +186,8 @@ async fn the_rendered_chart_is_accepted_by_the_api_server() {
             "Service",
             "ServiceAccount",
             "ServiceMonitor",
+            "ValidatingAdmissionPolicy",
+            "ValidatingAdmissionPolicyBinding",
         ],
         "every optional part is rendered"
     );
@@ -198,6 +221,36 @@ async fn the_rendered_chart_is_accepted_by_the_api_server() {
             .any(|e| e["name"] == "NEURALLOG_AUTH_TOKEN_FILE"
                 && e["value"] == "/var/run/secrets/neurallog/auth/token"),
         "the token Secret becomes a file the operator reads: {env}"
+    );
+
+    // The write policy confines this release's ServiceAccount, in its namespace.
+    let policy = find(
+        &docs,
+        "ValidatingAdmissionPolicy",
+        &format!("{release}-neurallog-operator-writes"),
+    );
+    assert_eq!(
+        policy["spec"]["matchConditions"][0]["expression"],
+        format!(
+            "request.userInfo.username == 'system:serviceaccount:{}:{release}-neurallog-operator'",
+            namespace.0
+        )
+    );
+    let operator_namespace = policy["spec"]["variables"]
+        .as_array()
+        .expect("variables")
+        .iter()
+        .find(|v| v["name"] == "operatorNamespace")
+        .expect("the operator's namespace")["expression"]
+        .clone();
+    assert_eq!(operator_namespace, format!("'{}'", namespace.0));
+    assert_eq!(
+        find(
+            &docs,
+            "ValidatingAdmissionPolicyBinding",
+            &format!("{release}-neurallog-operator-writes"),
+        )["spec"]["policyName"],
+        policy["metadata"]["name"]
     );
 
     // The CRD as the harness's manager: the same content, so it co-owns and cannot conflict.

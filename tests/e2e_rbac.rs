@@ -5,127 +5,33 @@
 //!
 //! The RBAC objects are deploy/'s own rules under unique names (a sandbox namespace
 //! instead of `neurallog-system`, prefixed role and binding names), so this test runs
-//! alongside e2e_deploy, which installs the real names.
+//! alongside e2e_deploy, which installs the real names. deploy/'s admission policy that
+//! confines the operator's writes is in force for the sandbox's ServiceAccount too
+//! (tests/common/sandbox.rs): the lifecycle also proves that it refuses nothing the
+//! operator needs.
 
 // Tests and benches may unwrap (clippy.toml covers only `#[test]` functions).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
+#[path = "common/sandbox.rs"]
+mod sandbox;
 
 use common::*;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Namespace;
 use k8s_openapi::api::networking::v1::NetworkPolicy;
-use kube::api::{DeleteParams, PostParams};
+use kube::api::DeleteParams;
 use kube::{Api, Client};
 use neurallog_operator::crd::Tenant;
-use serde::Deserialize;
-use serde_json::{Value, json};
+use sandbox::{SERVICE_ACCOUNT, Sandbox};
+use serde_json::json;
 use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
 const CUSTOMIZED: &str = include_str!("../examples/customized-tenant.yaml");
 const PROVISION: Duration = Duration::from_secs(120);
-const DEPLOY_NAMESPACE: &str = "neurallog-system";
-const SERVICE_ACCOUNT: &str = "neurallog-operator";
-const RBAC_KINDS: [&str; 5] = [
-    "ServiceAccount",
-    "ClusterRole",
-    "ClusterRoleBinding",
-    "Role",
-    "RoleBinding",
-];
-
-/// The RBAC objects of `kubectl kustomize deploy/`.
-fn deploy_rbac() -> Vec<Value> {
-    let deploy_dir = repo_root().join("deploy");
-    let rendered = kubectl(&["kustomize", deploy_dir.to_str().expect("a UTF-8 path")]);
-    serde_yaml::Deserializer::from_str(&rendered)
-        .map(|doc| Value::deserialize(doc).expect("YAML documents"))
-        .filter(|doc| RBAC_KINDS.contains(&doc["kind"].as_str().unwrap_or_default()))
-        .collect()
-}
-
-/// Moves `neurallog-system` to `sandbox` and prefixes role and binding names with it.
-fn relocate(mut object: Value, sandbox: &str) -> Value {
-    let prefixed = |name: &Value| json!(format!("{sandbox}-{}", name.as_str().unwrap_or_default()));
-    if object["metadata"]["namespace"] == DEPLOY_NAMESPACE {
-        object["metadata"]["namespace"] = json!(sandbox);
-    }
-    if object["kind"] != "ServiceAccount" {
-        object["metadata"]["name"] = prefixed(&object["metadata"]["name"]);
-    }
-    if let Some(name) = object.pointer("/roleRef/name").cloned() {
-        object["roleRef"]["name"] = prefixed(&name);
-    }
-    if let Some(subjects) = object.get_mut("subjects").and_then(Value::as_array_mut) {
-        for subject in subjects {
-            if subject["namespace"] == DEPLOY_NAMESPACE {
-                subject["namespace"] = json!(sandbox);
-            }
-        }
-    }
-    object
-}
-
-/// Removes the sandbox's RBAC objects and namespace; runs even when the test fails.
-struct Sandbox {
-    namespace: String,
-    objects: Vec<Value>,
-}
-
-impl Sandbox {
-    async fn create(client: &Client, namespace: &str) -> Sandbox {
-        let namespaces: Api<Namespace> = Api::all(client.clone());
-        let ns: Namespace =
-            serde_json::from_value(json!({"metadata": {"name": namespace}})).expect("a namespace");
-        namespaces
-            .create(&PostParams::default(), &ns)
-            .await
-            .expect("the sandbox namespace is created");
-        let objects: Vec<Value> = deploy_rbac()
-            .into_iter()
-            .map(|o| relocate(o, namespace))
-            .collect();
-        let list = json!({"apiVersion": "v1", "kind": "List", "items": objects});
-        let (ok, _, stderr) =
-            kubectl_stdin(&["apply", "--server-side", "-f", "-"], &list.to_string());
-        assert!(ok, "the RBAC of deploy/ applies: {stderr}");
-        Sandbox {
-            namespace: namespace.to_string(),
-            objects,
-        }
-    }
-}
-
-impl Drop for Sandbox {
-    fn drop(&mut self) {
-        let list = json!({"apiVersion": "v1", "kind": "List", "items": self.objects});
-        let deletions = [
-            (
-                vec!["delete", "--ignore-not-found", "-f", "-"],
-                list.to_string(),
-            ),
-            (
-                vec![
-                    "delete",
-                    "namespace",
-                    &self.namespace,
-                    "--ignore-not-found",
-                    "--wait=false",
-                ],
-                String::new(),
-            ),
-        ];
-        for (args, input) in deletions {
-            let (ok, _, stderr) = kubectl_stdin(&args, &input);
-            if !ok {
-                eprintln!("cleanup: kubectl {args:?} failed: {stderr}");
-            }
-        }
-    }
-}
 
 /// `kubectl auth can-i` as `who` (`--as=...` with the admin kubeconfig, or the token's).
 fn can_i(kubeconfig: &Path, who: &[&str], verb: &str, resource: &str, scope: &[&str]) -> bool {
@@ -205,9 +111,7 @@ async fn the_operator_runs_a_tenant_lifecycle_with_exactly_the_rbac_of_deploy() 
     install_crd(&client).await;
     let run = unique("rbac");
     let sandbox = Sandbox::create(&client, &run).await;
-    let token = service_account_token(&client, &sandbox.namespace, SERVICE_ACCOUNT).await;
-    let dir = tempfile::tempdir().expect("temp dir");
-    let operator_kubeconfig = token_kubeconfig(&token, &dir.path().join("operator.kubeconfig"));
+    let operator_kubeconfig = sandbox.operator_kubeconfig(&client).await;
     assert_no_secret_access(&operator_kubeconfig, &sandbox.namespace);
 
     let _leftovers = TenantCleanup(vec![run.clone()]);

@@ -1409,7 +1409,7 @@ patches:
 /// Deletes what deploy/ (or the chart) installed, but the shared CRD: the fixed names
 /// that tests/e2e_deploy.rs and e2e_helm.rs use too (test files run one after another).
 fn uninstall() {
-    let deletions: [&[&str]; 4] = [
+    let deletions: [&[&str]; 5] = [
         &[
             "delete",
             "clusterrolebinding,clusterrole",
@@ -1429,6 +1429,13 @@ fn uninstall() {
             "delete",
             "rolebinding,role",
             "neurallog-operator-events",
+        ],
+        // The write policy names the install's ServiceAccount (the chart's release has the
+        // same name); the deletion protection is the CRD's, shared like it.
+        &[
+            "delete",
+            "validatingadmissionpolicybinding,validatingadmissionpolicy",
+            "neurallog-operator-writes",
         ],
         &["delete", "namespace", OPERATOR_NS, "--wait=false"],
     ];

@@ -281,9 +281,19 @@ pub fn spec() -> impl Strategy<Value = TenantSpec> {
         network_policy(),
         auth,
         vec(text(), 0..3),
+        proptest::bool::ANY,
     )
         .prop_map(
-            |(display_name, description, server, redis, network_policy, auth, image_pull_secrets)| {
+            |(
+                display_name,
+                description,
+                server,
+                redis,
+                network_policy,
+                auth,
+                image_pull_secrets,
+                deletion_protection,
+            )| {
                 TenantSpec {
                     display_name,
                     description,
@@ -292,6 +302,7 @@ pub fn spec() -> impl Strategy<Value = TenantSpec> {
                     network_policy,
                     auth,
                     image_pull_secrets,
+                    deletion_protection,
                 }
             },
         )
