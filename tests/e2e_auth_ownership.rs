@@ -20,7 +20,8 @@ use std::time::Duration;
 const BASIC: &str = include_str!("../examples/basic-tenant.yaml");
 const LONG: Duration = Duration::from_secs(120);
 
-/// Another cluster's registration of `name`, made straight at the stub.
+/// Another cluster's registration of `name`, made straight at the stub; the stub's call
+/// log then starts afresh, to hold the operator's calls only.
 async fn register_elsewhere(auth: &AuthStubHandle, name: &str) {
     let response = reqwest::Client::new()
         .post(format!("{}/api/tenants", auth.url()))
@@ -29,6 +30,7 @@ async fn register_elsewhere(auth: &AuthStubHandle, name: &str) {
         .await
         .expect("the stub answers");
     assert_eq!(response.status(), 201);
+    auth.reset_calls();
 }
 
 /// The Auth calls the stub answered: `(method, path, status)`.
