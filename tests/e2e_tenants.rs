@@ -427,10 +427,12 @@ async fn an_auth_outage_shows_as_reconciling_and_heals_by_itself() {
         PROVISION,
     )
     .await;
+    // Redis is ready, but the move to ProvisioningServer journals the intent to register
+    // the name, and waits until Auth said the name is free.
     let waiting = tenants(&env.client).get(&name).await.expect("tenant");
     assert_eq!(
         waiting.status.and_then(|s| s.phase).as_deref(),
-        Some("ProvisioningServer")
+        Some("ProvisioningRedis")
     );
     env.auth.set_faults(Faults::default()).await.expect("up");
     wait_for_phase(&env.client, &name, "Running", PROVISION).await;

@@ -36,7 +36,8 @@ mod faults {
     /// Fault switches; the default is a healthy service.
     ///
     /// JSON form (all fields optional): `{"down": false, "slow_ms": null, "error_500": false,
-    /// "rate_limit": {"retry_after_secs": 1}, "not_found_on_delete": false}`.
+    /// "rate_limit": {"retry_after_secs": 1}, "not_found_on_delete": false,
+    /// "slow_register_ms": 30000}`.
     #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
     #[serde(default, deny_unknown_fields)]
     pub struct Faults {
@@ -51,6 +52,14 @@ mod faults {
         pub rate_limit: Option<RateLimit>,
         /// `DELETE` removes the tenant if present but always answers 404.
         pub not_found_on_delete: bool,
+        /// `POST /api/tenants` answers are held back this long, after the registration
+        /// took effect: the window in which a caller can die before it learns the outcome.
+        #[serde(
+            rename = "slow_register_ms",
+            with = "optional_millis",
+            skip_serializing_if = "Option::is_none"
+        )]
+        pub slow_register: Option<Duration>,
     }
 
     #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -350,6 +359,7 @@ mod api {
     ) -> Response {
         let method = request.method().to_string();
         let path = request.uri().path().to_owned();
+        let registering = method == "POST" && path.ends_with("/api/tenants");
         let faults = state.faults();
         let response = match injected_failure(&faults) {
             Some(failure) => failure,
@@ -364,6 +374,9 @@ mod api {
             status,
         });
         if let Some(delay) = faults.slow {
+            tokio::time::sleep(delay).await;
+        }
+        if let Some(delay) = faults.slow_register.filter(|_| registering) {
             tokio::time::sleep(delay).await;
         }
         response
@@ -1214,6 +1227,40 @@ mod tests {
 
         assert_refused(http().get(format!("{base}/api/tenants")).send().await);
         assert!(stub.set_faults(Faults::default()).await.is_err());
+    }
+
+    #[tokio::test]
+    async fn slow_register_holds_only_registrations_after_they_took_effect() {
+        let stub = start(None).await;
+        let (http, base) = (http(), stub.url());
+        let delay = Duration::from_millis(300);
+        set(
+            &stub,
+            Faults {
+                slow_register: Some(delay),
+                ..Faults::default()
+            },
+        )
+        .await;
+
+        let started = Instant::now();
+        let registering = tokio::spawn({
+            let (http, base) = (http.clone(), base.clone());
+            async move { register(&http, &base, "acme").await.status() }
+        });
+        stub.wait_for_calls(1, Duration::from_secs(5))
+            .await
+            .unwrap();
+        assert_eq!(stub.tenants(), ["acme"], "registered before the answer");
+        assert_eq!(registering.await.unwrap(), StatusCode::CREATED);
+        assert!(started.elapsed() >= delay, "{:?}", started.elapsed());
+
+        let started = Instant::now();
+        assert_eq!(
+            status(http.get(format!("{base}/api/tenants"))).await,
+            StatusCode::OK
+        );
+        assert!(started.elapsed() < delay, "{:?}", started.elapsed());
     }
 
     #[test]

@@ -72,7 +72,8 @@ impl Action {
             Action::MarkRunning
             | Action::MarkDegraded
             | Action::ReportFailure
-            | Action::ReportStall => &[],
+            | Action::ReportStall
+            | Action::ReportRegistrationExists => &[],
         }
     }
 }
@@ -95,6 +96,17 @@ impl Phase {
             Phase::Deleted => &[Duty::ReleaseFinalizer],
         }
     }
+}
+
+/// Whether a transition with these outputs is the tenant's recorded intent to register
+/// its name with Auth: it asks for [`Duty::Registration`], and the operator journals it
+/// before any registration call (after checking that Auth does not know the name yet).
+/// A tenant whose journal holds such a transition owns the registration of its name; any
+/// other tenant never deregisters it.
+pub fn intends_registration(outputs: &[Action]) -> bool {
+    outputs
+        .iter()
+        .any(|action| action.duties().contains(&Duty::Registration))
 }
 
 /// What a pass in `phase` carries out, in order: the duties of `outputs` (the transition

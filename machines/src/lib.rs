@@ -10,7 +10,7 @@ use std::fmt;
 mod diagram;
 mod duties;
 pub use diagram::mermaid;
-pub use duties::{Duty, duty_table, plan};
+pub use duties::{Duty, duty_table, intends_registration, plan};
 
 /// Where a tenant is in its life. `New` is the state before the first journal record.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -57,6 +57,9 @@ pub enum Trigger {
     ProgressStalled,
     /// A stalled tenant made progress again (more replicas ready than when it stalled).
     ProgressResumed,
+    /// Before this tenant asked Auth to register its name, Auth already knew it: someone
+    /// else's registration, never adopted (and so never deregistered).
+    RegistrationExists,
 }
 
 /// What the operator must do after a transition: journaled with it, and carried out by the
@@ -73,6 +76,7 @@ pub enum Action {
     Teardown,
     ReleaseFinalizer,
     ReportStall,
+    ReportRegistrationExists,
 }
 
 mod fsm {
@@ -95,6 +99,7 @@ mod fsm {
         },
         ProvisioningRedis => {
             RedisReady => ProvisioningServer [ProvisionServer],
+            RegistrationExists => Failed [ReportRegistrationExists],
             SpecInvalid => Failed [ReportFailure],
             DeletionRequested => Deleting [Teardown],
             ProgressStalled => Stalled [ReportStall],
@@ -324,7 +329,7 @@ impl std::str::FromStr for Phase {
 }
 
 impl Trigger {
-    pub const ALL: [Trigger; 12] = [
+    pub const ALL: [Trigger; 13] = [
         Trigger::Observed,
         Trigger::NamespaceReady,
         Trigger::RedisReady,
@@ -337,6 +342,7 @@ impl Trigger {
         Trigger::CleanupDone,
         Trigger::ProgressStalled,
         Trigger::ProgressResumed,
+        Trigger::RegistrationExists,
     ];
 }
 

@@ -19,6 +19,10 @@ fn specification() -> BTreeMap<(Phase, Trigger), (Phase, Action)> {
         (ProvisioningRedis, RedisReady),
         (ProvisioningServer, ProvisionServer),
     );
+    spec.insert(
+        (ProvisioningRedis, RegistrationExists),
+        (Failed, ReportRegistrationExists),
+    );
     spec.insert((ProvisioningServer, AllReady), (Running, MarkRunning));
     spec.insert((Running, SpecChanged), (Updating, RollOutUpdate));
     spec.insert((Running, ComponentLost), (Degraded, MarkDegraded));
@@ -126,6 +130,49 @@ fn messages_carry_the_reason() {
         t.message,
         "Tenant cannot be provisioned: spec.redis.config.dir is reserved"
     );
+}
+
+#[test]
+fn a_name_auth_already_knows_fails_the_tenant_before_any_registration() {
+    let input = Input::new(Trigger::RegistrationExists, 1)
+        .with_reason("the Auth service already has a tenant named acme");
+    let t = step(Phase::ProvisioningRedis, &input).expect("transition");
+    assert_eq!(t.to, Phase::Failed);
+    assert_eq!(t.outputs, [Action::ReportRegistrationExists]);
+    assert!(!intends_registration(&t.outputs), "nothing is registered");
+    assert!(
+        t.message.contains("already has a tenant named acme"),
+        "{}",
+        t.message
+    );
+    // Only the check before registering reports it: a tenant that has journaled its
+    // intent owns the name, and its later phases never take this input.
+    for phase in Phase::ALL {
+        let accepted = accepts(phase, Trigger::RegistrationExists);
+        assert_eq!(accepted, phase == Phase::ProvisioningRedis, "{phase}");
+    }
+}
+
+/// The journal says which tenant owns its Auth registration: exactly the transitions that
+/// ask for the Registration duty record the intent, and only entering ProvisioningServer
+/// does, so no phase that keeps Registration is reached without it except through Stalled
+/// (whose applier registers only after the intent: see `ensure_registered`).
+#[test]
+fn only_entering_provisioning_server_records_the_intent_to_register() {
+    for from in Phase::ALL {
+        for trigger in Trigger::ALL {
+            let Some(t) = step(from, &Input::new(trigger, 0)) else {
+                continue;
+            };
+            let expected = from == Phase::ProvisioningRedis && trigger == Trigger::RedisReady;
+            assert_eq!(
+                intends_registration(&t.outputs),
+                expected,
+                "{from} --{trigger}--> {}",
+                t.to
+            );
+        }
+    }
 }
 
 #[test]
@@ -242,6 +289,7 @@ fn reporting_actions_ask_for_no_duty() {
         Action::MarkDegraded,
         Action::ReportFailure,
         Action::ReportStall,
+        Action::ReportRegistrationExists,
     ] {
         assert!(action.duties().is_empty(), "{action}");
     }

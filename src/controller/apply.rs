@@ -6,6 +6,7 @@
 use super::compare::{DESIRED_HASH_ANNOTATION, desired_hash, is_up_to_date};
 use super::events::{self, EventType};
 use super::observation::{AuthState, NamespaceState, Observation};
+use super::registration::Ownership;
 use super::{Context, Error, FINALIZER};
 use crate::crd::{Tenant, namespace_for};
 use crate::render::{self, Desired, RenderError};
@@ -440,8 +441,12 @@ impl<'a> Applier<'a> {
         }
     }
 
+    /// Registers the name once the intent is journaled, never before (see `registration`):
+    /// then a 409 answers an earlier `POST` of this tenant, and counts as registered.
     async fn ensure_registered(&self) -> Result<(), Error> {
-        if self.ctx.auth_state(self.tenant) == AuthState::Registered {
+        if self.ctx.known_ownership(self.tenant) != Ownership::Ours
+            || self.ctx.auth_state(self.tenant) == AuthState::Registered
+        {
             return Ok(());
         }
         let admin = self
@@ -479,7 +484,19 @@ impl<'a> Applier<'a> {
                 Err(e) => return Err(write_error("Namespace", &ns)(e)),
             }
         }
-        if self.ctx.auth_state(self.tenant) != AuthState::Deregistered {
+        if self.ctx.auth_state(self.tenant) == AuthState::Deregistered {
+            return Ok(());
+        }
+        // Only what this tenant registered: another party's registration of the same name
+        // (or none at all, for a tenant that failed before registering) is left alone.
+        if self.ctx.known_ownership(self.tenant) != Ownership::Ours {
+            tracing::info!(
+                ownership = ?self.ctx.known_ownership(self.tenant),
+                "not deregistering from Auth: this Tenant did not register its name"
+            );
+            self.ctx
+                .set_auth_state(self.tenant, AuthState::Deregistered);
+        } else {
             let result = self.ctx.auth.deregister(&self.name()).await;
             self.record_auth(result.map(|_| AuthState::Deregistered))
                 .await?;

@@ -45,6 +45,8 @@ pub struct Stores {
 #[derive(Clone, Debug, Default)]
 pub(super) struct TenantMemo {
     pub(super) auth: AuthState,
+    /// Whose the Auth registration is, once read from the journal (see `registration`).
+    pub(super) ownership: Option<super::registration::Ownership>,
     /// Journal records up to this sequence have their Event.
     pub(super) mirrored: u64,
     pub(super) failures: u32,

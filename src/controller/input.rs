@@ -2,6 +2,7 @@
 //! matters now. Pure, so that it can be tested on every phase.
 
 use super::observation::{AuthState, NamespaceState, Observation};
+use super::registration::{NameCheck, Ownership, exists_message};
 use chrono::{DateTime, Utc};
 use neurallog_machines::{Input, Phase, Readiness, Trigger, accepts};
 use std::time::Duration;
@@ -54,10 +55,27 @@ pub fn derive_input(phase: Phase, facts: TenantFacts, obs: &Observation) -> Opti
         obs.redis.is_ready() && obs.server.is_ready() && obs.auth == AuthState::Registered;
     let trigger: Option<Trigger> = match phase {
         Phase::New => Some(Trigger::Observed),
+        // Failed because Auth knew the name first: resolved once the name is free.
+        Phase::Failed
+            if obs.registration == Ownership::Foreign && obs.name_check != NameCheck::Free =>
+        {
+            None
+        }
         Phase::Failed => Some(Trigger::ProblemResolved),
         Phase::Pending => matches!(obs.namespace, NamespaceState::Ours { active: true })
             .then_some(Trigger::NamespaceReady),
-        Phase::ProvisioningRedis => obs.redis.is_ready().then_some(Trigger::RedisReady),
+        // Entering ProvisioningServer journals the intent to register the name (see
+        // `registration`): only once Auth said the name is free, or it is already ours.
+        Phase::ProvisioningRedis if obs.redis.is_ready() => {
+            match (obs.registration, obs.name_check) {
+                (Ownership::Ours, _) | (_, NameCheck::Free) => Some(Trigger::RedisReady),
+                (_, NameCheck::Taken) => {
+                    return Some(input(Trigger::RegistrationExists).with_reason(exists_message()));
+                }
+                (_, NameCheck::NotChecked) => None,
+            }
+        }
+        Phase::ProvisioningRedis => None,
         Phase::ProvisioningServer => all_ready.then_some(Trigger::AllReady),
         Phase::Running if spec_changed => Some(Trigger::SpecChanged),
         Phase::Running => {
@@ -117,6 +135,16 @@ fn resumed(facts: TenantFacts, obs: &Observation) -> bool {
 fn waiting_for(phase: Phase, obs: &Observation) -> String {
     if phase == Phase::Pending {
         return "the namespace is not active yet".into();
+    }
+    if phase == Phase::ProvisioningRedis && obs.redis.is_ready() {
+        return match &obs.auth {
+            AuthState::Failed { message, .. } => {
+                format!(
+                    "asking the Auth service whether the tenant's name is free fails: {message}"
+                )
+            }
+            _ => "waiting for the Auth service to say whether the tenant's name is free".into(),
+        };
     }
     let lost = lost_components(obs);
     if !lost.is_empty() {
@@ -320,8 +348,16 @@ mod tests {
         o.redis = WorkloadState::all_ready(1);
         assert_eq!(
             trigger(Phase::ProvisioningRedis, facts(), &o),
+            None,
+            "Auth not yet asked whether the name is free"
+        );
+        o.name_check = NameCheck::Free;
+        assert_eq!(
+            trigger(Phase::ProvisioningRedis, facts(), &o),
             Some(Trigger::RedisReady)
         );
+        o.registration = Ownership::Ours;
+        o.name_check = NameCheck::NotChecked;
         o.server = WorkloadState::all_ready(2);
         assert_eq!(
             trigger(Phase::ProvisioningServer, facts(), &o),
@@ -392,6 +428,43 @@ mod tests {
     }
 
     #[test]
+    fn a_name_auth_already_knows_fails_the_tenant_until_it_is_free() {
+        let mut o = obs();
+        o.server = WorkloadState::default();
+        o.auth = AuthState::Unknown;
+        o.name_check = NameCheck::Taken;
+        let input = derive_input(Phase::ProvisioningRedis, facts(), &o).expect("input");
+        assert_eq!(input.trigger, Trigger::RegistrationExists);
+        assert!(
+            input
+                .reason
+                .as_deref()
+                .is_some_and(|r| r.contains("did not register") && r.contains("another name")),
+            "{input:?}"
+        );
+        // The tenant's own registration (its intent journaled) is never reported.
+        o.registration = Ownership::Ours;
+        assert_eq!(
+            trigger(Phase::ProvisioningRedis, facts(), &o),
+            Some(Trigger::RedisReady)
+        );
+
+        o.registration = Ownership::Foreign;
+        assert_eq!(trigger(Phase::Failed, facts(), &o), None, "still taken");
+        o.name_check = NameCheck::NotChecked;
+        assert_eq!(
+            trigger(Phase::Failed, facts(), &o),
+            None,
+            "not known to be free"
+        );
+        o.name_check = NameCheck::Free;
+        assert_eq!(
+            trigger(Phase::Failed, facts(), &o),
+            Some(Trigger::ProblemResolved)
+        );
+    }
+
+    #[test]
     fn a_foreign_namespace_is_a_problem() {
         let mut o = obs();
         o.namespace = NamespaceState::Foreign { terminating: false };
@@ -437,6 +510,15 @@ mod tests {
             obs(),
             Observation {
                 namespace: NamespaceState::Missing,
+                ..obs()
+            },
+            Observation {
+                name_check: NameCheck::Taken,
+                ..obs()
+            },
+            Observation {
+                registration: Ownership::Foreign,
+                name_check: NameCheck::Free,
                 ..obs()
             },
         ];

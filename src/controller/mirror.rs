@@ -166,7 +166,7 @@ impl Context {
                 tenant,
                 name,
                 type_,
-                record.to.as_str(),
+                transition_reason(&record),
                 &record.message,
                 record.time,
             );
@@ -288,5 +288,14 @@ impl Context {
             self.warn_once(tenant, seq, reason, &key, &failure.describe())
                 .await;
         }
+    }
+}
+
+/// The reason of a transition's Event: its new phase, or what caused it where the phase
+/// alone would not tell (a name Auth already knew fails the tenant).
+fn transition_reason(record: &Record) -> &'static str {
+    match record.input.trigger {
+        neurallog_machines::Trigger::RegistrationExists => super::registration::REGISTRATION_EXISTS,
+        _ => record.to.as_str(),
     }
 }

@@ -2,6 +2,7 @@
 //! need. Built from the watch caches by `Observer`; everything here is pure.
 
 use super::failures::{PodProblem, WriteFailure};
+use super::registration::{NameCheck, Ownership};
 use crate::crd::ServerScale;
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::core::v1::Namespace;
@@ -90,6 +91,10 @@ pub struct Observation {
     pub redis: WorkloadState,
     pub server: WorkloadState,
     pub auth: AuthState,
+    /// Whose the Auth registration of the tenant's name is, as the journal tells.
+    pub registration: Ownership,
+    /// What Auth said of the name this pass, when the pass had to ask.
+    pub name_check: NameCheck,
     /// Why the spec cannot be realised, if it cannot (one line each).
     pub problems: Vec<String>,
     /// Why a Redis pod does not run, while Redis is not ready.

@@ -105,6 +105,8 @@ impl Context {
             redis,
             server,
             auth: self.auth_state(tenant),
+            registration: self.known_ownership(tenant),
+            name_check: Default::default(),
             problems: wanted.problems.clone(),
             redis_problem,
             server_problem,

@@ -4,6 +4,7 @@
 use super::apply::Applier;
 use super::input::{TenantFacts, derive_input};
 use super::observe::Wanted;
+use super::registration;
 use super::{Context, Error};
 use super::{
     EVENT_RETRY, FAILED_RECHECK, JOURNAL_UNWRITABLE, NEXT_TRANSITION_DELAY, STALLED_RECHECK,
@@ -155,14 +156,30 @@ async fn reconcile_tenant(tenant: Arc<Tenant>, ctx: Arc<Context>) -> Result<Acti
     ctx.tell_of_recovery(&tenant).await?;
     ctx.retry_events(&tenant).await;
 
+    ctx.ownership(&tenant, &uid).await?;
+
     let wanted = Wanted::of(&tenant, &ctx.settings);
-    let obs = ctx.observe(&tenant, &wanted).await?;
+    let mut obs = ctx.observe(&tenant, &wanted).await?;
     let facts = ctx.facts(&tenant, tail.as_ref());
-    let input = derive_input(tail.as_ref().map_or(Phase::New, |r| r.to), facts, &obs);
+    let journaled = tail.as_ref().map_or(Phase::New, |r| r.to);
+    // Asked before the intent to register is journaled (see `registration`); a failure
+    // holds the transition and fails the pass once status tells why.
+    let mut name_check_failed = None;
+    if !facts.deleting
+        && registration::needs_name_check(journaled, obs.registration, obs.redis.is_ready())
+    {
+        let seq = tail.as_ref().map_or(0, |r| r.seq);
+        match ctx.check_name(&tenant, seq).await {
+            Ok(check) => obs.name_check = check,
+            Err(error) => name_check_failed = Some(error),
+        }
+    }
+    let input = derive_input(journaled, facts, &obs);
     let mut outputs = Vec::new();
     if let Some(input) = input
         && let Some(record) = ctx.append(&tenant, tail.as_ref(), input).await?
     {
+        ctx.note_registration(&tenant, &record);
         ctx.count_outcome(&record);
         outputs.clone_from(&record.outputs);
         tail = Some(record);
@@ -202,6 +219,9 @@ async fn reconcile_tenant(tenant: Arc<Tenant>, ctx: Arc<Context>) -> Result<Acti
         return Ok(Action::requeue(STALLED_RECHECK));
     }
     applied?;
+    if let Some(error) = name_check_failed {
+        return Err(Error::Auth(error));
+    }
     ctx.memo(&tenant, |m| m.failures = 0);
     // What this pass did (an Auth registration, objects that became ready meanwhile) may
     // already allow the next transition, and with an unchanged status nothing else would

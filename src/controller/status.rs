@@ -3,6 +3,7 @@
 
 use super::failures::PodProblem;
 use super::observation::{AuthState, NamespaceState, Observation, WorkloadState};
+use super::registration::{CONDITION, Ownership, REGISTRATION_EXISTS, exists_message};
 use crate::crd::{ComponentStatus, JournalPosition, TenantStatus};
 use chrono::{DateTime, Utc};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
@@ -167,12 +168,15 @@ fn conditions(
         ),
     };
     let stalled = if phase == Phase::Failed {
-        let reason =
-            if matches!(obs.namespace, NamespaceState::Foreign { .. }) && obs.problems.is_empty() {
-                "NamespaceConflict"
-            } else {
-                "InvalidSpec"
-            };
+        let reason = if !obs.problems.is_empty() {
+            "InvalidSpec"
+        } else if matches!(obs.namespace, NamespaceState::Foreign { .. }) {
+            "NamespaceConflict"
+        } else if obs.registration == Ownership::Foreign {
+            REGISTRATION_EXISTS
+        } else {
+            "InvalidSpec"
+        };
         condition("Stalled", true, reason, &message, generation)
     } else if phase == Phase::Stalled {
         let reason = match &blocker {
@@ -197,7 +201,51 @@ fn conditions(
             generation,
         )
     };
-    vec![ready, reconciling, stalled]
+    vec![
+        ready,
+        reconciling,
+        stalled,
+        registration_condition(phase, obs, generation),
+    ]
+}
+
+/// `AuthRegistered`: whether Auth knows the tenant's name by this tenant's own
+/// registration, the one deleting the Tenant removes (see `registration`).
+fn registration_condition(phase: Phase, obs: &Observation, generation: i64) -> Condition {
+    let (status, reason, message) = match obs.registration {
+        Ownership::Foreign => (false, REGISTRATION_EXISTS, exists_message()),
+        Ownership::None if matches!(phase, Phase::Deleting | Phase::Deleted) => (
+            false,
+            "NotRegistered",
+            "This Tenant never registered its name with the Auth service: deleting it deregisters nothing".into(),
+        ),
+        Ownership::None => (
+            false,
+            "NotRegistered",
+            "Not registered with the Auth service yet: the name is checked and registered once Redis is ready".into(),
+        ),
+        Ownership::Ours if obs.auth == AuthState::Deregistered => (
+            false,
+            "Deregistered",
+            "This Tenant's registration was removed from the Auth service".into(),
+        ),
+        Ownership::Ours
+            if obs.auth == AuthState::Registered
+                || matches!(phase, Phase::Running | Phase::Updating | Phase::Degraded) =>
+        {
+            (
+                true,
+                "Registered",
+                "Registered with the Auth service by this Tenant; deleting the Tenant deregisters it".into(),
+            )
+        }
+        Ownership::Ours => (
+            false,
+            "Registering",
+            "The name was free and this Tenant's registration is journaled; waiting for the Auth service to confirm it".into(),
+        ),
+    };
+    condition(CONDITION, status, reason, &message, generation)
 }
 
 fn reconciling_message(phase: Phase, obs: &Observation, journal_message: &str) -> String {

@@ -422,6 +422,7 @@ fn trigger_code(trigger: Trigger) -> u8 {
         Trigger::CleanupDone => 9,
         Trigger::ProgressStalled => 10,
         Trigger::ProgressResumed => 11,
+        Trigger::RegistrationExists => 12,
     }
 }
 
@@ -439,6 +440,7 @@ fn trigger(code: u8) -> Option<Trigger> {
         9 => Trigger::CleanupDone,
         10 => Trigger::ProgressStalled,
         11 => Trigger::ProgressResumed,
+        12 => Trigger::RegistrationExists,
         _ => return None,
     })
 }
@@ -455,6 +457,7 @@ fn action_code(action: Action) -> u8 {
         Action::Teardown => 7,
         Action::ReleaseFinalizer => 8,
         Action::ReportStall => 9,
+        Action::ReportRegistrationExists => 10,
     }
 }
 
@@ -470,6 +473,7 @@ fn action(code: u8) -> Option<Action> {
         7 => Action::Teardown,
         8 => Action::ReleaseFinalizer,
         9 => Action::ReportStall,
+        10 => Action::ReportRegistrationExists,
         _ => return None,
     })
 }

@@ -10,6 +10,7 @@ use crate::auth::{AuthClient, AuthConfig, RetryPolicy};
 use crate::controller::compare::{DESIRED_HASH_ANNOTATION, desired_hash};
 use crate::controller::events::transition_event_name;
 use crate::controller::observation::{AuthState, NamespaceState, Observation, WorkloadState};
+use crate::controller::registration::Ownership;
 use crate::controller::status::{JournalTail, desired_status};
 use crate::controller::{Context, Error, FINALIZER, Stores, reconcile};
 use crate::crd::{Tenant, TenantStatus, namespace_for};
@@ -162,6 +163,14 @@ pub(super) fn transition_event(seq: u64, phase: Phase) -> Exchange {
         "Normal"
     };
     event(type_, phase.as_str()).with(
+        "/metadata/name",
+        transition_event_name(&tenant(), seq, None),
+    )
+}
+
+/// The Event of journal record `seq`: Failed, because Auth already knew the name.
+pub(super) fn registration_exists_event(seq: u64) -> Exchange {
+    event("Warning", "RegistrationExists").with(
         "/metadata/name",
         transition_event_name(&tenant(), seq, None),
     )
@@ -527,6 +536,11 @@ pub(super) async fn settled(triggers: &[Trigger], auth: AuthState) -> Fixture {
         redis: WorkloadState::all_ready(tenant.spec.redis.replicas),
         server: WorkloadState::all_ready(tenant.spec.server.replicas),
         auth,
+        registration: if triggers.contains(&Trigger::RedisReady) {
+            Ownership::Ours
+        } else {
+            Ownership::None
+        },
         ..Observation::default()
     };
     tenant.status = Some(mirrored_status(&tail, &observed));

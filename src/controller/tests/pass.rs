@@ -235,3 +235,178 @@ async fn a_warning_event_that_could_not_be_written_is_sent_by_the_next_pass() {
         .expect_err("Auth is still down");
     assert!(!fx.ctx.events_behind(&fx.api.tenant()));
 }
+
+/// The Auth calls a pass made, in order: `(method, status)`.
+fn auth_calls(fx: &Fixture) -> Vec<(String, u16)> {
+    fx.auth
+        .calls()
+        .recent
+        .into_iter()
+        .map(|call| (call.method, call.status))
+        .collect()
+}
+
+fn calls(expected: &[(&str, u16)]) -> Vec<(String, u16)> {
+    expected.iter().map(|(m, s)| (m.to_string(), *s)).collect()
+}
+
+fn mark_deleted(fx: &mut Fixture) {
+    let mut deleted = fx.api.tenant();
+    deleted.metadata.deletion_timestamp = Some(Time(k8s_openapi::jiff::Timestamp::now()));
+    fx.api.store_tenant(&deleted);
+}
+
+#[tokio::test]
+async fn a_free_name_is_checked_and_the_intent_journaled_before_it_is_registered() {
+    let mut fx = settled(
+        &[Trigger::Observed, Trigger::NamespaceReady],
+        AuthState::Unknown,
+    )
+    .await;
+    let action = fx
+        .pass(vec![
+            transition_event(3, Phase::ProvisioningServer),
+            patch_status("ProvisioningServer")
+                .with("/status/conditions/3/type", "AuthRegistered")
+                .with("/status/conditions/3/reason", "Registered"),
+        ])
+        .await
+        .expect("the pass succeeds");
+    assert_eq!(action, Action::requeue(NEXT_TRANSITION), "Running is next");
+    assert_eq!(auth_calls(&fx), calls(&[("GET", 200), ("POST", 201)]));
+    let intent = fx.tail();
+    assert_eq!(
+        (intent.to, intent.input.trigger),
+        (Phase::ProvisioningServer, Trigger::RedisReady)
+    );
+    assert!(neurallog_machines::intends_registration(&intent.outputs));
+}
+
+#[tokio::test]
+async fn a_name_auth_already_knows_fails_the_tenant_and_outlives_its_deletion() {
+    let mut fx = settled(
+        &[Trigger::Observed, Trigger::NamespaceReady],
+        AuthState::Unknown,
+    )
+    .await;
+    // Another cluster's tenant of the same name.
+    fx.ctx
+        .auth
+        .register("my-tenant", "someone-else")
+        .await
+        .expect("registered");
+    fx.auth.reset_calls();
+
+    let action = fx
+        .pass(vec![
+            registration_exists_event(3),
+            patch_status("Failed")
+                .with("/status/conditions/2/type", "Stalled")
+                .with("/status/conditions/2/reason", "RegistrationExists")
+                .with("/status/conditions/3/type", "AuthRegistered")
+                .with("/status/conditions/3/status", "False")
+                .with("/status/conditions/3/reason", "RegistrationExists"),
+        ])
+        .await
+        .expect("the pass succeeds");
+    assert_eq!(
+        action,
+        Action::requeue(Duration::from_secs(60)),
+        "checked again"
+    );
+    let failed = fx.tail();
+    assert_eq!(
+        (failed.to, failed.input.trigger),
+        (Phase::Failed, Trigger::RegistrationExists)
+    );
+    assert!(
+        failed.message.contains("another name"),
+        "{}",
+        failed.message
+    );
+    assert_eq!(auth_calls(&fx), calls(&[("GET", 200)]), "never a POST");
+
+    // Still taken: the recheck asks again and journals nothing.
+    fx.auth.reset_calls();
+    fx.pass(vec![]).await.expect("the pass succeeds");
+    assert_eq!(auth_calls(&fx), calls(&[("GET", 200)]));
+    assert_eq!(fx.tail().seq, 3);
+
+    fx.auth.reset_calls();
+    mark_deleted(&mut fx);
+    fx.pass(vec![
+        transition_event(4, Phase::Deleting),
+        delete_namespace(&namespace_uid()),
+        patch_status("Deleting").with("/status/conditions/3/reason", "RegistrationExists"),
+    ])
+    .await
+    .expect("the pass succeeds");
+    assert_eq!(
+        auth_calls(&fx),
+        calls(&[]),
+        "no DELETE of someone else's name"
+    );
+    assert_eq!(fx.auth.tenants(), ["my-tenant"]);
+    assert_eq!(
+        fx.auth.tenant_admin("my-tenant").as_deref(),
+        Some("someone-else")
+    );
+}
+
+#[tokio::test]
+async fn a_tenant_that_failed_before_registering_is_deleted_without_an_auth_call() {
+    let mut fx = settled(&[Trigger::SpecInvalid], AuthState::Unknown).await;
+    fx.ctx
+        .auth
+        .register("my-tenant", "someone-else")
+        .await
+        .expect("registered");
+    fx.auth.reset_calls();
+    mark_deleted(&mut fx);
+    fx.pass(vec![
+        transition_event(2, Phase::Deleting),
+        delete_namespace(&namespace_uid()),
+        patch_status("Deleting").with("/status/conditions/3/reason", "NotRegistered"),
+    ])
+    .await
+    .expect("the pass succeeds");
+    assert_eq!(auth_calls(&fx), calls(&[]));
+    assert_eq!(fx.auth.tenants(), ["my-tenant"]);
+}
+
+/// The process died after Auth registered the name and before it learned so: after the
+/// restart (nothing remembered) the `POST` answers 409, which the journaled intent makes
+/// this tenant's own; deleting the Tenant then deregisters it.
+#[tokio::test]
+async fn a_409_after_the_journaled_intent_is_the_tenants_own_registration() {
+    let mut fx = settled(TO_PROVISIONING_SERVER, AuthState::Unknown).await;
+    fx.ctx
+        .auth
+        .register("my-tenant", ADMIN)
+        .await
+        .expect("registered before the crash");
+    fx.auth.reset_calls();
+
+    let action = fx
+        .pass(vec![
+            patch_status("ProvisioningServer")
+                .with("/status/conditions/3/status", "True")
+                .with("/status/conditions/3/reason", "Registered"),
+        ])
+        .await
+        .expect("the pass succeeds");
+    assert_eq!(action, Action::requeue(NEXT_TRANSITION), "Running is next");
+    assert_eq!(auth_calls(&fx), calls(&[("POST", 409)]));
+
+    fx.auth.reset_calls();
+    mark_deleted(&mut fx);
+    fx.pass(vec![
+        transition_event(4, Phase::Deleting),
+        delete_namespace(&namespace_uid()),
+        patch_status("Deleting"),
+    ])
+    .await
+    .expect("the pass succeeds");
+    assert_eq!(auth_calls(&fx), calls(&[("DELETE", 200)]));
+    assert!(fx.auth.tenants().is_empty(), "deregistered");
+}
