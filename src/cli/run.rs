@@ -789,6 +789,44 @@ mod tests {
     }
 
     #[test]
+    fn endpoints_are_secure_beyond_loopback_and_plain_only_on_it() {
+        let local: SocketAddr = "127.0.0.1:8080".parse().expect("addr");
+        let local6: SocketAddr = "[::1]:8080".parse().expect("addr");
+        let any: SocketAddr = "0.0.0.0:8080".parse().expect("addr");
+        let pod: SocketAddr = "10.0.0.7:8080".parse().expect("addr");
+        use SecureEndpoints::{Auto, Off, On};
+        assert!(!endpoints_secure(Auto, local).expect("valid"));
+        assert!(!endpoints_secure(Auto, local6).expect("valid"));
+        assert!(endpoints_secure(Auto, any).expect("valid"));
+        assert!(endpoints_secure(Auto, pod).expect("valid"));
+        assert!(endpoints_secure(On, local).expect("valid"));
+        assert!(!endpoints_secure(Off, local).expect("valid"));
+        let refused = endpoints_secure(Off, any).expect_err("refused");
+        assert!(
+            refused.to_string().contains("only for a loopback"),
+            "{refused}"
+        );
+        let parsed = Run::try_parse_from(["test", "--secure-endpoints", "true"]).expect("valid");
+        assert_eq!(parsed.args.secure_endpoints, On);
+        assert!(
+            Run::try_parse_from(["test", "--tls-cert-file", "c.pem"]).is_err(),
+            "a key too"
+        );
+    }
+
+    #[test]
+    fn the_advertised_url_is_https_when_secure() {
+        assert_eq!(
+            secure_scheme("http://10.0.0.7:8080".into(), true),
+            "https://10.0.0.7:8080"
+        );
+        assert_eq!(
+            secure_scheme("http://10.0.0.7:8080".into(), false),
+            "http://10.0.0.7:8080"
+        );
+    }
+
+    #[test]
     fn leader_election_is_off_unless_asked_for() {
         assert!(lease_config(&[]).expect("valid").is_none());
     }
