@@ -124,10 +124,12 @@ pub struct AccessReviewer {
     client: kube::Client,
     config: AccessConfig,
     users: Arc<Mutex<TtlCache<TokenHash, Result<UserInfo, String>>>>,
-    decisions: Arc<Mutex<TtlCache<(TokenHash, String), Result<(), String>>>>,
+    decisions: Arc<Mutex<DecisionCache>>,
 }
 
 type TokenHash = [u8; 32];
+/// Per token and path: allowed, or the reason it is not.
+type DecisionCache = TtlCache<(TokenHash, String), Result<(), String>>;
 
 impl AccessReviewer {
     pub fn new(client: kube::Client, config: AccessConfig) -> AccessReviewer {

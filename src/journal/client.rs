@@ -431,13 +431,13 @@ mod tests {
         assert_eq!(export_query(&ExportFilter::default()), "");
     }
 
+    /// A request's path and its proxied token header.
+    type SeenRequest = (String, Option<String>);
+
     /// A kube client whose API server answers each request with `answer(path)`.
     fn fake_api_server(
         answer: impl Fn(&str) -> (u16, String) + Send + 'static,
-    ) -> (
-        kube::Client,
-        tokio::task::JoinHandle<Vec<(String, Option<String>)>>,
-    ) {
+    ) -> (kube::Client, tokio::task::JoinHandle<Vec<SeenRequest>>) {
         use kube::client::Body;
         let (service, mut handle) =
             tower_test::mock::pair::<::http::Request<Body>, ::http::Response<Body>>();
