@@ -1,5 +1,12 @@
 //! The operator's HTTP endpoints: `/metrics`, `/healthz`, `/readyz`, and the read-only
 //! journal API under `/journal/` ([`crate::journal::api`]).
+//!
+//! Secure (the default when bound beyond loopback), `/metrics` and the journal API are
+//! served over TLS ([`tls`]) to callers the API server authenticates and authorizes
+//! ([`access`]); `/healthz` and `/readyz` stay open for the kubelet.
+
+pub mod access;
+pub mod tls;
 
 use crate::journal::api::{self as journal_api, ApiLimits, ApiState, SharedJournal};
 use crate::metrics::Metrics;
@@ -23,15 +30,25 @@ pub struct HttpState {
     pub journal_limits: ApiLimits,
 }
 
-pub fn router(state: HttpState) -> Router {
+/// The routes; with `access`, `/metrics` and the journal API only for callers it allows.
+pub fn router(state: HttpState, access: Option<access::AccessReviewer>) -> Router {
     let journal =
         journal_api::router_with(ApiState::new(state.journal.clone(), state.journal_limits));
-    Router::new()
+    let mut guarded = Router::new()
         .route("/metrics", get(metrics))
+        .with_state(state.clone())
+        .merge(journal);
+    if let Some(reviewer) = access {
+        guarded = guarded.route_layer(axum::middleware::from_fn_with_state(
+            reviewer,
+            access::require_access,
+        ));
+    }
+    Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
         .with_state(state)
-        .merge(journal)
+        .merge(guarded)
 }
 
 async fn metrics(State(state): State<HttpState>) -> impl IntoResponse {
@@ -66,14 +83,24 @@ fn not_ready_because(state: &HttpState) -> Option<String> {
     None
 }
 
-/// Serves `router` on `addr` until `shutdown` resolves.
+/// Serves `router` on `addr` (over TLS with `tls`) until `shutdown` resolves.
 pub async fn serve(
     addr: SocketAddr,
     router: Router,
+    tls: Option<Arc<rustls::ServerConfig>>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let listener = tokio::net::TcpListener::bind(addr).await?;
-    axum::serve(listener, router)
-        .with_graceful_shutdown(shutdown)
-        .await
+    match tls {
+        None => {
+            axum::serve(listener, router)
+                .with_graceful_shutdown(shutdown)
+                .await
+        }
+        Some(config) => {
+            axum::serve(tls::TlsListener::new(listener, config)?, router)
+                .with_graceful_shutdown(shutdown)
+                .await
+        }
+    }
 }

@@ -285,6 +285,34 @@ async fn the_operator_identity_writes_only_what_it_manages() {
             .create(&dry_run(), &object(json!({"metadata": {"name": run}})))
             .await,
     );
+    // Its secure endpoints ask the API server who a caller is and what it may do.
+    let review = |kind: &str, group: &str, spec: Value| json!({"apiVersion": format!("{group}/v1"), "kind": kind, "spec": spec});
+    admitted(
+        "a TokenReview",
+        Api::<k8s_openapi::api::authentication::v1::TokenReview>::all(operator.clone())
+            .create(
+                &PostParams::default(),
+                &object(review(
+                    "TokenReview",
+                    "authentication.k8s.io",
+                    json!({"token": "not-a-token"}),
+                )),
+            )
+            .await,
+    );
+    admitted(
+        "a SubjectAccessReview",
+        Api::<k8s_openapi::api::authorization::v1::SubjectAccessReview>::all(operator.clone())
+            .create(
+                &PostParams::default(),
+                &object(review(
+                    "SubjectAccessReview",
+                    "authorization.k8s.io",
+                    json!({"user": "someone", "nonResourceAttributes": {"path": "/metrics", "verb": "get"}}),
+                )),
+            )
+            .await,
+    );
     let strip = json!({"metadata": {"labels": {MANAGED_BY: null}}});
     refused_by(
         &policy,

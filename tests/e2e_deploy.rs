@@ -32,11 +32,18 @@ struct Uninstall;
 
 impl Drop for Uninstall {
     fn drop(&mut self) {
-        let deletions: [&[&str]; 5] = [
+        let deletions: [&[&str]; 6] = [
             &[
                 "delete",
                 "clusterrolebinding,clusterrole",
                 "neurallog-operator",
+            ],
+            // Who may read the secure endpoints (cluster-scoped).
+            &[
+                "delete",
+                "clusterrole",
+                "neurallog-metrics-reader",
+                "neurallog-journal-auditor",
             ],
             // The roles for people (cluster-scoped; the journal reader goes with the namespace).
             &[

@@ -82,6 +82,8 @@ fn the_chart_renders_the_pod_and_rbac_of_deploy() {
         ("ClusterRole", "neurallog-tenant-editor"),
         ("ClusterRole", "neurallog-tenant-admin"),
         ("Role", "neurallog-journal-reader"),
+        ("ClusterRole", "neurallog-metrics-reader"),
+        ("ClusterRole", "neurallog-journal-auditor"),
     ] {
         assert!(find(&deploy, kind, name)["rules"].is_array());
         let aggregation = |docs: &[Value]| {
@@ -124,6 +126,29 @@ fn the_chart_renders_the_pod_and_rbac_of_deploy() {
             "the chart's {kind} {name} differs from deploy/"
         );
     }
+    let policy = |docs: &[Value]| find(docs, "NetworkPolicy", "neurallog-operator")["spec"].clone();
+    // The same rule; the chart's pod selectors add its release's instance label.
+    for field in ["policyTypes", "ingress"] {
+        let strip = |mut spec: Value| {
+            spec["ingress"][0]["from"][1] = Value::Null;
+            spec[field].clone()
+        };
+        assert_eq!(
+            strip(policy(&chart)),
+            strip(policy(&deploy)),
+            "the chart's NetworkPolicy differs from deploy/ in {field}"
+        );
+    }
+    let ingress = &policy(&deploy)["ingress"];
+    assert_eq!(
+        ingress[0]["from"][0]["namespaceSelector"]["matchExpressions"][0]["values"],
+        serde_json::json!(["monitoring"]),
+        "the operator's port admits the monitoring namespace: {ingress}"
+    );
+    assert_eq!(
+        ingress[0]["ports"],
+        serde_json::json!([{"port": 8080, "protocol": "TCP"}])
+    );
     let crd = |path: &str| std::fs::read_to_string(repo_root().join(path)).expect(path);
     for file in [
         "tenants.neurallog.io.yaml",
@@ -137,7 +162,7 @@ fn the_chart_renders_the_pod_and_rbac_of_deploy() {
     }
 }
 
-/// The journal API has no authentication of its own: the chart never publishes it.
+/// The journal API stays inside the cluster: the chart never publishes it.
 #[test]
 fn the_chart_refuses_to_expose_the_journal_outside_the_cluster() {
     for exposed in ["LoadBalancer", "NodePort"] {
@@ -150,6 +175,16 @@ fn the_chart_refuses_to_expose_the_journal_outside_the_cluster() {
             "{refusal}"
         );
     }
+}
+
+/// A standby cannot yet present a token to the leader's secure journal API.
+#[test]
+fn the_chart_refuses_journal_follow_with_secure_endpoints() {
+    let refusal = helm_refused(&["template", "x", CHART, "--set", "journal.follow=true"]);
+    assert!(
+        refusal.contains("journal.follow is not supported with the secure endpoints"),
+        "{refusal}"
+    );
 }
 
 #[tokio::test]
@@ -179,6 +214,7 @@ async fn the_rendered_chart_is_accepted_by_the_api_server() {
             "ConfigMap",
             "CustomResourceDefinition",
             "Deployment",
+            "NetworkPolicy",
             "PersistentVolumeClaim",
             "PrometheusRule",
             "Role",
@@ -221,6 +257,48 @@ async fn the_rendered_chart_is_accepted_by_the_api_server() {
             .any(|e| e["name"] == "NEURALLOG_AUTH_TOKEN_FILE"
                 && e["value"] == "/var/run/secrets/neurallog/auth/token"),
         "the token Secret becomes a file the operator reads: {env}"
+    );
+    for (name, value) in [
+        (
+            "NEURALLOG_TLS_CERT_FILE",
+            "/var/run/secrets/neurallog/tls/tls.crt",
+        ),
+        (
+            "NEURALLOG_TLS_KEY_FILE",
+            "/var/run/secrets/neurallog/tls/tls.key",
+        ),
+    ] {
+        assert!(
+            env.as_array()
+                .expect("env")
+                .iter()
+                .any(|e| e["name"] == name && e["value"] == value),
+            "the TLS Secret becomes the files the operator serves: {env}"
+        );
+    }
+    let monitor = find(
+        &docs,
+        "ServiceMonitor",
+        &format!("{release}-neurallog-operator"),
+    );
+    let endpoint = &monitor["spec"]["endpoints"][0];
+    assert_eq!(endpoint["scheme"], "https");
+    assert_eq!(
+        endpoint["tlsConfig"]["ca"]["secret"]["name"],
+        "neurallog-operator-tls"
+    );
+    assert!(
+        endpoint["tlsConfig"]["insecureSkipVerify"].is_null(),
+        "{endpoint}"
+    );
+    let policy = find(
+        &docs,
+        "NetworkPolicy",
+        &format!("{release}-neurallog-operator"),
+    );
+    assert_eq!(
+        policy["spec"]["ingress"][0]["from"][0]["namespaceSelector"]["matchExpressions"][0]["values"],
+        serde_json::json!(["monitoring", "observability"])
     );
 
     // The write policy confines this release's ServiceAccount, in its namespace.

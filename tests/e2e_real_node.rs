@@ -1105,12 +1105,49 @@ fn operator_pod(client_ns: &str) -> serde_json::Value {
     pods["items"][0].clone()
 }
 
-/// GET through the API server's service proxy to the operator's journal API.
-fn journal_api(path: &str) -> (bool, String) {
-    let url =
-        format!("/api/v1/namespaces/{OPERATOR_NS}/services/neurallog-operator:8080/proxy{path}");
-    let (ok, out, err) = kubectl_stdin(&["get", "--raw", &url], "");
-    (ok, if ok { out } else { err })
+/// The ServiceAccount whose token reads the journal, bound to the installed ClusterRole
+/// neurallog-journal-auditor (its binding is removed by `uninstall`).
+const AUDITOR: &str = "journal-auditor";
+const AUDITOR_BINDING: &str = "neurallog-e2e-journal-auditor";
+
+/// A fresh token of the auditor, created (with its binding) in the installed namespace.
+fn auditor_token() -> String {
+    let objects = format!(
+        r#"apiVersion: v1
+kind: ServiceAccount
+metadata: {{name: {AUDITOR}, namespace: {OPERATOR_NS}}}
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRoleBinding
+metadata: {{name: {AUDITOR_BINDING}}}
+roleRef: {{apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: neurallog-journal-auditor}}
+subjects: [{{kind: ServiceAccount, name: {AUDITOR}, namespace: {OPERATOR_NS}}}]
+"#
+    );
+    let (ok, out, err) = kubectl_stdin(&["apply", "-f", "-"], &objects);
+    assert!(ok, "{err}{out}");
+    kubectl(&["-n", OPERATOR_NS, "create", "token", AUDITOR])
+        .trim()
+        .to_string()
+}
+
+/// GET through the API server's service proxy to the operator's journal API (TLS), with
+/// the auditor's `token` in the header the proxy passes on.
+async fn journal_api(client: &Client, token: &str, path: &str) -> (bool, String) {
+    let url = format!(
+        "/api/v1/namespaces/{OPERATOR_NS}/services/https:neurallog-operator:8080/proxy{path}"
+    );
+    let request = http::Request::get(&url)
+        .header(
+            neurallog_operator::http::access::PROXIED_TOKEN_HEADER,
+            format!("Bearer {token}"),
+        )
+        .body(Vec::new())
+        .expect("a request");
+    match client.request_text(request).await {
+        Ok(text) => (true, text),
+        Err(error) => (false, error.to_string()),
+    }
 }
 
 fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
@@ -1253,8 +1290,15 @@ patches:
         "the journal claim is mounted read-write"
     );
 
-    // The journal through the API server's service proxy.
-    let (ok, before) = journal_api(&format!("/journal/tenants/{name}"));
+    // The journal through the API server's service proxy, with an auditor's token; none
+    // (the admin's client certificate is not passed on) is refused by the operator.
+    let token = auditor_token();
+    let (ok, refused) = journal_api(&client, "", &format!("/journal/tenants/{name}")).await;
+    assert!(
+        !ok && refused.contains("bearer token is required"),
+        "{refused}"
+    );
+    let (ok, before) = journal_api(&client, &token, &format!("/journal/tenants/{name}")).await;
     assert!(ok, "{before}");
     let before: serde_json::Value = serde_json::from_str(&before).expect("journal JSON");
 
@@ -1277,11 +1321,11 @@ patches:
     .await;
     // The same journal: verify passes with no problem and the tenant's chain still starts
     // with every record written before the kill.
-    let (ok, verify) = journal_api("/journal/verify");
+    let (ok, verify) = journal_api(&client, &token, "/journal/verify").await;
     assert!(ok, "{verify}");
     let verify: serde_json::Value = serde_json::from_str(&verify).expect("verify JSON");
     assert_eq!(verify["problems"], 0, "{verify}");
-    let (ok, after) = journal_api(&format!("/journal/tenants/{name}"));
+    let (ok, after) = journal_api(&client, &token, &format!("/journal/tenants/{name}")).await;
     assert!(ok, "{after}");
     let after: serde_json::Value = serde_json::from_str(&after).expect("journal JSON");
     let before_records = before["records"].as_array().expect("records");
@@ -1295,13 +1339,19 @@ patches:
     );
     eprintln!("journal after the restart: {verify}");
     // The journal tools through the real API server's service proxy.
-    let service = format!("{OPERATOR_NS}/neurallog-operator:8080");
+    let service = format!("{OPERATOR_NS}/https:neurallog-operator:8080");
+    let token_dir = tempfile::tempdir().expect("temp dir");
+    let token_file = token_dir.path().join("auditor.token");
+    std::fs::write(&token_file, &token).expect("token file");
+    let token_file = token_file.display().to_string();
     let tool = std::process::Command::new(env!("CARGO_BIN_EXE_neurallog-operator"))
         .args([
             "journal",
             "verify",
             "--kube-service",
             &service,
+            "--token-file",
+            &token_file,
             "--kubeconfig",
         ])
         .arg(kubeconfig())
@@ -1319,6 +1369,8 @@ patches:
         &name,
         "--service",
         &service,
+        "--token-file",
+        &token_file,
         "--kubeconfig",
         &kubeconfig().display().to_string(),
     ]);
@@ -1331,6 +1383,8 @@ patches:
         &name,
         "--service",
         &service,
+        "--token-file",
+        &token_file,
         "--kubeconfig",
         &kubeconfig().display().to_string(),
     ]);
@@ -1397,7 +1451,8 @@ patches:
     assert_eq!(pod["spec"]["containers"][0]["image"], operator_ref.as_str());
     apply_tenant(&client, &basic_tenant(&helm_name, &run)).await;
     wait_for_phase(&client, &helm_name, "Running", PROVISION).await;
-    let (ok, verify) = journal_api("/journal/verify");
+    let token = auditor_token();
+    let (ok, verify) = journal_api(&client, &token, "/journal/verify").await;
     assert!(ok, "{verify}");
     tenants
         .delete(&helm_name, &DeleteParams::default())
@@ -1409,12 +1464,20 @@ patches:
 /// Deletes what deploy/ (or the chart) installed, but the shared CRD: the fixed names
 /// that tests/e2e_deploy.rs and e2e_helm.rs use too (test files run one after another).
 fn uninstall() {
-    let deletions: [&[&str]; 5] = [
+    let deletions: [&[&str]; 7] = [
         &[
             "delete",
             "clusterrolebinding,clusterrole",
             "neurallog-operator",
         ],
+        // The endpoint roles and the test's auditor binding.
+        &[
+            "delete",
+            "clusterrole",
+            "neurallog-metrics-reader",
+            "neurallog-journal-auditor",
+        ],
+        &["delete", "clusterrolebinding", AUDITOR_BINDING],
         // The roles for people (cluster-scoped; the journal reader goes with the namespace).
         &[
             "delete",

@@ -80,7 +80,7 @@ impl Sandbox {
             objects.push(json!({"apiVersion": "v1", "kind": "Service",
                 "metadata": {"name": service, "namespace": ns},
                 "spec": {"selector": {"e2e.neurallog.io/nothing": run},
-                         "ports": [{"name": "http", "port": 8080}]}}));
+                         "ports": [{"name": "https", "port": 8080}]}}));
         }
         let mut accounts: Vec<&str> = BINDINGS.iter().map(|(sa, _)| *sa).collect();
         accounts.extend(["reader", "nobody"]);
@@ -176,7 +176,7 @@ fn proxy_get(kubeconfig: &Path, namespace: &str, service: &str) -> String {
             "get",
             "--raw",
             &format!(
-                "/api/v1/namespaces/{namespace}/services/{service}:8080/proxy/journal/tenants"
+                "/api/v1/namespaces/{namespace}/services/https:{service}:8080/proxy/journal/tenants"
             ),
         ])
         .output()

@@ -117,7 +117,7 @@ async fn serve(journal: SharedJournal) -> SocketAddr {
         .await
         .expect("a loopback port");
     let addr = listener.local_addr().expect("its address");
-    tokio::spawn(async move { axum::serve(listener, http::router(state)).await });
+    tokio::spawn(async move { axum::serve(listener, http::router(state, None)).await });
     addr
 }
 

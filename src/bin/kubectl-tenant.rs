@@ -1,8 +1,12 @@
 //! `kubectl tenant`: the journal of a Tenant through the Kubernetes API server, as a
 //! kubectl plugin (install this binary on $PATH as `kubectl-tenant`).
 //!
-//! It reads the operator's journal API through the API server's service proxy, so it needs
-//! only a kubeconfig allowed `get` on `services/proxy` of the operator's Service.
+//! It reads the operator's journal API through the API server's service proxy: the
+//! kubeconfig's user needs `get` on `services/proxy` of the operator's Service (the Role
+//! neurallog-journal-reader), and a bearer token (the kubeconfig's, or --token-file) whose
+//! user the operator lets read `/journal/*` (the ClusterRole neurallog-journal-auditor).
+//! The API server does not pass the caller's credentials on to a proxied Service, so the
+//! token travels in a header of its own (see `neurallog_operator::http::access`).
 
 use clap::{Parser, Subcommand};
 use neurallog_operator::cli::journal::{SourceArgs, export, ignore_closed_pipe, show};
@@ -20,8 +24,8 @@ use std::path::PathBuf;
     about = "Read a NeuralLog Tenant's journal through the Kubernetes API server"
 )]
 struct Cli {
-    /// The operator's Service (the journal API is served on its HTTP port).
-    #[arg(long, global = true, value_name = "NAMESPACE/NAME[:PORT]", default_value = DEFAULT_SERVICE)]
+    /// The operator's Service (the journal API is served on its https port).
+    #[arg(long, global = true, value_name = "NAMESPACE/[https:]NAME[:PORT]", default_value = DEFAULT_SERVICE)]
     service: ServiceRef,
     /// Kubeconfig; $KUBECONFIG or ~/.kube/config when unset.
     #[arg(long, global = true)]
@@ -29,6 +33,15 @@ struct Cli {
     /// Read a reachable operator directly instead (its HTTP base URL).
     #[arg(long, global = true, value_name = "URL")]
     server: Option<String>,
+    /// File holding the bearer token the operator checks (a user with the ClusterRole
+    /// neurallog-journal-auditor); default: the kubeconfig user's token, if any. A
+    /// kubeconfig that logs in with a client certificate has none: use e.g.
+    /// `kubectl create token` of a ServiceAccount bound to the role.
+    #[arg(long, global = true)]
+    token_file: Option<PathBuf>,
+    /// Accept any certificate of an https --server (a self-signed one).
+    #[arg(long, global = true, requires = "server")]
+    insecure_skip_tls_verify: bool,
     #[command(subcommand)]
     command: Command,
 }
@@ -71,6 +84,9 @@ async fn main() -> anyhow::Result<()> {
         kube_service: cli.server.is_none().then_some(cli.service),
         kubeconfig: cli.kubeconfig,
         server: cli.server,
+        token_file: cli.token_file,
+        certificate_authority: None,
+        insecure_skip_tls_verify: cli.insecure_skip_tls_verify,
     };
     let source = source_args.open().await?;
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());

@@ -2,7 +2,7 @@
 //! `replay` and the kubectl plugin.
 
 use super::progress::Progress;
-use crate::journal::client::{ServiceRef, Source};
+use crate::journal::client::{ServerTls, ServiceRef, Source};
 use crate::journal::view::{ExportFilter, parse_time, write_history, write_list, write_verify};
 use anyhow::bail;
 use chrono::{DateTime, Utc};
@@ -21,7 +21,7 @@ pub struct SourceArgs {
     #[arg(long, global = true, conflicts_with_all = ["server", "kube_service"])]
     pub journal: Option<PathBuf>,
     /// Base URL of a running operator's HTTP API (its --metrics-addr), like
-    /// http://127.0.0.1:8080.
+    /// http://127.0.0.1:8080, or https://... when its endpoints are secure.
     #[arg(
         long,
         global = true,
@@ -30,28 +30,76 @@ pub struct SourceArgs {
     )]
     pub server: Option<String>,
     /// The operator's Service, reached through the Kubernetes API server's service proxy
-    /// (needs RBAC `services/proxy`), like neurallog-system/neurallog-operator:8080.
-    #[arg(long, global = true, value_name = "NAMESPACE/NAME[:PORT]")]
+    /// (needs RBAC `services/proxy`), like neurallog-system/https:neurallog-operator:8080.
+    #[arg(long, global = true, value_name = "NAMESPACE/[https:]NAME[:PORT]")]
     pub kube_service: Option<ServiceRef>,
     /// Kubeconfig for --kube-service; $KUBECONFIG or in-cluster when unset.
     #[arg(long, global = true, requires = "kube_service")]
     pub kubeconfig: Option<PathBuf>,
+    /// File holding the bearer token the operator checks (its user needs the ClusterRole
+    /// neurallog-journal-auditor). Default with --kube-service: the kubeconfig user's
+    /// token, when it has one.
+    #[arg(long, global = true, conflicts_with = "journal")]
+    pub token_file: Option<PathBuf>,
+    /// PEM certificates to trust for an https --server.
+    #[arg(long, global = true, requires = "server")]
+    pub certificate_authority: Option<PathBuf>,
+    /// Accept any certificate of an https --server (a self-signed one the operator made at
+    /// start), as for a loopback or port-forwarded operator.
+    #[arg(long, global = true, requires = "server")]
+    pub insecure_skip_tls_verify: bool,
 }
 
 impl SourceArgs {
     pub async fn open(&self) -> anyhow::Result<Source> {
+        let token = match &self.token_file {
+            Some(file) => Some(read_token(file)?),
+            None => None,
+        };
         if let Some(url) = &self.server {
-            return Source::server(url);
+            let tls = ServerTls {
+                ca_file: self.certificate_authority.clone(),
+                insecure_skip_verify: self.insecure_skip_tls_verify,
+            };
+            return Source::server_with(url, token, &tls);
         }
         if let Some(service) = &self.kube_service {
-            let client = super::run::kube_client(self.kubeconfig.as_ref()).await?;
-            return Ok(Source::kube(client, service));
+            let config = super::run::kube_config(self.kubeconfig.as_ref()).await?;
+            let token = match token {
+                Some(token) => Some(token),
+                None => kubeconfig_token(&config)?,
+            };
+            let client = kube::Client::try_from(config)?;
+            return Ok(Source::kube(client, service, token));
         }
         let path = self
             .journal
             .clone()
             .unwrap_or_else(|| PathBuf::from(DEFAULT_JOURNAL));
         Source::file(&path)
+    }
+}
+
+/// A token file's content, trimmed.
+fn read_token(file: &std::path::Path) -> anyhow::Result<String> {
+    let token = std::fs::read_to_string(file)
+        .map_err(|e| anyhow::anyhow!("cannot read the token file {}: {e}", file.display()))?;
+    let token = token.trim();
+    if token.is_empty() {
+        bail!("the token file {} is empty", file.display());
+    }
+    Ok(token.to_owned())
+}
+
+/// The kubeconfig user's bearer token (`token`, else `tokenFile`), if it has one.
+fn kubeconfig_token(config: &kube::Config) -> anyhow::Result<Option<String>> {
+    use secrecy::ExposeSecret as _;
+    if let Some(token) = &config.auth_info.token {
+        return Ok(Some(token.expose_secret().to_owned()));
+    }
+    match &config.auth_info.token_file {
+        Some(file) => Ok(Some(read_token(std::path::Path::new(file))?)),
+        None => Ok(None),
     }
 }
 

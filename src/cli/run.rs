@@ -148,9 +148,27 @@ pub struct RunArgs {
         default_value = "cluster.local"
     )]
     cluster_domain: String,
-    /// Address of /metrics, /healthz and /readyz.
+    /// Address of /metrics, /healthz, /readyz and the journal API.
     #[arg(long, env = "NEURALLOG_METRICS_ADDR", default_value = "127.0.0.1:8080")]
     metrics_addr: SocketAddr,
+    /// Serve /metrics and the journal API over TLS, only to callers whose bearer token the
+    /// API server authenticates (TokenReview) and allows `get` on the path as a
+    /// non-resource URL (SubjectAccessReview). auto: on unless --metrics-addr is a
+    /// loopback address; false is refused beyond loopback. /healthz and /readyz stay open.
+    #[arg(
+        long,
+        env = "NEURALLOG_SECURE_ENDPOINTS",
+        value_enum,
+        default_value = "auto"
+    )]
+    secure_endpoints: SecureEndpoints,
+    /// PEM certificate (chain) of the secure endpoints, read again when it changes. Unset:
+    /// a self-signed certificate made at start.
+    #[arg(long, env = "NEURALLOG_TLS_CERT_FILE", requires = "tls_key_file")]
+    tls_cert_file: Option<PathBuf>,
+    /// PEM private key of --tls-cert-file.
+    #[arg(long, env = "NEURALLOG_TLS_KEY_FILE", requires = "tls_cert_file")]
+    tls_key_file: Option<PathBuf>,
     /// Tenants reconciled at once.
     #[arg(long, env = "NEURALLOG_CONCURRENCY", default_value_t = 8)]
     concurrency: u16,
@@ -267,6 +285,85 @@ impl LeaderElectionArgs {
     }
 }
 
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum SecureEndpoints {
+    Auto,
+    #[value(name = "true")]
+    On,
+    #[value(name = "false")]
+    Off,
+}
+
+/// Whether the endpoints at `addr` are secure (see `--secure-endpoints`).
+fn endpoints_secure(mode: SecureEndpoints, addr: SocketAddr) -> anyhow::Result<bool> {
+    let loopback = addr.ip().is_loopback();
+    match mode {
+        SecureEndpoints::Auto => Ok(!loopback),
+        SecureEndpoints::On => Ok(true),
+        SecureEndpoints::Off if loopback => Ok(false),
+        SecureEndpoints::Off => anyhow::bail!(
+            "--secure-endpoints=false is only for a loopback --metrics-addr: {addr} would serve the journal and metrics to anyone who reaches it"
+        ),
+    }
+}
+
+/// TLS and access review of the endpoints, when secure.
+struct SecureSetup {
+    tls: Arc<rustls::ServerConfig>,
+    access: http::access::AccessReviewer,
+    reloader: Option<http::tls::Reloader>,
+}
+
+fn secure_setup(args: &RunArgs, client: &kube::Client) -> anyhow::Result<Option<SecureSetup>> {
+    if !endpoints_secure(args.secure_endpoints, args.metrics_addr)? {
+        return Ok(None);
+    }
+    if args.journal_follow {
+        anyhow::bail!(
+            "--journal-follow reads the leader's journal API over plain HTTP without credentials: with secure endpoints (--metrics-addr {}) it is not supported yet",
+            args.metrics_addr
+        );
+    }
+    let source = match (&args.tls_cert_file, &args.tls_key_file) {
+        (Some(cert), Some(key)) => http::tls::CertSource::Files {
+            cert: cert.clone(),
+            key: key.clone(),
+        },
+        _ => http::tls::CertSource::SelfSigned {
+            names: self_signed_names(args.metrics_addr),
+        },
+    };
+    let (tls, resolver) = http::tls::server_config(&source)?;
+    let reloader = match source {
+        http::tls::CertSource::Files { cert, key } => {
+            Some(http::tls::Reloader::new(cert, key, resolver))
+        }
+        http::tls::CertSource::SelfSigned { .. } => None,
+    };
+    let access = http::access::AccessReviewer::new(client.clone(), Default::default());
+    Ok(Some(SecureSetup {
+        tls,
+        access,
+        reloader,
+    }))
+}
+
+/// What a self-signed certificate names: this host as the pod and its clients know it.
+fn self_signed_names(addr: SocketAddr) -> Vec<String> {
+    let mut names = vec!["localhost".to_string(), "127.0.0.1".to_string()];
+    for name in [std::env::var("HOSTNAME").ok(), std::env::var("POD_IP").ok()]
+        .into_iter()
+        .flatten()
+        .chain((!addr.ip().is_unspecified()).then(|| addr.ip().to_string()))
+    {
+        let name = name.trim().to_string();
+        if !name.is_empty() && !names.contains(&name) {
+            names.push(name);
+        }
+    }
+    names
+}
+
 #[derive(Clone, Copy, clap::ValueEnum)]
 pub enum LogFormat {
     Text,
@@ -285,20 +382,24 @@ fn init_logging(format: LogFormat) {
     }
 }
 
-pub(crate) async fn kube_client(kubeconfig: Option<&PathBuf>) -> anyhow::Result<kube::Client> {
-    let config = match kubeconfig {
+pub(crate) async fn kube_config(kubeconfig: Option<&PathBuf>) -> anyhow::Result<kube::Config> {
+    Ok(match kubeconfig {
         Some(path) => {
             let kubeconfig = kube::config::Kubeconfig::read_from(path)
                 .with_context(|| format!("cannot read kubeconfig {}", path.display()))?;
             kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default()).await?
         }
         None => kube::Config::infer().await?,
-    };
-    Ok(kube::Client::try_from(config)?)
+    })
+}
+
+pub(crate) async fn kube_client(kubeconfig: Option<&PathBuf>) -> anyhow::Result<kube::Client> {
+    Ok(kube::Client::try_from(kube_config(kubeconfig).await?)?)
 }
 
 pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     init_logging(args.log_format);
+    let secure_endpoints = endpoints_secure(args.secure_endpoints, args.metrics_addr)?;
     let lease = args
         .leader_election
         .lease_config()?
@@ -307,10 +408,12 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
                 args.journal_advertise_url.as_deref(),
                 std::env::var("POD_IP").ok().as_deref(),
                 args.metrics_addr,
-            ),
+            )
+            .map(|url| secure_scheme(url, secure_endpoints)),
             ..lease
         });
     let client = kube_client(args.kubeconfig.as_ref()).await?;
+    let secure = secure_setup(&args, &client)?;
     let auth = auth_client(&args)?;
     let mut metrics = Metrics::default();
     let leading = register_leader_gauge(&mut metrics);
@@ -331,9 +434,27 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             ..ApiLimits::default()
         },
     };
+    let (tls, access) = match secure {
+        Some(SecureSetup {
+            tls,
+            access,
+            reloader,
+        }) => {
+            if let Some(reloader) = reloader {
+                tokio::spawn(reloader.run());
+            }
+            tracing::info!(addr = %args.metrics_addr, "serving /metrics and the journal API over TLS to callers the API server authorizes");
+            (Some(tls), Some(access))
+        }
+        None => {
+            tracing::info!(addr = %args.metrics_addr, "serving /metrics and the journal API over plain HTTP without authentication (loopback)");
+            (None, None)
+        }
+    };
     let server = tokio::spawn(http::serve(
         args.metrics_addr,
-        http::router(http_state),
+        http::router(http_state, access),
+        tls,
         stopped(stop.clone()),
     ));
     let leadership = match lease {
@@ -466,6 +587,15 @@ fn journal_advertise_url(
         )),
         None if metrics_addr.ip().is_unspecified() => None,
         None => Some(format!("http://{metrics_addr}")),
+    }
+}
+
+/// The advertised URL over https when the endpoints are secure (unless given explicitly
+/// with a scheme of its own).
+fn secure_scheme(url: String, secure: bool) -> String {
+    match url.strip_prefix("http://") {
+        Some(rest) if secure => format!("https://{rest}"),
+        _ => url,
     }
 }
 
@@ -656,6 +786,44 @@ mod tests {
         );
         assert_eq!(journal_advertise_url(None, Some("not-an-ip"), any), None);
         assert_eq!(journal_advertise_url(Some(" "), None, any), None);
+    }
+
+    #[test]
+    fn endpoints_are_secure_beyond_loopback_and_plain_only_on_it() {
+        let local: SocketAddr = "127.0.0.1:8080".parse().expect("addr");
+        let local6: SocketAddr = "[::1]:8080".parse().expect("addr");
+        let any: SocketAddr = "0.0.0.0:8080".parse().expect("addr");
+        let pod: SocketAddr = "10.0.0.7:8080".parse().expect("addr");
+        use SecureEndpoints::{Auto, Off, On};
+        assert!(!endpoints_secure(Auto, local).expect("valid"));
+        assert!(!endpoints_secure(Auto, local6).expect("valid"));
+        assert!(endpoints_secure(Auto, any).expect("valid"));
+        assert!(endpoints_secure(Auto, pod).expect("valid"));
+        assert!(endpoints_secure(On, local).expect("valid"));
+        assert!(!endpoints_secure(Off, local).expect("valid"));
+        let refused = endpoints_secure(Off, any).expect_err("refused");
+        assert!(
+            refused.to_string().contains("only for a loopback"),
+            "{refused}"
+        );
+        let parsed = Run::try_parse_from(["test", "--secure-endpoints", "true"]).expect("valid");
+        assert_eq!(parsed.args.secure_endpoints, On);
+        assert!(
+            Run::try_parse_from(["test", "--tls-cert-file", "c.pem"]).is_err(),
+            "a key too"
+        );
+    }
+
+    #[test]
+    fn the_advertised_url_is_https_when_secure() {
+        assert_eq!(
+            secure_scheme("http://10.0.0.7:8080".into(), true),
+            "https://10.0.0.7:8080"
+        );
+        assert_eq!(
+            secure_scheme("http://10.0.0.7:8080".into(), false),
+            "http://10.0.0.7:8080"
+        );
     }
 
     #[test]

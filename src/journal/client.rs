@@ -1,9 +1,15 @@
 //! Where the journal tools read from: the journal directory (read-only, when no operator
 //! holds it), the operator's HTTP journal API (`--server URL`), or that API through the
-//! Kubernetes API server's service proxy (`--kube-service NS/NAME[:PORT]`), so an auditor
-//! needs only a kubeconfig allowed `services/proxy`. Every source gives the same
-//! [`crate::journal::view`] shapes; rendering is done once, there.
+//! Kubernetes API server's service proxy (`--kube-service NS/[https:]NAME[:PORT]`). Every
+//! source gives the same [`crate::journal::view`] shapes; rendering is done once, there.
+//!
+//! The operator's journal API wants a bearer token whose user may `get` `/journal/*`
+//! ([`crate::http::access`]). Directly it goes in `Authorization`; through the service
+//! proxy, which authenticates the caller with `Authorization` and drops it, it goes in
+//! [`PROXIED_TOKEN_HEADER`] (so an auditor needs `services/proxy` on the operator's
+//! Service and the journal auditor role, and a token: the kubeconfig's, or --token-file).
 
+use crate::http::access::PROXIED_TOKEN_HEADER;
 use crate::journal::view::{
     ExportFilter, History, VerifyOutcome, export_line, export_records, read_history, verify_journal,
 };
@@ -15,13 +21,15 @@ use std::io::Write;
 use std::path::Path;
 
 /// The Service the operator's manifests (`deploy/manager/service.yaml`, the Helm chart)
-/// create, and its port.
-pub const DEFAULT_SERVICE: &str = "neurallog-system/neurallog-operator:8080";
+/// create, and its port, which serves TLS.
+pub const DEFAULT_SERVICE: &str = "neurallog-system/https:neurallog-operator:8080";
 
-/// A Service addressed through the API server: `NAMESPACE/NAME[:PORT]`.
+/// A Service addressed through the API server: `NAMESPACE/[SCHEME:]NAME[:PORT]`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ServiceRef {
     pub namespace: String,
+    /// `https` or `http`; the API server speaks http when absent.
+    pub scheme: Option<String>,
     pub name: String,
     /// A port number or name; the Service's only port when absent.
     pub port: Option<String>,
@@ -31,8 +39,13 @@ impl std::str::FromStr for ServiceRef {
     type Err = String;
 
     fn from_str(text: &str) -> Result<Self, Self::Err> {
-        let usage = || format!("{text:?} is not NAMESPACE/NAME[:PORT] (like {DEFAULT_SERVICE})");
+        let usage =
+            || format!("{text:?} is not NAMESPACE/[https:]NAME[:PORT] (like {DEFAULT_SERVICE})");
         let (namespace, rest) = text.split_once('/').ok_or_else(usage)?;
+        let (scheme, rest) = match rest.split_once(':') {
+            Some((scheme @ ("https" | "http"), rest)) => (Some(scheme.to_owned()), rest),
+            _ => (None, rest),
+        };
         let (name, port) = match rest.split_once(':') {
             Some((name, port)) => (name, Some(port.to_owned())),
             None => (rest, None),
@@ -48,6 +61,7 @@ impl std::str::FromStr for ServiceRef {
         }
         Ok(ServiceRef {
             namespace: namespace.to_owned(),
+            scheme,
             name: name.to_owned(),
             port,
         })
@@ -62,8 +76,13 @@ impl ServiceRef {
             .as_deref()
             .map(|p| format!(":{p}"))
             .unwrap_or_default();
+        let scheme = self
+            .scheme
+            .as_deref()
+            .map(|s| format!("{s}:"))
+            .unwrap_or_default();
         format!(
-            "/api/v1/namespaces/{}/services/{}{port}/proxy",
+            "/api/v1/namespaces/{}/services/{scheme}{}{port}/proxy",
             self.namespace, self.name
         )
     }
@@ -71,8 +90,26 @@ impl ServiceRef {
 
 pub enum Source {
     File(Box<JournalCopy>),
-    Server { http: reqwest::Client, base: String },
-    Kube { client: kube::Client, base: String },
+    Server {
+        http: reqwest::Client,
+        base: String,
+        token: Option<String>,
+    },
+    Kube {
+        client: kube::Client,
+        base: String,
+        token: Option<String>,
+    },
+}
+
+/// How `--server` checks an https operator's certificate.
+#[derive(Debug, Clone, Default)]
+pub struct ServerTls {
+    /// PEM certificates to trust (the operator's own certificate, when self-made).
+    pub ca_file: Option<std::path::PathBuf>,
+    /// Accept any certificate (a self-signed one made at start): for a loopback or
+    /// port-forwarded operator only.
+    pub insecure_skip_verify: bool,
 }
 
 impl Source {
@@ -82,23 +119,45 @@ impl Source {
         Ok(Source::File(Box::new(journal)))
     }
 
+    /// The operator at `url`, without a token (a loopback operator's plain HTTP).
     pub fn server(url: &str) -> anyhow::Result<Source> {
+        Source::server_with(url, None, &ServerTls::default())
+    }
+
+    /// The operator at `url`, sent `token` as `Authorization: Bearer`.
+    pub fn server_with(
+        url: &str,
+        token: Option<String>,
+        tls: &ServerTls,
+    ) -> anyhow::Result<Source> {
         if !(url.starts_with("http://") || url.starts_with("https://")) {
             bail!("--server {url:?} must be an http:// or https:// URL");
         }
-        let http = reqwest::Client::builder()
-            .build()
-            .context("cannot build the HTTP client")?;
+        let mut builder =
+            reqwest::Client::builder().danger_accept_invalid_certs(tls.insecure_skip_verify);
+        if let Some(file) = &tls.ca_file {
+            let pem = std::fs::read(file)
+                .with_context(|| format!("cannot read the CA file {}", file.display()))?;
+            for cert in reqwest::Certificate::from_pem_bundle(&pem)
+                .with_context(|| format!("{} is not PEM certificates", file.display()))?
+            {
+                builder = builder.add_root_certificate(cert);
+            }
+        }
+        let http = builder.build().context("cannot build the HTTP client")?;
         Ok(Source::Server {
             http,
             base: url.trim_end_matches('/').to_owned(),
+            token,
         })
     }
 
-    pub fn kube(client: kube::Client, service: &ServiceRef) -> Source {
+    /// The operator's Service through the API server, `token` in [`PROXIED_TOKEN_HEADER`].
+    pub fn kube(client: kube::Client, service: &ServiceRef, token: Option<String>) -> Source {
         Source::Kube {
             client,
             base: service.proxy_path(),
+            token,
         }
     }
 
@@ -191,17 +250,24 @@ impl Source {
     ) -> anyhow::Result<()> {
         match self {
             Source::File(_) => bail!("the journal file is read directly, not over HTTP"),
-            Source::Server { http, base } => {
+            Source::Server { http, base, token } => {
                 let url = format!("{base}{path}");
-                let mut response = http
-                    .get(&url)
+                let mut request = http.get(&url);
+                if let Some(token) = token {
+                    request = request.bearer_auth(token);
+                }
+                let mut response = request
                     .send()
                     .await
                     .with_context(|| format!("cannot reach the operator at {url}"))?;
                 let status = response.status();
                 if !status.is_success() {
                     let text = response.text().await.unwrap_or_default();
-                    bail!("the operator answered {url} with {status}: {}", text.trim());
+                    bail!(
+                        "the operator answered {url} with {status}: {}{}",
+                        text.trim(),
+                        access_hint(status.as_u16(), token.is_some())
+                    );
                 }
                 while let Some(chunk) = response
                     .chunk()
@@ -211,13 +277,28 @@ impl Source {
                     sink(&chunk)?;
                 }
             }
-            Source::Kube { client, base } => {
+            Source::Kube {
+                client,
+                base,
+                token,
+            } => {
                 let url = format!("{base}{path}");
-                let request = ::http::Request::get(&url)
+                let mut request = ::http::Request::get(&url);
+                if let Some(token) = token {
+                    request = request.header(PROXIED_TOKEN_HEADER, format!("Bearer {token}"));
+                }
+                let request = request
                     .body(Vec::new())
                     .with_context(|| format!("invalid request path {url}"))?;
                 let mut body = client.request_stream(request).await.map_err(|e| {
-                    anyhow!("the API server's proxy to the operator ({url}) failed: {e}")
+                    let code = match &e {
+                        kube::Error::Api(status) => status.code,
+                        _ => 0,
+                    };
+                    anyhow!(
+                        "the API server's proxy to the operator ({url}) failed: {e}{}",
+                        access_hint(code, token.is_some())
+                    )
                 })?;
                 let mut buffer = vec![0u8; 64 * 1024];
                 loop {
@@ -241,6 +322,20 @@ impl Source {
             Source::Server { base, .. } => base.clone(),
             Source::Kube { base, .. } => format!("the API server proxy {base}"),
         }
+    }
+}
+
+/// What to do about a 401 or 403.
+fn access_hint(code: u16, sent_token: bool) -> &'static str {
+    match code {
+        401 if !sent_token => {
+            "\n(the journal API wants a bearer token: your kubeconfig gives none; pass --token-file FILE, e.g. a file holding `kubectl create token NAME`)"
+        }
+        401 => "\n(the token was refused: expired or not a token of this cluster)",
+        403 => {
+            "\n(reading the journal takes the ClusterRole neurallog-journal-auditor for the token's user, and `get` on the operator Service's proxy, the Role neurallog-journal-reader)"
+        }
+        _ => "",
     }
 }
 
@@ -296,14 +391,29 @@ mod tests {
         let service: ServiceRef = DEFAULT_SERVICE.parse().unwrap();
         assert_eq!(
             service.proxy_path(),
-            "/api/v1/namespaces/neurallog-system/services/neurallog-operator:8080/proxy"
+            "/api/v1/namespaces/neurallog-system/services/https:neurallog-operator:8080/proxy"
+        );
+        let service: ServiceRef = "ops/journal:8080".parse().unwrap();
+        assert_eq!(
+            service.proxy_path(),
+            "/api/v1/namespaces/ops/services/journal:8080/proxy"
         );
         let service: ServiceRef = "ops/journal".parse().unwrap();
         assert_eq!(
             service.proxy_path(),
             "/api/v1/namespaces/ops/services/journal/proxy"
         );
-        for bad in ["", "ops", "/x", "ops/", "ops/x:", "Ops/x", "ops/x/y"] {
+        for bad in [
+            "",
+            "ops",
+            "/x",
+            "ops/",
+            "ops/x:",
+            "Ops/x",
+            "ops/x/y",
+            "ops/https:",
+            "ops/ftp:x:1",
+        ] {
             assert!(bad.parse::<ServiceRef>().is_err(), "{bad}");
         }
     }
@@ -321,10 +431,13 @@ mod tests {
         assert_eq!(export_query(&ExportFilter::default()), "");
     }
 
+    /// A request's path and its proxied token header.
+    type SeenRequest = (String, Option<String>);
+
     /// A kube client whose API server answers each request with `answer(path)`.
     fn fake_api_server(
         answer: impl Fn(&str) -> (u16, String) + Send + 'static,
-    ) -> (kube::Client, tokio::task::JoinHandle<Vec<String>>) {
+    ) -> (kube::Client, tokio::task::JoinHandle<Vec<SeenRequest>>) {
         use kube::client::Body;
         let (service, mut handle) =
             tower_test::mock::pair::<::http::Request<Body>, ::http::Response<Body>>();
@@ -332,8 +445,13 @@ mod tests {
             let mut seen = Vec::new();
             while let Some((request, respond)) = handle.next_request().await {
                 let path = request.uri().to_string();
+                let token = request
+                    .headers()
+                    .get(PROXIED_TOKEN_HEADER)
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_owned);
                 let (status, body) = answer(&path);
-                seen.push(path);
+                seen.push((path, token));
                 let response = ::http::Response::builder()
                     .status(status)
                     .body(Body::from(body.into_bytes()))
@@ -354,7 +472,11 @@ mod tests {
                 (200, "[]".into())
             }
         });
-        let source = Source::kube(client, &DEFAULT_SERVICE.parse().unwrap());
+        let source = Source::kube(
+            client,
+            &DEFAULT_SERVICE.parse().unwrap(),
+            Some("tok".into()),
+        );
         assert!(source.tenants().await.unwrap().is_empty());
         let mut out = Vec::new();
         let filter = ExportFilter {
@@ -363,12 +485,19 @@ mod tests {
         };
         assert_eq!(source.export(&filter, &mut out, |_| {}).await.unwrap(), 2);
         drop(source);
-        let proxy = "/api/v1/namespaces/neurallog-system/services/neurallog-operator:8080/proxy";
+        let proxy =
+            "/api/v1/namespaces/neurallog-system/services/https:neurallog-operator:8080/proxy";
         assert_eq!(
             server.await.unwrap(),
             [
-                format!("{proxy}/journal/tenants"),
-                format!("{proxy}/journal/export?tenant=acme")
+                (
+                    format!("{proxy}/journal/tenants"),
+                    Some("Bearer tok".to_string())
+                ),
+                (
+                    format!("{proxy}/journal/export?tenant=acme"),
+                    Some("Bearer tok".to_string())
+                )
             ]
         );
     }
@@ -376,13 +505,28 @@ mod tests {
     #[tokio::test]
     async fn a_refused_proxy_request_says_why() {
         let (client, _server) = fake_api_server(|_| (503, crate::journal::api::NOT_LEADER.into()));
-        let source = Source::kube(client, &"ops/journal:http".parse().unwrap());
+        let source = Source::kube(client, &"ops/journal:http".parse().unwrap(), None);
         let error = source.verify(|_| {}).await.unwrap_err().to_string();
         assert!(
             error.contains("services/journal:http/proxy/journal/verify"),
             "{error}"
         );
         assert!(error.contains("not the leader"), "{error}");
+    }
+
+    #[tokio::test]
+    async fn a_refusal_of_the_operator_says_which_role_or_token_is_missing() {
+        let (client, _server) = fake_api_server(|_| (401, "a bearer token is required".into()));
+        let source = Source::kube(client, &DEFAULT_SERVICE.parse().unwrap(), None);
+        let error = source.tenants().await.unwrap_err().to_string();
+        assert!(error.contains("pass --token-file"), "{error}");
+        let (client, _server) = fake_api_server(|_| (403, "user \"x\" may not get".into()));
+        let source = Source::kube(client, &DEFAULT_SERVICE.parse().unwrap(), Some("t".into()));
+        let error = source.tenants().await.unwrap_err().to_string();
+        assert!(
+            error.contains("may not get") && error.contains("neurallog-journal-auditor"),
+            "{error}"
+        );
     }
 
     #[test]

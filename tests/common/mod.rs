@@ -257,7 +257,9 @@ impl Operator {
 
     /// The /readyz answer: (status code, body).
     pub async fn readiness(&self) -> Option<(u16, String)> {
-        let response = reqwest::get(format!("{}/readyz", self.metrics_url))
+        let response = loopback_http()
+            .get(format!("{}/readyz", self.metrics_url))
+            .send()
             .await
             .ok()?;
         let status = response.status().as_u16();
@@ -302,7 +304,7 @@ impl Operator {
         wait_for(&what, Duration::from_secs(90), || {
             let url = url.clone();
             async move {
-                let r = reqwest::get(&url).await.ok()?;
+                let r = loopback_http().get(&url).send().await.ok()?;
                 r.status().is_success().then_some(())
             }
         })
@@ -452,6 +454,15 @@ pub fn unique(prefix: &str) -> String {
     )
 }
 
+/// An HTTP client for the operator on loopback, which accepts the self-signed certificate
+/// it makes at start when its endpoints are secure (`--secure-endpoints=true`).
+pub fn loopback_http() -> reqwest::Client {
+    reqwest::Client::builder()
+        .danger_accept_invalid_certs(true)
+        .build()
+        .expect("an HTTP client")
+}
+
 /// How `Operator::start_with_options` runs the operator, beyond what `start` sets.
 #[derive(Clone, Debug, Default)]
 pub struct OperatorOptions {
@@ -507,7 +518,13 @@ impl Operator {
             .open(&self.log)
             .expect("log file");
         let port = free_port();
-        self.metrics_url = format!("http://127.0.0.1:{port}");
+        // Secure endpoints on loopback serve TLS with a certificate made at start.
+        let scheme = if options.args.iter().any(|a| a == "--secure-endpoints=true") {
+            "https"
+        } else {
+            "http"
+        };
+        self.metrics_url = format!("{scheme}://127.0.0.1:{port}");
         let kubeconfig = options.kubeconfig.clone().unwrap_or_else(kubeconfig);
         let child = Command::new(env!("CARGO_BIN_EXE_neurallog-operator"))
             .arg("run")
