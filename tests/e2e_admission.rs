@@ -285,7 +285,8 @@ async fn the_operator_identity_writes_only_what_it_manages() {
             .create(&dry_run(), &object(json!({"metadata": {"name": run}})))
             .await,
     );
-    // Its secure endpoints ask the API server who a caller is and what it may do.
+    // Its secure endpoints ask the API server who a caller is and what it may do: reviews
+    // store nothing and do not pass admission, but RBAC must allow them.
     let review = |kind: &str, group: &str, spec: Value| json!({"apiVersion": format!("{group}/v1"), "kind": kind, "spec": spec});
     admitted(
         "a TokenReview",
