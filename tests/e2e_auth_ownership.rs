@@ -50,31 +50,6 @@ fn deletes_of(auth: &AuthStubHandle, name: &str) -> usize {
         .count()
 }
 
-/// Waits until the tenant's condition `type_` has `status` and `reason`; returns its message.
-async fn wait_for_condition(
-    client: &kube::Client,
-    name: &str,
-    type_: &str,
-    status: &str,
-    reason: &str,
-) -> String {
-    let api: Api<Tenant> = Api::all(client.clone());
-    let what = format!("tenant {name}: {type_}={status} with reason {reason}");
-    wait_for(&what, LONG, || {
-        let api = api.clone();
-        async move {
-            let t = api.get_opt(name).await.ok()??;
-            let c = t
-                .status?
-                .conditions
-                .into_iter()
-                .find(|c| c.type_ == type_)?;
-            (c.status == status && c.reason == reason).then_some(c.message)
-        }
-    })
-    .await
-}
-
 async fn delete_tenant(client: &kube::Client, name: &str) {
     kubectl(&["delete", "tenant", name, "--timeout=120s"]);
     let api: Api<Tenant> = Api::all(client.clone());
@@ -99,6 +74,7 @@ async fn a_name_auth_already_knows_is_reported_and_outlives_the_tenant() {
         "AuthRegistered",
         "False",
         "RegistrationExists",
+        LONG,
     )
     .await;
     assert!(
@@ -155,7 +131,15 @@ async fn a_tenant_that_never_registered_is_deleted_without_an_auth_delete() {
 
     apply_tenant(&client, &tenant_from_yaml(BASIC, &run, &run)).await;
     wait_for_true_condition(&client, &run, "Stalled", "NamespaceConflict", LONG).await;
-    wait_for_condition(&client, &run, "AuthRegistered", "False", "NotRegistered").await;
+    wait_for_condition(
+        &client,
+        &run,
+        "AuthRegistered",
+        "False",
+        "NotRegistered",
+        LONG,
+    )
+    .await;
 
     delete_tenant(&client, &run).await;
     assert_eq!(deletes_of(&auth, &run), 0, "{:?}", calls(&auth));

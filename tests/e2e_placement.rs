@@ -22,28 +22,6 @@ use std::time::Duration;
 const BASIC: &str = include_str!("../examples/basic-tenant.yaml");
 const PROVISION: Duration = Duration::from_secs(120);
 
-struct Env {
-    client: Client,
-    run: String,
-    _auth: neurallog_auth_stub::AuthStubHandle,
-    _operator: Operator,
-}
-
-async fn env(prefix: &str) -> Env {
-    let client = client().await;
-    install_crd(&client).await;
-    let run = unique(prefix);
-    let auth = auth_stub().await;
-    let operator = Operator::start(&run, &auth.url());
-    operator.wait_ready().await;
-    Env {
-        client,
-        run,
-        _auth: auth,
-        _operator: operator,
-    }
-}
-
 fn with_spec(name: &str, run: &str, spec: serde_json::Value) -> Tenant {
     let mut tenant = tenant_from_yaml(BASIC, name, run);
     let mut merged = serde_json::to_value(&tenant.spec).unwrap();
@@ -71,7 +49,7 @@ async fn disruption_budget(client: &Client, name: &str) -> Option<PodDisruptionB
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn placement_reaches_the_scheduled_pods_and_the_budget_follows_the_replicas() {
     skip_without_cluster();
-    let env = env("place").await;
+    let env = OperatorEnv::start("place").await;
     let name = env.run.clone();
     let _cleanup = TenantCleanup(vec![name.clone()]);
     let ns = format!("tenant-{name}");

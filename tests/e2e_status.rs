@@ -23,30 +23,8 @@ const DEADLINE_SECONDS: &str = "15";
 const MISSING_IMAGE: &str = "registry.invalid/neurallog/no-such-image:1";
 const CRASHING_IMAGE: &str = "registry.invalid/neurallog/crashes:1";
 
-struct Env {
-    client: Client,
-    run: String,
-    _auth: neurallog_auth_stub::AuthStubHandle,
-    operator: Operator,
-}
-
-async fn env(prefix: &str, args: &[&str]) -> Env {
-    let client = client().await;
-    install_crd(&client).await;
-    let run = unique(prefix);
-    let auth = auth_stub().await;
-    let options = OperatorOptions {
-        args: args.iter().map(|a| a.to_string()).collect(),
-        ..OperatorOptions::default()
-    };
-    let operator = Operator::start_with_options(&run, &auth.url(), &options);
-    operator.wait_ready().await;
-    Env {
-        client,
-        run,
-        _auth: auth,
-        operator,
-    }
+async fn env(prefix: &str, args: &[&str]) -> OperatorEnv {
+    OperatorEnv::start_with_args(prefix, args).await
 }
 
 fn tenants(client: &Client) -> Api<Tenant> {

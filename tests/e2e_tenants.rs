@@ -20,26 +20,8 @@ const BASIC: &str = include_str!("../examples/basic-tenant.yaml");
 const CUSTOMIZED: &str = include_str!("../examples/customized-tenant.yaml");
 const PROVISION: Duration = Duration::from_secs(120);
 
-struct Env {
-    client: Client,
-    run: String,
-    auth: neurallog_auth_stub::AuthStubHandle,
-    _operator: Operator,
-}
-
-async fn env(prefix: &str) -> Env {
-    let client = client().await;
-    install_crd(&client).await;
-    let run = unique(prefix);
-    let auth = auth_stub().await;
-    let operator = Operator::start(&run, &auth.url());
-    operator.wait_ready().await;
-    Env {
-        client,
-        run,
-        auth,
-        _operator: operator,
-    }
+async fn env(prefix: &str) -> OperatorEnv {
+    OperatorEnv::start(prefix).await
 }
 
 fn tenants(client: &Client) -> Api<Tenant> {
@@ -58,7 +40,7 @@ async fn tenant_events(client: &Client, tenant: &Tenant) -> Vec<Event> {
     events
 }
 
-async fn delete_and_wait(env: &Env, name: &str) {
+async fn delete_and_wait(env: &OperatorEnv, name: &str) {
     tenants(&env.client)
         .delete(name, &DeleteParams::default())
         .await

@@ -412,8 +412,20 @@ pub async fn wait_for_true_condition(
     reason: &str,
     timeout: Duration,
 ) {
+    wait_for_condition(client, name, type_, "True", reason, timeout).await;
+}
+
+/// Waits until the tenant's condition `type_` has `status` and `reason`; returns its message.
+pub async fn wait_for_condition(
+    client: &Client,
+    name: &str,
+    type_: &str,
+    status: &str,
+    reason: &str,
+    timeout: Duration,
+) -> String {
     let api: Api<Tenant> = Api::all(client.clone());
-    let what = format!("tenant {name}: {type_}=True with reason {reason}");
+    let what = format!("tenant {name}: {type_}={status} with reason {reason}");
     wait_for(&what, timeout, || {
         let api = api.clone();
         async move {
@@ -423,10 +435,10 @@ pub async fn wait_for_true_condition(
                 .conditions
                 .into_iter()
                 .find(|c| c.type_ == type_)?;
-            (c.status == "True" && c.reason == reason).then_some(())
+            (c.status == status && c.reason == reason).then_some(c.message)
         }
     })
-    .await;
+    .await
 }
 
 pub async fn wait_until_gone<K>(api: &Api<K>, name: &str, timeout: Duration)
@@ -461,6 +473,41 @@ pub fn loopback_http() -> reqwest::Client {
         .danger_accept_invalid_certs(true)
         .build()
         .expect("an HTTP client")
+}
+
+/// A test's own operator (it watches only the tenants labelled with `run`) and Auth stub,
+/// against the local cluster with the CRD installed; ready when returned.
+pub struct OperatorEnv {
+    pub client: Client,
+    pub run: String,
+    pub auth: AuthStubHandle,
+    pub operator: Operator,
+}
+
+impl OperatorEnv {
+    pub async fn start(prefix: &str) -> OperatorEnv {
+        Self::start_with_args(prefix, &[]).await
+    }
+
+    /// `start`, the operator run with the extra `run` flags `args`.
+    pub async fn start_with_args(prefix: &str, args: &[&str]) -> OperatorEnv {
+        let client = client().await;
+        install_crd(&client).await;
+        let run = unique(prefix);
+        let auth = auth_stub().await;
+        let options = OperatorOptions {
+            args: args.iter().map(|a| a.to_string()).collect(),
+            ..OperatorOptions::default()
+        };
+        let operator = Operator::start_with_options(&run, &auth.url(), &options);
+        operator.wait_ready().await;
+        OperatorEnv {
+            client,
+            run,
+            auth,
+            operator,
+        }
+    }
 }
 
 /// How `Operator::start_with_options` runs the operator, beyond what `start` sets.
