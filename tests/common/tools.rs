@@ -161,12 +161,25 @@ pub fn install_prometheus_operator_crds() {
             "-f",
             file.to_str().expect("a UTF-8 path"),
         ]);
-        kubectl(&[
-            "wait",
-            "--for=condition=Established",
-            &format!("crd/{plural}.monitoring.coreos.com"),
-            "--timeout=60s",
-        ]);
+        wait_until_established(&format!("{plural}.monitoring.coreos.com"));
+    }
+}
+
+/// Waits until CRD `name` serves. Not `kubectl wait --for=condition=Established`: right after
+/// a create it fails when the CRD has no conditions yet, rather than waiting for them.
+fn wait_until_established(name: &str) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let established = r#"jsonpath={.status.conditions[?(@.type=="Established")].status}"#;
+    loop {
+        let (ok, stdout, stderr) = kubectl_stdin(&["get", "crd", name, "-o", established], "");
+        if ok && stdout.trim() == "True" {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "CRD {name} is not Established after 60 s: {stdout} {stderr}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
     }
 }
 
