@@ -53,4 +53,5 @@ export NEURALLOG_HELM="$(bash tests/cluster/build.sh helm | tail -n 1)/helm"
 log "monitoring test tools (promtool, the Prometheus Operator's CRDs)"
 export NEURALLOG_PROMTOOL="$(bash tests/cluster/build.sh monitoring | tail -n 1)/promtool"
 log "end-to-end tests"
-cargo test --workspace --test '*'
+# Every test binary runs even when one fails, so one run reports every failure.
+cargo test --workspace --no-fail-fast --test '*'
