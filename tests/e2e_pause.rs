@@ -124,17 +124,17 @@ async fn a_paused_tenant_keeps_its_drift_until_resumed_then_converges() {
         .patch(
             &server_name,
             &PatchParams::default(),
-            &Patch::Merge(serde_json::json!({"spec": {"replicas": 4}})),
+            &Patch::Merge(serde_json::json!({"spec": {"replicas": 0}})),
         )
         .await
-        .expect("scaled by hand");
+        .expect("scaled to zero by hand");
     tenant.spec.server.replicas = 2;
     apply_tenant(&client, &tenant).await;
 
     // The operator saw all of it: its status, written for the new generation, counts the
-    // hand-made replicas as ready (a pass that applied would have scaled them back).
+    // server scaled to zero by hand (a pass that applied would have scaled it back).
     wait_for(
-        "the paused tenant's status to show the new generation and the hand-made scale",
+        "the paused tenant's status to show the new generation and the hand-made scale to zero",
         PROVISION,
         || {
             let api = tenants.clone();
@@ -144,7 +144,7 @@ async fn a_paused_tenant_keeps_its_drift_until_resumed_then_converges() {
                 let status = t.status?;
                 (status.observed_generation == t.metadata.generation
                     && status.phase.as_deref() == Some("Paused")
-                    && status.server_status?.ready_replicas == 4)
+                    && status.server_status?.ready_replicas == 0)
                     .then_some(())
             }
         },
@@ -157,7 +157,7 @@ async fn a_paused_tenant_keeps_its_drift_until_resumed_then_converges() {
             .expect("deployment")
             .spec
             .and_then(|s| s.replicas),
-        Some(4),
+        Some(0),
         "neither the drift nor the spec change is applied while paused"
     );
     assert!(
