@@ -720,7 +720,7 @@ pub struct AuthSpec {
 #[serde(rename_all = "camelCase")]
 pub struct TenantStatus {
     /// Current phase: Pending, ProvisioningRedis, ProvisioningServer, Running, Updating,
-    /// Degraded, Stalled, Failed or Deleting. The journal is the source of truth.
+    /// Degraded, Stalled, Failed, Paused or Deleting. The journal is the source of truth.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub phase: Option<String>,
     /// The tenant namespace.

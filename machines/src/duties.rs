@@ -73,7 +73,8 @@ impl Action {
             | Action::MarkDegraded
             | Action::ReportFailure
             | Action::ReportStall
-            | Action::ReportRegistrationExists => &[],
+            | Action::ReportRegistrationExists
+            | Action::ReportPaused => &[],
         }
     }
 }
@@ -82,7 +83,8 @@ impl Phase {
     /// What the operator keeps true on every pass while a tenant is in this phase.
     pub fn keeps(self) -> &'static [Duty] {
         match self {
-            Phase::New => &[],
+            // Paused keeps nothing: drift stays until the tenant is resumed.
+            Phase::New | Phase::Paused => &[],
             // Held, so that deleting a failed Tenant still passes through teardown.
             Phase::Failed => &[Duty::HoldFinalizer],
             Phase::Pending => &PROVISIONED[..2],

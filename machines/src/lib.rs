@@ -28,6 +28,9 @@ pub enum Phase {
     /// No progress within the deadline, or a failure that will not pass by itself; the
     /// operator keeps trying and leaves when progress resumes or the spec changes.
     Stalled,
+    /// The user paused the tenant: the operator changes nothing of it (no apply, no delete,
+    /// no Auth call) until it is resumed, or deleted.
+    Paused,
 }
 
 /// The observed fact that drives a transition.
@@ -60,6 +63,10 @@ pub enum Trigger {
     /// Before this tenant asked Auth to register its name, Auth already knew it: someone
     /// else's registration, never adopted (and so never deregistered).
     RegistrationExists,
+    /// The Tenant carries the annotation `neurallog.io/paused: "true"`.
+    PauseRequested,
+    /// A paused Tenant no longer carries that annotation (or it is not `"true"`).
+    ResumeRequested,
 }
 
 /// What the operator must do after a transition: journaled with it, and carried out by the
@@ -77,6 +84,7 @@ pub enum Action {
     ReleaseFinalizer,
     ReportStall,
     ReportRegistrationExists,
+    ReportPaused,
 }
 
 mod fsm {
@@ -90,12 +98,14 @@ mod fsm {
             Observed => Pending [CreateNamespace],
             SpecInvalid => Failed [ReportFailure],
             DeletionRequested => Deleting [Teardown],
+            PauseRequested => Paused [ReportPaused],
         },
         Pending => {
             NamespaceReady => ProvisioningRedis [ProvisionRedis],
             SpecInvalid => Failed [ReportFailure],
             DeletionRequested => Deleting [Teardown],
             ProgressStalled => Stalled [ReportStall],
+            PauseRequested => Paused [ReportPaused],
         },
         ProvisioningRedis => {
             RedisReady => ProvisioningServer [ProvisionServer],
@@ -103,18 +113,21 @@ mod fsm {
             SpecInvalid => Failed [ReportFailure],
             DeletionRequested => Deleting [Teardown],
             ProgressStalled => Stalled [ReportStall],
+            PauseRequested => Paused [ReportPaused],
         },
         ProvisioningServer => {
             AllReady => Running [MarkRunning],
             SpecInvalid => Failed [ReportFailure],
             DeletionRequested => Deleting [Teardown],
             ProgressStalled => Stalled [ReportStall],
+            PauseRequested => Paused [ReportPaused],
         },
         Running => {
             SpecChanged => Updating [RollOutUpdate],
             ComponentLost => Degraded [MarkDegraded],
             SpecInvalid => Failed [ReportFailure],
             DeletionRequested => Deleting [Teardown],
+            PauseRequested => Paused [ReportPaused],
         },
         Updating => {
             AllReady => Running [MarkRunning],
@@ -122,6 +135,7 @@ mod fsm {
             SpecInvalid => Failed [ReportFailure],
             DeletionRequested => Deleting [Teardown],
             ProgressStalled => Stalled [ReportStall],
+            PauseRequested => Paused [ReportPaused],
         },
         Degraded => {
             AllReady => Running [MarkRunning],
@@ -129,6 +143,7 @@ mod fsm {
             SpecInvalid => Failed [ReportFailure],
             DeletionRequested => Deleting [Teardown],
             ProgressStalled => Stalled [ReportStall],
+            PauseRequested => Paused [ReportPaused],
         },
         Stalled => {
             AllReady => Running [MarkRunning],
@@ -136,9 +151,17 @@ mod fsm {
             ProgressResumed => Pending [CreateNamespace],
             SpecInvalid => Failed [ReportFailure],
             DeletionRequested => Deleting [Teardown],
+            PauseRequested => Paused [ReportPaused],
         },
         Failed => {
             ProblemResolved => Pending [CreateNamespace],
+            DeletionRequested => Deleting [Teardown],
+            PauseRequested => Paused [ReportPaused],
+        },
+        // Resuming starts again where every fact is re-derived, as after a failure: each
+        // step follows at once where its resources are already there.
+        Paused => {
+            ResumeRequested => Pending [CreateNamespace],
             DeletionRequested => Deleting [Teardown],
         },
         Deleting(CleanupDone) => Deleted [ReleaseFinalizer],
@@ -233,6 +256,9 @@ pub fn message(to: Phase, input: &Input) -> String {
     let reason = input.reason.as_deref().unwrap_or("unknown reason");
     match to {
         Phase::New => "Tenant not yet observed".to_string(),
+        Phase::Pending if input.trigger == Trigger::ResumeRequested => {
+            "Tenant resumed; checking its resources again from the namespace up".to_string()
+        }
         Phase::Pending => "Tenant accepted; creating its namespace".to_string(),
         Phase::ProvisioningRedis => "Namespace is ready; provisioning Redis".to_string(),
         Phase::ProvisioningServer => "Redis is ready; provisioning the server".to_string(),
@@ -246,11 +272,17 @@ pub fn message(to: Phase, input: &Input) -> String {
         Phase::Deleting => "Tenant is being deleted".to_string(),
         Phase::Deleted => "Tenant resources are gone; releasing the finalizer".to_string(),
         Phase::Stalled => format!("Tenant is stalled: {reason}"),
+        Phase::Paused => match input.reason.as_deref() {
+            Some(resume) => format!(
+                "Tenant is paused: the operator changes none of its resources until it is resumed with `{resume}`"
+            ),
+            None => "Tenant is paused: the operator changes none of its resources until the annotation neurallog.io/paused is removed".to_string(),
+        },
     }
 }
 
 impl Phase {
-    pub const ALL: [Phase; 11] = [
+    pub const ALL: [Phase; 12] = [
         Phase::New,
         Phase::Pending,
         Phase::ProvisioningRedis,
@@ -262,6 +294,7 @@ impl Phase {
         Phase::Deleting,
         Phase::Deleted,
         Phase::Stalled,
+        Phase::Paused,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -277,6 +310,7 @@ impl Phase {
             Phase::Deleting => "Deleting",
             Phase::Deleted => "Deleted",
             Phase::Stalled => "Stalled",
+            Phase::Paused => "Paused",
         }
     }
 
@@ -329,7 +363,7 @@ impl std::str::FromStr for Phase {
 }
 
 impl Trigger {
-    pub const ALL: [Trigger; 13] = [
+    pub const ALL: [Trigger; 15] = [
         Trigger::Observed,
         Trigger::NamespaceReady,
         Trigger::RedisReady,
@@ -343,6 +377,8 @@ impl Trigger {
         Trigger::ProgressStalled,
         Trigger::ProgressResumed,
         Trigger::RegistrationExists,
+        Trigger::PauseRequested,
+        Trigger::ResumeRequested,
     ];
 }
 

@@ -58,7 +58,56 @@ fn specification() -> BTreeMap<(Phase, Trigger), (Phase, Action)> {
     {
         spec.insert((phase, DeletionRequested), (Deleting, Teardown));
     }
+    for phase in std::iter::once(New)
+        .chain(building)
+        .chain(live)
+        .chain([Failed, Stalled])
+    {
+        spec.insert((phase, PauseRequested), (Paused, ReportPaused));
+    }
+    spec.insert((Paused, ResumeRequested), (Pending, CreateNamespace));
+    spec.insert((Paused, DeletionRequested), (Deleting, Teardown));
     spec
+}
+
+#[test]
+fn a_paused_tenant_keeps_nothing_and_resumes_where_every_fact_is_rederived() {
+    let paused = step(
+        Phase::Running,
+        &Input::new(Trigger::PauseRequested, 3)
+            .with_reason("kubectl annotate tenant acme neurallog.io/paused-"),
+    )
+    .expect("a running tenant can be paused");
+    assert_eq!(paused.to, Phase::Paused);
+    assert_eq!(plan(&paused.outputs, paused.to), Vec::<Duty>::new());
+    assert!(
+        paused
+            .message
+            .contains("kubectl annotate tenant acme neurallog.io/paused-"),
+        "{}",
+        paused.message
+    );
+    for trigger in Trigger::ALL {
+        let leaves = accepts(Phase::Paused, trigger);
+        assert_eq!(
+            leaves,
+            matches!(
+                trigger,
+                Trigger::ResumeRequested | Trigger::DeletionRequested
+            ),
+            "Paused on {trigger}"
+        );
+    }
+    let resumed = step(Phase::Paused, &Input::new(Trigger::ResumeRequested, 4))
+        .expect("a paused tenant can be resumed");
+    assert_eq!(resumed.to, Phase::Pending);
+    assert!(resumed.message.contains("resumed"), "{}", resumed.message);
+    for phase in [Phase::Deleting, Phase::Deleted, Phase::Paused] {
+        assert!(
+            !accepts(phase, Trigger::PauseRequested),
+            "{phase} must not pause"
+        );
+    }
 }
 
 #[test]

@@ -12,6 +12,8 @@ use std::time::Duration;
 pub struct TenantFacts {
     pub generation: i64,
     pub deleting: bool,
+    /// The Tenant carries `neurallog.io/paused: "true"` (see `pause`).
+    pub paused: bool,
     /// The generation recorded by the last journaled transition.
     pub journaled_generation: Option<i64>,
     /// When the last journaled transition happened: the progress deadline runs from it.
@@ -41,8 +43,17 @@ pub fn derive_input(phase: Phase, facts: TenantFacts, obs: &Observation) -> Opti
         return match phase {
             Phase::Deleting if cleanup_done(obs) => Some(input(Trigger::CleanupDone)),
             Phase::Deleting | Phase::Deleted => None,
+            // Deletion overrides a pause: the user's later, explicit intent (see README).
             _ => Some(input(Trigger::DeletionRequested)),
         };
+    }
+    // Before anything else the spec or the cluster could say: a paused tenant records
+    // nothing but its resume, and a problem never keeps it from resuming.
+    if facts.paused {
+        return accepts(phase, Trigger::PauseRequested).then(|| input(Trigger::PauseRequested));
+    }
+    if phase == Phase::Paused {
+        return Some(input(Trigger::ResumeRequested));
     }
     if let Some(problem) = blocking_problem(obs) {
         return accepts(phase, Trigger::SpecInvalid)
@@ -87,7 +98,7 @@ pub fn derive_input(phase: Phase, facts: TenantFacts, obs: &Observation) -> Opti
         Phase::Updating | Phase::Degraded => all_ready.then_some(Trigger::AllReady),
         Phase::Stalled if all_ready => Some(Trigger::AllReady),
         Phase::Stalled => resumed(facts, obs).then_some(Trigger::ProgressResumed),
-        Phase::Deleting | Phase::Deleted => None,
+        Phase::Deleting | Phase::Deleted | Phase::Paused => None,
     };
     let Some(trigger) = trigger else {
         return stall_reason(phase, facts, obs)
@@ -221,6 +232,7 @@ mod tests {
         TenantFacts {
             generation: 1,
             deleting: false,
+            paused: false,
             journaled_generation: Some(1),
             phase_since: Some(start()),
             now: start() + chrono::Duration::seconds(1),
@@ -505,6 +517,53 @@ mod tests {
     }
 
     #[test]
+    fn a_paused_tenant_records_the_pause_once_and_resumes_when_unannotated() {
+        let paused = TenantFacts {
+            paused: true,
+            ..facts()
+        };
+        let mut lost = obs();
+        lost.server.ready = 0;
+        for phase in [Phase::New, Phase::Running, Phase::Stalled, Phase::Failed] {
+            assert_eq!(
+                trigger(phase, paused, &lost),
+                Some(Trigger::PauseRequested),
+                "{phase}"
+            );
+        }
+        let changed_meanwhile = TenantFacts {
+            generation: 2,
+            ..paused
+        };
+        assert_eq!(
+            derive_input(Phase::Paused, changed_meanwhile, &lost),
+            None,
+            "neither drift nor a spec change moves a paused tenant"
+        );
+        let mut invalid = obs();
+        invalid.problems = vec!["spec.redis.config.maxmemory: use 256mb".into()];
+        assert_eq!(
+            trigger(Phase::Paused, facts(), &invalid),
+            Some(Trigger::ResumeRequested),
+            "a problem does not keep a tenant paused"
+        );
+        assert_eq!(
+            trigger(Phase::Paused, at(7000), &lost),
+            Some(Trigger::ResumeRequested)
+        );
+        let deleting = TenantFacts {
+            deleting: true,
+            ..paused
+        };
+        assert_eq!(
+            trigger(Phase::Paused, deleting, &obs()),
+            Some(Trigger::DeletionRequested),
+            "deletion overrides a pause"
+        );
+        assert_eq!(trigger(Phase::Deleting, paused, &obs()), None);
+    }
+
+    #[test]
     fn every_derived_input_is_accepted_by_the_machine() {
         let observations = [
             obs(),
@@ -523,10 +582,11 @@ mod tests {
             },
         ];
         for phase in Phase::ALL {
-            for deleting in [false, true] {
+            for (deleting, paused) in [(false, false), (true, false), (false, true), (true, true)] {
                 for o in &observations {
                     let f = TenantFacts {
                         deleting,
+                        paused,
                         ..facts()
                     };
                     if let Some(input) = derive_input(phase, f, o) {

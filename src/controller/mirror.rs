@@ -296,6 +296,7 @@ impl Context {
 fn transition_reason(record: &Record) -> &'static str {
     match record.input.trigger {
         neurallog_machines::Trigger::RegistrationExists => super::registration::REGISTRATION_EXISTS,
+        neurallog_machines::Trigger::ResumeRequested => "Resumed",
         _ => record.to.as_str(),
     }
 }

@@ -9,6 +9,7 @@
 //! | `context` | what passes share, and what is remembered per tenant between passes |
 //! | `observe` ([`observation`], [`failures`]) | what exists and is ready, read from the caches |
 //! | [`input`] | observation -> the machine's input (pure) |
+//! | [`pause`] | the annotation that pauses a tenant, and how to resume it |
 //! | [`registration`] | whose the Auth registration of the tenant's name is (journaled intent) |
 //! | [`apply`] ([`compare`]) | the objects the current phase needs, written only when different |
 //! | `mirror` ([`events`], [`status`]) | Events of journaled transitions, Warning Events, status |
@@ -21,6 +22,7 @@ pub mod events;
 pub mod failures;
 pub mod input;
 pub mod observation;
+pub mod pause;
 pub mod registration;
 pub mod status;
 

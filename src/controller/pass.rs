@@ -4,6 +4,7 @@
 use super::apply::Applier;
 use super::input::{TenantFacts, derive_input};
 use super::observe::Wanted;
+use super::pause;
 use super::registration;
 use super::{Context, Error};
 use super::{
@@ -15,7 +16,7 @@ use crate::metrics::ResultLabel;
 use chrono::Utc;
 use kube::ResourceExt;
 use kube::runtime::controller::Action;
-use neurallog_machines::{Phase, step};
+use neurallog_machines::{Phase, Trigger, step};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tracing::{Instrument, info, info_span, warn};
@@ -71,6 +72,7 @@ impl Context {
         TenantFacts {
             generation: tenant.metadata.generation.unwrap_or(0),
             deleting: tenant.metadata.deletion_timestamp.is_some(),
+            paused: pause::is_paused(tenant),
             journaled_generation: tail.map(|r| r.generation),
             phase_since: tail.map(|r| r.time),
             now: Utc::now(),
@@ -174,7 +176,13 @@ async fn reconcile_tenant(tenant: Arc<Tenant>, ctx: Arc<Context>) -> Result<Acti
             Err(error) => name_check_failed = Some(error),
         }
     }
-    let input = derive_input(journaled, facts, &obs);
+    let input = derive_input(journaled, facts, &obs).map(|input| {
+        if input.trigger == Trigger::PauseRequested {
+            input.with_reason(pause::resume_command(&tenant.name_any()))
+        } else {
+            input
+        }
+    });
     let mut outputs = Vec::new();
     if let Some(input) = input
         && let Some(record) = ctx.append(&tenant, tail.as_ref(), input).await?

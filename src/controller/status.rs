@@ -135,11 +135,12 @@ fn conditions(
     } else {
         let why = blocker
             .as_ref()
+            .filter(|_| phase != Phase::Paused)
             .map_or(message.as_str(), |b| b.message.as_str());
         condition("Ready", false, phase.as_str(), why, generation)
     };
     let reconciling = match (&auth_failure, &blocker, phase) {
-        (_, _, Phase::Failed | Phase::Deleted | Phase::Stalled) => {
+        (_, _, Phase::Failed | Phase::Deleted | Phase::Stalled | Phase::Paused) => {
             condition("Reconciling", false, phase.as_str(), &message, generation)
         }
         (_, Some(blocker), _) => condition(
@@ -201,12 +202,17 @@ fn conditions(
             generation,
         )
     };
-    vec![
+    let mut conditions = vec![
         ready,
         reconciling,
         stalled,
         registration_condition(phase, obs, generation),
-    ]
+    ];
+    // Only while paused: every other tenant's status stays as it was.
+    if phase == Phase::Paused {
+        conditions.push(condition("Paused", true, "Paused", &message, generation));
+    }
+    conditions
 }
 
 /// `AuthRegistered`: whether Auth knows the tenant's name by this tenant's own
@@ -407,5 +413,42 @@ mod tests {
         assert_eq!(cond(&s, "Stalled").status, "True");
         assert_eq!(cond(&s, "Stalled").reason, "InvalidSpec");
         assert_eq!(cond(&s, "Ready").status, "False");
+    }
+
+    #[test]
+    fn a_paused_tenant_says_so_and_how_to_resume() {
+        let message = neurallog_machines::message(
+            Phase::Paused,
+            &neurallog_machines::Input::new(neurallog_machines::Trigger::PauseRequested, 1)
+                .with_reason("kubectl annotate tenant acme neurallog.io/paused-"),
+        );
+        let paused = JournalTail {
+            message,
+            ..tail(Phase::Paused)
+        };
+        let s = desired_status(Some(&paused), "ns", 1, &running_obs(), None, Utc::now());
+        assert_eq!(s.phase.as_deref(), Some("Paused"));
+        let c = cond(&s, "Paused");
+        assert_eq!((c.status.as_str(), c.reason.as_str()), ("True", "Paused"));
+        assert!(
+            c.message
+                .contains("kubectl annotate tenant acme neurallog.io/paused-"),
+            "{}",
+            c.message
+        );
+        assert_eq!(cond(&s, "Reconciling").status, "False");
+        assert_eq!(cond(&s, "Ready").reason, "Paused");
+        let running = desired_status(
+            Some(&tail(Phase::Running)),
+            "ns",
+            1,
+            &running_obs(),
+            None,
+            Utc::now(),
+        );
+        assert!(
+            running.conditions.iter().all(|c| c.type_ != "Paused"),
+            "the condition shows only while paused"
+        );
     }
 }

@@ -388,6 +388,7 @@ pub(crate) fn phase_code(phase: Phase) -> u8 {
         Phase::Deleting => 8,
         Phase::Deleted => 9,
         Phase::Stalled => 10,
+        Phase::Paused => 11,
     }
 }
 
@@ -404,6 +405,7 @@ fn phase(code: u8) -> Option<Phase> {
         8 => Phase::Deleting,
         9 => Phase::Deleted,
         10 => Phase::Stalled,
+        11 => Phase::Paused,
         _ => return None,
     })
 }
@@ -423,6 +425,8 @@ fn trigger_code(trigger: Trigger) -> u8 {
         Trigger::ProgressStalled => 10,
         Trigger::ProgressResumed => 11,
         Trigger::RegistrationExists => 12,
+        Trigger::PauseRequested => 13,
+        Trigger::ResumeRequested => 14,
     }
 }
 
@@ -441,6 +445,8 @@ fn trigger(code: u8) -> Option<Trigger> {
         10 => Trigger::ProgressStalled,
         11 => Trigger::ProgressResumed,
         12 => Trigger::RegistrationExists,
+        13 => Trigger::PauseRequested,
+        14 => Trigger::ResumeRequested,
         _ => return None,
     })
 }
@@ -458,6 +464,7 @@ fn action_code(action: Action) -> u8 {
         Action::ReleaseFinalizer => 8,
         Action::ReportStall => 9,
         Action::ReportRegistrationExists => 10,
+        Action::ReportPaused => 11,
     }
 }
 
@@ -474,6 +481,7 @@ fn action(code: u8) -> Option<Action> {
         8 => Action::ReleaseFinalizer,
         9 => Action::ReportStall,
         10 => Action::ReportRegistrationExists,
+        11 => Action::ReportPaused,
         _ => return None,
     })
 }
@@ -496,7 +504,17 @@ mod tests {
                 assert_eq!(action_code(a), code);
             }
         }
-        assert_eq!(phase(11), None);
+        assert_eq!(phase(12), None);
+        // Added after journals existed: new codes only, so old journals replay.
+        assert_eq!(
+            (
+                phase_code(Phase::Paused),
+                trigger_code(Trigger::PauseRequested),
+                trigger_code(Trigger::ResumeRequested),
+                action_code(Action::ReportPaused)
+            ),
+            (11, 13, 14, 11)
+        );
     }
 
     #[test]

@@ -168,6 +168,14 @@ pub(super) fn transition_event(seq: u64, phase: Phase) -> Exchange {
     )
 }
 
+/// The Event of journal record `seq`: a paused tenant resumed (into `Pending`).
+pub(super) fn resumed_event(seq: u64) -> Exchange {
+    event("Normal", "Resumed").with(
+        "/metadata/name",
+        transition_event_name(&tenant(), seq, None),
+    )
+}
+
 /// The Event of journal record `seq`: Failed, because Auth already knew the name.
 pub(super) fn registration_exists_event(seq: u64) -> Exchange {
     event("Warning", "RegistrationExists").with(

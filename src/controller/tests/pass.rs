@@ -410,3 +410,60 @@ async fn a_409_after_the_journaled_intent_is_the_tenants_own_registration() {
     assert_eq!(auth_calls(&fx), calls(&[("DELETE", 200)]));
     assert!(fx.auth.tenants().is_empty(), "deregistered");
 }
+
+#[tokio::test]
+async fn a_paused_tenant_journals_the_pause_writes_nothing_and_resumes_from_pending() {
+    use crate::controller::pause::PAUSED_ANNOTATION;
+    let mut fx = settled(&TO_RUNNING, AuthState::Registered).await;
+    let mut tenant = fx.api.tenant();
+    tenant
+        .annotations_mut()
+        .insert(PAUSED_ANNOTATION.into(), "true".into());
+    fx.api.store_tenant(&tenant);
+    let action = fx
+        .pass(vec![
+            transition_event(5, Phase::Paused).with(
+                "/message",
+                "Tenant is paused: the operator changes none of its resources until it is \
+                 resumed with `kubectl annotate tenant my-tenant neurallog.io/paused-`",
+            ),
+            patch_status("Paused")
+                .with("/status/journal/sequence", 5)
+                .with("/status/conditions/4/type", "Paused")
+                .with("/status/conditions/4/status", "True"),
+        ])
+        .await
+        .expect("the pass succeeds");
+    assert_eq!(action, Action::requeue(RUNNING_RECHECK));
+    assert_eq!(phase_and_seq(&fx.tail()), (Phase::Paused, 5));
+
+    // Drift meanwhile: the namespace is gone. The pass only reads.
+    fx.api.namespace_gone();
+    let writes = fx.ctx.metrics.total_writes();
+    let action = fx
+        .pass(vec![get_namespace(), get_namespace()])
+        .await
+        .expect("the pass succeeds");
+    assert_eq!(action, Action::requeue(RUNNING_RECHECK));
+    assert_eq!(fx.ctx.metrics.total_writes(), writes, "no write at all");
+    assert_eq!(fx.auth.calls().total, 0, "no Auth call");
+    assert_eq!(phase_and_seq(&fx.tail()), (Phase::Paused, 5));
+
+    let mut tenant = fx.api.tenant();
+    tenant.annotations_mut().remove(PAUSED_ANNOTATION);
+    fx.api.store_tenant(&tenant);
+    fx.pass(vec![
+        get_namespace(),
+        resumed_event(6),
+        create_namespace(),
+        event("Normal", "Created").with("/message", "Created namespace tenant-my-tenant"),
+        patch_status("Pending").with("/status/journal/sequence", 6),
+    ])
+    .await
+    .expect("the pass succeeds");
+    let resumed = fx.tail();
+    assert_eq!(
+        (resumed.from, resumed.to, resumed.seq, resumed.input.trigger),
+        (Phase::Paused, Phase::Pending, 6, Trigger::ResumeRequested)
+    );
+}
