@@ -72,10 +72,13 @@ impl Ownership {
 
     /// The ownership a chain's records tell. A chain that retention compacted may have
     /// lost the intent: it started where the intent must have been taken (a phase only
-    /// reachable through `ProvisioningServer`), or the status last said so.
+    /// reachable through `ProvisioningServer`), or the status last said so. So may a chain
+    /// begun in a journal that replaced a damaged one (`journal_replaced`): the intent is in
+    /// the copy kept aside, and the status written before the damage still tells it.
     pub fn of_chain<'a>(
         records: impl IntoIterator<Item = &'a Record>,
         status: Option<&TenantStatus>,
+        journal_replaced: bool,
     ) -> Ownership {
         let mut records = records.into_iter().peekable();
         let compacted_from = records.peek().filter(|r| r.seq > 1).map(|r| r.from);
@@ -86,7 +89,8 @@ impl Ownership {
             _ => Ownership::None,
         };
         let told = records.fold(start, Ownership::after);
-        if told == Ownership::None && compacted_from.is_some() && status_says_ours(status) {
+        let history_partial = compacted_from.is_some() || journal_replaced;
+        if told == Ownership::None && history_partial && status_says_ours(status) {
             return Ownership::Ours;
         }
         told
@@ -131,7 +135,8 @@ impl Context {
         }
         let chain = uid.to_string();
         let records: Vec<Record> = self.blocking(move |j| j.history(&chain).collect()).await?;
-        let ownership = Ownership::of_chain(&records, tenant.status.as_ref());
+        let ownership =
+            Ownership::of_chain(&records, tenant.status.as_ref(), self.recovery.is_some());
         self.memo(tenant, |m| m.ownership = Some(ownership));
         Ok(ownership)
     }
@@ -229,7 +234,7 @@ mod tests {
     #[test]
     fn the_intent_makes_the_name_ours_and_deletion_keeps_it() {
         let mut chain = to_provisioning_redis();
-        assert_eq!(Ownership::of_chain(&chain, None), Ownership::None);
+        assert_eq!(Ownership::of_chain(&chain, None, false), Ownership::None);
         chain.push(record(
             3,
             Phase::ProvisioningRedis,
@@ -237,7 +242,7 @@ mod tests {
             Phase::ProvisioningServer,
             &[Action::ProvisionServer],
         ));
-        assert_eq!(Ownership::of_chain(&chain, None), Ownership::Ours);
+        assert_eq!(Ownership::of_chain(&chain, None, false), Ownership::Ours);
         chain.push(record(
             4,
             Phase::ProvisioningServer,
@@ -245,7 +250,7 @@ mod tests {
             Phase::Deleting,
             &[Action::Teardown],
         ));
-        assert_eq!(Ownership::of_chain(&chain, None), Ownership::Ours);
+        assert_eq!(Ownership::of_chain(&chain, None, false), Ownership::Ours);
     }
 
     #[test]
@@ -258,7 +263,7 @@ mod tests {
             Phase::Failed,
             &[Action::ReportRegistrationExists],
         ));
-        assert_eq!(Ownership::of_chain(&chain, None), Ownership::Foreign);
+        assert_eq!(Ownership::of_chain(&chain, None, false), Ownership::Foreign);
         chain.push(record(
             4,
             Phase::Failed,
@@ -266,7 +271,7 @@ mod tests {
             Phase::Deleting,
             &[Action::Teardown],
         ));
-        assert_eq!(Ownership::of_chain(&chain, None), Ownership::Foreign);
+        assert_eq!(Ownership::of_chain(&chain, None, false), Ownership::Foreign);
     }
 
     #[test]
@@ -287,7 +292,7 @@ mod tests {
                 &[Action::Teardown],
             ),
         ];
-        assert_eq!(Ownership::of_chain(&chain, None), Ownership::None);
+        assert_eq!(Ownership::of_chain(&chain, None, false), Ownership::None);
     }
 
     #[test]
@@ -299,7 +304,7 @@ mod tests {
             Phase::Deleting,
             &[Action::Teardown],
         )];
-        assert_eq!(Ownership::of_chain(&running, None), Ownership::Ours);
+        assert_eq!(Ownership::of_chain(&running, None, false), Ownership::Ours);
 
         let failed = [record(
             7,
@@ -308,7 +313,7 @@ mod tests {
             Phase::Deleting,
             &[Action::Teardown],
         )];
-        assert_eq!(Ownership::of_chain(&failed, None), Ownership::None);
+        assert_eq!(Ownership::of_chain(&failed, None, false), Ownership::None);
         let status = |reason: &str| TenantStatus {
             conditions: vec![k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition {
                 type_: CONDITION.into(),
@@ -323,16 +328,26 @@ mod tests {
             ..TenantStatus::default()
         };
         assert_eq!(
-            Ownership::of_chain(&failed, Some(&status("Registered"))),
+            Ownership::of_chain(&failed, Some(&status("Registered")), false),
             Ownership::Ours
         );
         assert_eq!(
-            Ownership::of_chain(&failed, Some(&status(REGISTRATION_EXISTS))),
+            Ownership::of_chain(&failed, Some(&status(REGISTRATION_EXISTS)), false),
             Ownership::None
         );
         // A whole chain is its own witness: the status is not consulted.
         assert_eq!(
-            Ownership::of_chain(&to_provisioning_redis(), Some(&status("Registered"))),
+            Ownership::of_chain(&to_provisioning_redis(), Some(&status("Registered")), false),
+            Ownership::None
+        );
+        // Unless the journal replaced a damaged one: the chain begun afresh holds no intent,
+        // and the status written before the damage tells whose the registration is.
+        assert_eq!(
+            Ownership::of_chain(&to_provisioning_redis(), Some(&status("Registered")), true),
+            Ownership::Ours
+        );
+        assert_eq!(
+            Ownership::of_chain(&to_provisioning_redis(), None, true),
             Ownership::None
         );
     }
