@@ -131,7 +131,9 @@ pub fn server_config(
         .context("TLS protocol versions")?
         .with_no_client_auth()
         .with_cert_resolver(resolver.clone());
-    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    // axum serves HTTP/1.1 only here: offering h2 makes clients that take it (the kubelet's
+    // probes, the API server's proxy) speak a protocol the server then drops.
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok((Arc::new(config), resolver))
 }
 
