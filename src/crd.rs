@@ -442,6 +442,14 @@ pub struct RedisSpec {
     #[schemars(length(max = limits::MAX_TOPOLOGY_SPREAD))]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["topologyKey"]))]
     pub topology_spread: Vec<TopologySpread>,
+
+    /// Keep the Redis data volume when the tenant is deleted: before its namespace goes,
+    /// the volume's PersistentVolume is switched to the Retain reclaim policy and labelled
+    /// neurallog.io/tenant=<tenant> (find it with `kubectl get pv -l
+    /// neurallog.io/tenant=<tenant>`). A new tenant can start from it (README: Restoring a
+    /// tenant from a retained volume). Default false: the volume goes with the tenant.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub retain_storage: bool,
 }
 
 /// Horizontal autoscaling of the server on CPU utilization.
@@ -823,6 +831,7 @@ impl Default for RedisSpec {
             node_selector: BTreeMap::new(),
             tolerations: Vec::new(),
             topology_spread: Vec::new(),
+            retain_storage: false,
         }
     }
 }

@@ -247,6 +247,7 @@ mod plausible {
             redis_config(),
             option::of(select(&["standard", "fast-ssd.example.com"][..])),
             placement(),
+            any::<bool>(),
         )
             .prop_map(
                 |(
@@ -255,6 +256,7 @@ mod plausible {
                     config,
                     storage_class,
                     (node_selector, tolerations, topology_spread),
+                    retain_storage,
                 )| RedisSpec {
                     replicas: 1,
                     image: "redis:7-alpine".into(),
@@ -265,6 +267,7 @@ mod plausible {
                     node_selector,
                     tolerations,
                     topology_spread,
+                    retain_storage,
                 },
             );
         let auth = option::of(

@@ -194,6 +194,7 @@ fn redis() -> impl Strategy<Value = RedisSpec> {
         btree_map(redis_key(), value, 0..4),
         option::of(text()),
         placement(),
+        any::<bool>(),
     )
         .prop_map(
             |(
@@ -204,6 +205,7 @@ fn redis() -> impl Strategy<Value = RedisSpec> {
                 config,
                 storage_class_name,
                 (node_selector, tolerations, topology_spread),
+                retain_storage,
             )| RedisSpec {
                 replicas,
                 image,
@@ -214,6 +216,7 @@ fn redis() -> impl Strategy<Value = RedisSpec> {
                 node_selector,
                 tolerations,
                 topology_spread,
+                retain_storage,
             },
         )
 }
