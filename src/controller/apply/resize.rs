@@ -1,15 +1,17 @@
 //! The applier's part of growing the Redis volume (see `controller::storage`): ask each
 //! claim for the new size, then replace the StatefulSet so its claim template follows.
 
-use super::{Applier, retry, write_error};
+use super::{Applier, is_transient, retry, write_error};
 use crate::controller::Error;
 use crate::controller::storage::{StorageState, template_outgrown};
+use backon::{ExponentialBuilder, Retryable};
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::PersistentVolumeClaim;
 use kube::api::{DeleteParams, Patch, PatchParams, Preconditions, PropagationPolicy};
 use kube::runtime::reflector::ObjectRef;
 use kube::{Api, ResourceExt};
 use serde_json::json;
+use std::time::Duration;
 
 impl Applier<'_> {
     /// Grows the Redis claims to the spec's size and replaces a StatefulSet whose claim
@@ -38,7 +40,15 @@ impl Applier<'_> {
             .count_write("patch", "persistentvolumeclaims");
         let patch = Patch::Merge(&patch);
         let params = PatchParams::default();
-        retry(|| api.patch(name, &params, &patch))
+        (|| api.patch(name, &params, &patch))
+            .retry(
+                ExponentialBuilder::default()
+                    .with_min_delay(Duration::from_millis(50))
+                    .with_max_delay(Duration::from_secs(2))
+                    .with_max_times(8)
+                    .with_jitter(),
+            )
+            .when(|e| is_transient(e) || is_quota_not_seen_yet(e))
             .await
             .map_err(write_error("PersistentVolumeClaim", name))?;
         tracing::info!(claim = name, size, "asked the Redis claim for more storage");
@@ -85,4 +95,11 @@ impl Applier<'_> {
         );
         Ok(false)
     }
+}
+
+/// The quota admission refused the claim's new size, though the quota was raised for it
+/// earlier in the pass: the API server's quota cache may not show the raise yet. Retried a
+/// few seconds; a claim that truly exceeds the quota is refused then.
+fn is_quota_not_seen_yet(error: &kube::Error) -> bool {
+    matches!(error, kube::Error::Api(e) if e.code == 403 && e.message.contains("exceeded quota"))
 }
