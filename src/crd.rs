@@ -13,6 +13,15 @@ use std::collections::BTreeMap;
 pub const DEFAULT_SERVER_IMAGE: &str = "neurallog/server:latest";
 pub const DEFAULT_REDIS_IMAGE: &str = "redis:7-alpine";
 pub const DEFAULT_REDIS_STORAGE: &str = "1Gi";
+
+/// CEL transition rule of `spec.redis.storage`: a volume can grow, never shrink. A value
+/// that is no quantity is left to the rule that says so.
+const STORAGE_NEVER_SHRINKS: &str =
+    "!isQuantity(self) || !isQuantity(oldSelf) || !quantity(self).isLessThan(quantity(oldSelf))";
+
+/// What the API server answers a smaller `spec.redis.storage`.
+pub const STORAGE_SHRINK_MESSAGE: &str = "spec.redis.storage cannot shrink: a volume can only grow; to use a smaller volume, delete the tenant and create it again";
+
 /// Longest DNS label: namespace and Service names, and every label value.
 pub const DNS_LABEL_MAX: usize = 63;
 /// Suffix of the Redis StatefulSet and headless Service, `<tenant>-redis`.
@@ -400,11 +409,13 @@ pub struct RedisSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resources: Option<Resources>,
 
-    /// Size of the Redis data volume. Cannot be changed after creation (a StatefulSet's
-    /// volume claim templates are immutable).
+    /// Size of the Redis data volume. It can grow, never shrink: the operator expands the
+    /// volume in place when its StorageClass allows volume expansion (the tenant shows
+    /// Reconciling, reason Resizing, until it has), and reports Stalled naming the class
+    /// when it does not.
     #[serde(default = "default_redis_storage")]
     #[schemars(length(min = 1, max = limits::MAX_QUANTITY))]
-    #[x_kube(validation = Rule::new("self == oldSelf").message("spec.redis.storage is immutable: a StatefulSet's volume claim template cannot change; to use another size, delete the tenant and create it again"))]
+    #[x_kube(validation = Rule::new(STORAGE_NEVER_SHRINKS).message(STORAGE_SHRINK_MESSAGE))]
     #[x_kube(validation = Rule::new("isQuantity(self) && quantity(self).isGreaterThan(quantity('0'))").message("spec.redis.storage must be a positive Kubernetes quantity such as 1Gi"))]
     pub storage: String,
 

@@ -1,7 +1,8 @@
 //! The RBAC of deploy/ is enough, and no more: the operator runs with a token of its
 //! ServiceAccount, bound exactly as deploy/ binds it, and takes a tenant through create,
-//! update and delete (with leader election on). A missing permission fails the test: the
-//! caches never sync, or the tenant never reaches Running or never goes away.
+//! update (growing the Redis volume too) and delete (with leader election on). A missing
+//! permission fails the test: the caches never sync, or the tenant never reaches Running
+//! or never goes away.
 //!
 //! The RBAC objects are deploy/'s own rules under unique names (a sandbox namespace
 //! instead of `neurallog-system`, prefixed role and binding names), so this test runs
@@ -19,7 +20,7 @@ mod sandbox;
 
 use common::*;
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::Namespace;
+use k8s_openapi::api::core::v1::{Namespace, PersistentVolumeClaim};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use kube::api::DeleteParams;
 use kube::{Api, Client};
@@ -144,13 +145,23 @@ async fn the_operator_runs_a_tenant_lifecycle_with_exactly_the_rbac_of_deploy() 
     wait_for_phase(&client, &run, "Running", PROVISION).await;
     wait_for_policy(&client, &run, "custom-ingress-0", true).await;
 
-    // Update: apply changes, and prune the policy of a removed rule.
+    // Update: apply changes, prune the policy of a removed rule, and grow the Redis volume
+    // (read its class, patch its claim, replace the StatefulSet orphaning its pod).
     tenant.spec.server.replicas = 3;
     tenant.spec.network_policy.ingress_rules.clear();
+    tenant.spec.redis.storage = "6Gi".into();
     apply_tenant(&client, &tenant).await;
     wait_for_server_replicas(&client, &run, 3).await;
     wait_for_policy(&client, &run, "custom-ingress-0", false).await;
     wait_for_phase(&client, &run, "Running", PROVISION).await;
+    let claims: Api<PersistentVolumeClaim> =
+        Api::namespaced(client.clone(), &format!("tenant-{run}"));
+    let claim = claims
+        .get(&format!("redis-data-{run}-redis-0"))
+        .await
+        .expect("the Redis claim");
+    let capacity = claim.status.and_then(|s| s.capacity).expect("a capacity");
+    assert_eq!(capacity["storage"].0, "6Gi", "the volume grew");
 
     // Delete: the namespace goes, then the finalizer.
     let tenants: Api<Tenant> = Api::all(client.clone());

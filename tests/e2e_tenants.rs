@@ -269,15 +269,15 @@ async fn every_update_of_the_guide_takes_effect() {
     })
     .await;
 
-    // Storage cannot change: the API server refuses it.
+    // Storage cannot shrink: the API server refuses it (growing is tests/e2e_storage_growth.rs).
     let (ok, _, stderr) = kubectl_stdin(
         &["apply", "-f", "-"],
         &format!(
-            "apiVersion: neurallog.io/v1\nkind: Tenant\nmetadata: {{name: {name}}}\nspec:\n  redis:\n    storage: 9Gi\n"
+            "apiVersion: neurallog.io/v1\nkind: Tenant\nmetadata: {{name: {name}}}\nspec:\n  redis:\n    storage: 512Mi\n"
         ),
     );
     assert!(
-        !ok && stderr.contains("spec.redis.storage is immutable"),
+        !ok && stderr.contains(neurallog_operator::crd::STORAGE_SHRINK_MESSAGE),
         "{stderr}"
     );
     delete_and_wait(&env, &name).await;

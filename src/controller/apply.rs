@@ -27,6 +27,8 @@ use std::future::Future;
 use std::sync::Mutex;
 use std::time::Duration;
 
+mod resize;
+
 /// The one field manager for everything the operator applies.
 pub const FIELD_MANAGER: &str = "neurallog-operator";
 /// Holds the server's replica count while it passes to the autoscaler.
@@ -336,6 +338,11 @@ impl<'a> Applier<'a> {
             Some(REDIS_SERVICE),
         )
         .await?;
+        if !self.grow_redis_storage(&desired.redis_statefulset).await? {
+            // Its claims cannot grow, or the StatefulSet is being replaced: a pass after
+            // its deletion creates it again.
+            return Ok(());
+        }
         self.apply(
             &desired.redis_statefulset,
             &stores.statefulsets,

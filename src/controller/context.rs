@@ -13,7 +13,9 @@ use crate::metrics::Metrics;
 use crate::render::RenderSettings;
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
-use k8s_openapi::api::core::v1::{ConfigMap, LimitRange, Namespace, Pod, ResourceQuota, Service};
+use k8s_openapi::api::core::v1::{
+    ConfigMap, LimitRange, Namespace, PersistentVolumeClaim, Pod, ResourceQuota, Service,
+};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::runtime::reflector::Store;
@@ -38,6 +40,9 @@ pub struct Stores {
     pub autoscalers: Store<HorizontalPodAutoscaler>,
     /// The tenants' pods, status only: why a component is not ready.
     pub pods: Store<Pod>,
+    /// The Redis data claims (created by the StatefulSet controller, selected by the
+    /// StatefulSet's pod labels): what size they ask for and hold.
+    pub redis_claims: Store<PersistentVolumeClaim>,
 }
 
 /// What the operator remembers about a tenant between passes. Losing it (a restart) costs

@@ -62,8 +62,11 @@ pub fn derive_input(phase: Phase, facts: TenantFacts, obs: &Observation) -> Opti
     let spec_changed = facts
         .journaled_generation
         .is_some_and(|g| facts.generation > g);
-    let all_ready =
-        obs.redis.is_ready() && obs.server.is_ready() && obs.auth == AuthState::Registered;
+    // A growing Redis volume is not done until its claims report the new capacity.
+    let all_ready = obs.redis.is_ready()
+        && obs.storage.is_settled()
+        && obs.server.is_ready()
+        && obs.auth == AuthState::Registered;
     let trigger: Option<Trigger> = match phase {
         Phase::New => Some(Trigger::Observed),
         // Failed because Auth knew the name first: resolved once the name is free.

@@ -12,6 +12,7 @@
 //! | [`pause`] | the annotation that pauses a tenant, and how to resume it |
 //! | [`registration`] | whose the Auth registration of the tenant's name is (journaled intent) |
 //! | [`apply`] ([`compare`]) | the objects the current phase needs, written only when different |
+//! | [`storage`] | growing the Redis volume in place: when to ask, replace, wait or refuse |
 //! | `mirror` ([`events`], [`status`]) | Events of journaled transitions, Warning Events, status |
 //! | `runtime` | watch caches, what triggers a pass, readiness, backoff |
 //! | `error` | what a pass can fail with |
@@ -25,6 +26,7 @@ pub mod observation;
 pub mod pause;
 pub mod registration;
 pub mod status;
+pub mod storage;
 
 mod context;
 mod error;

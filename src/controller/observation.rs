@@ -3,6 +3,7 @@
 
 use super::failures::{PodProblem, WriteFailure};
 use super::registration::{NameCheck, Ownership};
+use super::storage::StorageState;
 use crate::crd::ServerScale;
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::core::v1::Namespace;
@@ -105,6 +106,8 @@ pub struct Observation {
     pub write_failure: Option<WriteFailure>,
     /// When a pod that is unschedulable, but only for a moment yet, would count as a problem.
     pub problem_due: Option<chrono::DateTime<chrono::Utc>>,
+    /// Where the Redis volumes stand against `spec.redis.storage` (see `storage`).
+    pub storage: StorageState,
 }
 
 /// What keeps the tenant from progressing, as the status and the machine see it.
@@ -117,14 +120,21 @@ pub struct Blocker {
 }
 
 impl Observation {
-    /// The first thing that keeps the tenant from progressing: a failed write, then a
-    /// Redis pod, then a server pod.
+    /// The first thing that keeps the tenant from progressing: a failed write, then the
+    /// Redis volume growing (or unable to), then a Redis pod, then a server pod.
     pub fn blocker(&self) -> Option<Blocker> {
         if let Some(failure) = &self.write_failure {
             return Some(Blocker {
                 reason: failure.condition_reason().into(),
                 message: failure.describe(),
                 refused: failure.refused,
+            });
+        }
+        if let Some((reason, message, refused)) = self.storage.blocker() {
+            return Some(Blocker {
+                reason: reason.into(),
+                message,
+                refused,
             });
         }
         let pod = |component: &str, problem: &PodProblem| Blocker {

@@ -4,13 +4,17 @@
 use super::apply;
 use super::failures;
 use super::observation::{Observation, deployment_state, namespace_state, statefulset_state};
+use super::storage::{self, ClaimSize, Expansion, StorageState};
 use super::{Context, Error};
 use crate::crd::{Tenant, namespace_for};
+use crate::quantity::Quantity;
 use crate::render::{self, RenderError, RenderSettings};
 use chrono::Utc;
 use k8s_openapi::api::core::v1::{Namespace, Pod};
+use k8s_openapi::api::storage::v1::StorageClass;
 use kube::runtime::reflector::ObjectRef;
 use kube::{Api, ResourceExt};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 /// What the spec asks for, worked out once per pass: its problems (validation, then
@@ -112,7 +116,49 @@ impl Context {
             server_problem,
             write_failure: self.memo(tenant, |m| m.write_failure.clone()),
             problem_due: redis_due.into_iter().chain(server_due).min(),
+            storage: if owned {
+                self.redis_storage(tenant, &ns_name).await?
+            } else {
+                StorageState::Settled
+            },
         })
+    }
+
+    /// Where the tenant's Redis claims stand against `spec.redis.storage`. A StorageClass
+    /// is read from the API server, and only while a claim still asks for less than the
+    /// spec: classes are few, rarely read, and not worth a cache.
+    async fn redis_storage(&self, tenant: &Tenant, namespace: &str) -> Result<StorageState, Error> {
+        let Ok(wanted) = Quantity::parse(&tenant.spec.redis.storage) else {
+            // Reported as a spec problem; nothing to grow to.
+            return Ok(StorageState::Settled);
+        };
+        let name = tenant.name_any();
+        let mut claims: Vec<ClaimSize> = self
+            .stores
+            .redis_claims
+            .state()
+            .iter()
+            .filter(|c| c.metadata.namespace.as_deref() == Some(namespace))
+            .filter(|c| c.labels().get(render::TENANT_LABEL) == Some(&name))
+            .map(|c| ClaimSize::of(c))
+            .collect();
+        claims.sort_by(|a, b| a.name.cmp(&b.name));
+        let api: Api<StorageClass> = Api::all(self.client.clone());
+        let mut classes = BTreeMap::new();
+        for class in storage::classes_to_read(&wanted, &claims) {
+            let expansion = match api.get_opt(&class).await.map_err(Error::Kube)? {
+                None => Expansion::NoSuchClass,
+                Some(c) if c.allow_volume_expansion == Some(true) => Expansion::Allowed,
+                Some(_) => Expansion::NotAllowed,
+            };
+            classes.insert(class, expansion);
+        }
+        Ok(storage::storage_state(&wanted, &claims, |class| {
+            classes
+                .get(class)
+                .cloned()
+                .unwrap_or(Expansion::NoSuchClass)
+        }))
     }
 
     /// Why a pod of `component` in `namespace` does not run, from the pod cache.

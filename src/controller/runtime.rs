@@ -8,14 +8,16 @@ use crate::render;
 use futures::{Stream, StreamExt};
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
-use k8s_openapi::api::core::v1::{ConfigMap, LimitRange, Namespace, Pod, ResourceQuota, Service};
+use k8s_openapi::api::core::v1::{
+    ConfigMap, LimitRange, Namespace, PersistentVolumeClaim, Pod, ResourceQuota, Service,
+};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::runtime::controller::{self, Controller};
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::utils::{Backoff, ResetTimerBackoff};
 use kube::runtime::{WatchStreamExt, watcher};
-use kube::{Api, Client, Resource, ResourceExt};
+use kube::{Api, Client, Resource};
 use serde::de::DeserializeOwned;
 use std::fmt::Debug;
 use std::sync::Arc;
@@ -54,6 +56,7 @@ async fn report_readiness(
         ),
         ("horizontalpodautoscalers", wait_ready(stores.autoscalers)),
         ("pods", wait_ready(stores.pods)),
+        ("persistentvolumeclaims", wait_ready(stores.redis_claims)),
     ];
     let mut next_report = std::time::Instant::now() + Duration::from_secs(10);
     while !pending.is_empty() {
@@ -152,6 +155,30 @@ fn pod_cache(client: &Client) -> (Store<Pod>, Watch<Pod>) {
     })
 }
 
+/// The tenants' Redis data claims. The StatefulSet controller labels them with the
+/// StatefulSet's pod selector, which has no managed-by label: they are selected by the
+/// tenant and component labels instead.
+fn redis_claim_cache(
+    client: &Client,
+) -> (Store<PersistentVolumeClaim>, Watch<PersistentVolumeClaim>) {
+    let selector = format!("{},{}=redis", render::TENANT_LABEL, render::COMPONENT_LABEL);
+    cache_selected(client, &selector, |claim: &mut PersistentVolumeClaim| {
+        claim.metadata.managed_fields = None;
+        claim.metadata.annotations = None;
+    })
+}
+
+/// The tenant a claim or pod belongs to, by its tenant label (pods are owned by ReplicaSets
+/// and StatefulSets, claims by no one, not by the Tenant).
+fn labelled_tenant<K: Resource>(object: K) -> Option<ObjectRef<Tenant>> {
+    object
+        .meta()
+        .labels
+        .as_ref()?
+        .get(render::TENANT_LABEL)
+        .map(|name| ObjectRef::new(name))
+}
+
 /// A label-selected cache of `K` whose objects lose what `strip` removes on the way in.
 fn cache_stripping<K>(
     client: &Client,
@@ -160,9 +187,21 @@ fn cache_stripping<K>(
 where
     K: Resource<DynamicType = ()> + Clone + Debug + DeserializeOwned + Send + Sync + 'static,
 {
+    cache_selected(client, &managed_selector(), strip)
+}
+
+/// A cache of the `K` that `selector` selects, losing what `strip` removes on the way in.
+fn cache_selected<K>(
+    client: &Client,
+    selector: &str,
+    strip: impl FnMut(&mut K) + Send + 'static,
+) -> (Store<K>, Watch<K>)
+where
+    K: Resource<DynamicType = ()> + Clone + Debug + DeserializeOwned + Send + Sync + 'static,
+{
     let (reader, writer) = reflector::store();
     let config = watcher::Config::default()
-        .labels(&managed_selector())
+        .labels(selector)
         .any_semantic()
         .page_size(LIST_PAGE_SIZE);
     let stream = watcher(Api::<K>::all(client.clone()), config)
@@ -171,14 +210,6 @@ where
         .reflect(writer)
         .touched_objects();
     (reader, Box::pin(stream))
-}
-
-/// The Tenant a pod belongs to, by its tenant label (pods are owned by ReplicaSets and
-/// StatefulSets, not by the Tenant).
-fn pod_tenant(pod: Pod) -> Option<ObjectRef<Tenant>> {
-    pod.labels()
-        .get(render::TENANT_LABEL)
-        .map(|name| ObjectRef::new(name))
 }
 
 /// The Tenants owning `child`, as references without a namespace. kube's `owns_stream`
@@ -219,6 +250,7 @@ pub async fn run(
     let (disruption_budgets, pdb_watch) = cache::<PodDisruptionBudget>(&client);
     let (autoscalers, hpa_watch) = cache::<HorizontalPodAutoscaler>(&client);
     let (pods, pod_watch) = pod_cache(&client);
+    let (redis_claims, claim_watch) = redis_claim_cache(&client);
     let stores = Stores {
         namespaces,
         config_maps,
@@ -231,6 +263,7 @@ pub async fn run(
         disruption_budgets,
         autoscalers,
         pods,
+        redis_claims,
     };
     let ctx = Arc::new(make_context(stores.clone()).with_caches_synced(ready.clone()));
     let tenants: Api<Tenant> = Api::all(client.clone());
@@ -258,7 +291,8 @@ pub async fn run(
         .watches_stream(lr_watch, owning_tenants)
         .watches_stream(pdb_watch, owning_tenants)
         .watches_stream(hpa_watch, owning_tenants)
-        .watches_stream(pod_watch, pod_tenant)
+        .watches_stream(pod_watch, labelled_tenant)
+        .watches_stream(claim_watch, labelled_tenant)
         .with_config(
             controller::Config::default()
                 .concurrency(concurrency)

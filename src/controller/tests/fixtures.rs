@@ -24,7 +24,9 @@ use http::header::CONTENT_TYPE;
 use http::{Method, Request, Response};
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
-use k8s_openapi::api::core::v1::{ConfigMap, LimitRange, Namespace, Pod, ResourceQuota, Service};
+use k8s_openapi::api::core::v1::{
+    ConfigMap, LimitRange, Namespace, PersistentVolumeClaim, Pod, ResourceQuota, Service,
+};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::client::Body;
@@ -50,7 +52,8 @@ const TENANT_PATH: &str = "/apis/neurallog.io/v1/tenants/my-tenant";
 const NAMESPACE: &str = "tenant-my-tenant";
 const EVENTS_PATH: &str = "/api/v1/namespaces/default/events";
 const JSON_PATCH: &str = "application/json-patch+json";
-const MERGE_PATCH: &str = "application/merge-patch+json";
+pub(super) const MERGE_PATCH: &str = "application/merge-patch+json";
+pub(super) const APPLY_PATCH: &str = "application/apply-patch+yaml";
 
 /// Longest a pass may take here. The slowest wait a pass has is the own-writes wait of
 /// the applier (2 s), which the answers below make unnecessary: they fill the caches.
@@ -75,6 +78,9 @@ pub(super) enum Reply {
     Terminating,
     /// A `Status` error with this code and reason.
     Failure(u16, &'static str),
+    /// 200 with this object, now stored and delivered to the watch cache of its kind, if
+    /// the operator watches it.
+    Stored(Value),
 }
 
 /// One request a pass must make, and the API server's answer.
@@ -88,7 +94,7 @@ pub(super) struct Exchange {
 }
 
 impl Exchange {
-    fn new(method: Method, path: &str, reply: Reply) -> Self {
+    pub(super) fn new(method: Method, path: &str, reply: Reply) -> Self {
         Exchange {
             method,
             path: path.into(),
@@ -98,7 +104,7 @@ impl Exchange {
         }
     }
 
-    fn patch(path: &str, content_type: &'static str) -> Self {
+    pub(super) fn patch(path: &str, content_type: &'static str) -> Self {
         Exchange {
             content_type: Some(content_type),
             ..Self::new(Method::PATCH, path, Reply::PatchedTenant)
@@ -225,6 +231,22 @@ impl ApiServer {
         self.watches.deliver(object, false);
     }
 
+    /// The watch delivers the deletion of `object`.
+    pub(super) fn remove(&mut self, object: &Value) {
+        self.watches.deliver(object, true);
+    }
+
+    /// The StatefulSet `name` of the tenant namespace as cached.
+    pub(super) fn cached_statefulset(&self, name: &str) -> Value {
+        let cached = self
+            .watches
+            .statefulsets
+            .as_reader()
+            .get(&ObjectRef::new(name).within(NAMESPACE));
+        serde_json::to_value(cached.expect("the StatefulSet is cached").as_ref())
+            .expect("a StatefulSet serializes")
+    }
+
     /// The namespace controller is done: the tenant namespace is gone, and its watch says so.
     pub(super) fn namespace_gone(&mut self) {
         let namespace = self.cached_namespace();
@@ -331,6 +353,11 @@ impl ApiServer {
                 self.watches.deliver(&namespace, false);
                 (200, namespace)
             }
+            Reply::Stored(object) => {
+                let object = stored(object);
+                self.watches.deliver(&object, false);
+                (200, object)
+            }
             Reply::Failure(code, reason) => (
                 code,
                 json!({"apiVersion": "v1", "kind": "Status", "metadata": {}, "status": "Failure",
@@ -428,6 +455,7 @@ watches!(
     disruption_budgets: PodDisruptionBudget,
     autoscalers: HorizontalPodAutoscaler,
     pods: Pod,
+    redis_claims: PersistentVolumeClaim,
 );
 
 /// One operator's pass machinery around one Tenant, with no cluster.

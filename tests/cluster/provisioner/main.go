@@ -1,6 +1,7 @@
-// Command provisioner binds PersistentVolumeClaims of one StorageClass by creating a
-// hostPath PersistentVolume per claim, and deletes released volumes it created unless
-// their reclaim policy is Retain.
+// Command provisioner binds PersistentVolumeClaims of the StorageClasses naming it by
+// creating a hostPath PersistentVolume per claim, deletes released volumes it created
+// (unless their reclaim policy is Retain), and grows them as an external resizer would when a claim of a class that allows expansion
+// asks for more.
 package main
 
 import (
@@ -11,14 +12,18 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"sync"
 	"syscall"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
+	storagev1 "k8s.io/api/storage/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes"
+	storagelisters "k8s.io/client-go/listers/storage/v1"
 	"k8s.io/client-go/tools/cache"
 	"k8s.io/client-go/tools/clientcmd"
 )
@@ -33,18 +38,23 @@ const (
 )
 
 type provisioner struct {
-	// One token per claim being provisioned: creates run in parallel, up to its capacity.
+	// One token per claim being provisioned or resized: they run in parallel, up to its capacity.
 	slots   chan struct{}
 	client  kubernetes.Interface
 	name    string
-	class   string
+	classes storagelisters.StorageClassLister
 	baseDir string
+	// How long a resize takes: a real one takes a while, and what waits on it (a tenant's
+	// Resizing status) must show in between.
+	resizeDelay time.Duration
+	// Claims being resized (by UID): a resize's own status updates bring the claim again.
+	resizing sync.Map
 }
 
 func main() {
 	kubeconfig := flag.String("kubeconfig", "", "path to the kubeconfig")
-	class := flag.String("storage-class", "standard", "StorageClass whose claims are provisioned")
-	name := flag.String("provisioner-name", "neurallog.io/test-provisioner", "provisioner name of the StorageClass")
+	name := flag.String("provisioner-name", "neurallog.io/test-provisioner", "provisioner name of the StorageClasses served")
+	resizeDelay := flag.Duration("resize-delay", 2*time.Second, "how long growing a volume takes")
 	baseDir := flag.String("base-dir", "/tmp/neurallog-pv", "hostPath root recorded in the volumes")
 	qps := flag.Float64("kube-api-qps", 200, "client-side request rate limit")
 	burst := flag.Int("kube-api-burst", 400, "client-side request burst")
@@ -57,17 +67,21 @@ func main() {
 	}
 	config.QPS = float32(*qps)
 	config.Burst = *burst
-	p := &provisioner{slots: make(chan struct{}, max(*workers, 1)), client: kubernetes.NewForConfigOrDie(config), name: *name, class: *class, baseDir: *baseDir}
+	p := &provisioner{slots: make(chan struct{}, max(*workers, 1)), client: kubernetes.NewForConfigOrDie(config), name: *name, baseDir: *baseDir, resizeDelay: *resizeDelay}
 
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 
 	factory := informers.NewSharedInformerFactory(p.client, 10*time.Minute)
+	// The classes first: a claim is served only once its class is known.
+	p.classes = factory.Storage().V1().StorageClasses().Lister()
+	factory.Start(ctx.Done())
+	factory.WaitForCacheSync(ctx.Done())
 	claims := factory.Core().V1().PersistentVolumeClaims().Informer()
 	volumes := factory.Core().V1().PersistentVolumes().Informer()
 	_, _ = claims.AddEventHandler(cache.ResourceEventHandlerFuncs{
-		AddFunc:    func(obj interface{}) { p.provisionAsync(ctx, obj) },
-		UpdateFunc: func(_, obj interface{}) { p.provisionAsync(ctx, obj) },
+		AddFunc:    func(obj interface{}) { p.serveAsync(ctx, obj) },
+		UpdateFunc: func(_, obj interface{}) { p.serveAsync(ctx, obj) },
 	})
 	_, _ = volumes.AddEventHandler(cache.ResourceEventHandlerFuncs{
 		AddFunc:    func(obj interface{}) { p.reclaim(ctx, obj) },
@@ -75,32 +89,50 @@ func main() {
 	})
 	factory.Start(ctx.Done())
 	factory.WaitForCacheSync(ctx.Done())
-	log.Printf("provisioner: serving StorageClass %s as %s", p.class, p.name)
+	log.Printf("provisioner: serving the StorageClasses of provisioner %s", p.name)
 	<-ctx.Done()
 }
 
-// provisionAsync provisions in the background, blocking the informer only while every
-// slot is taken: one create at a time made the volumes, not the API server, the limit of
-// large runs. Two passes over one claim are harmless: the second gets AlreadyExists.
-func (p *provisioner) provisionAsync(ctx context.Context, obj interface{}) {
-	p.slots <- struct{}{}
-	go func() {
-		defer func() { <-p.slots }()
-		p.provision(ctx, obj)
-	}()
-}
-
-func (p *provisioner) provision(ctx context.Context, obj interface{}) {
+// serveAsync provisions or grows in the background, blocking the informer only while
+// every slot is taken: one create at a time made the volumes, not the API server, the
+// limit of large runs. Two passes over one claim are harmless: the second provisioning
+// gets AlreadyExists, and a claim is resized once at a time.
+func (p *provisioner) serveAsync(ctx context.Context, obj interface{}) {
 	claim, ok := obj.(*corev1.PersistentVolumeClaim)
-	if !ok || claim.Spec.VolumeName != "" || claim.DeletionTimestamp != nil {
+	if !ok || claim.DeletionTimestamp != nil {
 		return
 	}
-	if claim.Spec.StorageClassName == nil || *claim.Spec.StorageClassName != p.class {
+	class := p.servedClass(claim)
+	if class == nil {
+		return
+	}
+	if claim.Spec.VolumeName != "" {
+		p.resizeAsync(ctx, claim, class)
 		return
 	}
 	if claim.Annotations[storageProvisioner] != p.name && claim.Annotations[betaStorageProvisioner] != p.name {
 		return
 	}
+	p.slots <- struct{}{}
+	go func() {
+		defer func() { <-p.slots }()
+		p.provision(ctx, claim, class.Name)
+	}()
+}
+
+// servedClass is the claim's StorageClass if this provisioner serves it.
+func (p *provisioner) servedClass(claim *corev1.PersistentVolumeClaim) *storagev1.StorageClass {
+	if claim.Spec.StorageClassName == nil {
+		return nil
+	}
+	class, err := p.classes.Get(*claim.Spec.StorageClassName)
+	if err != nil || class.Provisioner != p.name {
+		return nil
+	}
+	return class
+}
+
+func (p *provisioner) provision(ctx context.Context, claim *corev1.PersistentVolumeClaim, class string) {
 	size, ok := claim.Spec.Resources.Requests[corev1.ResourceStorage]
 	if !ok {
 		return
@@ -126,7 +158,7 @@ func (p *provisioner) provision(ctx context.Context, obj interface{}) {
 			Capacity:                      corev1.ResourceList{corev1.ResourceStorage: size},
 			AccessModes:                   claim.Spec.AccessModes,
 			PersistentVolumeReclaimPolicy: corev1.PersistentVolumeReclaimDelete,
-			StorageClassName:              p.class,
+			StorageClassName:              class,
 			ClaimRef: &corev1.ObjectReference{
 				Kind:       "PersistentVolumeClaim",
 				Namespace:  claim.Namespace,
@@ -162,4 +194,91 @@ func (p *provisioner) reclaim(ctx context.Context, obj interface{}) {
 	if err != nil && !apierrors.IsNotFound(err) {
 		log.Printf("provisioner: delete %s: %v", pv.Name, err)
 	}
+}
+
+// resizeAsync grows the claim's volume when the claim asks for more than it holds and its
+// class allows expansion, as an external resizer does: the claim is marked as resizing,
+// the volume grows (here: its recorded capacity; a hostPath has no size), and the claim's
+// status then reports the new capacity.
+func (p *provisioner) resizeAsync(ctx context.Context, claim *corev1.PersistentVolumeClaim, class *storagev1.StorageClass) {
+	want, ok := claim.Spec.Resources.Requests[corev1.ResourceStorage]
+	if !ok || claim.Status.Phase != corev1.ClaimBound || class.AllowVolumeExpansion == nil || !*class.AllowVolumeExpansion {
+		return
+	}
+	has := claim.Status.Capacity[corev1.ResourceStorage]
+	if want.Cmp(has) <= 0 {
+		return
+	}
+	if _, busy := p.resizing.LoadOrStore(claim.UID, true); busy {
+		return
+	}
+	p.slots <- struct{}{}
+	go func() {
+		defer func() { <-p.slots }()
+		defer p.resizing.Delete(claim.UID)
+		if err := p.resize(ctx, claim.Namespace, claim.Name, want); err != nil {
+			log.Printf("provisioner: resize %s/%s: %v", claim.Namespace, claim.Name, err)
+		}
+	}()
+}
+
+func (p *provisioner) resize(ctx context.Context, namespace, name string, want resource.Quantity) error {
+	claims := p.client.CoreV1().PersistentVolumeClaims(namespace)
+	claim, err := claims.Get(ctx, name, metav1.GetOptions{})
+	if err != nil {
+		return err
+	}
+	volume, err := p.client.CoreV1().PersistentVolumes().Get(ctx, claim.Spec.VolumeName, metav1.GetOptions{})
+	if err != nil {
+		return err
+	}
+	if volume.Annotations[provisionedBy] != p.name {
+		return nil
+	}
+	claim.Status.Conditions = withoutResizeConditions(claim.Status.Conditions)
+	claim.Status.Conditions = append(claim.Status.Conditions, corev1.PersistentVolumeClaimCondition{
+		Type:               corev1.PersistentVolumeClaimResizing,
+		Status:             corev1.ConditionTrue,
+		LastTransitionTime: metav1.Now(),
+	})
+	claim.Status.AllocatedResources = corev1.ResourceList{corev1.ResourceStorage: want}
+	claim.Status.AllocatedResourceStatuses = map[corev1.ResourceName]corev1.ClaimResourceStatus{
+		corev1.ResourceStorage: corev1.PersistentVolumeClaimControllerResizeInProgress,
+	}
+	if claim, err = claims.UpdateStatus(ctx, claim, metav1.UpdateOptions{}); err != nil {
+		return fmt.Errorf("mark as resizing: %w", err)
+	}
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-time.After(p.resizeDelay):
+	}
+	if volume.Spec.Capacity == nil {
+		volume.Spec.Capacity = corev1.ResourceList{}
+	}
+	volume.Spec.Capacity[corev1.ResourceStorage] = want
+	if _, err := p.client.CoreV1().PersistentVolumes().Update(ctx, volume, metav1.UpdateOptions{}); err != nil {
+		return fmt.Errorf("grow %s: %w", volume.Name, err)
+	}
+	if claim.Status.Capacity == nil {
+		claim.Status.Capacity = corev1.ResourceList{}
+	}
+	claim.Status.Capacity[corev1.ResourceStorage] = want
+	claim.Status.Conditions = withoutResizeConditions(claim.Status.Conditions)
+	delete(claim.Status.AllocatedResourceStatuses, corev1.ResourceStorage)
+	if _, err := claims.UpdateStatus(ctx, claim, metav1.UpdateOptions{}); err != nil {
+		return fmt.Errorf("report the new capacity: %w", err)
+	}
+	log.Printf("provisioner: grew %s for %s/%s to %s", volume.Name, namespace, name, want.String())
+	return nil
+}
+
+func withoutResizeConditions(conditions []corev1.PersistentVolumeClaimCondition) []corev1.PersistentVolumeClaimCondition {
+	kept := conditions[:0:0]
+	for _, c := range conditions {
+		if c.Type != corev1.PersistentVolumeClaimResizing && c.Type != corev1.PersistentVolumeClaimFileSystemResizePending {
+			kept = append(kept, c)
+		}
+	}
+	return kept
 }
