@@ -14,6 +14,7 @@
 //! | [`apply`] ([`compare`]) | the objects the current phase needs, written only when different |
 //! | `mirror` ([`events`], [`status`]) | Events of journaled transitions, Warning Events, status |
 //! | `runtime` | watch caches, what triggers a pass, readiness, backoff |
+//! | `triggers` | which pod events start a pass |
 //! | `error` | what a pass can fail with |
 
 pub mod apply;
@@ -34,6 +35,7 @@ mod pass;
 mod runtime;
 #[cfg(test)]
 mod tests;
+mod triggers;
 
 pub use context::{Context, Stores};
 pub use error::Error;
