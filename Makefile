@@ -33,9 +33,11 @@ cluster-down:
 # Tenants per side and operator/baseline concurrency of `make bench` (N=50 for a quick run).
 N ?= 1000
 CONCURRENCY ?= 16
+# Runs of `make bench`, each on a fresh bench cluster (ROUNDS=3: median and spread).
+ROUNDS ?= 1
 
 bench: ## Converge N tenants with the operator and with a plain client on a bench cluster
-	@bash scripts/bench.sh --tenants $(N) --concurrency $(CONCURRENCY)
+	@bash scripts/bench.sh --tenants $(N) --concurrency $(CONCURRENCY) --rounds $(ROUNDS)
 
 crd:
 	cargo run -q -- crd > deploy/crd/tenants.neurallog.io.yaml

@@ -3,10 +3,17 @@
 # a control plane of its own (target/bench-cluster, stopped at the end), then a no-op
 # resync. Figures go to stdout and target/bench/results.json (benches/converge/).
 #
-#   scripts/bench.sh [--tenants N] [--concurrency C] [--keep-cluster]
+#   scripts/bench.sh [--tenants N] [--concurrency C] [--rounds R] [--keep-cluster]
+#
+# --rounds R (default 1) repeats the whole run R times, each on a fresh bench cluster, so
+# the two sides alternate (baseline, operator, baseline, operator, ...); each round's
+# JSON is kept as results-round-K.json and the median and spread of the ratio and the
+# other figures are printed and written to target/bench/rounds.json.
 #
 # Environment: BENCH_TENANTS (1000), BENCH_CONCURRENCY (16), BENCH_QPS / BENCH_BURST
-# (client limits of the bench cluster's controllers, default 2000 / 4000).
+# (client limits of the bench cluster's controllers, default 2000 / 4000),
+# BENCH_OPERATOR_BIN (the operator to measure; default the release build of this tree,
+# e.g. a binary saved from an earlier commit for a before/after comparison).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 repo=$PWD
@@ -14,12 +21,14 @@ repo=$PWD
 tenants=${BENCH_TENANTS:-1000}
 concurrency=${BENCH_CONCURRENCY:-16}
 keep_cluster=0
+rounds=1
 while [ $# -gt 0 ]; do
   case $1 in
     --tenants) tenants=$2; shift 2 ;;
     --concurrency) concurrency=$2; shift 2 ;;
+    --rounds) rounds=$2; shift 2 ;;
     --keep-cluster) keep_cluster=1; shift ;;
-    *) echo "usage: $0 [--tenants N] [--concurrency C] [--keep-cluster]" >&2; exit 2 ;;
+    *) echo "usage: $0 [--tenants N] [--concurrency C] [--rounds R] [--keep-cluster]" >&2; exit 2 ;;
   esac
 done
 
@@ -48,11 +57,42 @@ cargo bench --quiet --no-run --bench converge 2>/dev/null
 if [ "$keep_cluster" = 0 ]; then
   trap 'bash tests/cluster/cluster.sh down' EXIT
 fi
-bash tests/cluster/cluster.sh up
 
-log "$tenants tenants per side, concurrency $concurrency"
-CONVERGE_TENANTS=$tenants CONVERGE_CONCURRENCY=$concurrency \
-  CONVERGE_CLUSTER_DIR=$NEURALLOG_CLUSTER_DIR \
-  CONVERGE_OPERATOR_BIN=$repo/target/release/neurallog-operator \
-  CONVERGE_WORK_DIR=$repo/target/bench \
-  cargo bench --quiet --bench converge
+work_dir=$repo/target/bench
+rm -f "$work_dir"/results-round-*.json
+for round in $(seq 1 "$rounds"); do
+  if [ "$round" -gt 1 ]; then
+    # A fresh control plane: both sides of every round start from the same state.
+    bash tests/cluster/cluster.sh down
+  fi
+  bash tests/cluster/cluster.sh up
+  log "round $round of $rounds: $tenants tenants per side, concurrency $concurrency"
+  CONVERGE_TENANTS=$tenants CONVERGE_CONCURRENCY=$concurrency \
+    CONVERGE_CLUSTER_DIR=$NEURALLOG_CLUSTER_DIR \
+    CONVERGE_OPERATOR_BIN=${BENCH_OPERATOR_BIN:-$repo/target/release/neurallog-operator} \
+    CONVERGE_WORK_DIR=$work_dir \
+    cargo bench --quiet --bench converge
+  cp "$work_dir/results.json" "$work_dir/results-round-$round.json"
+done
+
+if [ "$rounds" -gt 1 ]; then
+  # Median and spread (min..max) over the rounds of the figures that decide the targets.
+  jq -s '
+    def median: sort | if length % 2 == 1 then .[length / 2 | floor]
+      else (.[length / 2 - 1] + .[length / 2]) / 2 end;
+    def summary(f): [.[] | f] | {median: median, min: min, max: max, runs: .};
+    {
+      tenants: .[0].tenants,
+      rounds: length,
+      ratio_operator_to_baseline: summary(.ratio_operator_to_baseline),
+      operator_seconds: summary(.operator.seconds),
+      baseline_seconds: summary(.baseline.seconds),
+      passes_per_tenant: summary(.operator_process.passes_per_tenant),
+      operator_cpu_seconds_per_1000_tenants: summary(.operator_process.cpu_seconds_per_1000_tenants),
+      peak_rss_mib: summary([.operator_process.peak_rss_mib, .resync.peak_rss_mib] | max),
+      resync_writes: summary(.resync.operator_write_counter
+        + ([.resync.apiserver_tenant_object_writes[]] | add // 0)),
+      apiserver_cpu_seconds_operator_side: summary(.operator.cpu_seconds.by_process["kube-apiserver"]),
+      apiserver_cpu_seconds_baseline_side: summary(.baseline.cpu_seconds.by_process["kube-apiserver"])
+    }' "$work_dir"/results-round-*.json | tee "$work_dir/rounds.json"
+fi

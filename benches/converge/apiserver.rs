@@ -1,11 +1,13 @@
 //! The API server's own count of the requests it served (`apiserver_request_total`),
-//! read from its /metrics before and after a phase.
+//! read from its /metrics before and after a phase: writes, and reads (GET, LIST, WATCH)
+//! apart.
 
 use kube::Client;
 use serde::Serialize;
 use std::collections::BTreeMap;
 
 const WRITE_VERBS: [&str; 5] = ["POST", "PUT", "PATCH", "DELETE", "APPLY"];
+const READ_VERBS: [&str; 3] = ["GET", "LIST", "WATCH"];
 
 /// Resources only the operator (or the baseline) writes in steady state: controllers
 /// write status subresources, kwok writes nodes and leases; those are not counted here.
@@ -28,9 +30,7 @@ pub struct Writes(pub BTreeMap<String, u64>);
 
 impl Writes {
     pub async fn read(client: &Client) -> anyhow::Result<Writes> {
-        let request = http::Request::get("/metrics").body(Vec::new())?;
-        let text = client.request_text(request).await?;
-        Ok(parse(&text))
+        Ok(Requests::read(client).await?.writes)
     }
 
     /// What happened between `self` (before) and `after`.
@@ -57,6 +57,16 @@ impl Writes {
         verbs
     }
 
+    /// The requests refused with `code` (e.g. "409": conflicts and AlreadyExists).
+    pub fn refused_with(&self, code: &str) -> u64 {
+        let suffix = format!(" ({code})");
+        self.0
+            .iter()
+            .filter(|(key, _)| key.ends_with(&suffix))
+            .map(|(_, count)| count)
+            .sum()
+    }
+
     /// Writes to the tenant objects and Events alone, whoever made them.
     pub fn is_quiet(&self) -> bool {
         self.on_tenant_objects().total() == 0
@@ -75,13 +85,40 @@ impl Writes {
     }
 }
 
+/// Write and read requests, from one read of the API server's /metrics.
+#[derive(Clone, Debug, Default)]
+pub struct Requests {
+    pub writes: Writes,
+    /// Reads by "VERB resource[/subresource]" (GET, LIST, WATCH; a WATCH counts when it
+    /// ends, so long watches show up late or not at all).
+    pub reads: Writes,
+}
+
+impl Requests {
+    pub async fn read(client: &Client) -> anyhow::Result<Requests> {
+        let request = http::Request::get("/metrics").body(Vec::new())?;
+        let text = client.request_text(request).await?;
+        Ok(Requests {
+            writes: parse(&text, &WRITE_VERBS),
+            reads: parse(&text, &READ_VERBS),
+        })
+    }
+
+    pub fn delta(&self, after: &Requests) -> Requests {
+        Requests {
+            writes: self.writes.delta(&after.writes),
+            reads: self.reads.delta(&after.reads),
+        }
+    }
+}
+
 fn is_tenant_object(key: &str) -> bool {
     let target = key.split(' ').nth(1).unwrap_or_default();
     let (resource, subresource) = target.split_once('/').unwrap_or((target, ""));
     TENANT_RESOURCES.contains(&resource) && (subresource.is_empty() || resource == "tenants")
 }
 
-fn parse(metrics: &str) -> Writes {
+fn parse(metrics: &str, verbs: &[&str]) -> Writes {
     let mut writes = BTreeMap::new();
     for line in metrics
         .lines()
@@ -91,7 +128,7 @@ fn parse(metrics: &str) -> Writes {
             continue;
         };
         let verb = label(labels, "verb");
-        if !WRITE_VERBS.contains(&verb) {
+        if !verbs.contains(&verb) {
             continue;
         }
         let (resource, subresource) = (label(labels, "resource"), label(labels, "subresource"));

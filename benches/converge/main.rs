@@ -26,7 +26,7 @@ mod settings;
 mod tenants;
 mod wait;
 
-use apiserver::Writes;
+use apiserver::{Requests, Writes};
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Patch, PatchParams};
@@ -136,7 +136,7 @@ async fn install_crd(client: &Client, timeout: Duration) -> anyhow::Result<()> {
 
 /// Everything measured around one convergence.
 struct Window {
-    writes: Writes,
+    requests: Requests,
     cpu: cpu::Sample,
     started: Instant,
 }
@@ -144,7 +144,7 @@ struct Window {
 impl Window {
     async fn open(client: &Client, processes: &cpu::Processes) -> anyhow::Result<Window> {
         Ok(Window {
-            writes: Writes::read(client).await?,
+            requests: Requests::read(client).await?,
             cpu: processes.sample(),
             started: Instant::now(),
         })
@@ -158,7 +158,8 @@ impl Window {
         client_writes: u64,
         tenants: usize,
     ) -> anyhow::Result<Convergence> {
-        let writes = self.writes.delta(&Writes::read(client).await?);
+        let requests = self.requests.delta(&Requests::read(client).await?);
+        let (writes, reads) = (requests.writes, requests.reads);
         let per_tenant = |count: u64| count as f64 / tenants.max(1) as f64;
         Ok(Convergence {
             seconds: (done - self.started).as_secs_f64(),
@@ -169,7 +170,11 @@ impl Window {
                 writes.on_tenant_objects().total(),
             ),
             apiserver_writes_by_verb: writes.by_verb(),
+            apiserver_conflicts: writes.refused_with("409"),
             apiserver_writes: writes,
+            apiserver_reads_per_tenant: per_tenant(reads.total()),
+            apiserver_reads_by_verb: reads.by_verb(),
+            apiserver_reads: reads,
             cpu_seconds: self.cpu.until(&processes.sample()),
         })
     }
@@ -241,13 +246,24 @@ async fn converge_operator(
             settings.tenants,
         )
         .await?;
+    let reconcile =
+        histogram::summarize(&metrics, "neurallog_tenant_reconciliation_duration_seconds");
+    let failed_passes = op.sum("neurallog_reconcile_errors_total").await? as u64;
+    let cpu_seconds = convergence
+        .cpu_seconds
+        .by_process
+        .get("operator")
+        .copied()
+        .unwrap_or(0.0);
+    let per_tenant = |x: f64| x / settings.tenants.max(1) as f64;
     let figures = OperatorFigures {
         peak_rss_mib: op.peak_rss_bytes()? as f64 / MIB,
         writes_by_operator: by_operator,
-        reconcile: histogram::summarize(
-            &metrics,
-            "neurallog_tenant_reconciliation_duration_seconds",
-        ),
+        passes_per_tenant: per_tenant((reconcile.count + failed_passes) as f64),
+        failed_passes,
+        cpu_seconds,
+        cpu_seconds_per_1000_tenants: per_tenant(cpu_seconds) * 1000.0,
+        reconcile,
         journal_append: histogram::summarize(&metrics, "neurallog_journal_append_duration_seconds"),
         journal_storage: histogram::summarize(
             &metrics,

@@ -8,7 +8,9 @@ use std::collections::BTreeMap;
 
 pub const TARGET_RATIO: f64 = 1.25;
 pub const TARGET_RESYNC_WRITES: u64 = 0;
-pub const TARGET_PEAK_RSS_MIB: f64 = 64.0;
+pub const TARGET_PEAK_RSS_MIB: f64 = 48.0;
+pub const TARGET_PASSES_PER_TENANT: f64 = 6.0;
+pub const TARGET_CPU_SECONDS_PER_1000_TENANTS: f64 = 15.0;
 pub const TARGET_JOURNAL_P99_MS: f64 = 5.0;
 
 #[derive(Serialize)]
@@ -39,6 +41,12 @@ pub struct Convergence {
     pub apiserver_tenant_object_writes_per_tenant: f64,
     pub apiserver_writes_by_verb: BTreeMap<String, u64>,
     pub apiserver_writes: Writes,
+    /// Writes refused with 409 (conflicts, AlreadyExists), by anyone.
+    pub apiserver_conflicts: u64,
+    /// GET, LIST and WATCH requests the API server served meanwhile, by anyone.
+    pub apiserver_reads_per_tenant: f64,
+    pub apiserver_reads_by_verb: BTreeMap<String, u64>,
+    pub apiserver_reads: Writes,
     pub cpu_seconds: Usage,
 }
 
@@ -46,6 +54,14 @@ pub struct Convergence {
 pub struct OperatorFigures {
     pub peak_rss_mib: f64,
     pub writes_by_operator: u64,
+    /// Reconcile passes until every tenant was Running: completed ones (the reconcile
+    /// histogram's count) and failed ones (the error counter, which also counts failed
+    /// Event writes), per tenant.
+    pub passes_per_tenant: f64,
+    pub failed_passes: u64,
+    /// The operator process's own utime + stime during convergence.
+    pub cpu_seconds: f64,
+    pub cpu_seconds_per_1000_tenants: f64,
     pub reconcile: Summary,
     pub journal_append: Summary,
     /// The same appends, timed inside the journal's thread: storage without hand-off.
@@ -62,6 +78,14 @@ pub struct Resync {
     /// Every write the API server served in the window (kwok's node heartbeats ...).
     pub apiserver_all_writes_by_verb: BTreeMap<String, u64>,
     pub peak_rss_mib: f64,
+}
+
+fn apiserver_cpu(side: &Convergence) -> f64 {
+    side.cpu_seconds
+        .by_process
+        .get("kube-apiserver")
+        .copied()
+        .unwrap_or(0.0)
 }
 
 fn ms(seconds: Option<f64>) -> String {
@@ -113,6 +137,48 @@ impl Results {
                 format!("{peak_rss:.1} MiB"),
                 format!("<= {TARGET_PEAK_RSS_MIB} MiB"),
                 verdict(peak_rss <= TARGET_PEAK_RSS_MIB).into(),
+            ),
+            (
+                "Reconcile passes per tenant to Running".into(),
+                format!("{:.2}", o.passes_per_tenant),
+                format!("<= {TARGET_PASSES_PER_TENANT}"),
+                verdict(o.passes_per_tenant <= TARGET_PASSES_PER_TENANT).into(),
+            ),
+            (
+                "Operator CPU per 1,000 tenants (utime + stime)".into(),
+                format!("{:.1} s", o.cpu_seconds_per_1000_tenants),
+                format!("<= {TARGET_CPU_SECONDS_PER_1000_TENANTS} s"),
+                verdict(o.cpu_seconds_per_1000_tenants <= TARGET_CPU_SECONDS_PER_1000_TENANTS)
+                    .into(),
+            ),
+            (
+                "API server CPU, operator / baseline side".into(),
+                format!(
+                    "{:.1} / {:.1} s",
+                    apiserver_cpu(&self.operator),
+                    apiserver_cpu(&self.baseline)
+                ),
+                String::new(),
+                String::new(),
+            ),
+            (
+                "API server reads per tenant (GET, LIST, WATCH), operator / baseline".into(),
+                format!(
+                    "{:.1} / {:.1}",
+                    self.operator.apiserver_reads_per_tenant,
+                    self.baseline.apiserver_reads_per_tenant
+                ),
+                String::new(),
+                String::new(),
+            ),
+            (
+                "Writes refused with 409, operator / baseline side".into(),
+                format!(
+                    "{} / {}",
+                    self.operator.apiserver_conflicts, self.baseline.apiserver_conflicts
+                ),
+                String::new(),
+                String::new(),
             ),
             (
                 "Journal append p50 / p99".into(),

@@ -233,13 +233,15 @@ impl<'a> Applier<'a> {
         ]))
         .map_err(Error::Serialize)?;
         self.ctx.metrics.count_write("patch", "tenants");
-        api.patch(
-            &self.name(),
-            &PatchParams::default(),
-            &Patch::Json::<()>(patch),
-        )
-        .await
-        .map_err(Error::Kube)?;
+        let written = api
+            .patch(
+                &self.name(),
+                &PatchParams::default(),
+                &Patch::Json::<()>(patch),
+            )
+            .await
+            .map_err(Error::Kube)?;
+        self.ctx.note_own_write(self.tenant, &written);
         Ok(())
     }
 

@@ -61,6 +61,10 @@ pub(super) struct TenantMemo {
     /// it wrote. A pass that still sees that version (the watch has not caught up with the
     /// patch) needs no second patch: the patch's own watch event will bring a new pass.
     pub(super) status_patched_from: Option<(String, TenantStatus)>,
+    /// The resourceVersions the API server gave this operator's own writes of the Tenant
+    /// (status, finalizer) whose watch events have not arrived yet (see
+    /// [`Context::is_own_write_echo`]); the newest few.
+    pub(super) own_versions: Vec<String>,
     /// The write that failed in the last pass, until a pass writes everything it needs.
     pub(super) write_failure: Option<failures::WriteFailure>,
     /// Warning Events already sent (by name): a repeated cause costs no second create.
@@ -70,6 +74,10 @@ pub(super) struct TenantMemo {
     /// Other Events that could not be written, retried by the next passes.
     pub(super) pending_events: Vec<k8s_openapi::api::core::v1::Event>,
 }
+
+/// Own Tenant writes remembered per tenant until their watch events arrive (a pass makes
+/// at most two: the finalizer and the status).
+const MAX_OWN_VERSIONS: usize = 4;
 
 pub struct Context {
     pub client: Client,
@@ -142,6 +150,47 @@ impl Context {
     /// The label of the journal's chain when it replaced a damaged journal.
     pub fn chain(&self) -> Option<&str> {
         self.chain.as_deref()
+    }
+
+    /// Remembers the resourceVersion of this operator's own write of the Tenant, as the API
+    /// server returned it.
+    pub(super) fn note_own_write(&self, tenant: &Tenant, written: &Tenant) {
+        let Some(version) = written.resource_version() else {
+            return;
+        };
+        self.memo(tenant, |m| {
+            if m.own_versions.len() >= MAX_OWN_VERSIONS {
+                m.own_versions.remove(0);
+            }
+            m.own_versions.push(version);
+        });
+    }
+
+    /// Whether this watch event of a Tenant is the echo of a write this operator made itself
+    /// (its status or finalizer patch): the Tenant at exactly the version that write
+    /// returned. The pass that wrote it already acted on everything that version holds and
+    /// asked for its own follow-up, so the echo needs no pass of its own. Any other change
+    /// (spec, labels, annotations, someone else's status edit) has another version. Each
+    /// version is recognised once: a relist that brings it again starts a pass.
+    pub(super) fn is_own_write_echo(&self, tenant: &Tenant) -> bool {
+        let (Some(uid), Some(version)) = (tenant.uid(), tenant.resource_version()) else {
+            return false;
+        };
+        let mut memo = self
+            .memo
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let Some(own) = memo.get_mut(&uid).map(|m| &mut m.own_versions) else {
+            return false;
+        };
+        match own.iter().position(|v| *v == version) {
+            Some(at) => {
+                // Older versions of ours were overtaken: their events will not come.
+                own.drain(..=at);
+                true
+            }
+            None => false,
+        }
     }
 
     pub(super) fn memo<T>(&self, tenant: &Tenant, f: impl FnOnce(&mut TenantMemo) -> T) -> T {

@@ -122,6 +122,25 @@ pub fn pod_problem<'a>(
     (None, due)
 }
 
+/// What [`pod_problem`] reads from one pod: its problem, or since when it has waited for a
+/// node. `None` for a pod it passes over (running fine, or being deleted).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PodSignal {
+    problem: Option<PodProblem>,
+    unschedulable_since: Option<DateTime<Utc>>,
+}
+
+pub fn pod_signal(pod: &Pod) -> Option<PodSignal> {
+    if pod.metadata.deletion_timestamp.is_some() {
+        return None;
+    }
+    let signal = PodSignal {
+        problem: problem_of(pod),
+        unschedulable_since: unschedulable_since(pod),
+    };
+    (signal.problem.is_some() || signal.unschedulable_since.is_some()).then_some(signal)
+}
+
 fn unschedulable_since(pod: &Pod) -> Option<DateTime<Utc>> {
     let condition = pod.status.as_ref()?.conditions.iter().flatten().find(|c| {
         c.type_ == "PodScheduled"

@@ -219,9 +219,10 @@ impl Context {
         let params = PatchParams::default();
         let name = tenant.name_any();
         self.metrics.count_write("patch", "tenants/status");
-        apply::retry(|| api.patch_status(&name, &params, &patch))
+        let written = apply::retry(|| api.patch_status(&name, &params, &patch))
             .await
             .map_err(Error::Kube)?;
+        self.note_own_write(tenant, &written);
         self.memo(tenant, |m| {
             m.status_patched_from = version.map(|from| (from, desired));
         });

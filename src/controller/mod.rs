@@ -15,6 +15,7 @@
 //! | [`storage`] | growing the Redis volume in place: when to ask, replace, wait or refuse |
 //! | `mirror` ([`events`], [`status`]) | Events of journaled transitions, Warning Events, status |
 //! | `runtime` | watch caches, what triggers a pass, readiness, backoff |
+//! | `triggers` | which pod events start a pass |
 //! | `error` | what a pass can fail with |
 
 pub mod apply;
@@ -36,6 +37,7 @@ mod pass;
 mod runtime;
 #[cfg(test)]
 mod tests;
+mod triggers;
 mod volume_retention;
 
 pub use context::{Context, Stores};

@@ -2,6 +2,7 @@
 //! per-tenant backoff.
 
 use super::pass::{error_policy, reconcile};
+use super::triggers::PodTriggers;
 use super::{Context, Stores};
 use crate::crd::Tenant;
 use crate::render;
@@ -146,13 +147,34 @@ where
 }
 
 /// The tenants' pods with only what says why one does not run: their specs (the bulk of
-/// a pod) are dropped before they enter the cache.
+/// a pod) are dropped before they enter the cache. Only the events that change what a
+/// pass reads from a pod start one (see `triggers`).
 fn pod_cache(client: &Client) -> (Store<Pod>, Watch<Pod>) {
-    cache_stripping(client, |pod: &mut Pod| {
-        pod.metadata.managed_fields = None;
-        pod.metadata.annotations = None;
-        pod.spec = None;
-    })
+    let (reader, writer) = reflector::store();
+    let mut triggers = PodTriggers::default();
+    let stream = watcher(Api::<Pod>::all(client.clone()), cache_config(&managed_selector()))
+        .default_backoff()
+        .modify(|pod: &mut Pod| {
+            pod.metadata.managed_fields = None;
+            pod.metadata.annotations = None;
+            pod.spec = None;
+        })
+        .reflect(writer)
+        .filter_map(move |event| {
+            futures::future::ready(match event {
+                Ok(event) => triggers.on_event(event).map(Ok),
+                Err(error) => Some(Err(error)),
+            })
+        });
+    (reader, Box::pin(stream))
+}
+
+/// Every owned-object cache: our label, from the watch cache, in small pages.
+fn cache_config(selector: &str) -> watcher::Config {
+    watcher::Config::default()
+        .labels(selector)
+        .any_semantic()
+        .page_size(LIST_PAGE_SIZE)
 }
 
 /// The tenants' Redis data claims. The StatefulSet controller labels them with the
@@ -200,11 +222,7 @@ where
     K: Resource<DynamicType = ()> + Clone + Debug + DeserializeOwned + Send + Sync + 'static,
 {
     let (reader, writer) = reflector::store();
-    let config = watcher::Config::default()
-        .labels(selector)
-        .any_semantic()
-        .page_size(LIST_PAGE_SIZE);
-    let stream = watcher(Api::<K>::all(client.clone()), config)
+    let stream = watcher(Api::<K>::all(client.clone()), cache_config(selector))
         .default_backoff()
         .modify(strip)
         .reflect(writer)
@@ -276,10 +294,15 @@ pub async fn run(
     let (tenant_store, tenant_writer) = reflector::store();
     // Managed fields are dropped here too: a Tenant's status entry alone decodes into a
     // tree of maps many times the size of the status it describes.
+    let echoes = ctx.clone();
     let tenant_stream = watcher(tenants, tenant_watch)
         .modify(|t| t.meta_mut().managed_fields = None)
         .reflect(tenant_writer)
-        .applied_objects();
+        .applied_objects()
+        .filter(move |tenant| {
+            let own = matches!(tenant, Ok(t) if echoes.is_own_write_echo(t));
+            futures::future::ready(!own)
+        });
     let controller = Controller::for_stream(tenant_stream, tenant_store)
         .watches_stream(ns_watch, owning_tenants)
         .watches_stream(cm_watch, owning_tenants)

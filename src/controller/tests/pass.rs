@@ -63,6 +63,46 @@ async fn a_first_pass_journals_pending_then_takes_the_finalizer_and_creates_the_
 }
 
 #[tokio::test]
+async fn the_watch_events_of_the_passs_own_tenant_writes_are_recognised_once() {
+    let mut fx = Fixture::new(tenant()).await;
+    let before = fx.api.tenant();
+    fx.pass(vec![
+        get_namespace(),
+        transition_event(1, Phase::Pending),
+        patch_finalizers("1", &[FINALIZER]),
+        create_namespace(),
+        event("Normal", "Created").with("/message", "Created namespace tenant-my-tenant"),
+        patch_status("Pending").with("/status/journal/sequence", 1),
+    ])
+    .await
+    .expect("the pass succeeds");
+    let at = |version: &str| {
+        let mut tenant = fx.api.tenant();
+        tenant.metadata.resource_version = Some(version.into());
+        tenant
+    };
+    // The stored Tenant went 1 -> 2 (finalizer patch) -> 3 (status patch).
+    assert_eq!(fx.api.tenant().resource_version().as_deref(), Some("3"));
+    assert!(
+        !fx.ctx.is_own_write_echo(&before),
+        "the version the pass read"
+    );
+    assert!(
+        fx.ctx.is_own_write_echo(&at("2")),
+        "the finalizer patch's event"
+    );
+    assert!(
+        fx.ctx.is_own_write_echo(&at("3")),
+        "the status patch's event"
+    );
+    assert!(
+        !fx.ctx.is_own_write_echo(&at("3")),
+        "a relist bringing it again"
+    );
+    assert!(!fx.ctx.is_own_write_echo(&at("4")), "someone else's change");
+}
+
+#[tokio::test]
 async fn a_settled_running_tenant_costs_no_request_at_all() {
     let mut fx = settled(&TO_RUNNING, AuthState::Registered).await;
     let action = fx.pass(vec![]).await.expect("the pass succeeds");
