@@ -105,6 +105,8 @@ pub struct Observation {
     pub write_failure: Option<WriteFailure>,
     /// When a pod that is unschedulable, but only for a moment yet, would count as a problem.
     pub problem_due: Option<chrono::DateTime<chrono::Utc>>,
+    /// The Redis backups as their CronJob reports them, while the spec asks for backups.
+    pub backup: Option<crate::crd::BackupStatus>,
 }
 
 /// What keeps the tenant from progressing, as the status and the machine see it.

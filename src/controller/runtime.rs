@@ -8,7 +8,10 @@ use crate::render;
 use futures::{Stream, StreamExt};
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
-use k8s_openapi::api::core::v1::{ConfigMap, LimitRange, Namespace, Pod, ResourceQuota, Service};
+use k8s_openapi::api::batch::v1::CronJob;
+use k8s_openapi::api::core::v1::{
+    ConfigMap, LimitRange, Namespace, PersistentVolumeClaim, Pod, ResourceQuota, Service,
+};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::runtime::controller::{self, Controller};
@@ -53,6 +56,8 @@ async fn report_readiness(
             wait_ready(stores.disruption_budgets),
         ),
         ("horizontalpodautoscalers", wait_ready(stores.autoscalers)),
+        ("cronjobs", wait_ready(stores.cron_jobs)),
+        ("persistentvolumeclaims", wait_ready(stores.claims)),
         ("pods", wait_ready(stores.pods)),
     ];
     let mut next_report = std::time::Instant::now() + Duration::from_secs(10);
@@ -218,6 +223,8 @@ pub async fn run(
     let (limit_ranges, lr_watch) = cache::<LimitRange>(&client);
     let (disruption_budgets, pdb_watch) = cache::<PodDisruptionBudget>(&client);
     let (autoscalers, hpa_watch) = cache::<HorizontalPodAutoscaler>(&client);
+    let (cron_jobs, cron_job_watch) = cache::<CronJob>(&client);
+    let (claims, claim_watch) = cache::<PersistentVolumeClaim>(&client);
     let (pods, pod_watch) = pod_cache(&client);
     let stores = Stores {
         namespaces,
@@ -230,6 +237,8 @@ pub async fn run(
         limit_ranges,
         disruption_budgets,
         autoscalers,
+        cron_jobs,
+        claims,
         pods,
     };
     let ctx = Arc::new(make_context(stores.clone()).with_caches_synced(ready.clone()));
@@ -258,6 +267,8 @@ pub async fn run(
         .watches_stream(lr_watch, owning_tenants)
         .watches_stream(pdb_watch, owning_tenants)
         .watches_stream(hpa_watch, owning_tenants)
+        .watches_stream(cron_job_watch, owning_tenants)
+        .watches_stream(claim_watch, owning_tenants)
         .watches_stream(pod_watch, pod_tenant)
         .with_config(
             controller::Config::default()

@@ -194,6 +194,7 @@ fn redis() -> impl Strategy<Value = RedisSpec> {
         btree_map(redis_key(), value, 0..4),
         option::of(text()),
         placement(),
+        option::of(backup()),
     )
         .prop_map(
             |(
@@ -204,6 +205,7 @@ fn redis() -> impl Strategy<Value = RedisSpec> {
                 config,
                 storage_class_name,
                 (node_selector, tolerations, topology_spread),
+                backup,
             )| RedisSpec {
                 replicas,
                 image,
@@ -214,8 +216,25 @@ fn redis() -> impl Strategy<Value = RedisSpec> {
                 node_selector,
                 tolerations,
                 topology_spread,
+                backup,
             },
         )
+}
+
+fn backup() -> impl Strategy<Value = crd::RedisBackup> {
+    let schedule = prop_oneof![
+        Just("0 3 * * *".to_string()),
+        "[0-9*/,a-zA-Z@ -]{0,20}",
+        text()
+    ];
+    let storage = option::of(prop_oneof![quantity_text().prop_map(|q| q.0), text()]);
+    (schedule, prop_oneof![0..120i32, any::<i32>()], storage).prop_map(
+        |(schedule, keep, storage)| crd::RedisBackup {
+            schedule,
+            keep,
+            storage,
+        },
+    )
 }
 
 fn ports() -> impl Strategy<Value = Vec<PortRule>> {
