@@ -69,7 +69,9 @@ async fn backups_follow_the_spec_and_the_status_follows_the_cronjob() {
     let mut tenant = tenant_from_yaml(BASIC, &name, &env.run);
     tenant.spec.redis.storage = "1Gi".into();
     tenant.spec.redis.backup = Some(RedisBackup {
-        schedule: "0 3 * * *".into(),
+        // Schedules that fire on January 1st only: the CronJob controller must not start a
+        // Job (and write the CronJob's status) during the test.
+        schedule: "0 3 1 1 *".into(),
         keep: 3,
         storage: None,
     });
@@ -84,7 +86,7 @@ async fn backups_follow_the_spec_and_the_status_follows_the_cronjob() {
     assert_eq!(spec.concurrency_policy.as_deref(), Some("Forbid"));
     assert_eq!(
         schedule_and_keep(&created),
-        ("0 3 * * *".into(), "3".into())
+        ("0 3 1 1 *".into(), "3".into())
     );
     let pod = spec.job_template.spec.unwrap().template.spec.unwrap();
     assert_eq!(
@@ -119,15 +121,20 @@ async fn backups_follow_the_spec_and_the_status_follows_the_cronjob() {
 
     // A schedule and keep change reach the CronJob.
     tenant.spec.redis.backup = Some(RedisBackup {
-        schedule: "@hourly".into(),
+        schedule: "@yearly".into(),
         keep: 5,
         storage: None,
     });
     apply_tenant(client, &tenant).await;
     wait_for_cronjob(client, &ns, "the new schedule and keep", |c| {
-        schedule_and_keep(c) == ("@hourly".into(), "5".into())
+        schedule_and_keep(c) == ("@yearly".into(), "5".into())
     })
     .await;
+    // The claim keeps the size it was created with (a claim cannot shrink; growing it
+    // needs an expandable class): documented, and the quota follows the spec.
+    let claim = claims.get("redis-backups").await.unwrap();
+    let size = &claim.spec.unwrap().resources.unwrap().requests.unwrap()["storage"];
+    assert_eq!(size.0, "4Gi", "the claim is not resized");
 
     // A successful backup, as the CronJob controller records it: the status follows.
     let finished = "2026-11-30T03:00:07Z";
