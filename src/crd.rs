@@ -453,6 +453,14 @@ pub struct RedisSpec {
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["topologyKey"]))]
     pub topology_spread: Vec<TopologySpread>,
 
+    /// Keep the Redis data volume when the tenant is deleted: before its namespace goes,
+    /// the volume's PersistentVolume is switched to the Retain reclaim policy and labelled
+    /// neurallog.io/tenant=<tenant> (find it with `kubectl get pv -l
+    /// neurallog.io/tenant=<tenant>`). A new tenant can start from it (README: Restoring a
+    /// tenant from a retained volume). Default false: the volume goes with the tenant.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub retain_storage: bool,
+
     /// Scheduled RDB snapshots of Redis into the claim `redis-backups` of the tenant
     /// namespace (CronJob `redis-backup`). Removing it stops the backups; the claim and
     /// the snapshots in it stay until the tenant is deleted.
@@ -890,6 +898,7 @@ impl Default for RedisSpec {
             node_selector: BTreeMap::new(),
             tolerations: Vec::new(),
             topology_spread: Vec::new(),
+            retain_storage: false,
             backup: None,
         }
     }

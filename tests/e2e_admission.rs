@@ -7,6 +7,9 @@
 //!   a `tenant-*` namespace without the managed-by label, the label removed), while writes
 //!   in a labelled `tenant-*` namespace, Events in `default` and its Lease are admitted; and
 //!   the operator running under that identity takes a tenant through its whole lifecycle.
+//!   The one cluster-scoped write besides its namespaces and Tenants: a PersistentVolume
+//!   bound to a `tenant-*` claim switched to `Retain` (spec.redis.retainStorage); any other
+//!   change of a volume, or of a volume bound elsewhere, is refused.
 //! - deploy/crd/tenant_deletion_protection.yaml: a Tenant with `spec.deletionProtection`
 //!   cannot be deleted, the refusal says how to lift it, and once lifted the delete goes
 //!   through.
@@ -24,7 +27,7 @@ mod sandbox;
 use common::*;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::{ConfigMap, Event, Namespace};
+use k8s_openapi::api::core::v1::{ConfigMap, Event, Namespace, PersistentVolume};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
 use kube::{Api, Client};
@@ -330,6 +333,103 @@ async fn the_operator_identity_writes_only_what_it_manages() {
     );
 }
 
+fn volume(name: &str, claim_namespace: &str) -> PersistentVolume {
+    object(json!({
+        "metadata": {"name": name},
+        "spec": {
+            "capacity": {"storage": "1Gi"},
+            "accessModes": ["ReadWriteOnce"],
+            "persistentVolumeReclaimPolicy": "Delete",
+            "storageClassName": "admission-test-none",
+            "hostPath": {"path": format!("/tmp/{name}")},
+            "claimRef": {"namespace": claim_namespace, "name": "redis-data-x-redis-0"},
+        },
+    }))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_operator_identity_may_only_retain_the_volumes_of_tenant_claims() {
+    let admin = client().await;
+    let run = unique("volumes");
+    let sandbox = Sandbox::create(&admin, &run).await;
+    let policy = sandbox.write_policy();
+    let operator = sandbox.operator_client(&admin).await;
+    let (tenant_volume, foreign_volume) = (format!("{run}-tenant"), format!("{run}-foreign"));
+    let _volumes = VolumeCleanup(vec![tenant_volume.clone(), foreign_volume.clone()]);
+    let admin_volumes: Api<PersistentVolume> = Api::all(admin.clone());
+    for (name, claim_namespace) in [
+        (&tenant_volume, format!("tenant-{run}")),
+        (&foreign_volume, "default".to_string()),
+    ] {
+        admin_volumes
+            .create(&PostParams::default(), &volume(name, &claim_namespace))
+            .await
+            .expect("the admin creates a volume");
+    }
+    let volumes: Api<PersistentVolume> = Api::all(operator.clone());
+    let dry_patch = PatchParams::default().dry_run();
+    let retain = json!({"spec": {"persistentVolumeReclaimPolicy": "Retain"}, "metadata": {"labels": {"neurallog.io/tenant": run}}});
+    admitted(
+        "retaining the volume of a tenant-* claim",
+        volumes
+            .patch(&tenant_volume, &dry_patch, &Patch::Merge(&retain))
+            .await,
+    );
+    let message = refused_by(
+        &policy,
+        "retaining a volume bound to a claim in default",
+        volumes
+            .patch(&foreign_volume, &dry_patch, &Patch::Merge(&retain))
+            .await,
+    );
+    assert!(
+        message.contains(&format!(
+            "UPDATE persistentvolumes {foreign_volume} is refused"
+        )),
+        "the refusal says what: {message}"
+    );
+    refused_by(
+        &policy,
+        "growing a tenant volume",
+        volumes
+            .patch(
+                &tenant_volume,
+                &dry_patch,
+                &Patch::Merge(&json!({"spec": {"persistentVolumeReclaimPolicy": "Retain", "capacity": {"storage": "2Gi"}}})),
+            )
+            .await,
+    );
+    refused_by(
+        &policy,
+        "re-binding a tenant volume",
+        volumes
+            .patch(
+                &tenant_volume,
+                &dry_patch,
+                &Patch::Merge(&json!({"spec": {"persistentVolumeReclaimPolicy": "Retain", "claimRef": {"namespace": "default"}}})),
+            )
+            .await,
+    );
+    // Deleting or creating volumes: not even RBAC grants it.
+    let deleted = volumes
+        .delete(&tenant_volume, &DeleteParams::default().dry_run())
+        .await;
+    assert!(
+        matches!(&deleted, Err(kube::Error::Api(e)) if e.code == 403),
+        "deleting a tenant volume is forbidden: {deleted:?}"
+    );
+    let created = volumes
+        .create(
+            &dry_run(),
+            &volume(&format!("{run}-new"), &format!("tenant-{run}")),
+        )
+        .await;
+    assert!(
+        matches!(&created, Err(kube::Error::Api(e)) if e.code == 403),
+        "creating a volume is forbidden: {created:?}"
+    );
+}
+
 /// Installs the deletion protection policy as deploy/ ships it (shared, like the CRD: never
 /// removed) and waits until it refuses the delete of a protected tenant.
 async fn install_deletion_protection(admin: &Client, probe: &str) {
@@ -408,6 +508,7 @@ async fn a_protected_tenant_lives_and_dies_under_the_operators_confined_identity
     // Create, under the write policy: namespace, guards, policies, Redis, server, Events.
     let mut tenant = tenant_from_yaml(BASIC, &run, &run);
     tenant.spec.deletion_protection = true;
+    tenant.spec.redis.retain_storage = true;
     apply_tenant(&admin, &tenant).await;
     wait_for_phase(&admin, &run, "Running", PROVISION).await;
     install_deletion_protection(&admin, &run).await;
@@ -463,4 +564,27 @@ async fn a_protected_tenant_lives_and_dies_under_the_operators_confined_identity
         !auth.tenants().contains(&run),
         "the tenant is deregistered from Auth"
     );
+    // spec.redis.retainStorage, under the same identity: the data volume outlives it.
+    let volumes: Api<PersistentVolume> = Api::all(admin.clone());
+    let retained = volumes
+        .list(&kube::api::ListParams::default().labels(&format!("neurallog.io/tenant={run}")))
+        .await
+        .expect("volumes")
+        .items;
+    let _volumes = VolumeCleanup(
+        retained
+            .iter()
+            .map(|v| v.metadata.name.clone().unwrap_or_default())
+            .collect(),
+    );
+    assert_eq!(
+        retained.len(),
+        1,
+        "the Redis data volume is retained: {retained:?}"
+    );
+    let policy = retained[0]
+        .spec
+        .as_ref()
+        .and_then(|s| s.persistent_volume_reclaim_policy.clone());
+    assert_eq!(policy.as_deref(), Some("Retain"));
 }

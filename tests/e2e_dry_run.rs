@@ -270,6 +270,7 @@ mod plausible {
             redis_config(),
             option::of(select(&["standard", "fast-ssd.example.com"][..])),
             placement(),
+            any::<bool>(),
             option::of(backup()),
         )
             .prop_map(
@@ -279,6 +280,7 @@ mod plausible {
                     config,
                     storage_class,
                     (node_selector, tolerations, topology_spread),
+                    retain_storage,
                     backup,
                 )| RedisSpec {
                     replicas: 1,
@@ -290,6 +292,7 @@ mod plausible {
                     node_selector,
                     tolerations,
                     topology_spread,
+                    retain_storage,
                     backup,
                 },
             );

@@ -61,14 +61,14 @@ async fn event_messages(client: &Client, uid: &str) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_paused_tenant_keeps_its_drift_until_resumed_then_converges() {
-    let client = client().await;
-    install_crd(&client).await;
-    let run = unique("pause");
+    let OperatorEnv {
+        client,
+        run,
+        auth,
+        operator,
+    } = OperatorEnv::start("pause").await;
     let name = run.clone();
     let ns = format!("tenant-{name}");
-    let auth = auth_stub().await;
-    let operator = Operator::start(&run, &auth.url());
-    operator.wait_ready().await;
     let server = operator.metrics_url.clone();
     let tenants: Api<Tenant> = Api::all(client.clone());
 
@@ -232,13 +232,13 @@ async fn a_paused_tenant_keeps_its_drift_until_resumed_then_converges() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deleting_a_paused_tenant_overrides_the_pause() {
-    let client = client().await;
-    install_crd(&client).await;
-    let run = unique("pausedel");
+    let OperatorEnv {
+        client,
+        run,
+        auth,
+        operator: _operator,
+    } = OperatorEnv::start("pausedel").await;
     let name = run.clone();
-    let auth = auth_stub().await;
-    let operator = Operator::start(&run, &auth.url());
-    operator.wait_ready().await;
     let tenants: Api<Tenant> = Api::all(client.clone());
 
     apply_tenant(&client, &tenant_from_yaml(BASIC, &name, &run)).await;

@@ -194,6 +194,8 @@ async fn the_basic_tenant_runs_real_containers_with_its_config_probes_claim_and_
         .redis
         .config
         .insert("appendfsync".into(), "always".into());
+    // The data outlives the tenant, for a new tenant to start from (checked at the end).
+    tenant.spec.redis.retain_storage = true;
     apply_tenant(&env.client, &tenant).await;
     // Running needs both readiness probes to pass: redis-cli PING in the Redis pod, and
     // GET / of the stand-in, which answers 200 only while it reaches Redis.
@@ -365,6 +367,41 @@ async fn the_basic_tenant_runs_real_containers_with_its_config_probes_claim_and_
         .await
         .expect("delete");
     wait_until_gone(&tenants, &name, PROVISION).await;
+
+    // spec.redis.retainStorage: the README's restore gives a new tenant the old data, read
+    // by a real Redis from the kept volume.
+    let _kept = VolumeCleanup(vec![volume_name.clone()]);
+    let restored = format!("{name}-new");
+    let _cleanup_restored = TenantCleanup(vec![restored.clone()]);
+    let reserve = format!(
+        r#"{{"spec":{{"claimRef":{{"namespace":"tenant-{restored}","name":"redis-data-{restored}-redis-0","uid":null,"resourceVersion":null}}}}}}"#
+    );
+    kubectl(&[
+        "patch",
+        "pv",
+        &volume_name,
+        "--type",
+        "merge",
+        "-p",
+        &reserve,
+    ]);
+    let mut restored_tenant = tenant.clone();
+    restored_tenant.metadata = tenant_from_yaml(BASIC, &restored, &env.run).metadata;
+    apply_tenant(&env.client, &restored_tenant).await;
+    wait_for_phase(&env.client, &restored, "Running", PROVISION).await;
+    let restored_ns = format!("tenant-{restored}");
+    let restored_redis =
+        pod_on_node(&env.client, &restored_ns, &format!("{restored}-redis-")).await;
+    assert_eq!(
+        exec_ok(
+            &restored_ns,
+            &restored_redis.name_any(),
+            &["redis-cli", "get", "e2e-key"]
+        )
+        .trim(),
+        "survives",
+        "the restored tenant's Redis holds the deleted tenant's data"
+    );
 }
 
 /// A pod `client` that only sleeps, in namespace `namespace` (created `real-node-*`, so it

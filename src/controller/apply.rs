@@ -500,6 +500,15 @@ impl<'a> Applier<'a> {
     }
 
     async fn tear_down(&self) -> Result<(), Error> {
+        // Also while the namespace is already terminating (deleted by someone else): its
+        // claims may not be gone yet, and a retained volume outlives them.
+        if self.tenant.spec.redis.retain_storage
+            && let NamespaceState::Ours { .. } = self.obs.namespace
+        {
+            self.ctx
+                .retain_redis_volumes(self.tenant, &self.namespace(), self.seq)
+                .await?;
+        }
         if let NamespaceState::Ours { active: true } = self.obs.namespace {
             let api: Api<Namespace> = Api::all(self.ctx.client.clone());
             let params = DeleteParams {

@@ -28,6 +28,8 @@ pub enum Error {
     Join(String),
     #[error("the Tenant has no uid")]
     MissingUid,
+    #[error("{0}")]
+    Retention(#[source] super::volume_retention::RetentionRefused),
 }
 
 impl Error {
@@ -55,6 +57,7 @@ impl Error {
             Error::Render(_) => "RenderFailed",
             Error::Serialize(_) => "Serialize",
             Error::MissingUid => "MissingUid",
+            Error::Retention(_) => "RetentionRefused",
         }
     }
 }

@@ -34,6 +34,7 @@ mod pass;
 mod runtime;
 #[cfg(test)]
 mod tests;
+mod volume_retention;
 
 pub use context::{Context, Stores};
 pub use error::Error;

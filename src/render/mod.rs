@@ -30,8 +30,8 @@ pub use namespace::{is_owned_by, namespace};
 pub use network::network_policies;
 pub use quota::{limit_range, resource_quota};
 pub use redis::{
-    REDIS_PORT, redis_conf, redis_config_map, redis_config_map_name, redis_host, redis_name,
-    redis_service, redis_statefulset,
+    DATA_VOLUME, REDIS_PORT, redis_conf, redis_config_map, redis_config_map_name, redis_host,
+    redis_name, redis_service, redis_statefulset,
 };
 pub use resources::{ContainerResources, effective_resources};
 pub use server::{

@@ -194,6 +194,7 @@ fn redis() -> impl Strategy<Value = RedisSpec> {
         btree_map(redis_key(), value, 0..4),
         option::of(text()),
         placement(),
+        any::<bool>(),
         option::of(backup()),
     )
         .prop_map(
@@ -205,6 +206,7 @@ fn redis() -> impl Strategy<Value = RedisSpec> {
                 config,
                 storage_class_name,
                 (node_selector, tolerations, topology_spread),
+                retain_storage,
                 backup,
             )| RedisSpec {
                 replicas,
@@ -216,6 +218,7 @@ fn redis() -> impl Strategy<Value = RedisSpec> {
                 node_selector,
                 tolerations,
                 topology_spread,
+                retain_storage,
                 backup,
             },
         )

@@ -689,6 +689,22 @@ impl Drop for TenantCleanup {
     }
 }
 
+/// Deletes the PersistentVolumes a test made or kept (cluster-scoped: they outlive their
+/// namespaces), when the test ends however it ends.
+pub struct VolumeCleanup(pub Vec<String>);
+
+impl Drop for VolumeCleanup {
+    fn drop(&mut self) {
+        for name in &self.0 {
+            let _ = Command::new(kubectl_path())
+                .arg("--kubeconfig")
+                .arg(kubeconfig())
+                .args(["delete", "pv", name, "--ignore-not-found", "--wait=false"])
+                .output();
+        }
+    }
+}
+
 pub const WRITE_VERBS: [&str; 5] = ["POST", "PUT", "PATCH", "DELETE", "APPLY"];
 /// Resources only the operator writes in steady state (controllers write their status
 /// subresources, kwok writes nodes and leases: those are not counted).

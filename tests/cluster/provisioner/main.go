@@ -1,5 +1,6 @@
 // Command provisioner binds PersistentVolumeClaims of one StorageClass by creating a
-// hostPath PersistentVolume per claim, and deletes released volumes it created.
+// hostPath PersistentVolume per claim, and deletes released volumes it created unless
+// their reclaim policy is Retain.
 package main
 
 import (
@@ -23,6 +24,13 @@ import (
 )
 
 const provisionedBy = "pv.kubernetes.io/provisioned-by"
+
+// The PV controller names the provisioner on a claim only once it found no existing
+// volume to bind it to (such as a retained volume pre-bound to the claim).
+const (
+	storageProvisioner     = "volume.kubernetes.io/storage-provisioner"
+	betaStorageProvisioner = "volume.beta.kubernetes.io/storage-provisioner"
+)
 
 type provisioner struct {
 	// One token per claim being provisioned: creates run in parallel, up to its capacity.
@@ -90,6 +98,9 @@ func (p *provisioner) provision(ctx context.Context, obj interface{}) {
 	if claim.Spec.StorageClassName == nil || *claim.Spec.StorageClassName != p.class {
 		return
 	}
+	if claim.Annotations[storageProvisioner] != p.name && claim.Annotations[betaStorageProvisioner] != p.name {
+		return
+	}
 	size, ok := claim.Spec.Resources.Requests[corev1.ResourceStorage]
 	if !ok {
 		return
@@ -141,6 +152,10 @@ func (p *provisioner) provision(ctx context.Context, obj interface{}) {
 func (p *provisioner) reclaim(ctx context.Context, obj interface{}) {
 	pv, ok := obj.(*corev1.PersistentVolume)
 	if !ok || pv.Annotations[provisionedBy] != p.name || pv.Status.Phase != corev1.VolumeReleased {
+		return
+	}
+	// A retained volume keeps its data for whoever binds it next (spec.redis.retainStorage).
+	if pv.Spec.PersistentVolumeReclaimPolicy != corev1.PersistentVolumeReclaimDelete {
 		return
 	}
 	err := p.client.CoreV1().PersistentVolumes().Delete(ctx, pv.Name, metav1.DeleteOptions{})
