@@ -43,6 +43,12 @@ pub const DNS_LABEL_PATTERN: &str = "^[a-z0-9]([-a-z0-9]*[a-z0-9])?$";
 pub const ENV_NAME_PATTERN: &str = "^[-._a-zA-Z][-._a-zA-Z0-9]*$";
 /// The form of a `spec.redis.config` key: a lower-case redis.conf directive.
 pub const REDIS_CONFIG_KEY_PATTERN: &str = "^[a-z][a-z0-9-]*$";
+/// The shape of a backup schedule as admission checks it: five space-separated fields of
+/// cron characters, or one of the macros a CronJob takes. The operator checks each field's
+/// values too ([`crate::validation`]).
+pub const BACKUP_SCHEDULE_PATTERN: &str = "^(@(yearly|annually|monthly|weekly|daily|midnight|hourly)|[0-9A-Za-z*,/?-]+( [0-9A-Za-z*,/?-]+){4})$";
+/// Snapshots kept when `spec.redis.backup.keep` is not set.
+pub const DEFAULT_BACKUP_KEEP: i32 = 7;
 
 /// Limits of the spec. The CRD's schema is built from them, and [`crate::validation`]
 /// checks them again, in case the CRD installed is older than the operator.
@@ -75,6 +81,10 @@ pub mod limits {
     /// The largest useful skew: more than the server's replica limit never constrains.
     pub const MAX_SKEW: i32 = 100;
     pub const MAX_IMAGE_PULL_SECRETS: usize = 16;
+    /// Backups kept: a hundred daily snapshots is already more than three months.
+    pub const MAX_BACKUP_KEEP: i32 = 100;
+    /// A cron schedule as written: five fields with lists and ranges, or a macro.
+    pub const MAX_BACKUP_SCHEDULE: usize = 128;
     /// A label key: a DNS subdomain prefix (253), '/', a name (63).
     pub const MAX_LABEL_KEY: usize = 253 + 1 + 63;
     /// The longest `tolerationSeconds` Kubernetes keeps a pod on a tainted node for: a
@@ -461,6 +471,47 @@ pub struct RedisSpec {
     /// tenant from a retained volume). Default false: the volume goes with the tenant.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub retain_storage: bool,
+
+    /// Scheduled RDB snapshots of Redis into the claim `redis-backups` of the tenant
+    /// namespace (CronJob `redis-backup`). Removing it stops the backups; the claim and
+    /// the snapshots in it stay until the tenant is deleted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backup: Option<RedisBackup>,
+}
+
+/// Scheduled snapshots of the tenant's Redis (`redis-cli --rdb`), the newest `keep` kept.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct RedisBackup {
+    /// When to take a snapshot, in UTC: a five-field cron schedule (minute hour
+    /// day-of-month month day-of-week, such as "0 3 * * *" for 03:00 every day) or one of
+    /// @hourly, @daily, @midnight, @weekly, @monthly, @yearly, @annually.
+    #[schemars(length(min = 1, max = limits::MAX_BACKUP_SCHEDULE))]
+    #[x_kube(validation = Rule::new(format!("self.matches('{BACKUP_SCHEDULE_PATTERN}')")).message(BACKUP_SCHEDULE_MESSAGE))]
+    pub schedule: String,
+
+    /// How many snapshots to keep, newest first (1 to 100, default 7); older ones are
+    /// deleted after each successful backup.
+    #[serde(default = "default_backup_keep")]
+    #[schemars(range(min = 1, max = limits::MAX_BACKUP_KEEP))]
+    pub keep: i32,
+
+    /// Size of the backup claim `redis-backups`. Default: (keep + 1) x spec.redis.storage,
+    /// room for `keep` snapshots and the one being taken, each at most the size of the
+    /// Redis volume. The claim is sized when it is created; later changes do not resize it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = limits::MAX_QUANTITY))]
+    #[x_kube(validation = Rule::new("isQuantity(self) && quantity(self).isGreaterThan(quantity('0'))").message("spec.redis.backup.storage must be a positive Kubernetes quantity such as 8Gi"))]
+    pub storage: Option<String>,
+}
+
+/// Why a backup schedule has its form, as admission says it.
+pub const BACKUP_SCHEDULE_MESSAGE: &str = "spec.redis.backup.schedule must be a cron schedule \
+     of five space-separated fields (minute hour day-of-month month day-of-week), such as \
+     '0 3 * * *', or one of @hourly, @daily, @midnight, @weekly, @monthly, @yearly, @annually";
+
+fn default_backup_keep() -> i32 {
+    DEFAULT_BACKUP_KEEP
 }
 
 /// Horizontal autoscaling of the server on CPU utilization.
@@ -761,6 +812,22 @@ pub struct TenantStatus {
     /// Position of the last transition in the operator's journal.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub journal: Option<JournalPosition>,
+    /// The Redis backups, while `spec.redis.backup` is set: from the CronJob
+    /// `redis-backup`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backup: Option<BackupStatus>,
+}
+
+/// The Redis backups as the CronJob reports them.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct BackupStatus {
+    /// When the last backup that succeeded finished; unset until one has.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_successful_time: Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::Time>,
+    /// When the last backup was started, whatever came of it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_schedule_time: Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::Time>,
 }
 
 /// Readiness of one component.
@@ -843,6 +910,7 @@ impl Default for RedisSpec {
             tolerations: Vec::new(),
             topology_spread: Vec::new(),
             retain_storage: false,
+            backup: None,
         }
     }
 }

@@ -198,6 +198,9 @@ fn check_redis(redis: &RedisSpec, problems: &mut Problems) {
     check_redis_config(redis, problems);
     placement::check_storage_class(redis.storage_class_name.as_deref(), problems);
     placement::check("spec.redis", redis.placement(), problems);
+    if let Some(backup) = &redis.backup {
+        backup::check(backup, problems);
+    }
 }
 
 fn check_image(field: &str, image: &str, problems: &mut Problems) {
@@ -823,9 +826,12 @@ mod syntax {
     }
 }
 
+mod backup;
 #[cfg(test)]
 mod crd_agreement;
 mod placement;
+
+pub use backup::check_schedule;
 
 #[cfg(test)]
 mod tests {

@@ -134,6 +134,29 @@ mod plausible {
             )
     }
 
+    fn backup() -> impl Strategy<Value = RedisBackup> {
+        let schedule = select(
+            &[
+                "0 3 * * *",
+                "*/15 * * * *",
+                "0 4 * * MON-FRI",
+                "5,35 0-23/2 1 jan,jul ?",
+                "@daily",
+                "@hourly",
+            ][..],
+        );
+        (
+            schedule,
+            1..=limits::MAX_BACKUP_KEEP,
+            option::of(select(&["500Mi", "20Gi"][..])),
+        )
+            .prop_map(|(schedule, keep, storage)| RedisBackup {
+                schedule: schedule.to_string(),
+                keep,
+                storage: storage.map(str::to_string),
+            })
+    }
+
     type PlacementParts = (
         std::collections::BTreeMap<String, String>,
         Vec<Toleration>,
@@ -248,6 +271,7 @@ mod plausible {
             option::of(select(&["standard", "fast-ssd.example.com"][..])),
             placement(),
             any::<bool>(),
+            option::of(backup()),
         )
             .prop_map(
                 |(
@@ -257,6 +281,7 @@ mod plausible {
                     storage_class,
                     (node_selector, tolerations, topology_spread),
                     retain_storage,
+                    backup,
                 )| RedisSpec {
                     replicas: 1,
                     image: "redis:7-alpine".into(),
@@ -268,6 +293,7 @@ mod plausible {
                     tolerations,
                     topology_spread,
                     retain_storage,
+                    backup,
                 },
             );
         let auth = option::of(
@@ -363,6 +389,8 @@ fn rendered(tenant: &Tenant, settings: &RenderSettings) -> Result<Rendered, Stri
         limit_range: render::limit_range(tenant).map_err(e)?,
         disruption_budget: render::server_disruption_budget(tenant).map_err(e)?,
         autoscaler: render::server_autoscaler(tenant).map_err(e)?,
+        backup_cronjob: render::backup_cronjob(tenant, settings).map_err(e)?,
+        backup_claim: render::backup_claim(tenant).map_err(e)?,
     })
 }
 
@@ -377,6 +405,8 @@ struct Rendered {
     limit_range: k8s_openapi::api::core::v1::LimitRange,
     disruption_budget: Option<k8s_openapi::api::policy::v1::PodDisruptionBudget>,
     autoscaler: Option<k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler>,
+    backup_cronjob: Option<k8s_openapi::api::batch::v1::CronJob>,
+    backup_claim: Option<k8s_openapi::api::core::v1::PersistentVolumeClaim>,
 }
 
 /// Dry-run creates `object` in namespace `ns` (the tenant namespace does not exist here).
@@ -453,6 +483,12 @@ async fn all_admitted(client: &Client, ns: &str, r: Rendered) -> Vec<String> {
     }
     if let Some(autoscaler) = r.autoscaler {
         note(admitted(client, ns, autoscaler).await);
+    }
+    if let Some(cronjob) = r.backup_cronjob {
+        note(admitted(client, ns, cronjob).await);
+    }
+    if let Some(claim) = r.backup_claim {
+        note(admitted(client, ns, claim).await);
     }
     refused
 }

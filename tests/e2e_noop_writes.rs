@@ -20,12 +20,19 @@ async fn a_resync_of_running_tenants_sends_no_write_request() {
     let mut operator = Operator::start(&run, &auth.url());
     operator.wait_ready().await;
     let names: Vec<String> = (0..TENANTS).map(|i| format!("{run}-{i}")).collect();
-    for name in &names {
-        apply_tenant(
-            &client,
-            &tenant_from_yaml(include_str!("../examples/basic-tenant.yaml"), name, &run),
-        )
-        .await;
+    for (i, name) in names.iter().enumerate() {
+        let mut tenant =
+            tenant_from_yaml(include_str!("../examples/basic-tenant.yaml"), name, &run);
+        // One with backups: its CronJob and claim are objects of the resync too.
+        if i == 0 {
+            tenant.spec.redis.backup = Some(neurallog_operator::crd::RedisBackup {
+                // January 1st only: no Job starts during the test.
+                schedule: "0 3 1 1 *".into(),
+                keep: 7,
+                storage: None,
+            });
+        }
+        apply_tenant(&client, &tenant).await;
     }
     for name in &names {
         wait_for_phase(&client, name, "Running", Duration::from_secs(180)).await;

@@ -20,6 +20,7 @@ mod sandbox;
 
 use common::*;
 use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::batch::v1::CronJob;
 use k8s_openapi::api::core::v1::{Namespace, PersistentVolumeClaim};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use kube::api::DeleteParams;
@@ -133,8 +134,14 @@ async fn the_operator_runs_a_tenant_lifecycle_with_exactly_the_rbac_of_deploy() 
     let operator = Operator::start_with_options(&run, &auth.url(), &options);
     operator.wait_ready().await;
 
-    // Create: namespace, guards, policies, Redis, server, Events, status, finalizer.
+    // Create: namespace, guards, policies, Redis and its backups, server, Events, status,
+    // finalizer.
     let mut tenant = tenant_from_yaml(CUSTOMIZED, &run, &run);
+    tenant.spec.redis.backup = Some(neurallog_operator::crd::RedisBackup {
+        schedule: "0 3 * * *".into(),
+        keep: 2,
+        storage: None,
+    });
     tenant.spec.network_policy.ingress_rules = vec![
         serde_json::from_value(json!(
             {"description": "web", "from": {"app": "web-frontend"}, "ports": [{"protocol": "TCP", "port": 80}]}
@@ -144,15 +151,23 @@ async fn the_operator_runs_a_tenant_lifecycle_with_exactly_the_rbac_of_deploy() 
     apply_tenant(&client, &tenant).await;
     wait_for_phase(&client, &run, "Running", PROVISION).await;
     wait_for_policy(&client, &run, "custom-ingress-0", true).await;
+    let ns = format!("tenant-{run}");
+    let cronjobs: Api<CronJob> = Api::namespaced(client.clone(), &ns);
+    let claims: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), &ns);
+    assert!(cronjobs.get_opt("redis-backup").await.unwrap().is_some());
+    assert!(claims.get_opt("redis-backups").await.unwrap().is_some());
 
-    // Update: apply changes, prune the policy of a removed rule, and grow the Redis volume
-    // (read its class, patch its claim, replace the StatefulSet orphaning its pod).
+    // Update: apply changes, prune the policy of a removed rule and the backup CronJob, and
+    // grow the Redis volume (read its class, patch its claim, replace the StatefulSet
+    // orphaning its pod).
     tenant.spec.server.replicas = 3;
     tenant.spec.network_policy.ingress_rules.clear();
+    tenant.spec.redis.backup = None;
     tenant.spec.redis.storage = "6Gi".into();
     apply_tenant(&client, &tenant).await;
     wait_for_server_replicas(&client, &run, 3).await;
     wait_for_policy(&client, &run, "custom-ingress-0", false).await;
+    wait_until_gone(&cronjobs, "redis-backup", PROVISION).await;
     wait_for_phase(&client, &run, "Running", PROVISION).await;
     let claims: Api<PersistentVolumeClaim> =
         Api::namespaced(client.clone(), &format!("tenant-{run}"));

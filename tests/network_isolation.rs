@@ -15,7 +15,8 @@ use k8s_openapi::api::core::v1::PodTemplateSpec;
 use netpol_eval::{Cluster, ContainerPort, Endpoint, Labels, Pod, labels};
 use neurallog_operator::crd::Tenant;
 use neurallog_operator::render::{
-    RenderSettings, namespace, network_policies, redis_statefulset, server_deployment,
+    RenderSettings, backup_cronjob, namespace, network_policies, redis_statefulset,
+    server_deployment,
 };
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -59,6 +60,15 @@ spec:
     ingressRules:
       - from: {app: web}
 "#;
+/// The basic tenant with Redis backups: the backup Job's pod must reach Redis.
+const BACKED_UP: &str = r#"
+apiVersion: neurallog.io/v1
+kind: Tenant
+metadata: {name: x}
+spec:
+  redis:
+    backup: {schedule: "0 3 * * *", keep: 3}
+"#;
 const POLICIES_OFF: &str = r#"
 apiVersion: neurallog.io/v1
 kind: Tenant
@@ -68,17 +78,19 @@ spec:
 "#;
 
 /// The tenants: (name, spec YAML).
-const TENANTS: [(&str, &str); 5] = [
+const TENANTS: [(&str, &str); 6] = [
     ("basic", BASIC),
     ("customized", CUSTOMIZED),
     ("rules", GUIDE_RULES),
     ("wide", ANY_PORT_RULE),
+    ("backed", BACKED_UP),
     ("open", POLICIES_OFF),
 ];
 
 const INTERNET: &str = "internet";
 
-/// Every pod by name (`<tenant>:redis`, `<tenant>:server`, `<namespace>/<pod>`), and the
+/// Every pod by name (`<tenant>:redis`, `<tenant>:server`, `<tenant>:backup` for a tenant
+/// with backups, `<namespace>/<pod>`), and the
 /// cluster's policies.
 struct World {
     cluster: Cluster,
@@ -150,6 +162,13 @@ fn world() -> World {
             format!("{name}:server"),
             pod_of(&ns_name, &template(server.spec.map(|s| s.template)), ip()),
         );
+        if let Some(backup) = backup_cronjob(&tenant, &settings).expect("backup") {
+            let job = backup.spec.and_then(|s| s.job_template.spec);
+            pods.insert(
+                format!("{name}:backup"),
+                pod_of(&ns_name, &template(job.map(|j| j.template)), ip()),
+            );
+        }
         // Someone else's pod in the tenant's namespace, with the guide rule's labels.
         pods.insert(
             format!("{ns_name}/web-frontend"),
@@ -240,6 +259,18 @@ const TABLE: &[Row] = &[
     ("default/web-frontend", "rules:redis", "TCP", 80, DENY, "a rule's port is the server's, not Redis's"),
     ("attacker/plain", "basic:redis", "TCP", 6379, DENY, "any other namespace"),
     (INTERNET, "basic:redis", "TCP", 6379, DENY, "outside the cluster"),
+    // Backups: the backup Job's pod reaches its own Redis's port, and nothing else does.
+    ("backed:backup", "backed:redis", "TCP", 6379, ALLOW, "the backup Job saves its Redis"),
+    ("backed:backup", "backed:redis", "TCP", 6380, DENY, "only Redis's port"),
+    ("backed:backup", "basic:redis", "TCP", 6379, DENY, "another tenant's Redis"),
+    ("backed:backup", "backed:server", "TCP", 3030, ALLOW, "the tenant's namespace reaches its server"),
+    ("backed:backup", "kube-system/coredns", "UDP", 53, ALLOW, "DNS: Redis's name"),
+    ("backed:backup", "neurallog/auth", "TCP", 3040, DENY, "the backup has no business with Auth"),
+    ("backed:backup", INTERNET, "TCP", 443, DENY, "no internet"),
+    ("tenant-backed/web-frontend", "backed:redis", "TCP", 6379, DENY, "backups open Redis to the backup pods only"),
+    ("basic:server", "backed:redis", "TCP", 6379, DENY, "another tenant's server"),
+    ("backed:redis", "backed:backup", "TCP", 6379, DENY, "nothing calls the backup pod"),
+    (INTERNET, "backed:backup", "TCP", 6379, DENY, "outside the cluster"),
     // The server port: the tenant's namespace, allowedNamespaces, ingress controllers.
     ("tenant-basic/web-frontend", "basic:server", "TCP", 3030, ALLOW, "the tenant's namespace"),
     ("basic:redis", "basic:server", "TCP", 3030, ALLOW, "the tenant's namespace"),
@@ -318,18 +349,20 @@ const PORTS: [i32; 10] = [1, 22, 80, 443, 3030, 5432, 6379, 6380, 9090, 65535];
 const PROTOCOLS: [&str; 3] = ["TCP", "UDP", "SCTP"];
 
 /// Beyond the table: from every pod and the internet, on a spread of ports and every
-/// protocol, a tenant's Redis answers only its own server, on TCP 6379.
+/// protocol, a tenant's Redis answers only its own server and its own backup Job's pod, on
+/// TCP 6379.
 #[test]
-fn redis_accepts_only_its_own_server_on_6379() {
+fn redis_accepts_only_its_own_server_and_backup_on_6379() {
     let world = world();
     for (tenant, _) in TENANTS.iter().filter(|(name, _)| *name != "open") {
         let redis = format!("{tenant}:redis");
-        let own_server = format!("{tenant}:server");
+        let own = [format!("{tenant}:server"), format!("{tenant}:backup")];
         let sources = world.pods.keys().map(String::as_str).chain([INTERNET]);
         for source in sources {
             for protocol in PROTOCOLS {
                 for port in PORTS {
-                    let expected = source == own_server && protocol == "TCP" && port == 6379;
+                    let expected =
+                        own.iter().any(|pod| pod == source) && protocol == "TCP" && port == 6379;
                     assert_eq!(
                         world.allows(source, &redis, protocol, port),
                         expected,
@@ -352,12 +385,17 @@ fn tenants_never_reach_each_other() {
         .collect();
     for a in &isolated {
         for b in isolated.iter().filter(|b| *b != a) {
-            for from in ["redis", "server"] {
-                for to in ["redis", "server"] {
+            for from in ["redis", "server", "backup"] {
+                for to in ["redis", "server", "backup"] {
                     for protocol in PROTOCOLS {
                         for port in PORTS {
                             let (source, destination) =
                                 (format!("{a}:{from}"), format!("{b}:{to}"));
+                            if !world.pods.contains_key(&source)
+                                || !world.pods.contains_key(&destination)
+                            {
+                                continue;
+                            }
                             assert!(
                                 !world.allows(&source, &destination, protocol, port),
                                 "{source} -> {destination} {protocol}/{port}"

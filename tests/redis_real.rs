@@ -19,7 +19,10 @@ use neurallog_operator::crd::Tenant;
 use neurallog_operator::redis_config::{
     self, Directive, SUPPORTED_DIRECTIVES, ValueKind, memory_size_bytes, validate_entry,
 };
-use neurallog_operator::render::{redis_config_map, redis_statefulset};
+use neurallog_operator::render::{
+    BACKUP_CLAIM, RESTORE_SCRIPT, RenderSettings, backup_cronjob, redis_config_map,
+    redis_statefulset,
+};
 use neurallog_operator::validation::validate;
 use proptest::prelude::*;
 use proptest::sample::{select, subsequence};
@@ -970,4 +973,292 @@ fn where_validation_is_stricter_than_redis() {
             assert_eq!(read_back.as_deref(), Some(*expected), "{key}={value:?}");
         }
     }
+}
+
+// ---------------------------------------------------------------------------------------
+// Backups: the rendered CronJob's script against a real Redis, and the documented restore
+
+/// The guide's basic tenant with daily backups, three kept.
+const BACKED_UP: &str = r#"
+apiVersion: neurallog.io/v1
+kind: Tenant
+metadata: {name: backed-up}
+spec:
+  redis:
+    backup: {schedule: "0 3 * * *", keep: 3}
+"#;
+
+/// What the rendered CronJob tells its backup pod: the command and its environment.
+struct BackupPod {
+    command: Vec<String>,
+    env: BTreeMap<String, String>,
+    backup_dir: String,
+}
+
+impl BackupPod {
+    fn render(tenant: &Tenant) -> BackupPod {
+        let cronjob = backup_cronjob(tenant, &RenderSettings::default())
+            .expect("the CronJob renders")
+            .expect("a CronJob for a tenant with backups");
+        let pod = cronjob
+            .spec
+            .and_then(|s| s.job_template.spec)
+            .and_then(|s| s.template.spec)
+            .expect("a pod template");
+        let container = &pod.containers[0];
+        let claim_volume = pod
+            .volumes
+            .iter()
+            .flatten()
+            .find(|v| {
+                v.persistent_volume_claim
+                    .as_ref()
+                    .map(|c| c.claim_name.as_str())
+                    == Some(BACKUP_CLAIM)
+            })
+            .expect("a volume of the backup claim");
+        let backup_dir = container
+            .volume_mounts
+            .iter()
+            .flatten()
+            .find(|m| m.name == claim_volume.name)
+            .map(|m| m.mount_path.clone())
+            .expect("the backup claim is mounted");
+        let env: BTreeMap<String, String> = container
+            .env
+            .iter()
+            .flatten()
+            .map(|e| (e.name.clone(), e.value.clone().expect("a literal value")))
+            .collect();
+        assert_eq!(
+            env["BACKUP_DIR"], backup_dir,
+            "the script writes to the claim"
+        );
+        BackupPod {
+            command: container.command.clone().expect("command"),
+            env,
+            backup_dir,
+        }
+    }
+
+    /// Runs the pod's command as the container would, with only where Redis and the claim
+    /// are changed: loopback, the test Redis's port, a temp dir.
+    fn run(&self, redis_port: u16, backup_dir: &Path) -> std::process::Output {
+        let mut env = self.env.clone();
+        env.insert("REDIS_HOST".into(), "127.0.0.1".into());
+        env.insert("REDIS_PORT".into(), redis_port.to_string());
+        env.insert("BACKUP_DIR".into(), backup_dir.display().to_string());
+        let changed: Vec<&str> = env
+            .iter()
+            .filter(|(k, v)| self.env.get(*k) != Some(v))
+            .map(|(k, _)| k.as_str())
+            .collect();
+        assert_eq!(changed, ["BACKUP_DIR", "REDIS_HOST", "REDIS_PORT"]);
+        Command::new(&self.command[0])
+            .args(&self.command[1..])
+            .env_clear()
+            .env("PATH", path_with_redis_cli())
+            .envs(env)
+            .output()
+            .expect("run the backup command")
+    }
+}
+
+/// The snapshot files in `dir`, oldest first, and whatever else is there.
+fn snapshots(dir: &Path) -> (Vec<String>, Vec<String>) {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .expect("read the backup dir")
+        .map(|entry| {
+            entry
+                .expect("entry")
+                .file_name()
+                .into_string()
+                .expect("UTF-8")
+        })
+        .collect();
+    names.sort();
+    names.into_iter().partition(|name| {
+        name.starts_with("dump-")
+            && name.ends_with("Z.rdb")
+            && name.len() == "dump-20261130T030000Z.rdb".len()
+    })
+}
+
+/// A whole RDB file: the magic at its start, the EOF opcode and an 8-byte checksum at its end.
+fn assert_whole_rdb(path: &Path) {
+    let bytes = std::fs::read(path).expect("read the snapshot");
+    assert!(
+        bytes.starts_with(b"REDIS"),
+        "{} lacks the RDB magic",
+        path.display()
+    );
+    assert!(bytes.len() > 9 + 9, "{} is too short", path.display());
+    assert_eq!(
+        bytes[bytes.len() - 9],
+        0xFF,
+        "{} lacks the EOF opcode",
+        path.display()
+    );
+}
+
+/// The current UTC second: the script names snapshots to the second, and runs of a real
+/// schedule are a minute apart at least.
+fn wait_for_the_next_second() {
+    let second = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("after 1970")
+            .as_secs()
+    };
+    let now = second();
+    poll_until(
+        "the next second",
+        Duration::from_secs(2),
+        || (second() > now).then_some(()),
+        String::new,
+    );
+}
+
+/// Runs the README's restore script (examples/redis-restore.yaml) as its pod would:
+/// `snapshot` of `backup_dir` into `data_dir`, with the tenant's redis.conf as the pod
+/// mounts it from the ConfigMap.
+fn restore(redis_pod: &RedisPod, backup_dir: &Path, snapshot: &str, data_dir: &Path) {
+    let conf_dir = tempfile::tempdir().expect("config dir");
+    let conf = conf_dir.path().join("redis.conf");
+    std::fs::write(&conf, &redis_pod.conf).expect("write redis.conf");
+    let output = Command::new("sh")
+        .args(["-c", RESTORE_SCRIPT])
+        .env_clear()
+        .env("PATH", path_with_redis_cli())
+        .env("SNAPSHOT", snapshot)
+        .env("BACKUP_DIR", backup_dir)
+        .env("DATA_DIR", data_dir)
+        .env("REDIS_CONF", &conf)
+        .output()
+        .expect("run the restore script");
+    assert!(
+        output.status.success(),
+        "the restore failed: {}\nstdout: {}\nstderr: {}",
+        output.status,
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+/// The rendered backup script saves whole snapshots of a real Redis and keeps the newest
+/// `keep`; the README's restore puts the newest into the data dir of a stopped Redis (here
+/// one with data written after the backup), and Redis starts on exactly the data the last
+/// backup saw.
+fn check_backup_and_restore(yaml: &str) {
+    let tenant = tenant(yaml);
+    let keep = usize::try_from(tenant.spec.redis.backup.as_ref().expect("backup").keep).unwrap();
+    let redis_pod = RedisPod::render(&tenant);
+    let backup_pod = BackupPod::render(&tenant);
+    assert_eq!(backup_pod.backup_dir, "/backups");
+    let sandbox = Sandbox::new();
+    let redis = redis_pod.start_or_panic(&sandbox);
+    let backups = tempfile::tempdir().expect("backup dir");
+    let mut conn = redis.connect();
+    let big = "x".repeat(256 * 1024);
+    conn.expect(&["SET", "tenant:big", &big]);
+    conn.expect(&["RPUSH", "tenant:logs", "one", "two", "three"]);
+    let runs = keep + 2;
+    for run in 1..=runs {
+        conn.expect(&["SET", "tenant:run", &run.to_string()]);
+        wait_for_the_next_second();
+        let output = backup_pod.run(redis.port, backups.path());
+        assert!(
+            output.status.success(),
+            "backup run {run} failed: {}\nstdout: {}\nstderr: {}",
+            output.status,
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let (kept, other) = snapshots(backups.path());
+        assert_eq!(other, Vec::<String>::new(), "nothing but snapshots stays");
+        assert_eq!(kept.len(), run.min(keep), "after run {run}: {kept:?}");
+        for snapshot in &kept {
+            assert_whole_rdb(&backups.path().join(snapshot));
+        }
+    }
+    let (kept, _) = snapshots(backups.path());
+    let newest = kept.last().expect("a snapshot").clone();
+
+    // Written after the last backup, and saved as Redis stops (SIGTERM, as the pod is
+    // stopped for the restore): the restore must replace it.
+    conn.expect(&["SET", "tenant:run", "after-the-last-backup"]);
+    conn.expect(&["SET", "tenant:late", "after-the-last-backup"]);
+    let logs = format!("{:?}", conn.expect(&["LRANGE", "tenant:logs", "0", "-1"]));
+    let (status, log) = redis.terminate(Duration::from_secs(10));
+    assert!(status.success(), "Redis stops cleanly: {log}");
+
+    restore(&redis_pod, backups.path(), &newest, &sandbox.data_dir());
+    let restored = redis_pod.start_or_panic(&sandbox);
+    let mut conn = restored.connect();
+    assert_eq!(
+        conn.get("tenant:run"),
+        Some(runs.to_string()),
+        "the newest snapshot's data"
+    );
+    assert_eq!(
+        conn.get("tenant:late"),
+        None,
+        "nothing written after the backup"
+    );
+    assert_eq!(conn.get("tenant:big").map(|v| v.len()), Some(big.len()));
+    assert_eq!(
+        format!("{:?}", conn.expect(&["LRANGE", "tenant:logs", "0", "-1"])),
+        logs
+    );
+
+    // The restored Redis persists as configured: what it is given now survives a restart.
+    conn.expect(&["SET", "tenant:after-restore", "kept"]);
+    conn.close();
+    let (status, log) = restored.terminate(Duration::from_secs(10));
+    assert!(status.success(), "Redis stops cleanly: {log}");
+    let again = redis_pod.start_or_panic(&sandbox);
+    let mut conn = again.connect();
+    assert_eq!(conn.get("tenant:run"), Some(runs.to_string()));
+    assert_eq!(conn.get("tenant:after-restore"), Some("kept".to_string()));
+    again.kill();
+}
+
+#[test]
+fn backups_keep_the_newest_snapshots_and_restore_into_a_fresh_redis() {
+    check_backup_and_restore(BACKED_UP);
+}
+
+/// With `appendonly yes` (the guide's custom config), Redis starts from its append-only
+/// files and ignores dump.rdb: the restore makes the snapshot their base.
+#[test]
+fn a_restore_with_appendonly_starts_from_the_snapshot() {
+    let yaml =
+        format!("{BACKED_UP}    config:\n      appendonly: \"yes\"\n      appendfsync: everysec\n");
+    let tenant = tenant(&yaml);
+    assert_eq!(
+        tenant
+            .spec
+            .redis
+            .config
+            .get("appendonly")
+            .map(String::as_str),
+        Some("yes")
+    );
+    check_backup_and_restore(&yaml);
+}
+
+/// A backup of a Redis that is not there fails the Job's pod (so the Job retries and the
+/// CronJob's last success does not move) and leaves the kept snapshots alone.
+#[test]
+fn a_failed_backup_fails_and_keeps_what_was_there() {
+    let tenant = tenant(BACKED_UP);
+    let backup_pod = BackupPod::render(&tenant);
+    let backups = tempfile::tempdir().expect("backup dir");
+    let earlier = backups.path().join("dump-20260101T030000Z.rdb");
+    std::fs::write(&earlier, b"REDIS0011 an earlier snapshot").expect("write");
+    let output = backup_pod.run(free_port(), backups.path());
+    assert!(!output.status.success(), "a backup without Redis succeeded");
+    let (kept, other) = snapshots(backups.path());
+    assert_eq!(kept, ["dump-20260101T030000Z.rdb"]);
+    assert_eq!(other, Vec::<String>::new(), "no partial snapshot stays");
 }

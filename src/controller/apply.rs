@@ -13,6 +13,7 @@ use crate::render::{self, Desired, RenderError};
 use backon::{ExponentialBuilder, Retryable};
 use k8s_openapi::NamespaceResourceScope;
 use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::batch::v1::CronJob;
 use k8s_openapi::api::core::v1::{Event, Namespace};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams, Preconditions};
@@ -350,7 +351,44 @@ impl<'a> Applier<'a> {
             &stores.statefulsets,
             Some(REDIS_STATEFULSET),
         )
-        .await
+        .await?;
+        self.ensure_backups(desired).await
+    }
+
+    /// The backup claim first (the Job's pod mounts it), then the CronJob. The claim is
+    /// created once and then left alone: its size is fixed at creation (a claim cannot
+    /// shrink), and removing `spec.redis.backup` keeps it and the snapshots in it. The
+    /// CronJob goes with its Jobs and their pods.
+    async fn ensure_backups(&self, desired: &Desired) -> Result<(), Error> {
+        let stores = &self.ctx.stores;
+        if let Some(claim) = &desired.backup_claim {
+            let key = ObjectRef::new(render::BACKUP_CLAIM).within(&self.namespace());
+            if stores.claims.get(&key).is_none() {
+                self.apply(claim, &stores.claims, None).await?;
+            }
+        }
+        match &desired.backup_cronjob {
+            Some(cronjob) => self.apply(cronjob, &stores.cron_jobs, None).await,
+            None => self.remove_backup_cronjob().await,
+        }
+    }
+
+    async fn remove_backup_cronjob(&self) -> Result<(), Error> {
+        let ns = self.namespace();
+        let name = render::BACKUP_CRONJOB;
+        let key = ObjectRef::new(name).within(&ns);
+        if self.ctx.stores.cron_jobs.get(&key).is_none() {
+            return Ok(());
+        }
+        let api: Api<CronJob> = Api::namespaced(self.ctx.client.clone(), &ns);
+        self.ctx.metrics.count_write("delete", "cronjobs");
+        // The API's default for CronJobs orphans their Jobs; these go with it.
+        let params = DeleteParams::background();
+        match retry(|| api.delete(name, &params)).await {
+            Ok(_) => Ok(()),
+            Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
+            Err(e) => Err(write_error("CronJob", name)(e)),
+        }
     }
 
     async fn ensure_server(&self) -> Result<(), Error> {

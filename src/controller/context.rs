@@ -13,6 +13,7 @@ use crate::metrics::Metrics;
 use crate::render::RenderSettings;
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
+use k8s_openapi::api::batch::v1::CronJob;
 use k8s_openapi::api::core::v1::{
     ConfigMap, LimitRange, Namespace, PersistentVolumeClaim, Pod, ResourceQuota, Service,
 };
@@ -38,6 +39,11 @@ pub struct Stores {
     pub limit_ranges: Store<LimitRange>,
     pub disruption_budgets: Store<PodDisruptionBudget>,
     pub autoscalers: Store<HorizontalPodAutoscaler>,
+    /// The Redis backup CronJobs: applied, and read for the last successful backup.
+    pub cron_jobs: Store<CronJob>,
+    /// Claims the operator creates itself (the backup claim; Redis's own come from its
+    /// StatefulSet).
+    pub claims: Store<PersistentVolumeClaim>,
     /// The tenants' pods, status only: why a component is not ready.
     pub pods: Store<Pod>,
     /// The Redis data claims (created by the StatefulSet controller, selected by the

@@ -214,7 +214,10 @@ impl Context {
             return Ok(());
         }
         let api: Api<Tenant> = Api::all(self.client.clone());
-        let body = serde_json::json!({ "status": desired });
+        let mut status = serde_json::to_value(&desired).map_err(Error::Serialize)?;
+        let current = serde_json::to_value(&tenant.status).map_err(Error::Serialize)?;
+        null_what_is_gone(&mut status, &current);
+        let body = serde_json::json!({ "status": status });
         let patch = Patch::Merge(&body);
         let params = PatchParams::default();
         let name = tenant.name_any();
@@ -299,5 +302,51 @@ fn transition_reason(record: &Record) -> &'static str {
         neurallog_machines::Trigger::RegistrationExists => super::registration::REGISTRATION_EXISTS,
         neurallog_machines::Trigger::ResumeRequested => "Resumed",
         _ => record.to.as_str(),
+    }
+}
+
+/// Sets to null, in the merge patch `desired`, every field `current` has and `desired`
+/// leaves out (`status.backup` once backups are turned off): a merge patch keeps what it
+/// does not mention, and a status that never loses the field would differ from the desired
+/// one on every pass, and be patched on every pass.
+fn null_what_is_gone(desired: &mut serde_json::Value, current: &serde_json::Value) {
+    let (Some(desired), Some(current)) = (desired.as_object_mut(), current.as_object()) else {
+        return;
+    };
+    for (key, was) in current {
+        match desired.get_mut(key) {
+            Some(now) => null_what_is_gone(now, was),
+            None => {
+                desired.insert(key.clone(), serde_json::Value::Null);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::null_what_is_gone;
+    use serde_json::json;
+
+    #[test]
+    fn a_field_the_status_loses_is_nulled_in_the_patch_and_nothing_else() {
+        let current = json!({
+            "phase": "Running",
+            "backup": {"lastSuccessfulTime": "2026-11-30T03:00:07Z"},
+            "conditions": [{"type": "Ready"}],
+        });
+        let mut gone = json!({"phase": "Running", "conditions": []});
+        null_what_is_gone(&mut gone, &current);
+        assert_eq!(
+            gone,
+            json!({"phase": "Running", "backup": null, "conditions": []})
+        );
+        // A new CronJob without a success yet: the time goes, the object stays.
+        let mut emptied = json!({"phase": "Running", "backup": {}, "conditions": []});
+        null_what_is_gone(&mut emptied, &current);
+        assert_eq!(emptied["backup"], json!({"lastSuccessfulTime": null}));
+        let mut same = current.clone();
+        null_what_is_gone(&mut same, &current);
+        assert_eq!(same, current);
     }
 }

@@ -108,6 +108,8 @@ pub struct Observation {
     pub problem_due: Option<chrono::DateTime<chrono::Utc>>,
     /// Where the Redis volumes stand against `spec.redis.storage` (see `storage`).
     pub storage: StorageState,
+    /// The Redis backups as their CronJob reports them, while the spec asks for backups.
+    pub backup: Option<crate::crd::BackupStatus>,
 }
 
 /// What keeps the tenant from progressing, as the status and the machine see it.

@@ -6,7 +6,7 @@ use super::failures;
 use super::observation::{Observation, deployment_state, namespace_state, statefulset_state};
 use super::storage::{self, ClaimSize, Expansion, StorageState};
 use super::{Context, Error};
-use crate::crd::{Tenant, namespace_for};
+use crate::crd::{BackupStatus, Tenant, namespace_for};
 use crate::quantity::Quantity;
 use crate::render::{self, RenderError, RenderSettings};
 use chrono::Utc;
@@ -121,6 +121,22 @@ impl Context {
             } else {
                 StorageState::Settled
             },
+            backup: self.backup_status(tenant, &ns_name),
+        })
+    }
+
+    /// The backup times the CronJob reports: empty until it exists, none without backups.
+    fn backup_status(&self, tenant: &Tenant, namespace: &str) -> Option<BackupStatus> {
+        tenant.spec.redis.backup.as_ref()?;
+        let key = ObjectRef::new(render::BACKUP_CRONJOB).within(namespace);
+        let status = self
+            .stores
+            .cron_jobs
+            .get(&key)
+            .and_then(|c| c.status.clone());
+        Some(BackupStatus {
+            last_successful_time: status.as_ref().and_then(|s| s.last_successful_time.clone()),
+            last_schedule_time: status.and_then(|s| s.last_schedule_time),
         })
     }
 

@@ -9,6 +9,7 @@ use crate::render;
 use futures::{Stream, StreamExt};
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
+use k8s_openapi::api::batch::v1::CronJob;
 use k8s_openapi::api::core::v1::{
     ConfigMap, LimitRange, Namespace, PersistentVolumeClaim, Pod, ResourceQuota, Service,
 };
@@ -56,6 +57,8 @@ async fn report_readiness(
             wait_ready(stores.disruption_budgets),
         ),
         ("horizontalpodautoscalers", wait_ready(stores.autoscalers)),
+        ("cronjobs", wait_ready(stores.cron_jobs)),
+        ("persistentvolumeclaims", wait_ready(stores.claims)),
         ("pods", wait_ready(stores.pods)),
         ("persistentvolumeclaims", wait_ready(stores.redis_claims)),
     ];
@@ -152,20 +155,23 @@ where
 fn pod_cache(client: &Client) -> (Store<Pod>, Watch<Pod>) {
     let (reader, writer) = reflector::store();
     let mut triggers = PodTriggers::default();
-    let stream = watcher(Api::<Pod>::all(client.clone()), cache_config(&managed_selector()))
-        .default_backoff()
-        .modify(|pod: &mut Pod| {
-            pod.metadata.managed_fields = None;
-            pod.metadata.annotations = None;
-            pod.spec = None;
+    let stream = watcher(
+        Api::<Pod>::all(client.clone()),
+        cache_config(&managed_selector()),
+    )
+    .default_backoff()
+    .modify(|pod: &mut Pod| {
+        pod.metadata.managed_fields = None;
+        pod.metadata.annotations = None;
+        pod.spec = None;
+    })
+    .reflect(writer)
+    .filter_map(move |event| {
+        futures::future::ready(match event {
+            Ok(event) => triggers.on_event(event).map(Ok),
+            Err(error) => Some(Err(error)),
         })
-        .reflect(writer)
-        .filter_map(move |event| {
-            futures::future::ready(match event {
-                Ok(event) => triggers.on_event(event).map(Ok),
-                Err(error) => Some(Err(error)),
-            })
-        });
+    });
     (reader, Box::pin(stream))
 }
 
@@ -267,8 +273,10 @@ pub async fn run(
     let (limit_ranges, lr_watch) = cache::<LimitRange>(&client);
     let (disruption_budgets, pdb_watch) = cache::<PodDisruptionBudget>(&client);
     let (autoscalers, hpa_watch) = cache::<HorizontalPodAutoscaler>(&client);
+    let (cron_jobs, cron_job_watch) = cache::<CronJob>(&client);
+    let (claims, claim_watch) = cache::<PersistentVolumeClaim>(&client);
     let (pods, pod_watch) = pod_cache(&client);
-    let (redis_claims, claim_watch) = redis_claim_cache(&client);
+    let (redis_claims, redis_claim_watch) = redis_claim_cache(&client);
     let stores = Stores {
         namespaces,
         config_maps,
@@ -280,6 +288,8 @@ pub async fn run(
         limit_ranges,
         disruption_budgets,
         autoscalers,
+        cron_jobs,
+        claims,
         pods,
         redis_claims,
     };
@@ -315,7 +325,9 @@ pub async fn run(
         .watches_stream(pdb_watch, owning_tenants)
         .watches_stream(hpa_watch, owning_tenants)
         .watches_stream(pod_watch, labelled_tenant)
-        .watches_stream(claim_watch, labelled_tenant)
+        .watches_stream(redis_claim_watch, labelled_tenant)
+        .watches_stream(cron_job_watch, owning_tenants)
+        .watches_stream(claim_watch, owning_tenants)
         .with_config(
             controller::Config::default()
                 .concurrency(concurrency)

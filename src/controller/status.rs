@@ -59,6 +59,7 @@ pub fn desired_status(
             hash: t.hash.clone(),
             chain: t.chain.clone(),
         }),
+        backup: obs.backup.clone(),
     }
 }
 

@@ -2,14 +2,17 @@
 //! shares the result between observation and the applier.
 
 use super::{
-    RenderError, RenderSettings, limit_range, namespace, network_policies, redis_config_map,
-    redis_service, redis_statefulset, resource_quota, server_autoscaler, server_deployment,
-    server_disruption_budget, server_service,
+    RenderError, RenderSettings, backup_claim, backup_cronjob, limit_range, namespace,
+    network_policies, redis_config_map, redis_service, redis_statefulset, resource_quota,
+    server_autoscaler, server_deployment, server_disruption_budget, server_service,
 };
 use crate::crd::Tenant;
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
-use k8s_openapi::api::core::v1::{ConfigMap, LimitRange, Namespace, ResourceQuota, Service};
+use k8s_openapi::api::batch::v1::CronJob;
+use k8s_openapi::api::core::v1::{
+    ConfigMap, LimitRange, Namespace, PersistentVolumeClaim, ResourceQuota, Service,
+};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 
@@ -28,6 +31,10 @@ pub struct Desired {
     pub server_disruption_budget: Option<PodDisruptionBudget>,
     /// Only with `spec.server.autoscaling`.
     pub server_autoscaler: Option<HorizontalPodAutoscaler>,
+    /// Only with `spec.redis.backup`.
+    pub backup_cronjob: Option<CronJob>,
+    /// Only with `spec.redis.backup`.
+    pub backup_claim: Option<PersistentVolumeClaim>,
 }
 
 impl Desired {
@@ -44,6 +51,8 @@ impl Desired {
             server_deployment: server_deployment(tenant, settings)?,
             server_disruption_budget: server_disruption_budget(tenant)?,
             server_autoscaler: server_autoscaler(tenant)?,
+            backup_cronjob: backup_cronjob(tenant, settings)?,
+            backup_claim: backup_claim(tenant)?,
         })
     }
 }

@@ -33,6 +33,7 @@ pub fn selector_labels(tenant: &str, component: &str) -> BTreeMap<String, String
 fn app_label(component: &str) -> &'static str {
     match component {
         "redis" => "redis",
+        "redis-backup" => "redis-backup",
         _ => "neurallog-server",
     }
 }

@@ -3,6 +3,7 @@
 //! Nothing here talks to the cluster: the same Tenant and settings always give the same
 //! objects, which is what makes "no change means no write" checkable.
 
+mod backup;
 mod desired;
 mod labels;
 mod names;
@@ -15,6 +16,10 @@ mod resources;
 mod security;
 mod server;
 
+pub use backup::{
+    BACKUP_CLAIM, BACKUP_COMPONENT, BACKUP_CRONJOB, BACKUP_DIR, BACKUP_SCRIPT, RESTORE_SCRIPT,
+    backup_claim, backup_cronjob, backup_storage,
+};
 pub use desired::Desired;
 pub use labels::{
     COMPONENT_LABEL, MANAGED_BY_LABEL, MANAGED_BY_VALUE, TENANT_LABEL, TENANT_UID_LABEL,

@@ -112,6 +112,32 @@ pub fn network_policies(
             )],
         )?,
     ];
+    // The backup Job's pods save Redis's snapshot over Redis's port, nothing more.
+    if tenant.spec.redis.backup.is_some() {
+        let backup = || pods_of(&name, super::BACKUP_COMPONENT);
+        policies.push(policy(
+            tenant,
+            "allow-redis-from-backup",
+            redis(),
+            &["Ingress"],
+            vec![ingress(
+                vec![pods_here(backup())],
+                vec![port(Protocol::Tcp, REDIS_PORT)],
+            )],
+            vec![],
+        )?);
+        policies.push(policy(
+            tenant,
+            "allow-backup-to-redis",
+            backup(),
+            &["Egress"],
+            vec![],
+            vec![egress(
+                vec![pods_here(redis())],
+                vec![port(Protocol::Tcp, REDIS_PORT)],
+            )],
+        )?);
+    }
     // An empty list allows nobody: then the policy is simply not there.
     if !spec.allowed_namespaces.is_empty() {
         policies.push(server_port_from(

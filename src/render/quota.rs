@@ -2,8 +2,10 @@
 //! for every replica of each component (the most an autoscaled server may run) plus one
 //! rolling-update surge pod.
 
+use super::backup_storage;
 use super::resources::{
-    ContainerResources, REDIS_DEFAULTS, ResourceDefaults, SERVER_DEFAULTS, effective_resources,
+    BACKUP_DEFAULTS, ContainerResources, REDIS_DEFAULTS, ResourceDefaults, SERVER_DEFAULTS,
+    effective_resources,
 };
 use super::{RenderError, child_meta};
 use crate::crd::Tenant;
@@ -32,17 +34,33 @@ pub fn resource_quota(tenant: &Tenant) -> Result<ResourceQuota, RenderError> {
         &REDIS_DEFAULTS,
         "spec.redis.resources",
     )?;
+    // The backup Job runs one pod at a time (concurrencyPolicy Forbid), beside the rest.
+    let backup_pods = i64::from(redis.backup.is_some());
+    let backup_each = effective_resources(None, &BACKUP_DEFAULTS, "spec.redis.backup")?;
     let total = |pick: fn(&ContainerResources) -> &Quantity| -> Result<Quantity, RenderError> {
         let server = scaled(pick(&server_each), server_pods)?;
         let redis = scaled(pick(&redis_each), redis_pods)?;
-        server.checked_add(&redis).ok_or_else(overflow)
+        let backup = scaled(pick(&backup_each), backup_pods)?;
+        server
+            .checked_add(&redis)
+            .and_then(|sum| sum.checked_add(&backup))
+            .ok_or_else(overflow)
     };
     let storage = Quantity::parse(&redis.storage).map_err(|e| RenderError::InvalidField {
         field: "spec.redis.storage".into(),
         message: e.to_string(),
     })?;
+    let mut storage_total = scaled(&storage, i64::from(redis.replicas))?;
+    let mut claims = i64::from(redis.replicas);
+    if let Some(backups) = backup_storage(tenant)? {
+        storage_total = storage_total.checked_add(&backups).ok_or_else(overflow)?;
+        claims += 1;
+    }
     let hard = BTreeMap::from([
-        ("pods".to_string(), (server_pods + redis_pods).to_string()),
+        (
+            "pods".to_string(),
+            (server_pods + redis_pods + backup_pods).to_string(),
+        ),
         (
             "requests.cpu".to_string(),
             total(|r| &r.cpu_request)?.to_cpu_string(),
@@ -59,13 +77,10 @@ pub fn resource_quota(tenant: &Tenant) -> Result<ResourceQuota, RenderError> {
             "limits.memory".to_string(),
             total(|r| &r.memory_limit)?.to_bytes_string(),
         ),
-        (
-            "persistentvolumeclaims".to_string(),
-            redis.replicas.to_string(),
-        ),
+        ("persistentvolumeclaims".to_string(), claims.to_string()),
         (
             "requests.storage".to_string(),
-            scaled(&storage, i64::from(redis.replicas))?.to_bytes_string(),
+            storage_total.to_bytes_string(),
         ),
     ]);
     Ok(ResourceQuota {
@@ -140,6 +155,26 @@ mod tests {
         assert_eq!(hard["limits.memory"], "2Gi");
         assert_eq!(hard["persistentvolumeclaims"], "1");
         assert_eq!(hard["requests.storage"], "5Gi");
+    }
+
+    #[test]
+    fn backups_add_their_pod_and_their_claim() {
+        let mut tenant = customized();
+        tenant.spec.redis.backup = Some(crate::crd::RedisBackup {
+            schedule: "0 3 * * *".into(),
+            keep: 2,
+            storage: None,
+        });
+        let hard = hard(&tenant);
+        // One more pod at 50m/500m, 64Mi/128Mi.
+        assert_eq!(hard["pods"], "6");
+        assert_eq!(hard["requests.cpu"], "850m");
+        assert_eq!(hard["limits.cpu"], "2600m");
+        assert_eq!(hard["requests.memory"], "1088Mi");
+        assert_eq!(hard["limits.memory"], "2176Mi");
+        // The Redis claim, 5Gi, and the backup claim, (2 + 1) x 5Gi.
+        assert_eq!(hard["persistentvolumeclaims"], "2");
+        assert_eq!(hard["requests.storage"], "20Gi");
     }
 
     #[test]

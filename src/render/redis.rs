@@ -20,7 +20,7 @@ use std::collections::BTreeMap;
 
 pub const REDIS_PORT: i32 = 6379;
 /// The redis user of the official images.
-const REDIS_UID: i64 = 999;
+pub(super) const REDIS_UID: i64 = 999;
 const CONFIG_KEY: &str = "redis.conf";
 const CONFIG_DIR: &str = "/etc/redis";
 const DATA_DIR: &str = "/data";

@@ -25,6 +25,14 @@ pub const SERVER_DEFAULTS: ResourceDefaults = ResourceDefaults {
     memory_limit: "512Mi",
 };
 
+/// The backup pod: redis-cli streams the snapshot to its file, in little memory.
+pub const BACKUP_DEFAULTS: ResourceDefaults = ResourceDefaults {
+    cpu_request: "50m",
+    cpu_limit: "500m",
+    memory_request: "64Mi",
+    memory_limit: "128Mi",
+};
+
 pub const REDIS_DEFAULTS: ResourceDefaults = ResourceDefaults {
     cpu_request: "100m",
     cpu_limit: "500m",

@@ -11,13 +11,18 @@ use serde_json::{Value, json};
 
 use super::{Problems, check_tenant_name, syntax, validate};
 use crate::crd::{
-    DNS_LABEL_PATTERN, ENV_NAME_PATTERN, REDIS_CONFIG_KEY_PATTERN, RESERVED_REDIS_KEYS,
-    TENANT_NAME_PATTERN, TenantSpec, crd,
+    BACKUP_SCHEDULE_PATTERN, DNS_LABEL_PATTERN, ENV_NAME_PATTERN, REDIS_CONFIG_KEY_PATTERN,
+    RESERVED_REDIS_KEYS, TENANT_NAME_PATTERN, TenantSpec, crd,
 };
 use crate::redis_config::SUPPORTED_DIRECTIVES;
 
 /// Schema limits that only admission enforces, each with the reason validation leaves it.
-const ADMISSION_ONLY: [(&str, &str, &str); 7] = [
+const ADMISSION_ONLY: [(&str, &str, &str); 8] = [
+    (
+        ".spec.redis.backup.storage",
+        "maxLength",
+        "a quantity's text length means nothing once it parses",
+    ),
     (
         ".spec.redis.config{}",
         "maxLength",
@@ -170,6 +175,7 @@ fn base_spec(path: &str) -> Value {
             "nodeSelector": {"disk": "ssd"},
             "tolerations": [toleration],
             "topologySpread": [spread],
+            "backup": {"schedule": "0 3 * * *", "keep": 7, "storage": "8Gi"},
         },
         "networkPolicy": {
             "allowedNamespaces": ["monitoring"],
@@ -317,6 +323,7 @@ fn every_pattern_of_the_crd_is_a_named_one() {
         DNS_LABEL_PATTERN,
         ENV_NAME_PATTERN,
         REDIS_CONFIG_KEY_PATTERN,
+        BACKUP_SCHEDULE_PATTERN,
     ];
     let found: BTreeMap<&str, usize> = patterns.iter().fold(BTreeMap::new(), |mut found, p| {
         *found.entry(p.as_str()).or_default() += 1;

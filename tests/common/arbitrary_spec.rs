@@ -195,6 +195,7 @@ fn redis() -> impl Strategy<Value = RedisSpec> {
         option::of(text()),
         placement(),
         any::<bool>(),
+        option::of(backup()),
     )
         .prop_map(
             |(
@@ -206,6 +207,7 @@ fn redis() -> impl Strategy<Value = RedisSpec> {
                 storage_class_name,
                 (node_selector, tolerations, topology_spread),
                 retain_storage,
+                backup,
             )| RedisSpec {
                 replicas,
                 image,
@@ -217,8 +219,25 @@ fn redis() -> impl Strategy<Value = RedisSpec> {
                 tolerations,
                 topology_spread,
                 retain_storage,
+                backup,
             },
         )
+}
+
+fn backup() -> impl Strategy<Value = crd::RedisBackup> {
+    let schedule = prop_oneof![
+        Just("0 3 * * *".to_string()),
+        "[0-9*/,a-zA-Z@ -]{0,20}",
+        text()
+    ];
+    let storage = option::of(prop_oneof![quantity_text().prop_map(|q| q.0), text()]);
+    (schedule, prop_oneof![0..120i32, any::<i32>()], storage).prop_map(
+        |(schedule, keep, storage)| crd::RedisBackup {
+            schedule,
+            keep,
+            storage,
+        },
+    )
 }
 
 fn ports() -> impl Strategy<Value = Vec<PortRule>> {

@@ -708,8 +708,10 @@ impl Drop for VolumeCleanup {
 pub const WRITE_VERBS: [&str; 5] = ["POST", "PUT", "PATCH", "DELETE", "APPLY"];
 /// Resources only the operator writes in steady state (controllers write their status
 /// subresources, kwok writes nodes and leases: those are not counted).
-pub const OUR_RESOURCES: [&str; 8] = [
+pub const OUR_RESOURCES: [&str; 10] = [
     "tenants",
+    "cronjobs",
+    "persistentvolumeclaims",
     "namespaces",
     "configmaps",
     "services",

@@ -24,6 +24,7 @@ use http::header::CONTENT_TYPE;
 use http::{Method, Request, Response};
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
+use k8s_openapi::api::batch::v1::CronJob;
 use k8s_openapi::api::core::v1::{
     ConfigMap, LimitRange, Namespace, PersistentVolumeClaim, Pod, ResourceQuota, Service,
 };
@@ -454,6 +455,8 @@ watches!(
     limit_ranges: LimitRange,
     disruption_budgets: PodDisruptionBudget,
     autoscalers: HorizontalPodAutoscaler,
+    cron_jobs: CronJob,
+    claims: PersistentVolumeClaim,
     pods: Pod,
     redis_claims: PersistentVolumeClaim,
 );
