@@ -279,14 +279,29 @@ impl<'a> Applier<'a> {
         }
     }
 
+    /// The storage of the backup claim left behind when backups were turned off.
+    fn kept_backup_claim_storage(&self) -> Option<crate::quantity::Quantity> {
+        if self.tenant.spec.redis.backup.is_some() {
+            return None;
+        }
+        let key = ObjectRef::new(render::BACKUP_CLAIM).within(&self.namespace());
+        let claim = self.ctx.stores.claims.get(&key)?;
+        let requested = claim.spec.as_ref()?.resources.as_ref()?.requests.as_ref()?;
+        crate::quantity::Quantity::parse(&requested.get("storage")?.0).ok()
+    }
+
     /// Quota, limit range and network policies: in place before any pod is created.
     async fn ensure_namespace_guards(&self) -> Result<(), Error> {
         let stores = &self.ctx.stores;
         let desired = self.desired()?;
         self.apply(&desired.limit_range, &stores.limit_ranges, None)
             .await?;
-        self.apply(&desired.resource_quota, &stores.quotas, None)
-            .await?;
+        let quota = match self.kept_backup_claim_storage() {
+            Some(kept) => render::counting_kept_claim(&desired.resource_quota, &kept)
+                .map_err(Error::Render)?,
+            None => desired.resource_quota.clone(),
+        };
+        self.apply(&quota, &stores.quotas, None).await?;
         let wanted: Vec<String> = desired
             .network_policies
             .iter()

@@ -28,7 +28,7 @@ pub use labels::{
 pub use names::{DerivedName, NameRule, derived_names, invalid_derived_names};
 pub use namespace::{is_owned_by, namespace};
 pub use network::network_policies;
-pub use quota::{limit_range, resource_quota};
+pub use quota::{counting_kept_claim, limit_range, resource_quota};
 pub use redis::{
     DATA_VOLUME, REDIS_PORT, redis_conf, redis_config_map, redis_config_map_name, redis_host,
     redis_name, redis_service, redis_statefulset,

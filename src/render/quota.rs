@@ -93,6 +93,35 @@ pub fn resource_quota(tenant: &Tenant) -> Result<ResourceQuota, RenderError> {
     })
 }
 
+/// `quota` with room for a backup claim the spec no longer asks for but that still exists
+/// (turning backups off keeps the claim and its snapshots): the API server counts it
+/// against the quota all the same, and without the room no other claim could grow.
+pub fn counting_kept_claim(
+    quota: &ResourceQuota,
+    storage: &Quantity,
+) -> Result<ResourceQuota, RenderError> {
+    let mut quota = quota.clone();
+    let Some(hard) = quota.spec.as_mut().and_then(|s| s.hard.as_mut()) else {
+        return Ok(quota);
+    };
+    let invalid = |message: String| RenderError::InvalidField {
+        field: "spec.redis.backup".into(),
+        message,
+    };
+    if let Some(total) = hard.get_mut("requests.storage") {
+        let sum = Quantity::parse(&total.0)
+            .map_err(|e| invalid(e.to_string()))?
+            .checked_add(storage)
+            .ok_or_else(overflow)?;
+        total.0 = sum.to_bytes_string();
+    }
+    if let Some(claims) = hard.get_mut("persistentvolumeclaims") {
+        let count: i64 = claims.0.parse().map_err(|_| invalid(claims.0.clone()))?;
+        claims.0 = (count + 1).to_string();
+    }
+    Ok(quota)
+}
+
 /// Defaults for containers the operator did not render (a user's debug pod, say), so the
 /// quota does not reject them for lacking requests and limits.
 pub fn limit_range(tenant: &Tenant) -> Result<LimitRange, RenderError> {
@@ -155,6 +184,16 @@ mod tests {
         assert_eq!(hard["limits.memory"], "2Gi");
         assert_eq!(hard["persistentvolumeclaims"], "1");
         assert_eq!(hard["requests.storage"], "5Gi");
+    }
+
+    #[test]
+    fn a_kept_backup_claim_keeps_its_room_in_the_quota() {
+        let quota = resource_quota(&customized()).unwrap();
+        let kept = counting_kept_claim(&quota, &Quantity::parse("8Gi").unwrap()).unwrap();
+        let hard = kept.spec.unwrap().hard.unwrap();
+        // The Redis claim, 5Gi, and the kept backup claim, 8Gi.
+        assert_eq!(hard["requests.storage"].0, "13Gi");
+        assert_eq!(hard["persistentvolumeclaims"].0, "2");
     }
 
     #[test]
