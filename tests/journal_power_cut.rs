@@ -114,6 +114,7 @@ fn acknowledged_appends_survive_power_cuts() {
     };
     check(&dirs.mnt.join("journal"), &acked)
         .unwrap_or_else(|problems| panic!("after the last power cut (seed {seed}): {problems}"));
+    wait_until_this_process_closed_files_under(&dirs.mnt);
     fs.unmount().expect("unmounting");
     println!(
         "power cut: {rounds} power cuts during appends, {} acknowledged records all kept \
@@ -449,7 +450,34 @@ fn lazyfs_loses_what_sled_flushed_without_fsync() {
         "what sled only flushed is gone"
     );
     drop(db);
+    wait_until_this_process_closed_files_under(&dirs.mnt);
     fs.unmount().expect("unmounting");
+}
+
+/// sled's background threads close its files a moment after the last handle is dropped;
+/// unmounting before then fails with EBUSY. Waits (bounded) until this process holds no
+/// file under `mountpoint`.
+fn wait_until_this_process_closed_files_under(mountpoint: &Path) {
+    let open_under = || -> usize {
+        std::fs::read_dir("/proc/self/fd")
+            .map(|fds| {
+                fds.filter_map(Result::ok)
+                    .filter_map(|fd| std::fs::read_link(fd.path()).ok())
+                    .filter(|target| target.starts_with(mountpoint))
+                    .count()
+            })
+            .unwrap_or(0)
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while open_under() > 0 {
+        assert!(
+            Instant::now() < deadline,
+            "{} files under {} still open after 10 s",
+            open_under(),
+            mountpoint.display()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
 }
 
 /// No periodic flusher: its fsync every 500 ms would race the power cut.
