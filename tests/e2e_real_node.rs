@@ -373,18 +373,7 @@ async fn the_basic_tenant_runs_real_containers_with_its_config_probes_claim_and_
     let _kept = VolumeCleanup(vec![volume_name.clone()]);
     let restored = format!("{name}-new");
     let _cleanup_restored = TenantCleanup(vec![restored.clone()]);
-    let reserve = format!(
-        r#"{{"spec":{{"claimRef":{{"namespace":"tenant-{restored}","name":"redis-data-{restored}-redis-0","uid":null,"resourceVersion":null}}}}}}"#
-    );
-    kubectl(&[
-        "patch",
-        "pv",
-        &volume_name,
-        "--type",
-        "merge",
-        "-p",
-        &reserve,
-    ]);
+    reserve_volume_for(&volume_name, &restored);
     let mut restored_tenant = tenant.clone();
     restored_tenant.metadata = tenant_from_yaml(BASIC, &restored, &env.run).metadata;
     apply_tenant(&env.client, &restored_tenant).await;

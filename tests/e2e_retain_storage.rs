@@ -144,18 +144,7 @@ async fn a_retained_volume_outlives_its_tenant_and_the_readme_restores_it() {
 
     // The README's restore, step by step: reserve the volume for the new tenant's claim,
     // then create the tenant.
-    let reserve = format!(
-        r#"{{"spec":{{"claimRef":{{"namespace":"tenant-{restored}","name":"redis-data-{restored}-redis-0","uid":null,"resourceVersion":null}}}}}}"#
-    );
-    kubectl(&[
-        "patch",
-        "pv",
-        &volume_name,
-        "--type",
-        "merge",
-        "-p",
-        &reserve,
-    ]);
+    reserve_volume_for(&volume_name, &restored);
     apply_tenant(&env.client, &tenant_from_yaml(BASIC, &restored, &env.run)).await;
     wait_for_phase(&env.client, &restored, "Running", PROVISION).await;
     let rebound = bound_volume(&env.client, &restored).await;

@@ -689,6 +689,16 @@ impl Drop for TenantCleanup {
     }
 }
 
+/// The README's restore step 2 (Restoring a tenant from a retained volume): reserves the
+/// kept volume `volume` for the Redis data claim of tenant `tenant`, not created yet, with
+/// the README's `kubectl patch pv`.
+pub fn reserve_volume_for(volume: &str, tenant: &str) {
+    let reserve = format!(
+        r#"{{"spec":{{"claimRef":{{"namespace":"tenant-{tenant}","name":"redis-data-{tenant}-redis-0","uid":null,"resourceVersion":null}}}}}}"#
+    );
+    kubectl(&["patch", "pv", volume, "--type", "merge", "-p", &reserve]);
+}
+
 /// Deletes the PersistentVolumes a test made or kept (cluster-scoped: they outlive their
 /// namespaces), when the test ends however it ends.
 pub struct VolumeCleanup(pub Vec<String>);
