@@ -30,6 +30,20 @@ const EVENT_RETRY: Duration = Duration::from_secs(5);
 /// How soon a Deleting tenant is looked at again (the namespace controller can take a while).
 const DELETING_RECHECK: Duration = Duration::from_secs(5);
 
+/// What a new tenant's first pass asks of the API server: Pending journaled and told, the
+/// finalizer, the namespace, the status.
+fn first_pass() -> Vec<Exchange> {
+    vec![
+        // Not in the (label-selected) cache: a foreign namespace would carry no label.
+        get_namespace(),
+        transition_event(1, Phase::Pending),
+        patch_finalizers("1", &[FINALIZER]),
+        create_namespace(),
+        event("Normal", "Created").with("/message", "Created namespace tenant-my-tenant"),
+        patch_status("Pending").with("/status/journal/sequence", 1),
+    ]
+}
+
 fn phase_and_seq(record: &crate::journal::Record) -> (Phase, u64) {
     (record.to, record.seq)
 }
@@ -37,18 +51,7 @@ fn phase_and_seq(record: &crate::journal::Record) -> (Phase, u64) {
 #[tokio::test]
 async fn a_first_pass_journals_pending_then_takes_the_finalizer_and_creates_the_namespace() {
     let mut fx = Fixture::new(tenant()).await;
-    let action = fx
-        .pass(vec![
-            // Not in the (label-selected) cache: a foreign namespace would carry no label.
-            get_namespace(),
-            transition_event(1, Phase::Pending),
-            patch_finalizers("1", &[FINALIZER]),
-            create_namespace(),
-            event("Normal", "Created").with("/message", "Created namespace tenant-my-tenant"),
-            patch_status("Pending").with("/status/journal/sequence", 1),
-        ])
-        .await
-        .expect("the pass succeeds");
+    let action = fx.pass(first_pass()).await.expect("the pass succeeds");
     assert_eq!(
         action,
         Action::requeue(NEXT_TRANSITION),
@@ -66,16 +69,7 @@ async fn a_first_pass_journals_pending_then_takes_the_finalizer_and_creates_the_
 async fn the_watch_events_of_the_passs_own_tenant_writes_are_recognised_once() {
     let mut fx = Fixture::new(tenant()).await;
     let before = fx.api.tenant();
-    fx.pass(vec![
-        get_namespace(),
-        transition_event(1, Phase::Pending),
-        patch_finalizers("1", &[FINALIZER]),
-        create_namespace(),
-        event("Normal", "Created").with("/message", "Created namespace tenant-my-tenant"),
-        patch_status("Pending").with("/status/journal/sequence", 1),
-    ])
-    .await
-    .expect("the pass succeeds");
+    fx.pass(first_pass()).await.expect("the pass succeeds");
     let at = |version: &str| {
         let mut tenant = fx.api.tenant();
         tenant.metadata.resource_version = Some(version.into());
