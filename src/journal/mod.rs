@@ -13,6 +13,7 @@
 
 pub mod api;
 mod append;
+mod apply;
 pub mod client;
 pub mod codec;
 mod digest;
@@ -31,6 +32,7 @@ mod tails;
 pub mod upkeep;
 mod verify;
 pub mod view;
+mod wal;
 mod writer;
 
 #[cfg(test)]
@@ -133,7 +135,9 @@ impl Journal {
         self.options
     }
 
-    /// The journal on `db`, whose schema is current, with its writer thread.
+    /// The journal on `db`, whose schema is current, with its writer thread: what its
+    /// write-ahead log holds is replayed first and, for a journal that must survive a
+    /// power cut (`disk`), made durable in sled before the log is emptied for new appends.
     fn with_parts(
         path: &Path,
         db: sled::Db,
@@ -145,7 +149,22 @@ impl Journal {
             db,
             disk,
         };
-        let writer = writer::Writer::start(store.clone()).map_err(storage)?;
+        let logged =
+            wal::read(path).map_err(|e| JournalError::opening(path, sled::Error::Io(e)))?;
+        let replayed = wal::replay(&store, &logged.frames)?;
+        if replayed > 0 {
+            tracing::info!(path = %path.display(), records = replayed, "replayed acknowledged journal records from the write-ahead log");
+        }
+        let wal = match &store.disk {
+            Some(_) => {
+                let mut log = wal::Wal::open(path, logged.generation).map_err(storage)?;
+                store.flush()?;
+                log.clear().map_err(storage)?;
+                Some(log)
+            }
+            None => None,
+        };
+        let writer = writer::Writer::start(store.clone(), wal).map_err(storage)?;
         Ok(Journal {
             path: path.to_owned(),
             db: store.db,
@@ -199,10 +218,18 @@ impl Journal {
         Ok(None)
     }
 
-    /// Makes everything written so far durable, against a power cut too (see
-    /// [`durable`]). [`Journal::append`] already does this.
+    /// Makes everything written so far durable in sled, against a power cut too (see
+    /// [`durable`]). [`Journal::append`] needs no flush: its record is durable in the
+    /// write-ahead log when it returns.
     pub fn flush(&self) -> Result<(), JournalError> {
+        self.settled()?;
         Ok(durable::flush_durably(&self.db, self.disk.as_deref())?)
+    }
+
+    /// Waits until sled holds every acknowledged append: every read starts here, so a read
+    /// sees what was acknowledged before it.
+    fn settled(&self) -> Result<(), JournalError> {
+        self.writer.settle()
     }
 }
 
