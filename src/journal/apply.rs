@@ -47,10 +47,7 @@ impl Progress {
         let mut state = self.lock();
         let target = state.sent;
         while state.applied < target && state.failure.is_none() {
-            state = self
-                .changed
-                .wait(state)
-                .unwrap_or_else(|p| p.into_inner());
+            state = self.changed.wait(state).unwrap_or_else(|p| p.into_inner());
         }
         match &state.failure {
             Some(error) => Err(JournalError::Storage(error.clone())),

@@ -82,12 +82,16 @@ pub struct Journal {
 pub struct Options {
     /// sled's page cache, in bytes (sled's own default is 1 GiB).
     pub cache_bytes: u64,
+    /// The write-ahead log's size, in bytes: how much is appended between two checkpoints
+    /// (each batch takes at least a 4 KiB page).
+    pub log_bytes: u64,
 }
 
 impl Default for Options {
     fn default() -> Self {
         Options {
             cache_bytes: 64 << 20,
+            log_bytes: 4 << 20,
         }
     }
 }
@@ -117,17 +121,18 @@ impl Journal {
     }
 
     fn open_once(path: &Path, options: Options) -> Result<Journal, JournalError> {
+        // Durability comes from the write-ahead log; sled's own timed flush would only
+        // compete with the log's syncs for the device. sled is flushed at checkpoints.
         let db = sled::Config::new()
             .path(path)
             .cache_capacity(options.cache_bytes)
+            .flush_every_ms(None)
             .open()
             .map_err(|e| JournalError::opening(path, e))?;
         neurallog_migrations::migrate(&db).map_err(|e| JournalError::migrating(path, e))?;
         db.flush()?;
         let disk = durable::DiskSync::open(path).map_err(storage)?;
-        let mut journal = Self::with_parts(path, db, Some(Arc::new(disk)))?;
-        journal.options = options;
-        Ok(journal)
+        Self::with_parts(path, db, Some(Arc::new(disk)), options)
     }
 
     /// How this journal was opened (to open it again the same way).
@@ -142,6 +147,7 @@ impl Journal {
         path: &Path,
         db: sled::Db,
         disk: Option<Arc<durable::DiskSync>>,
+        options: Options,
     ) -> Result<Journal, JournalError> {
         let store = writer::Store {
             records: db.open_tree(RECORDS_TREE)?,
@@ -157,8 +163,10 @@ impl Journal {
         }
         let wal = match &store.disk {
             Some(_) => {
-                let mut log = wal::Wal::open(path, logged.generation).map_err(storage)?;
+                // What was replayed must be durable in sled before the log may change.
                 store.flush()?;
+                let mut log =
+                    wal::Wal::open(path, logged.generation, options.log_bytes).map_err(storage)?;
                 log.clear().map_err(storage)?;
                 Some(log)
             }
@@ -172,7 +180,7 @@ impl Journal {
             tenants: store.tenants,
             disk: store.disk,
             tails: Default::default(),
-            options: Options::default(),
+            options,
             writer,
         })
     }

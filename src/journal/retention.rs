@@ -298,7 +298,10 @@ pub(super) fn decode_checkpoint(key: &[u8], value: &[u8]) -> Result<Checkpoint, 
     Ok(checkpoint)
 }
 
-pub(super) fn read_checkpoint(tree: &sled::Tree, uid: &str) -> Result<Option<Checkpoint>, JournalError> {
+pub(super) fn read_checkpoint(
+    tree: &sled::Tree,
+    uid: &str,
+) -> Result<Option<Checkpoint>, JournalError> {
     tree.get(uid.as_bytes())?
         .map(|value| decode_checkpoint(uid.as_bytes(), &value))
         .transpose()

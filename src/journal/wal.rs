@@ -2,11 +2,12 @@
 //!
 //! sled 0.34 makes a write durable in two round trips (its `flush()` ends with
 //! `sync_file_range`, and only the `fdatasync` after it reaches the drive's cache flush,
-//! see [`super::durable`]). So the writer thread puts each batch's new record values in
-//! this file first, with one `pwrite` and one `fdatasync`, and acknowledges the batch then;
-//! sled gets the same records in memory and writes them in its own time. Every so often
-//! (when the log is full, before retention runs, on close) the writer makes sled durable
-//! ([`super::durable::flush_durably`]) and starts the log over.
+//! see [`super::durable`]), after a transaction that costs as much CPU again. So the
+//! writer thread puts each batch's new record values in this file, with one `pwrite` and
+//! one `fdatasync`, and acknowledges the batch then; another thread puts the same records
+//! into sled ([`super::apply`]), which writes them in its own time. Every so often (when
+//! the log is full, before retention or an import runs, on close) the writer makes sled
+//! durable ([`super::durable::flush_durably`]) and starts the log over: a checkpoint.
 //!
 //! ## Layout
 //!
@@ -44,11 +45,11 @@
 
 use super::JournalError;
 use super::append::summary_after;
+use super::apply::Written;
 use super::codec;
 use super::digest::Digest;
 use super::read::decode_summary;
 use super::retention::read_checkpoint;
-use super::apply::Written;
 use super::writer::Store;
 use neurallog_migrations::layout::{CHECKPOINTS_TREE, display_record_key, record_key};
 use std::fs::File;
@@ -60,8 +61,6 @@ use std::path::Path;
 pub(super) const WAL_FILE: &str = "wal";
 /// Where it is filled with zeros before it becomes [`WAL_FILE`].
 const WAL_TEMP: &str = "wal.tmp";
-/// Its size: how much the writer appends between two durable flushes of sled.
-pub(super) const WAL_BYTES: u64 = 4 << 20;
 /// Frames start on page boundaries.
 const PAGE: u64 = 4096;
 const MAGIC: [u8; 4] = *b"NLW1";
@@ -96,24 +95,24 @@ pub(super) struct Recovered {
 }
 
 impl Wal {
-    /// Opens the log of the journal at `root`, creating it (filled and synced, its
-    /// directory entry synced) if it is missing or smaller than two pages. Frames may be
-    /// appended only once it is [`Wal::clear`]ed, which the caller does once what it held
-    /// is durable in sled. `after` is a generation the next one must exceed (the one just
-    /// read back).
-    pub(super) fn open(root: &Path, after: u64) -> io::Result<Wal> {
+    /// Opens the log of the journal at `root`, (re)creating it (filled and synced, its
+    /// directory entry synced) if it is missing or not `bytes` long (rounded down to whole
+    /// pages, at least two). Call only once what it held is durable in sled; frames may be
+    /// appended once it is [`Wal::clear`]ed. `after` is a generation the next one must
+    /// exceed (the one just read back).
+    pub(super) fn open(root: &Path, after: u64, bytes: u64) -> io::Result<Wal> {
+        let capacity = (bytes / PAGE).max(2) * PAGE;
         let path = root.join(WAL_FILE);
         let file = match std::fs::OpenOptions::new()
             .read(true)
             .write(true)
             .open(&path)
         {
-            Ok(file) if file.metadata()?.len() >= 2 * PAGE => file,
-            Ok(_) => create(root)?,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => create(root)?,
+            Ok(file) if file.metadata()?.len() == capacity => file,
+            Ok(_) => create(root, capacity)?,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => create(root, capacity)?,
             Err(e) => return Err(e),
         };
-        let capacity = file.metadata()?.len() / PAGE * PAGE;
         Ok(Wal {
             file,
             capacity,
@@ -171,7 +170,7 @@ pub(super) fn read(root: &Path) -> io::Result<Recovered> {
 
 /// Creates the log filled with zeros, synced, under its final name, and syncs the
 /// directory: afterwards appending to it needs no metadata write.
-fn create(root: &Path) -> io::Result<File> {
+fn create(root: &Path, capacity: u64) -> io::Result<File> {
     let temp = root.join(WAL_TEMP);
     let file = std::fs::OpenOptions::new()
         .read(true)
@@ -181,8 +180,8 @@ fn create(root: &Path) -> io::Result<File> {
         .open(&temp)?;
     let zeros = vec![0u8; 1 << 20];
     let mut at = 0;
-    while at < WAL_BYTES {
-        let len = zeros.len().min((WAL_BYTES - at) as usize);
+    while at < capacity {
+        let len = zeros.len().min((capacity - at) as usize);
         file.write_all_at(&zeros[..len], at)?;
         at += len as u64;
     }
@@ -559,6 +558,65 @@ mod tests {
         assert_eq!(codec::decode_record(value).unwrap(), record);
         drop(journal);
         assert!(read(&dir.path().join("journal")).unwrap().frames.is_empty());
+    }
+
+    /// A journal at `path` whose log holds two pages: two single-append frames.
+    fn with_small_log(path: &Path) -> Journal {
+        let options = crate::journal::Options {
+            log_bytes: 2 * PAGE,
+            ..Default::default()
+        };
+        Journal::open_with(path, options).unwrap()
+    }
+
+    #[test]
+    fn a_full_log_is_checkpointed_and_every_record_stays() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("journal");
+        let journal = with_small_log(&path);
+        let records: Vec<Record> = (1..=9)
+            .map(|seq| journal.append(sample_entry("acme", "uid-1", seq)).unwrap())
+            .collect();
+        // Nine frames went through a log that holds two.
+        let log = read(&path).unwrap();
+        assert!((1..=2).contains(&log.frames.len()), "{log:?}");
+        let newest = log.frames.last().unwrap().values.last().unwrap();
+        assert_eq!(
+            &codec::decode_record(newest).unwrap(),
+            records.last().unwrap()
+        );
+        for record in &records {
+            assert_eq!(
+                journal.record("uid-1", record.seq).unwrap().as_ref(),
+                Some(record)
+            );
+        }
+        assert!(journal.verify().unwrap().is_ok());
+        drop(journal);
+        let reopened = with_small_log(&path);
+        assert_eq!(reopened.tenant("uid-1").unwrap().unwrap().last_seq, 9);
+    }
+
+    #[test]
+    fn a_record_larger_than_the_log_is_made_durable_in_sled() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("journal");
+        let journal = with_small_log(&path);
+        journal.append(sample_entry("acme", "uid-1", 1)).unwrap();
+        let mut large = sample_entry("acme", "uid-1", 2);
+        large.message = "x".repeat(3 * PAGE as usize);
+        let stored = journal.append(large).unwrap();
+        assert!(
+            read(&path).unwrap().frames.is_empty(),
+            "checkpointed, and the record never went into the log"
+        );
+        assert_eq!(journal.record("uid-1", 2).unwrap(), Some(stored.clone()));
+        // The chain goes on through the log.
+        journal.append(sample_entry("acme", "uid-1", 3)).unwrap();
+        drop(journal);
+        let reopened = with_small_log(&path);
+        assert_eq!(reopened.record("uid-1", 2).unwrap(), Some(stored));
+        assert!(reopened.verify().unwrap().is_ok());
     }
 
     /// A journal whose sled lost what its log holds: `uid-1` seq 1..=2 in sled, the log

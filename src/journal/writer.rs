@@ -51,11 +51,16 @@ impl Store {
 // in a queue that holds a batch at most.
 #[allow(clippy::large_enum_variant)]
 enum Request {
-    Append { entry: NewRecord, reply: Reply },
+    Append {
+        entry: NewRecord,
+        reply: Reply,
+    },
     /// Work that must not interleave with appends, run between batches on a checkpointed
     /// journal, or told why the journal cannot run it.
-    Exclusive(Box<dyn FnOnce(Result<&Store, JournalError>) + Send>),
+    Exclusive(Job),
 }
+
+type Job = Box<dyn FnOnce(Result<&Store, JournalError>) + Send>;
 
 type Reply = mpsc::SyncSender<Result<Record, JournalError>>;
 
@@ -207,7 +212,7 @@ impl WriterThread {
         }
     }
 
-    fn run_exclusive(&mut self, job: Box<dyn FnOnce(Result<&Store, JournalError>) + Send>) {
+    fn run_exclusive(&mut self, job: Job) {
         if let Err(error) = self.healthy().and_then(|()| self.checkpoint()) {
             self.fail(error.clone());
             job(Err(JournalError::Storage(error)));
