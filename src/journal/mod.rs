@@ -91,7 +91,7 @@ impl Default for Options {
     fn default() -> Self {
         Options {
             cache_bytes: 64 << 20,
-            log_bytes: 4 << 20,
+            log_bytes: 1 << 20,
         }
     }
 }

@@ -598,6 +598,24 @@ mod tests {
     }
 
     #[test]
+    fn a_pause_in_appends_checkpoints_the_log() {
+        let (dir, journal) = open_temp();
+        let path = dir.path().join("journal");
+        journal.append(sample_entry("acme", "uid-1", 1)).unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while !read(&path).unwrap().frames.is_empty() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the log was not checkpointed within 20 s of the last append"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        // Checkpointed: sled holds the record, and appends go on.
+        assert_eq!(journal.tenant("uid-1").unwrap().unwrap().last_seq, 1);
+        journal.append(sample_entry("acme", "uid-1", 2)).unwrap();
+    }
+
+    #[test]
     fn a_record_larger_than_the_log_is_made_durable_in_sled() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("journal");

@@ -28,6 +28,12 @@ use std::sync::Arc;
 use std::sync::mpsc;
 use std::thread::JoinHandle;
 
+/// How long appends may sit in the log before a pause in appends checkpoints them: sled's
+/// files stay at most about this far behind, and a full disk shows within it. Under
+/// steady load the log checkpoints when it is full instead, so appends never wait for a
+/// timed checkpoint.
+const IDLE_CHECKPOINT: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// The most appends one batch takes.
 const MAX_BATCH: usize = 1024;
 
@@ -84,6 +90,7 @@ impl Writer {
             applier,
             progress: progress.clone(),
             failure: None,
+            logged_since: None,
         };
         let thread = std::thread::Builder::new()
             .name("journal-writer".into())
@@ -171,6 +178,8 @@ struct WriterThread {
     progress: Arc<Progress>,
     /// The storage failure after which nothing is written.
     failure: Option<sled::Error>,
+    /// When the log got its first frame since the last checkpoint.
+    logged_since: Option<std::time::Instant>,
 }
 
 /// The records of one batch being written.
@@ -183,7 +192,7 @@ struct Batch {
 
 impl WriterThread {
     fn write_until_closed(&mut self, queue: &mpsc::Receiver<Request>) {
-        while let Ok(first) = queue.recv() {
+        while let Some(first) = self.next_request(queue) {
             let mut entries = Vec::new();
             let mut replies: Vec<Reply> = Vec::new();
             let mut next = Some(first);
@@ -209,6 +218,27 @@ impl WriterThread {
             && let Err(error) = self.checkpoint()
         {
             tracing::error!(%error, "the journal's checkpoint on close failed; the next open replays its write-ahead log");
+        }
+    }
+
+    /// Waits for the next request; `None` once the journal is closed. A log that has held
+    /// frames for [`IDLE_CHECKPOINT`] without a pause checkpoints when appends pause.
+    fn next_request(&mut self, queue: &mpsc::Receiver<Request>) -> Option<Request> {
+        loop {
+            // After a failure nothing is checkpointed: the reopen replays the log.
+            let Some(since) = self.logged_since.filter(|_| self.failure.is_none()) else {
+                return queue.recv().ok();
+            };
+            let wait = IDLE_CHECKPOINT.saturating_sub(since.elapsed());
+            match queue.recv_timeout(wait) {
+                Ok(request) => return Some(request),
+                Err(mpsc::RecvTimeoutError::Disconnected) => return None,
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    if let Err(error) = self.checkpoint() {
+                        self.fail(error);
+                    }
+                }
+            }
         }
     }
 
@@ -339,6 +369,8 @@ impl WriterThread {
         match self.wal.as_mut() {
             Some(wal) if wal.fits(&batch.written) => {
                 wal.append(&batch.written).map_err(sled::Error::Io)?;
+                self.logged_since
+                    .get_or_insert_with(std::time::Instant::now);
                 self.apply(batch.written)
             }
             _ => {
@@ -360,6 +392,7 @@ impl WriterThread {
         if let Some(wal) = self.wal.as_mut() {
             wal.clear().map_err(sled::Error::Io)?;
         }
+        self.logged_since = None;
         Ok(())
     }
 
