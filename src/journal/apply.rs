@@ -15,7 +15,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 
 /// How many batches may wait for this thread before the writer waits for it.
-const QUEUED_BATCHES: usize = 64;
+const QUEUED_BATCHES: usize = 256;
 
 /// One record of an acknowledged batch, as it goes into sled.
 pub(super) struct Written {
@@ -64,10 +64,10 @@ impl Progress {
         self.lock().sent += 1;
     }
 
-    fn applied(&self, outcome: Result<(), sled::Error>) {
+    fn applied(&self, batches: u64, outcome: Result<(), sled::Error>) {
         let mut state = self.lock();
         match outcome {
-            Ok(()) => state.applied += 1,
+            Ok(()) => state.applied += batches,
             Err(error) => {
                 state.failure.get_or_insert(error);
             }
@@ -113,9 +113,12 @@ impl Applier {
         self.progress.sent();
         batches.send(batch).map_err(|_| {
             // Counted but never applied: reads must not wait for it forever.
-            self.progress.applied(Err(sled::Error::ReportableBug(
-                "the journal's apply thread stopped before applying a batch".into(),
-            )));
+            self.progress.applied(
+                0,
+                Err(sled::Error::ReportableBug(
+                    "the journal's apply thread stopped before applying a batch".into(),
+                )),
+            );
             stopped()
         })
     }
@@ -134,20 +137,24 @@ impl Drop for Applier {
 }
 
 fn apply_until_closed(store: &Store, queue: &mpsc::Receiver<Vec<Written>>, progress: &Progress) {
-    while let Ok(batch) = queue.recv() {
+    while let Ok(first) = queue.recv() {
+        // Batches that queued up while the last ones were applied go in together: one
+        // write per tree, and one summary per chain however many of its records they hold.
+        let mut batches = vec![first];
+        batches.extend(queue.try_iter().take(QUEUED_BATCHES));
         // After a failure sled may lack a batch, so later ones must not follow it in.
         let outcome = match progress.failure() {
             Some(failure) => Err(failure),
-            None => apply(store, &batch),
+            None => apply(store, batches.iter().flatten()),
         };
-        progress.applied(outcome);
+        progress.applied(batches.len() as u64, outcome);
     }
 }
 
 /// Writes a batch's records, then its chains' summaries. A crash between the two leaves
 /// records whose chain does not count them yet; the write-ahead log still holds the batch,
 /// and replaying it on open completes the summaries.
-fn apply(store: &Store, batch: &[Written]) -> Result<(), sled::Error> {
+fn apply<'a>(store: &Store, batch: impl Iterator<Item = &'a Written>) -> Result<(), sled::Error> {
     let mut records = sled::Batch::default();
     let mut summaries = sled::Batch::default();
     for written in batch {
