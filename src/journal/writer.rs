@@ -388,6 +388,10 @@ impl WriterThread {
     /// Makes sled hold everything the log holds, durably, then empties the log.
     fn checkpoint(&mut self) -> Result<(), sled::Error> {
         self.progress.settle().map_err(storage_error)?;
+        if self.logged_since.is_none() {
+            // The log is empty: everything in sled was made durable where it was written.
+            return Ok(());
+        }
         self.store.flush()?;
         if let Some(wal) = self.wal.as_mut() {
             wal.clear().map_err(sled::Error::Io)?;
