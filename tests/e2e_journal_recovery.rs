@@ -100,10 +100,14 @@ async fn damaged_journal_is_replaced(prefix: &str, how: Damage) {
 
     // Damage to sled's file loses records only once they are checkpointed into it: until
     // then they are in the write-ahead log too, and the restart replays them.
-    wait_for("the journal to checkpoint its write-ahead log", LONG, || {
-        let journal = journal.clone();
-        async move { (!write_ahead_log_holds_frames(&journal)).then_some(()) }
-    })
+    wait_for(
+        "the journal to checkpoint its write-ahead log",
+        LONG,
+        || {
+            let journal = journal.clone();
+            async move { (!write_ahead_log_holds_frames(&journal)).then_some(()) }
+        },
+    )
     .await;
     operator.kill();
     damage(&journal, how);

@@ -182,14 +182,6 @@ struct WriterThread {
     logged_since: Option<std::time::Instant>,
 }
 
-/// The records of one batch being written.
-#[derive(Default)]
-struct Batch {
-    written: Vec<Written>,
-    /// This batch's records by (uid, seq), for a retry of one of them in the same batch.
-    records: HashMap<(String, u64), Record>,
-}
-
 impl WriterThread {
     fn write_until_closed(&mut self, queue: &mpsc::Receiver<Request>) {
         while let Some(first) = self.next_request(queue) {
@@ -273,7 +265,7 @@ impl WriterThread {
         if let Err(error) = self.healthy() {
             return failed_all(entries, &error);
         }
-        let mut batch = Batch::default();
+        let mut batch = Vec::new();
         let outcomes: Vec<_> = entries
             .iter()
             .map(|entry| self.place(entry, &mut batch))
@@ -287,22 +279,23 @@ impl WriterThread {
         }
     }
 
-    fn place(&mut self, entry: &NewRecord, batch: &mut Batch) -> Result<Record, JournalError> {
+    fn place(
+        &mut self,
+        entry: &NewRecord,
+        batch: &mut Vec<Written>,
+    ) -> Result<Record, JournalError> {
         let head = self.head(&entry.uid)?;
         match place(entry, head.as_ref())? {
             Placement::Next { prev_hash } => {
                 let (value, record) = codec::encode_new(entry, prev_hash);
                 let summary = summary_after(head.as_ref(), &record);
                 self.heads.insert(entry.uid.clone(), summary.clone());
-                batch.written.push(Written {
+                batch.push(Written {
                     key: record_key(&entry.uid, entry.seq),
                     value,
                     uid: entry.uid.clone(),
                     summary,
                 });
-                batch
-                    .records
-                    .insert((entry.uid.clone(), entry.seq), record.clone());
                 Ok(record)
             }
             Placement::Stored => self.stored(entry, batch),
@@ -326,12 +319,12 @@ impl WriterThread {
     /// A retry of a stored seq: the stored record if it is what `entry` would have
     /// stored, else a conflict. Every stored record is durable: it was acknowledged, or
     /// is in this batch, which is acknowledged only once durable.
-    fn stored(&self, entry: &NewRecord, batch: &Batch) -> Result<Record, JournalError> {
-        let stored = match batch.records.get(&(entry.uid.clone(), entry.seq)) {
-            Some(record) => record.clone(),
+    fn stored(&self, entry: &NewRecord, batch: &[Written]) -> Result<Record, JournalError> {
+        let key = record_key(&entry.uid, entry.seq);
+        let stored = match batch.iter().find(|w| w.key == key) {
+            Some(written) => decode_record(&key, &written.value)?,
             None => {
                 self.progress.settle()?;
-                let key = record_key(&entry.uid, entry.seq);
                 let Some(value) = self.store.records.get(&key)? else {
                     return Err(JournalError::Corrupt {
                         tree: RECORDS_TREE,
@@ -355,26 +348,26 @@ impl WriterThread {
     /// Makes the batch's new records durable: one frame in the log, after a checkpoint
     /// when the log is full. A batch too large for the log goes into sled at once and is
     /// made durable there.
-    fn make_durable(&mut self, batch: Batch) -> Result<(), sled::Error> {
-        if batch.written.is_empty() {
+    fn make_durable(&mut self, batch: Vec<Written>) -> Result<(), sled::Error> {
+        if batch.is_empty() {
             return Ok(());
         }
-        let Some(fits) = self.wal.as_ref().map(|wal| wal.fits(&batch.written)) else {
+        let Some(fits) = self.wal.as_ref().map(|wal| wal.fits(&batch)) else {
             // A private copy: nothing needs to survive.
-            return self.apply(batch.written);
+            return self.apply(batch);
         };
         if !fits {
             self.checkpoint()?;
         }
         match self.wal.as_mut() {
-            Some(wal) if wal.fits(&batch.written) => {
-                wal.append(&batch.written).map_err(sled::Error::Io)?;
+            Some(wal) if wal.fits(&batch) => {
+                wal.append(&batch).map_err(sled::Error::Io)?;
                 self.logged_since
                     .get_or_insert_with(std::time::Instant::now);
-                self.apply(batch.written)
+                self.apply(batch)
             }
             _ => {
-                self.apply(batch.written)?;
+                self.apply(batch)?;
                 self.progress.settle().map_err(storage_error)?;
                 self.store.flush()
             }
