@@ -52,6 +52,12 @@ fn damage(journal: &Path, how: Damage) {
     db.sync_all().expect("sync");
 }
 
+/// Whether the journal's write-ahead log holds a frame (its first page starts with the
+/// frame magic; a checkpoint zeroes it).
+fn write_ahead_log_holds_frames(journal: &Path) -> bool {
+    std::fs::read(journal.join("wal")).is_ok_and(|log| log.starts_with(b"NLW1"))
+}
+
 fn damaged_copies(journal: &Path) -> Vec<PathBuf> {
     let parent = journal.parent().expect("parent");
     std::fs::read_dir(parent)
@@ -92,6 +98,17 @@ async fn damaged_journal_is_replaced(prefix: &str, how: Damage) {
         wait_for_phase(&client, name, "Running", LONG).await;
     }
 
+    // Damage to sled's file loses records only once they are checkpointed into it: until
+    // then they are in the write-ahead log too, and the restart replays them.
+    wait_for(
+        "the journal to checkpoint its write-ahead log",
+        LONG,
+        || {
+            let journal = journal.clone();
+            async move { (!write_ahead_log_holds_frames(&journal)).then_some(()) }
+        },
+    )
+    .await;
     operator.kill();
     damage(&journal, how);
     operator.restart();

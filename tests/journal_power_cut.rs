@@ -19,7 +19,7 @@
 use chrono::{DateTime, Duration as ChronoDuration, Utc};
 use neurallog_lazyfs::{LazyFs, mount_or_skip};
 use neurallog_machines::{Input, Phase, Trigger, step};
-use neurallog_operator::journal::{Journal, NewRecord, spec_digest};
+use neurallog_operator::journal::{Journal, NewRecord, Options, spec_digest};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use std::collections::BTreeMap;
@@ -244,11 +244,22 @@ fn parse_ack(line: &str) -> Option<Ack> {
     Some(((uid, seq), hash))
 }
 
+/// The journal with the smallest write-ahead log (two pages: two appends), so that the
+/// appends between two cuts fill it again and again and cuts also land during and around
+/// checkpoints.
+fn open_journal(path: &Path) -> Result<Journal, neurallog_operator::journal::JournalError> {
+    let options = Options {
+        log_bytes: 2 * 4096,
+        ..Default::default()
+    };
+    Journal::open_with(path, options)
+}
+
 /// Opens the journal at `path` (after a reboot) and checks that every acknowledged record
 /// is there with its hash and that the journal verifies. Returns how many records it holds
 /// beyond the acknowledged ones (appended, not yet acknowledged at the cut).
 fn check(path: &Path, acked: &Acked) -> Result<u64, String> {
-    let journal = Journal::open(path).map_err(|e| format!("the journal does not open: {e}"))?;
+    let journal = open_journal(path).map_err(|e| format!("the journal does not open: {e}"))?;
     let mut problems = Vec::new();
     for ((uid, seq), hash) in acked {
         match journal.record(uid, *seq) {
@@ -293,7 +304,7 @@ fn power_cut_child() {
         println!("power_cut_child: run by acknowledged_appends_survive_power_cuts only");
         return;
     };
-    let journal = Journal::open(Path::new(&path)).expect("opening the journal");
+    let journal = open_journal(Path::new(&path)).expect("opening the journal");
     let mut heads: Vec<(u64, Phase)> = CHAINS
         .iter()
         .map(|(_, uid)| {

@@ -3,10 +3,12 @@
 //! A child process (this test binary, re-run as the ignored test `appender`) appends
 //! records and writes one acknowledgement line to stdout after each append returns, as
 //! the operator writes an Event or a status only after its append returns. strace records
-//! every write and sync of the journal's log file and those acknowledgements; the test
-//! requires, for each acknowledgement, an `fdatasync` or `fsync` of the log file after the
-//! last write to it. The same check run on plain sled (`flush()` only) must fail: that is
-//! the bug the journal works around, and it shows the check can fail.
+//! every write and sync of the file the engine makes appends durable in (the journal's
+//! write-ahead log `wal`, sled's log `db`) and those acknowledgements; the test requires,
+//! for each acknowledgement, a write to that file since the previous one and an
+//! `fdatasync` or `fsync` of it after its last write. The same check run on plain sled
+//! (`flush()` only) must fail: that is the bug the journal works around, and it shows the
+//! check can fail.
 //!
 //! Needs `strace` (`make test` installs it); skipped with one line without it unless
 //! `NEURALLOG_REQUIRE_STRACE=1`.
@@ -136,16 +138,20 @@ fn trace_child(engine: &str) -> Option<Trace> {
         .expect("strace runs");
     assert!(status.success(), "the traced appender failed: {status}");
     let text = std::fs::read_to_string(&trace_file).expect("the trace");
+    let durable_file = match engine {
+        "journal" => "wal",
+        _ => "db",
+    };
     Some(Trace {
         text,
-        log_file: log_file_path(&journal),
+        log_file: log_file_path(&journal, durable_file),
     })
 }
 
-/// How strace names sled's log file (`-y` prints the canonical path).
-fn log_file_path(journal: &Path) -> String {
+/// How strace names `file` of the journal (`-y` prints the canonical path).
+fn log_file_path(journal: &Path, file: &str) -> String {
     let canonical = journal.canonicalize().expect("the journal exists");
-    format!("{}>", canonical.join("db").display())
+    format!("{}>", canonical.join(file).display())
 }
 
 #[derive(Debug, PartialEq)]

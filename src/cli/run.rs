@@ -420,6 +420,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let follow_metrics = FollowMetrics::register(&mut metrics.registry);
     let options = journal::Options {
         cache_bytes: args.journal_cache_mb << 20,
+        ..Default::default()
     };
     let metrics = Arc::new(metrics);
     let ready = Arc::new(AtomicBool::new(false));

@@ -2,13 +2,11 @@
 
 use super::codec::{self, Fields};
 use super::digest::Digest;
-use super::read::{decode_record, decode_summary};
+use super::read::decode_summary;
 use super::record::{NewRecord, Record, TenantSummary};
-use super::writer::Store;
 use super::{Journal, JournalError};
-use neurallog_migrations::layout::{KEY_SEPARATOR, RECORDS_TREE, display_record_key, record_key};
-use sled::Transactional;
-use sled::transaction::{ConflictableTransactionError, TransactionError, TransactionalTree};
+use neurallog_migrations::layout::{KEY_SEPARATOR, record_key};
+use sled::transaction::{ConflictableTransactionError, TransactionalTree};
 use std::collections::HashMap;
 
 /// How many records a bulk append writes per sled batch.
@@ -23,13 +21,14 @@ pub(super) enum Placement {
 }
 
 impl Journal {
-    /// Appends `entry` to its chain, durably: the record is on disk (fdatasynced) when this
-    /// returns.
+    /// Appends `entry` to its chain, durably: the record is on stable storage (in the
+    /// journal's write-ahead log, fdatasynced) when this returns, and survives a crash or a
+    /// power cut.
     ///
     /// `entry.seq` must be the chain's last seq + 1. Retrying an append whose record is
     /// already stored returns the stored record; a different record at a stored seq, or a
     /// seq past the next one, is a [`JournalError::Conflict`]. Appends from any number of
-    /// threads are written by one writer thread, many to a transaction and one sync
+    /// threads are written by one writer thread, many to one sync of the write-ahead log
     /// ([`super::writer`]), so they cannot create a gap or a duplicate.
     pub fn append(&self, entry: NewRecord) -> Result<Record, JournalError> {
         validate(&entry)?;
@@ -47,6 +46,7 @@ impl Journal {
         &self,
         entries: impl IntoIterator<Item = NewRecord>,
     ) -> Result<u64, JournalError> {
+        self.settled()?;
         let mut heads: HashMap<String, TenantSummary> = HashMap::new();
         let mut batch = sled::Batch::default();
         let mut pending = 0usize;
@@ -87,61 +87,6 @@ impl Journal {
         }
         self.tenants.apply_batch(summaries)?;
         Ok(())
-    }
-}
-
-/// Writes a batch of validated entries in one transaction, in order (an entry sees the
-/// chains as the entries before it left them), then flushes and syncs once. Each entry
-/// gets its own outcome; a storage failure fails them all.
-pub(super) fn commit_batch(
-    store: &Store,
-    entries: &[NewRecord],
-) -> Vec<Result<Record, JournalError>> {
-    let written = (&store.records, &store.tenants).transaction(|(records, tenants)| {
-        entries
-            .iter()
-            .map(|entry| append_in(records, tenants, entry))
-            .collect::<TxResult<Vec<_>>>()
-    });
-    let storage_failure = match written {
-        Ok(outcomes) => match store.flush() {
-            Ok(()) => return outcomes,
-            Err(error) => error,
-        },
-        Err(TransactionError::Storage(error)) => error,
-        Err(TransactionError::Abort(never)) => match never {},
-    };
-    entries
-        .iter()
-        .map(|_| Err(JournalError::Storage(storage_failure.clone())))
-        .collect()
-}
-
-/// Appends `entry` inside a transaction: the outer error aborts the transaction (storage),
-/// the inner one is this entry's refusal, which writes nothing.
-fn append_in(
-    records: &TransactionalTree,
-    tenants: &TransactionalTree,
-    entry: &NewRecord,
-) -> TxResult<Result<Record, JournalError>> {
-    let key = record_key(&entry.uid, entry.seq);
-    let head = match read_head(tenants, &entry.uid)? {
-        Ok(head) => head,
-        Err(refused) => return Ok(Err(refused)),
-    };
-    match place(entry, head.as_ref()) {
-        Ok(Placement::Next { prev_hash }) => {
-            let (value, record) = codec::encode_new(entry, prev_hash);
-            records.insert(key.as_slice(), value)?;
-            let summary = summary_after(head.as_ref(), &record);
-            tenants.insert(
-                entry.uid.as_bytes(),
-                codec::row_from_summary(&summary).encode(),
-            )?;
-            Ok(Ok(record))
-        }
-        Ok(Placement::Stored) => stored_retry(records, &key, entry),
-        Err(refused) => Ok(Err(refused)),
     }
 }
 
@@ -228,31 +173,6 @@ pub(super) fn read_head(
         return Ok(Ok(None));
     };
     Ok(decode_summary(uid.as_bytes(), &bytes).map(Some))
-}
-
-/// The stored record at `key` if it is what `entry` would have stored, else a conflict.
-fn stored_retry(
-    records: &TransactionalTree,
-    key: &[u8],
-    entry: &NewRecord,
-) -> TxResult<Result<Record, JournalError>> {
-    let Some(value) = records.get(key)? else {
-        return Ok(Err(JournalError::Corrupt {
-            tree: RECORDS_TREE,
-            key: display_record_key(key),
-            detail: "the chain's summary counts this record but it is missing".into(),
-        }));
-    };
-    Ok(decode_record(key, &value).and_then(|stored| {
-        if stored.matches(entry) {
-            Ok(stored)
-        } else {
-            Err(conflict(
-                entry,
-                "a different record is already stored at this seq",
-            ))
-        }
-    }))
 }
 
 pub(super) fn conflict(entry: &NewRecord, reason: impl Into<String>) -> JournalError {

@@ -40,7 +40,7 @@ impl Journal {
     ) -> Result<Imported, JournalError> {
         let (imported, tail) = self
             .writer
-            .exclusive(move |store| import_chain(store, start.as_ref(), &records))??;
+            .exclusive(move |store| import_chain(store, start.as_ref(), &records))?;
         if let Some(tail) = &tail {
             self.tails.offer(&tail.uid, Some(tail));
         }

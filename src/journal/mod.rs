@@ -13,6 +13,7 @@
 
 pub mod api;
 mod append;
+mod apply;
 pub mod client;
 pub mod codec;
 mod digest;
@@ -31,6 +32,7 @@ mod tails;
 pub mod upkeep;
 mod verify;
 pub mod view;
+mod wal;
 mod writer;
 
 #[cfg(test)]
@@ -80,12 +82,16 @@ pub struct Journal {
 pub struct Options {
     /// sled's page cache, in bytes (sled's own default is 1 GiB).
     pub cache_bytes: u64,
+    /// The write-ahead log's size, in bytes: how much is appended between two checkpoints
+    /// (each batch takes at least a 4 KiB page).
+    pub log_bytes: u64,
 }
 
 impl Default for Options {
     fn default() -> Self {
         Options {
             cache_bytes: 64 << 20,
+            log_bytes: 1 << 20,
         }
     }
 }
@@ -115,17 +121,18 @@ impl Journal {
     }
 
     fn open_once(path: &Path, options: Options) -> Result<Journal, JournalError> {
+        // Durability comes from the write-ahead log; sled's own timed flush would only
+        // compete with the log's syncs for the device. sled is flushed at checkpoints.
         let db = sled::Config::new()
             .path(path)
             .cache_capacity(options.cache_bytes)
+            .flush_every_ms(None)
             .open()
             .map_err(|e| JournalError::opening(path, e))?;
         neurallog_migrations::migrate(&db).map_err(|e| JournalError::migrating(path, e))?;
         db.flush()?;
         let disk = durable::DiskSync::open(path).map_err(storage)?;
-        let mut journal = Self::with_parts(path, db, Some(Arc::new(disk)))?;
-        journal.options = options;
-        Ok(journal)
+        Self::with_parts(path, db, Some(Arc::new(disk)), options)
     }
 
     /// How this journal was opened (to open it again the same way).
@@ -133,11 +140,14 @@ impl Journal {
         self.options
     }
 
-    /// The journal on `db`, whose schema is current, with its writer thread.
+    /// The journal on `db`, whose schema is current, with its writer thread: what its
+    /// write-ahead log holds is replayed first and, for a journal that must survive a
+    /// power cut (`disk`), made durable in sled before the log is emptied for new appends.
     fn with_parts(
         path: &Path,
         db: sled::Db,
         disk: Option<Arc<durable::DiskSync>>,
+        options: Options,
     ) -> Result<Journal, JournalError> {
         let store = writer::Store {
             records: db.open_tree(RECORDS_TREE)?,
@@ -145,7 +155,24 @@ impl Journal {
             db,
             disk,
         };
-        let writer = writer::Writer::start(store.clone()).map_err(storage)?;
+        let logged =
+            wal::read(path).map_err(|e| JournalError::opening(path, sled::Error::Io(e)))?;
+        let replayed = wal::replay(&store, &logged.frames)?;
+        if replayed > 0 {
+            tracing::info!(path = %path.display(), records = replayed, "replayed acknowledged journal records from the write-ahead log");
+        }
+        let wal = match &store.disk {
+            Some(_) => {
+                // What was replayed must be durable in sled before the log may change.
+                store.flush()?;
+                let mut log =
+                    wal::Wal::open(path, logged.generation, options.log_bytes).map_err(storage)?;
+                log.clear().map_err(storage)?;
+                Some(log)
+            }
+            None => None,
+        };
+        let writer = writer::Writer::start(store.clone(), wal).map_err(storage)?;
         Ok(Journal {
             path: path.to_owned(),
             db: store.db,
@@ -153,7 +180,7 @@ impl Journal {
             tenants: store.tenants,
             disk: store.disk,
             tails: Default::default(),
-            options: Options::default(),
+            options,
             writer,
         })
     }
@@ -199,10 +226,18 @@ impl Journal {
         Ok(None)
     }
 
-    /// Makes everything written so far durable, against a power cut too (see
-    /// [`durable`]). [`Journal::append`] already does this.
+    /// Makes everything written so far durable in sled, against a power cut too (see
+    /// [`durable`]). [`Journal::append`] needs no flush: its record is durable in the
+    /// write-ahead log when it returns.
     pub fn flush(&self) -> Result<(), JournalError> {
+        self.settled()?;
         Ok(durable::flush_durably(&self.db, self.disk.as_deref())?)
+    }
+
+    /// Waits until sled holds every acknowledged append: every read starts here, so a read
+    /// sees what was acknowledged before it.
+    fn settled(&self) -> Result<(), JournalError> {
+        self.writer.settle()
     }
 }
 

@@ -12,12 +12,33 @@ use neurallog_migrations::summary::TenantSummaryRow;
 /// Records in key order (by uid, then seq), decoded as they are read.
 pub struct RecordIter {
     inner: Option<sled::Iter>,
+    /// Why reading could not start, yielded first.
+    failed: Option<JournalError>,
+}
+
+impl RecordIter {
+    fn over(inner: Option<sled::Iter>) -> RecordIter {
+        RecordIter {
+            inner,
+            failed: None,
+        }
+    }
+
+    fn failed(error: JournalError) -> RecordIter {
+        RecordIter {
+            inner: None,
+            failed: Some(error),
+        }
+    }
 }
 
 impl Iterator for RecordIter {
     type Item = Result<Record, JournalError>;
 
     fn next(&mut self) -> Option<Self::Item> {
+        if let Some(error) = self.failed.take() {
+            return Some(Err(error));
+        }
         let item = self.inner.as_mut()?.next()?;
         Some(
             item.map_err(JournalError::from)
@@ -28,6 +49,9 @@ impl Iterator for RecordIter {
 
 impl DoubleEndedIterator for RecordIter {
     fn next_back(&mut self) -> Option<Self::Item> {
+        if let Some(error) = self.failed.take() {
+            return Some(Err(error));
+        }
         let item = self.inner.as_mut()?.next_back()?;
         Some(
             item.map_err(JournalError::from)
@@ -50,8 +74,9 @@ impl Journal {
 
     /// The chain `uid`, in seq order, streamed.
     pub fn history(&self, uid: &str) -> RecordIter {
-        RecordIter {
-            inner: self.chain_entries(uid),
+        match self.settled() {
+            Ok(()) => RecordIter::over(self.chain_entries(uid)),
+            Err(error) => RecordIter::failed(error),
         }
     }
 
@@ -64,13 +89,15 @@ impl Journal {
 
     /// Every record of every chain, by uid then seq, streamed (for export).
     pub fn records(&self) -> RecordIter {
-        RecordIter {
-            inner: Some(self.records.iter()),
+        match self.settled() {
+            Ok(()) => RecordIter::over(Some(self.records.iter())),
+            Err(error) => RecordIter::failed(error),
         }
     }
 
     /// The summary of the chain `uid`.
     pub fn tenant(&self, uid: &str) -> Result<Option<TenantSummary>, JournalError> {
+        self.settled()?;
         match self.tenants.get(uid.as_bytes())? {
             Some(bytes) => decode_summary(uid.as_bytes(), &bytes).map(Some),
             None => Ok(None),
@@ -79,6 +106,7 @@ impl Journal {
 
     /// Every chain's summary, by tenant name, then oldest chain first.
     pub fn tenants(&self) -> Result<Vec<TenantSummary>, JournalError> {
+        self.settled()?;
         let mut summaries = self
             .tenants
             .iter()

@@ -97,7 +97,7 @@ impl Journal {
             .map_err(|e| JournalError::opening(path, e))?;
         check_schema(path, &db)?;
         Ok(JournalCopy {
-            journal: Journal::with_parts(&scratch.0, db, None)?,
+            journal: Journal::with_parts(&scratch.0, db, None, super::Options::default())?,
             original: path.to_owned(),
             _scratch: scratch,
         })

@@ -90,7 +90,7 @@ impl Journal {
         now: DateTime<Utc>,
     ) -> Result<Compaction, JournalError> {
         self.writer
-            .exclusive(move |store| compact_all(store, &retention, now))?
+            .exclusive(move |store| compact_all(store, &retention, now))
     }
 
     /// Bytes the journal's files take on disk.
@@ -298,7 +298,10 @@ pub(super) fn decode_checkpoint(key: &[u8], value: &[u8]) -> Result<Checkpoint, 
     Ok(checkpoint)
 }
 
-fn read_checkpoint(tree: &sled::Tree, uid: &str) -> Result<Option<Checkpoint>, JournalError> {
+pub(super) fn read_checkpoint(
+    tree: &sled::Tree,
+    uid: &str,
+) -> Result<Option<Checkpoint>, JournalError> {
     tree.get(uid.as_bytes())?
         .map(|value| decode_checkpoint(uid.as_bytes(), &value))
         .transpose()

@@ -84,6 +84,7 @@ pub(crate) const TO_RUNNING: [Trigger; 4] = [
 impl Journal {
     /// Flips one byte in the middle of record `seq` of chain `uid`, as disk damage would.
     pub(crate) fn corrupt_for_test(&self, uid: &str, seq: u64) {
+        self.settled().unwrap();
         let key = neurallog_migrations::layout::record_key(uid, seq);
         let mut value = self.records.get(&key).unwrap().unwrap().to_vec();
         let middle = value.len() / 2;
@@ -105,6 +106,7 @@ pub(crate) enum Damage {
 impl Journal {
     pub(crate) fn damage_for_test(&self, uid: &str, seq: u64, damage: Damage) {
         use neurallog_migrations::layout::record_key;
+        self.settled().unwrap();
         let key = record_key(uid, seq);
         let value = self.records.get(&key).unwrap().unwrap();
         match damage {

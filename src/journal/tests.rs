@@ -199,6 +199,7 @@ fn bulk_append_builds_the_same_chain_as_append() {
 fn corrupt_bytes_on_disk_are_errors_naming_the_key() {
     let (_dir, journal) = open_temp();
     append_all(&journal, lifecycle("acme", UID_A, t0(), &TO_RUNNING));
+    journal.settled().unwrap();
     journal
         .records
         .insert(record_key(UID_A, 2), &b"\x01garbage"[..])
@@ -377,20 +378,33 @@ mod property {
 #[test]
 fn one_batch_refuses_an_entry_without_failing_the_others() {
     let (_dir, journal) = open_temp();
-    let store = super::writer::Store {
-        db: journal.db.clone(),
-        records: journal.records.clone(),
-        tenants: journal.tenants.clone(),
-        disk: journal.disk.clone(),
+    let journal = std::sync::Arc::new(journal);
+    // An exclusive job holds the writer thread while the batch is queued behind it, so
+    // the thread takes the whole batch at once when it lets go.
+    let (started, running) = std::sync::mpsc::channel();
+    let (release, hold) = std::sync::mpsc::channel::<()>();
+    let holder = {
+        let journal = journal.clone();
+        std::thread::spawn(move || {
+            journal.writer.exclusive(move |_| {
+                started.send(()).unwrap();
+                hold.recv().unwrap();
+                Ok(())
+            })
+        })
     };
-    let batch = [
+    running.recv().unwrap();
+    let batch = vec![
         sample_entry("acme", UID_A, 1),
         sample_entry("acme", UID_A, 3),
         sample_entry("acme", UID_A, 2),
         sample_entry("other", UID_B, 1),
         sample_entry("acme", UID_A, 1),
     ];
-    let outcomes = super::append::commit_batch(&store, &batch);
+    let answers = journal.writer.queue_appends(batch).unwrap();
+    release.send(()).unwrap();
+    holder.join().unwrap().unwrap();
+    let outcomes: Vec<_> = answers.iter().map(|a| a.recv().unwrap()).collect();
     let seqs: Vec<_> = outcomes
         .iter()
         .map(|o| o.as_ref().map(|r| r.seq).map_err(|e| e.to_string()))

@@ -135,6 +135,7 @@ impl Journal {
         scope: &VerifyScope,
         mut on_progress: impl FnMut(&VerifyProgress),
     ) -> Result<VerifyReport, JournalError> {
+        self.settled()?;
         let mut verifier = Verifier::new(&mut on_progress);
         match scope {
             VerifyScope::All => self.verify_all(&mut verifier)?,
@@ -505,6 +506,8 @@ mod tests {
         for entry in entries {
             journal.append(entry).unwrap();
         }
+        // The tests change what sled stores: only once the appends are in it.
+        journal.settled().unwrap();
         (dir, journal)
     }
 

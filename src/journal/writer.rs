@@ -1,21 +1,40 @@
-//! Group commit: one thread writes every append.
+//! Group commit: one thread writes every append, through the journal's write-ahead log.
 //!
-//! A durable append costs a device round trip (sled's write, then `fdatasync`), and
-//! concurrent reconciles append at once. So appends are queued to one writer thread, which
-//! takes everything queued, writes it in one sled transaction, flushes and syncs once, and
-//! then answers each caller. Under load a batch grows to what arrived during the previous
-//! sync, so throughput follows the disk's sync rate times the batch size, and an append
-//! waits for at most the batch in flight and its own.
+//! A durable append costs a device round trip, and concurrent reconciles append at once.
+//! So appends are queued to one writer thread, which takes everything queued, checks each
+//! entry against its chain's head (kept in memory), puts the new records in the
+//! write-ahead log with one `pwrite` and one `fdatasync` ([`super::wal`]), and answers each
+//! caller. Nothing else is on that path: the records go into sled on another thread
+//! ([`super::apply`]) while this one syncs the next batch, and reads first wait until sled
+//! holds every acknowledged record ([`Writer::settle`]). Under load a batch grows to what
+//! arrived during the previous sync, so an append waits for at most the sync in flight and
+//! its own.
+//!
+//! When the log is full, before exclusive work (retention, imports) and on close, the
+//! writer makes sled durable and empties the log: a checkpoint. After a storage failure
+//! it refuses every append until the journal is reopened (which replays the log).
 
 use super::JournalError;
-use super::append::commit_batch;
+use super::append::{Placement, conflict, place, summary_after};
+use super::apply::{Applier, Progress, Written};
+use super::codec;
 use super::durable::DiskSync;
-use super::record::{NewRecord, Record};
+use super::read::{decode_record, decode_summary};
+use super::record::{NewRecord, Record, TenantSummary};
+use super::wal::Wal;
+use neurallog_migrations::layout::{RECORDS_TREE, display_record_key, record_key};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::mpsc;
 use std::thread::JoinHandle;
 
-/// The most appends one transaction takes.
+/// How long appends may sit in the log before a pause in appends checkpoints them: sled's
+/// files stay at most about this far behind, and a full disk shows within it. Under
+/// steady load the log checkpoints when it is full instead, so appends never wait for a
+/// timed checkpoint.
+const IDLE_CHECKPOINT: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// The most appends one batch takes.
 const MAX_BATCH: usize = 1024;
 
 /// What the writer thread writes to: handles on the same sled database as the journal's.
@@ -40,28 +59,46 @@ impl Store {
 enum Request {
     Append {
         entry: NewRecord,
-        reply: mpsc::SyncSender<Result<Record, JournalError>>,
+        reply: Reply,
     },
-    /// Work that must not interleave with appends (retention), run between batches.
-    Exclusive(Box<dyn FnOnce(&Store) + Send>),
+    /// Work that must not interleave with appends, run between batches on a checkpointed
+    /// journal, or told why the journal cannot run it.
+    Exclusive(Job),
 }
+
+type Job = Box<dyn FnOnce(Result<&Store, JournalError>) + Send>;
 
 type Reply = mpsc::SyncSender<Result<Record, JournalError>>;
 
 pub(super) struct Writer {
     requests: Option<mpsc::Sender<Request>>,
     thread: Option<JoinHandle<()>>,
+    progress: Arc<Progress>,
 }
 
 impl Writer {
-    pub(super) fn start(store: Store) -> std::io::Result<Writer> {
+    /// Starts the writer on `store`; `wal` is the emptied write-ahead log (`None` for a
+    /// private read-only copy, whose writes need not survive anything).
+    pub(super) fn start(store: Store, wal: Option<Wal>) -> std::io::Result<Writer> {
+        let progress = Arc::new(Progress::default());
+        let applier = Applier::start(store.clone(), progress.clone())?;
         let (requests, queue) = mpsc::channel();
+        let mut thread_state = WriterThread {
+            store,
+            wal,
+            heads: HashMap::new(),
+            applier,
+            progress: progress.clone(),
+            failure: None,
+            logged_since: None,
+        };
         let thread = std::thread::Builder::new()
             .name("journal-writer".into())
-            .spawn(move || write_until_closed(&store, &queue))?;
+            .spawn(move || thread_state.write_until_closed(&queue))?;
         Ok(Writer {
             requests: Some(requests),
             thread: Some(thread),
+            progress,
         })
     }
 
@@ -72,17 +109,23 @@ impl Writer {
         answer.recv().map_err(|_| stopped())?
     }
 
-    /// Runs `job` on the writer thread between two batches and returns what it returns.
+    /// Runs `job` on the writer thread between two batches, once sled holds every
+    /// acknowledged record durably and the log is empty, and returns what it returns.
     pub(super) fn exclusive<T: Send + 'static>(
         &self,
-        job: impl FnOnce(&Store) -> T + Send + 'static,
+        job: impl FnOnce(&Store) -> Result<T, JournalError> + Send + 'static,
     ) -> Result<T, JournalError> {
         let (reply, answer) = mpsc::sync_channel(1);
         self.send(Request::Exclusive(Box::new(move |store| {
             // The caller may have stopped waiting.
-            let _ = reply.send(job(store));
+            let _ = reply.send(store.and_then(job));
         })))?;
-        answer.recv().map_err(|_| stopped())
+        answer.recv().map_err(|_| stopped())?
+    }
+
+    /// Waits until sled holds every acknowledged record: reads call this first.
+    pub(super) fn settle(&self) -> Result<(), JournalError> {
+        self.progress.settle()
     }
 
     fn send(&self, request: Request) -> Result<(), JournalError> {
@@ -94,9 +137,26 @@ impl Writer {
     }
 }
 
+#[cfg(test)]
+impl Writer {
+    /// Queues `entries` in order without waiting; each answer arrives on its receiver.
+    pub(super) fn queue_appends(
+        &self,
+        entries: Vec<NewRecord>,
+    ) -> Result<Vec<mpsc::Receiver<Result<Record, JournalError>>>, JournalError> {
+        entries
+            .into_iter()
+            .map(|entry| {
+                let (reply, answer) = mpsc::sync_channel(1);
+                self.send(Request::Append { entry, reply }).map(|()| answer)
+            })
+            .collect()
+    }
+}
+
 impl Drop for Writer {
-    /// Lets the thread answer what is queued, then waits for it: the database it holds
-    /// is closed (and its file lock released) only when it has exited.
+    /// Lets the thread answer what is queued and checkpoint, then waits for it: the
+    /// database it holds is closed (and its file lock released) only when it has exited.
     fn drop(&mut self) {
         self.requests.take();
         if let Some(thread) = self.thread.take()
@@ -107,41 +167,257 @@ impl Drop for Writer {
     }
 }
 
-fn write_until_closed(store: &Store, queue: &mpsc::Receiver<Request>) {
-    while let Ok(first) = queue.recv() {
-        let mut entries = Vec::new();
-        let mut replies: Vec<Reply> = Vec::new();
-        let mut next = Some(first);
-        while let Some(request) = next.take() {
-            match request {
-                Request::Append { entry, reply } => {
-                    entries.push(entry);
-                    replies.push(reply);
+/// What the writer thread owns.
+struct WriterThread {
+    store: Store,
+    wal: Option<Wal>,
+    /// Each chain's summary as of the last batch, for the chains written since the last
+    /// exclusive job; sled holds the others' current summaries.
+    heads: HashMap<String, TenantSummary>,
+    applier: Applier,
+    progress: Arc<Progress>,
+    /// The storage failure after which nothing is written.
+    failure: Option<sled::Error>,
+    /// When the log got its first frame since the last checkpoint.
+    logged_since: Option<std::time::Instant>,
+}
+
+impl WriterThread {
+    fn write_until_closed(&mut self, queue: &mpsc::Receiver<Request>) {
+        while let Some(first) = self.next_request(queue) {
+            let mut entries = Vec::new();
+            let mut replies: Vec<Reply> = Vec::new();
+            let mut next = Some(first);
+            while let Some(request) = next.take() {
+                match request {
+                    Request::Append { entry, reply } => {
+                        entries.push(entry);
+                        replies.push(reply);
+                    }
+                    Request::Exclusive(job) => {
+                        self.commit(&mut entries, &mut replies);
+                        self.run_exclusive(job);
+                    }
                 }
-                Request::Exclusive(job) => {
-                    commit(store, &mut entries, &mut replies);
-                    job(store);
+                if entries.len() < MAX_BATCH {
+                    next = queue.try_recv().ok();
                 }
             }
-            if entries.len() < MAX_BATCH {
-                next = queue.try_recv().ok();
+            self.commit(&mut entries, &mut replies);
+        }
+        // Closing: sled durable and the log empty, so the next open replays nothing.
+        if self.failure.is_none()
+            && let Err(error) = self.checkpoint()
+        {
+            tracing::error!(%error, "the journal's checkpoint on close failed; the next open replays its write-ahead log");
+        }
+    }
+
+    /// Waits for the next request; `None` once the journal is closed. A log that has held
+    /// frames for [`IDLE_CHECKPOINT`] without a pause checkpoints when appends pause.
+    fn next_request(&mut self, queue: &mpsc::Receiver<Request>) -> Option<Request> {
+        loop {
+            // After a failure nothing is checkpointed: the reopen replays the log.
+            let Some(since) = self.logged_since.filter(|_| self.failure.is_none()) else {
+                return queue.recv().ok();
+            };
+            let wait = IDLE_CHECKPOINT.saturating_sub(since.elapsed());
+            match queue.recv_timeout(wait) {
+                Ok(request) => return Some(request),
+                Err(mpsc::RecvTimeoutError::Disconnected) => return None,
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    if let Err(error) = self.checkpoint() {
+                        self.fail(error);
+                    }
+                }
             }
         }
-        commit(store, &mut entries, &mut replies);
+    }
+
+    fn run_exclusive(&mut self, job: Job) {
+        if let Err(error) = self.healthy().and_then(|()| self.checkpoint()) {
+            self.fail(error.clone());
+            job(Err(JournalError::Storage(error)));
+            return;
+        }
+        job(Ok(&self.store));
+        // The job may have moved chain heads (an import).
+        self.heads.clear();
+    }
+
+    /// Writes the batch collected so far (if any) and answers each caller.
+    fn commit(&mut self, entries: &mut Vec<NewRecord>, replies: &mut Vec<Reply>) {
+        if entries.is_empty() {
+            return;
+        }
+        let outcomes = self.write(entries);
+        for (reply, outcome) in replies.drain(..).zip(outcomes) {
+            // A caller that gave up waiting needs no answer.
+            let _ = reply.send(outcome);
+        }
+        entries.clear();
+    }
+
+    /// Places each entry on its chain (an entry sees the chains as the entries before it
+    /// left them), makes the new records durable once and hands them to the applier.
+    /// A refused entry fails alone; a storage failure fails them all.
+    fn write(&mut self, entries: &[NewRecord]) -> Vec<Result<Record, JournalError>> {
+        if let Err(error) = self.healthy() {
+            return failed_all(entries, &error);
+        }
+        let mut batch = Vec::new();
+        let outcomes: Vec<_> = entries
+            .iter()
+            .map(|entry| self.place(entry, &mut batch))
+            .collect();
+        match self.make_durable(batch) {
+            Ok(()) => outcomes,
+            Err(error) => {
+                self.fail(error.clone());
+                failed_all(entries, &error)
+            }
+        }
+    }
+
+    fn place(
+        &mut self,
+        entry: &NewRecord,
+        batch: &mut Vec<Written>,
+    ) -> Result<Record, JournalError> {
+        let head = self.head(&entry.uid)?;
+        match place(entry, head.as_ref())? {
+            Placement::Next { prev_hash } => {
+                let (value, record) = codec::encode_new(entry, prev_hash);
+                let summary = summary_after(head.as_ref(), &record);
+                self.heads.insert(entry.uid.clone(), summary.clone());
+                batch.push(Written {
+                    key: record_key(&entry.uid, entry.seq),
+                    value,
+                    uid: entry.uid.clone(),
+                    summary,
+                });
+                Ok(record)
+            }
+            Placement::Stored => self.stored(entry, batch),
+        }
+    }
+
+    /// The chain's summary: from memory, or from sled for a chain not written since the
+    /// last exclusive job (sled holds its current summary then).
+    fn head(&mut self, uid: &str) -> Result<Option<TenantSummary>, JournalError> {
+        if let Some(head) = self.heads.get(uid) {
+            return Ok(Some(head.clone()));
+        }
+        let Some(bytes) = self.store.tenants.get(uid.as_bytes())? else {
+            return Ok(None);
+        };
+        let head = decode_summary(uid.as_bytes(), &bytes)?;
+        self.heads.insert(uid.to_owned(), head.clone());
+        Ok(Some(head))
+    }
+
+    /// A retry of a stored seq: the stored record if it is what `entry` would have
+    /// stored, else a conflict. Every stored record is durable: it was acknowledged, or
+    /// is in this batch, which is acknowledged only once durable.
+    fn stored(&self, entry: &NewRecord, batch: &[Written]) -> Result<Record, JournalError> {
+        let key = record_key(&entry.uid, entry.seq);
+        let stored = match batch.iter().find(|w| w.key == key) {
+            Some(written) => decode_record(&key, &written.value)?,
+            None => {
+                self.progress.settle()?;
+                let Some(value) = self.store.records.get(&key)? else {
+                    return Err(JournalError::Corrupt {
+                        tree: RECORDS_TREE,
+                        key: display_record_key(&key),
+                        detail: "the chain's summary counts this record but it is missing".into(),
+                    });
+                };
+                decode_record(&key, &value)?
+            }
+        };
+        if stored.matches(entry) {
+            Ok(stored)
+        } else {
+            Err(conflict(
+                entry,
+                "a different record is already stored at this seq",
+            ))
+        }
+    }
+
+    /// Makes the batch's new records durable: one frame in the log, after a checkpoint
+    /// when the log is full. A batch too large for the log goes into sled at once and is
+    /// made durable there.
+    fn make_durable(&mut self, batch: Vec<Written>) -> Result<(), sled::Error> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let Some(fits) = self.wal.as_ref().map(|wal| wal.fits(&batch)) else {
+            // A private copy: nothing needs to survive.
+            return self.apply(batch);
+        };
+        if !fits {
+            self.checkpoint()?;
+        }
+        match self.wal.as_mut() {
+            Some(wal) if wal.fits(&batch) => {
+                wal.append(&batch).map_err(sled::Error::Io)?;
+                self.logged_since
+                    .get_or_insert_with(std::time::Instant::now);
+                self.apply(batch)
+            }
+            _ => {
+                self.apply(batch)?;
+                self.progress.settle().map_err(storage_error)?;
+                self.store.flush()
+            }
+        }
+    }
+
+    fn apply(&self, written: Vec<Written>) -> Result<(), sled::Error> {
+        self.applier.send(written).map_err(storage_error)
+    }
+
+    /// Makes sled hold everything the log holds, durably, then empties the log.
+    fn checkpoint(&mut self) -> Result<(), sled::Error> {
+        self.progress.settle().map_err(storage_error)?;
+        if self.logged_since.is_none() {
+            // The log is empty: everything in sled was made durable where it was written.
+            return Ok(());
+        }
+        self.store.flush()?;
+        if let Some(wal) = self.wal.as_mut() {
+            wal.clear().map_err(sled::Error::Io)?;
+        }
+        self.logged_since = None;
+        Ok(())
+    }
+
+    fn healthy(&self) -> Result<(), sled::Error> {
+        match self.failure.clone().or_else(|| self.progress.failure()) {
+            Some(error) => Err(error),
+            None => Ok(()),
+        }
+    }
+
+    fn fail(&mut self, error: sled::Error) {
+        tracing::error!(%error, "the journal failed to write; it refuses appends until reopened");
+        self.failure.get_or_insert(error);
     }
 }
 
-/// Commits the batch collected so far (if any) and answers each caller.
-fn commit(store: &Store, entries: &mut Vec<NewRecord>, replies: &mut Vec<Reply>) {
-    if entries.is_empty() {
-        return;
+fn failed_all(entries: &[NewRecord], error: &sled::Error) -> Vec<Result<Record, JournalError>> {
+    entries
+        .iter()
+        .map(|_| Err(JournalError::Storage(error.clone())))
+        .collect()
+}
+
+fn storage_error(error: JournalError) -> sled::Error {
+    match error {
+        JournalError::Storage(error) => error,
+        other => sled::Error::ReportableBug(other.to_string()),
     }
-    let outcomes = commit_batch(store, entries);
-    for (reply, outcome) in replies.drain(..).zip(outcomes) {
-        // A caller that gave up waiting needs no answer.
-        let _ = reply.send(outcome);
-    }
-    entries.clear();
 }
 
 fn stopped() -> JournalError {

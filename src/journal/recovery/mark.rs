@@ -75,6 +75,7 @@ impl Journal {
 
     /// The record `seq` of chain `uid`.
     pub fn record(&self, uid: &str, seq: u64) -> Result<Option<Record>, JournalError> {
+        self.settled()?;
         let Some(value) = self.records.get(record_key(uid, seq))? else {
             return Ok(None);
         };
