@@ -1,6 +1,7 @@
 //! Running the controller: the watch caches and what triggers a pass, readiness, and the
 //! per-tenant backoff.
 
+use super::by_namespace::{CacheWriter, NamespacedStore, namespaced_store};
 use super::pass::{error_policy, reconcile};
 use super::triggers::PodTriggers;
 use super::{Context, Stores};
@@ -49,7 +50,10 @@ async fn report_readiness(
         ("services", wait_ready(stores.services)),
         ("statefulsets", wait_ready(stores.statefulsets)),
         ("deployments", wait_ready(stores.deployments)),
-        ("networkpolicies", wait_ready(stores.network_policies)),
+        (
+            "networkpolicies",
+            wait_ready(stores.network_policies.store().clone()),
+        ),
         ("resourcequotas", wait_ready(stores.quotas)),
         ("limitranges", wait_ready(stores.limit_ranges)),
         (
@@ -59,8 +63,11 @@ async fn report_readiness(
         ("horizontalpodautoscalers", wait_ready(stores.autoscalers)),
         ("cronjobs", wait_ready(stores.cron_jobs)),
         ("persistentvolumeclaims", wait_ready(stores.claims)),
-        ("pods", wait_ready(stores.pods)),
-        ("persistentvolumeclaims", wait_ready(stores.redis_claims)),
+        ("pods", wait_ready(stores.pods.store().clone())),
+        (
+            "persistentvolumeclaims",
+            wait_ready(stores.redis_claims.store().clone()),
+        ),
     ];
     let mut next_report = std::time::Instant::now() + Duration::from_secs(10);
     while !pending.is_empty() {
@@ -146,14 +153,46 @@ fn cache<K>(client: &Client) -> (Store<K>, Watch<K>)
 where
     K: Resource<DynamicType = ()> + Clone + Debug + DeserializeOwned + Send + Sync + 'static,
 {
-    cache_stripping(client, |o: &mut K| o.meta_mut().managed_fields = None)
+    let (reader, writer) = reflector::store();
+    (reader, managed_cache(client, writer))
+}
+
+/// A cache of our objects in `K`, as [`cache`], read per namespace.
+fn namespaced_cache<K>(client: &Client) -> (NamespacedStore<K>, Watch<K>)
+where
+    K: Resource<DynamicType = ()> + Clone + Debug + DeserializeOwned + Send + Sync + 'static,
+{
+    let (reader, writer) = namespaced_store();
+    (reader, managed_cache(client, writer))
+}
+
+/// Our objects of kind `K` without their managed fields, kept by `writer`.
+fn managed_cache<K>(client: &Client, writer: impl CacheWriter<K>) -> Watch<K>
+where
+    K: Resource<DynamicType = ()> + Clone + Debug + DeserializeOwned + Send + Sync + 'static,
+{
+    cache_selected(client, &managed_selector(), writer, |o: &mut K| {
+        o.meta_mut().managed_fields = None
+    })
+}
+
+/// Passes each watch event on after `writer` kept it (what kube's `reflect` does).
+fn keeping_in<K>(
+    mut writer: impl CacheWriter<K>,
+) -> impl FnMut(watcher::Result<watcher::Event<K>>) -> watcher::Result<watcher::Event<K>> {
+    move |event| {
+        if let Ok(event) = &event {
+            writer.apply_watcher_event(event);
+        }
+        event
+    }
 }
 
 /// The tenants' pods with only what says why one does not run: their specs (the bulk of
 /// a pod) are dropped before they enter the cache. Only the events that change what a
 /// pass reads from a pod start one (see `triggers`).
-fn pod_cache(client: &Client) -> (Store<Pod>, Watch<Pod>) {
-    let (reader, writer) = reflector::store();
+fn pod_cache(client: &Client) -> (NamespacedStore<Pod>, Watch<Pod>) {
+    let (reader, writer) = namespaced_store();
     let mut triggers = PodTriggers::default();
     let stream = watcher(
         Api::<Pod>::all(client.clone()),
@@ -165,7 +204,7 @@ fn pod_cache(client: &Client) -> (Store<Pod>, Watch<Pod>) {
         pod.metadata.annotations = None;
         pod.spec = None;
     })
-    .reflect(writer)
+    .map(keeping_in(writer))
     .filter_map(move |event| {
         futures::future::ready(match event {
             Ok(event) => triggers.on_event(event).map(Ok),
@@ -188,12 +227,22 @@ fn cache_config(selector: &str) -> watcher::Config {
 /// tenant and component labels instead.
 fn redis_claim_cache(
     client: &Client,
-) -> (Store<PersistentVolumeClaim>, Watch<PersistentVolumeClaim>) {
+) -> (
+    NamespacedStore<PersistentVolumeClaim>,
+    Watch<PersistentVolumeClaim>,
+) {
     let selector = format!("{},{}=redis", render::TENANT_LABEL, render::COMPONENT_LABEL);
-    cache_selected(client, &selector, |claim: &mut PersistentVolumeClaim| {
-        claim.metadata.managed_fields = None;
-        claim.metadata.annotations = None;
-    })
+    let (reader, writer) = namespaced_store();
+    let watch = cache_selected(
+        client,
+        &selector,
+        writer,
+        |claim: &mut PersistentVolumeClaim| {
+            claim.metadata.managed_fields = None;
+            claim.metadata.annotations = None;
+        },
+    );
+    (reader, watch)
 }
 
 /// The tenant a claim or pod belongs to, by its tenant label (pods are owned by ReplicaSets
@@ -207,33 +256,23 @@ fn labelled_tenant<K: Resource>(object: K) -> Option<ObjectRef<Tenant>> {
         .map(|name| ObjectRef::new(name))
 }
 
-/// A label-selected cache of `K` whose objects lose what `strip` removes on the way in.
-fn cache_stripping<K>(
-    client: &Client,
-    strip: impl FnMut(&mut K) + Send + 'static,
-) -> (Store<K>, Watch<K>)
-where
-    K: Resource<DynamicType = ()> + Clone + Debug + DeserializeOwned + Send + Sync + 'static,
-{
-    cache_selected(client, &managed_selector(), strip)
-}
-
-/// A cache of the `K` that `selector` selects, losing what `strip` removes on the way in.
+/// The watch of the `K` that `selector` selects, kept by `writer`, the objects losing what
+/// `strip` removes on the way in.
 fn cache_selected<K>(
     client: &Client,
     selector: &str,
+    writer: impl CacheWriter<K>,
     strip: impl FnMut(&mut K) + Send + 'static,
-) -> (Store<K>, Watch<K>)
+) -> Watch<K>
 where
     K: Resource<DynamicType = ()> + Clone + Debug + DeserializeOwned + Send + Sync + 'static,
 {
-    let (reader, writer) = reflector::store();
     let stream = watcher(Api::<K>::all(client.clone()), cache_config(selector))
         .default_backoff()
         .modify(strip)
-        .reflect(writer)
+        .map(keeping_in(writer))
         .touched_objects();
-    (reader, Box::pin(stream))
+    Box::pin(stream)
 }
 
 /// The Tenants owning `child`, as references without a namespace. kube's `owns_stream`
@@ -268,7 +307,7 @@ pub async fn run(
     let (services, svc_watch) = cache::<Service>(&client);
     let (statefulsets, sts_watch) = cache::<StatefulSet>(&client);
     let (deployments, deploy_watch) = cache::<Deployment>(&client);
-    let (network_policies, np_watch) = cache::<NetworkPolicy>(&client);
+    let (network_policies, np_watch) = namespaced_cache::<NetworkPolicy>(&client);
     let (quotas, quota_watch) = cache::<ResourceQuota>(&client);
     let (limit_ranges, lr_watch) = cache::<LimitRange>(&client);
     let (disruption_budgets, pdb_watch) = cache::<PodDisruptionBudget>(&client);
