@@ -3,7 +3,9 @@
 
 use super::by_namespace::{CacheWriter, NamespacedStore, namespaced_store};
 use super::pass::{error_policy, reconcile};
-use super::triggers::PodTriggers;
+use super::triggers::{
+    ChangeTriggers, PodTriggers, cron_job_read, deployment_read, statefulset_read,
+};
 use super::{Context, Stores};
 use crate::crd::Tenant;
 use crate::render;
@@ -21,6 +23,7 @@ use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::utils::{Backoff, ResetTimerBackoff};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, Resource};
+use serde::Serialize;
 use serde::de::DeserializeOwned;
 use std::fmt::Debug;
 use std::sync::Arc;
@@ -149,31 +152,53 @@ type Watch<K> = std::pin::Pin<Box<dyn Stream<Item = Result<K, watcher::Error>> +
 /// operator's peak memory at 1,000 tenants.
 const LIST_PAGE_SIZE: u32 = 50;
 
-fn cache<K>(client: &Client) -> (Store<K>, Watch<K>)
+/// A cache of our objects of kind `K`; an event starts a pass when it changes what
+/// `read` keeps of the object (see [`ChangeTriggers`]).
+fn cache<K>(client: &Client, read: fn(&mut K)) -> (Store<K>, Watch<K>)
 where
-    K: Resource<DynamicType = ()> + Clone + Debug + DeserializeOwned + Send + Sync + 'static,
+    K: Resource<DynamicType = ()>
+        + Clone
+        + Debug
+        + DeserializeOwned
+        + Serialize
+        + Send
+        + Sync
+        + 'static,
 {
     let (reader, writer) = reflector::store();
-    (reader, managed_cache(client, writer))
+    (reader, managed_cache(client, writer, read))
 }
 
 /// A cache of our objects in `K`, as [`cache`], read per namespace.
-fn namespaced_cache<K>(client: &Client) -> (NamespacedStore<K>, Watch<K>)
+fn namespaced_cache<K>(client: &Client, read: fn(&mut K)) -> (NamespacedStore<K>, Watch<K>)
 where
-    K: Resource<DynamicType = ()> + Clone + Debug + DeserializeOwned + Send + Sync + 'static,
+    K: Resource<DynamicType = ()>
+        + Clone
+        + Debug
+        + DeserializeOwned
+        + Serialize
+        + Send
+        + Sync
+        + 'static,
 {
     let (reader, writer) = namespaced_store();
-    (reader, managed_cache(client, writer))
+    (reader, managed_cache(client, writer, read))
 }
 
 /// Our objects of kind `K` without their managed fields, kept by `writer`.
-fn managed_cache<K>(client: &Client, writer: impl CacheWriter<K>) -> Watch<K>
+fn managed_cache<K>(client: &Client, writer: impl CacheWriter<K>, read: fn(&mut K)) -> Watch<K>
 where
-    K: Resource<DynamicType = ()> + Clone + Debug + DeserializeOwned + Send + Sync + 'static,
+    K: Resource<DynamicType = ()>
+        + Clone
+        + Debug
+        + DeserializeOwned
+        + Serialize
+        + Send
+        + Sync
+        + 'static,
 {
-    cache_selected(client, &managed_selector(), writer, |o: &mut K| {
-        o.meta_mut().managed_fields = None
-    })
+    let strip = |o: &mut K| o.meta_mut().managed_fields = None;
+    cache_selected(client, &managed_selector(), writer, strip, read)
 }
 
 /// Passes each watch event on after `writer` kept it (what kube's `reflect` does).
@@ -233,15 +258,12 @@ fn redis_claim_cache(
 ) {
     let selector = format!("{},{}=redis", render::TENANT_LABEL, render::COMPONENT_LABEL);
     let (reader, writer) = namespaced_store();
-    let watch = cache_selected(
-        client,
-        &selector,
-        writer,
-        |claim: &mut PersistentVolumeClaim| {
-            claim.metadata.managed_fields = None;
-            claim.metadata.annotations = None;
-        },
-    );
+    let strip = |claim: &mut PersistentVolumeClaim| {
+        claim.metadata.managed_fields = None;
+        claim.metadata.annotations = None;
+    };
+    // Its size, class and status are all read (`storage::ClaimSize`).
+    let watch = cache_selected(client, &selector, writer, strip, |_| {});
     (reader, watch)
 }
 
@@ -257,21 +279,36 @@ fn labelled_tenant<K: Resource>(object: K) -> Option<ObjectRef<Tenant>> {
 }
 
 /// The watch of the `K` that `selector` selects, kept by `writer`, the objects losing what
-/// `strip` removes on the way in.
+/// `strip` removes on the way in; its events start a pass when they change what `read`
+/// keeps.
 fn cache_selected<K>(
     client: &Client,
     selector: &str,
     writer: impl CacheWriter<K>,
     strip: impl FnMut(&mut K) + Send + 'static,
+    read: fn(&mut K),
 ) -> Watch<K>
 where
-    K: Resource<DynamicType = ()> + Clone + Debug + DeserializeOwned + Send + Sync + 'static,
+    K: Resource<DynamicType = ()>
+        + Clone
+        + Debug
+        + DeserializeOwned
+        + Serialize
+        + Send
+        + Sync
+        + 'static,
 {
+    let mut triggers = ChangeTriggers::new(read);
     let stream = watcher(Api::<K>::all(client.clone()), cache_config(selector))
         .default_backoff()
         .modify(strip)
         .map(keeping_in(writer))
-        .touched_objects();
+        .filter_map(move |event| {
+            futures::future::ready(match event {
+                Ok(event) => triggers.on_event(event).map(Ok),
+                Err(error) => Some(Err(error)),
+            })
+        });
     Box::pin(stream)
 }
 
@@ -302,18 +339,26 @@ pub async fn run(
     ready: Arc<std::sync::atomic::AtomicBool>,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) {
-    let (namespaces, ns_watch) = cache::<Namespace>(&client);
-    let (config_maps, cm_watch) = cache::<ConfigMap>(&client);
-    let (services, svc_watch) = cache::<Service>(&client);
-    let (statefulsets, sts_watch) = cache::<StatefulSet>(&client);
-    let (deployments, deploy_watch) = cache::<Deployment>(&client);
-    let (network_policies, np_watch) = namespaced_cache::<NetworkPolicy>(&client);
-    let (quotas, quota_watch) = cache::<ResourceQuota>(&client);
-    let (limit_ranges, lr_watch) = cache::<LimitRange>(&client);
-    let (disruption_budgets, pdb_watch) = cache::<PodDisruptionBudget>(&client);
-    let (autoscalers, hpa_watch) = cache::<HorizontalPodAutoscaler>(&client);
-    let (cron_jobs, cron_job_watch) = cache::<CronJob>(&client);
-    let (claims, claim_watch) = cache::<PersistentVolumeClaim>(&client);
+    // What a pass reads of each kind, besides metadata and spec: the namespace's phase,
+    // the workloads' readiness, the backup times; no other status.
+    let (namespaces, ns_watch) = cache::<Namespace>(&client, |ns| {
+        if let Some(status) = &mut ns.status {
+            status.conditions = None;
+        }
+    });
+    let (config_maps, cm_watch) = cache::<ConfigMap>(&client, |_| {});
+    let (services, svc_watch) = cache::<Service>(&client, |s| s.status = None);
+    let (statefulsets, sts_watch) = cache::<StatefulSet>(&client, statefulset_read);
+    let (deployments, deploy_watch) = cache::<Deployment>(&client, deployment_read);
+    let (network_policies, np_watch) = namespaced_cache::<NetworkPolicy>(&client, |_| {});
+    let (quotas, quota_watch) = cache::<ResourceQuota>(&client, |q| q.status = None);
+    let (limit_ranges, lr_watch) = cache::<LimitRange>(&client, |_| {});
+    let (disruption_budgets, pdb_watch) =
+        cache::<PodDisruptionBudget>(&client, |b| b.status = None);
+    let (autoscalers, hpa_watch) = cache::<HorizontalPodAutoscaler>(&client, |a| a.status = None);
+    let (cron_jobs, cron_job_watch) = cache::<CronJob>(&client, cron_job_read);
+    // The backup claim: read for its requested size only.
+    let (claims, claim_watch) = cache::<PersistentVolumeClaim>(&client, |c| c.status = None);
     let (pods, pod_watch) = pod_cache(&client);
     let (redis_claims, redis_claim_watch) = redis_claim_cache(&client);
     let stores = Stores {
