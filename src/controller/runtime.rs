@@ -4,7 +4,7 @@
 use super::by_namespace::{CacheWriter, NamespacedStore, namespaced_store};
 use super::pass::{error_policy, reconcile};
 use super::triggers::{
-    ChangeTriggers, PodTriggers, cron_job_read, deployment_read, statefulset_read,
+    ChangeTriggers, PodTriggers, cron_job_read, deployment_read, redis_claim_read, statefulset_read,
 };
 use super::{Context, Stores};
 use crate::crd::Tenant;
@@ -152,10 +152,14 @@ type Watch<K> = std::pin::Pin<Box<dyn Stream<Item = Result<K, watcher::Error>> +
 /// operator's peak memory at 1,000 tenants.
 const LIST_PAGE_SIZE: u32 = 50;
 
-/// A cache of our objects of kind `K`; an event starts a pass when it changes what
-/// `read` keeps of the object (see [`ChangeTriggers`]).
-fn cache<K>(client: &Client, read: fn(&mut K)) -> (Store<K>, Watch<K>)
-where
+/// What a watch cache can hold: a Kubernetes object that is decoded from a watch and
+/// serialised to tell which of its events start a pass.
+trait Cached:
+    Resource<DynamicType = ()> + Clone + Debug + DeserializeOwned + Serialize + Send + Sync + 'static
+{
+}
+
+impl<K> Cached for K where
     K: Resource<DynamicType = ()>
         + Clone
         + Debug
@@ -163,7 +167,15 @@ where
         + Serialize
         + Send
         + Sync
-        + 'static,
+        + 'static
+{
+}
+
+/// A cache of our objects of kind `K`; an event starts a pass when it changes what
+/// `read` keeps of the object (see [`ChangeTriggers`]).
+fn cache<K>(client: &Client, read: fn(&mut K)) -> (Store<K>, Watch<K>)
+where
+    K: Cached,
 {
     let (reader, writer) = reflector::store();
     (reader, managed_cache(client, writer, read))
@@ -172,14 +184,7 @@ where
 /// A cache of our objects in `K`, as [`cache`], read per namespace.
 fn namespaced_cache<K>(client: &Client, read: fn(&mut K)) -> (NamespacedStore<K>, Watch<K>)
 where
-    K: Resource<DynamicType = ()>
-        + Clone
-        + Debug
-        + DeserializeOwned
-        + Serialize
-        + Send
-        + Sync
-        + 'static,
+    K: Cached,
 {
     let (reader, writer) = namespaced_store();
     (reader, managed_cache(client, writer, read))
@@ -188,14 +193,7 @@ where
 /// Our objects of kind `K` without their managed fields, kept by `writer`.
 fn managed_cache<K>(client: &Client, writer: impl CacheWriter<K>, read: fn(&mut K)) -> Watch<K>
 where
-    K: Resource<DynamicType = ()>
-        + Clone
-        + Debug
-        + DeserializeOwned
-        + Serialize
-        + Send
-        + Sync
-        + 'static,
+    K: Cached,
 {
     let strip = |o: &mut K| o.meta_mut().managed_fields = None;
     cache_selected(client, &managed_selector(), writer, strip, read)
@@ -262,8 +260,7 @@ fn redis_claim_cache(
         claim.metadata.managed_fields = None;
         claim.metadata.annotations = None;
     };
-    // Its size, class and status are all read (`storage::ClaimSize`).
-    let watch = cache_selected(client, &selector, writer, strip, |_| {});
+    let watch = cache_selected(client, &selector, writer, strip, redis_claim_read);
     (reader, watch)
 }
 
@@ -289,14 +286,7 @@ fn cache_selected<K>(
     read: fn(&mut K),
 ) -> Watch<K>
 where
-    K: Resource<DynamicType = ()>
-        + Clone
-        + Debug
-        + DeserializeOwned
-        + Serialize
-        + Send
-        + Sync
-        + 'static,
+    K: Cached,
 {
     let mut triggers = ChangeTriggers::new(read);
     let stream = watcher(Api::<K>::all(client.clone()), cache_config(selector))

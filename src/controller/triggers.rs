@@ -10,7 +10,10 @@
 use super::failures::{PodSignal, pod_signal};
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentStatus, StatefulSet, StatefulSetStatus};
 use k8s_openapi::api::batch::v1::{CronJob, CronJobStatus};
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{
+    PersistentVolumeClaim, PersistentVolumeClaimSpec, PersistentVolumeClaimStatus, Pod,
+    VolumeResourceRequirements,
+};
 use kube::runtime::watcher;
 use kube::{Resource, ResourceExt};
 use serde::Serialize;
@@ -160,6 +163,31 @@ pub(super) fn deployment_read(deployment: &mut Deployment) {
         }),
         ..DeploymentStatus::default()
     });
+}
+
+/// What a pass reads of a Redis data claim (`storage::ClaimSize`): its class, the size it
+/// asks for, and the size it holds once bound. Binding it to a volume is not news.
+pub(super) fn redis_claim_read(claim: &mut PersistentVolumeClaim) {
+    claim.spec = claim.spec.take().map(|s| PersistentVolumeClaimSpec {
+        storage_class_name: s.storage_class_name,
+        resources: s.resources.map(|r| VolumeResourceRequirements {
+            requests: r.requests,
+            limits: None,
+        }),
+        ..PersistentVolumeClaimSpec::default()
+    });
+    let bound = claim
+        .status
+        .as_ref()
+        .is_some_and(|s| s.phase.as_deref() == Some("Bound"));
+    claim.status = claim
+        .status
+        .take()
+        .filter(|_| bound)
+        .map(|s| PersistentVolumeClaimStatus {
+            capacity: s.capacity,
+            ..PersistentVolumeClaimStatus::default()
+        });
 }
 
 /// What a pass reads of a backup CronJob's status: its last schedule and last success.
@@ -365,6 +393,77 @@ mod tests {
                 &mut t,
                 watcher::Event::InitApply(quota("8", "30", "3"))
             ));
+        }
+
+        fn claim(
+            volume: Option<&str>,
+            phase: &str,
+            requested: &str,
+            capacity: &str,
+        ) -> PersistentVolumeClaim {
+            let storage = |v: &str| BTreeMap::from([("storage".to_string(), Quantity(v.into()))]);
+            PersistentVolumeClaim {
+                metadata: meta("1"),
+                spec: Some(PersistentVolumeClaimSpec {
+                    volume_name: volume.map(String::from),
+                    resources: Some(VolumeResourceRequirements {
+                        requests: Some(storage(requested)),
+                        limits: None,
+                    }),
+                    ..PersistentVolumeClaimSpec::default()
+                }),
+                status: Some(PersistentVolumeClaimStatus {
+                    phase: Some(phase.into()),
+                    capacity: Some(storage(capacity)),
+                    ..PersistentVolumeClaimStatus::default()
+                }),
+            }
+        }
+
+        #[test]
+        fn a_claim_starts_a_pass_when_its_size_changes_not_when_it_is_bound() {
+            let mut t = ChangeTriggers::new(redis_claim_read);
+            assert!(starts(
+                &mut t,
+                watcher::Event::Apply(claim(None, "Pending", "1Gi", "0"))
+            ));
+            // The volume controller picks a volume: nothing ClaimSize reads.
+            assert!(!starts(
+                &mut t,
+                watcher::Event::Apply(claim(Some("pv-1"), "Pending", "1Gi", "0"))
+            ));
+            assert!(starts(
+                &mut t,
+                watcher::Event::Apply(claim(Some("pv-1"), "Bound", "1Gi", "1Gi"))
+            ));
+            // Grown: asked for, then held.
+            assert!(starts(
+                &mut t,
+                watcher::Event::Apply(claim(Some("pv-1"), "Bound", "2Gi", "1Gi"))
+            ));
+            assert!(starts(
+                &mut t,
+                watcher::Event::Apply(claim(Some("pv-1"), "Bound", "2Gi", "2Gi"))
+            ));
+            // Whatever changes, a different ClaimSize starts a pass.
+            let sizes = [
+                claim(None, "Pending", "1Gi", "0"),
+                claim(Some("pv-1"), "Bound", "1Gi", "1Gi"),
+                claim(Some("pv-1"), "Lost", "1Gi", "1Gi"),
+                claim(Some("pv-1"), "Bound", "2Gi", "1Gi"),
+            ];
+            for a in &sizes {
+                for b in &sizes {
+                    let mut t = ChangeTriggers::new(redis_claim_read);
+                    t.on_event(watcher::Event::Apply(a.clone()));
+                    let changed = crate::controller::storage::ClaimSize::of(a)
+                        != crate::controller::storage::ClaimSize::of(b);
+                    assert_eq!(
+                        t.on_event(watcher::Event::Apply(b.clone())).is_some(),
+                        changed
+                    );
+                }
+            }
         }
 
         fn statefulset(status: StatefulSetStatus) -> StatefulSet {
