@@ -308,7 +308,8 @@ impl<'a> Applier<'a> {
             .filter_map(|p| p.metadata.name.clone())
             .collect();
         for policy in &desired.network_policies {
-            self.apply(policy, &stores.network_policies, None).await?;
+            self.apply(policy, stores.network_policies.store(), None)
+                .await?;
         }
         self.prune_network_policies(&wanted).await
     }
@@ -321,9 +322,8 @@ impl<'a> Applier<'a> {
             .ctx
             .stores
             .network_policies
-            .state()
+            .in_namespace(&ns)
             .iter()
-            .filter(|p| p.namespace().as_deref() == Some(ns.as_str()))
             .filter(|p| p.labels().get(render::TENANT_LABEL) == Some(&tenant))
             .map(|p| p.name_any())
             .filter(|name| !wanted.contains(name))

@@ -3,6 +3,7 @@
 
 use super::DEFAULT_PROGRESS_DEADLINE;
 use super::Error;
+use super::by_namespace::NamespacedStore;
 use super::failures;
 use super::observation::AuthState;
 use crate::auth::AuthClient;
@@ -34,7 +35,7 @@ pub struct Stores {
     pub services: Store<Service>,
     pub statefulsets: Store<StatefulSet>,
     pub deployments: Store<Deployment>,
-    pub network_policies: Store<NetworkPolicy>,
+    pub network_policies: NamespacedStore<NetworkPolicy>,
     pub quotas: Store<ResourceQuota>,
     pub limit_ranges: Store<LimitRange>,
     pub disruption_budgets: Store<PodDisruptionBudget>,
@@ -45,10 +46,10 @@ pub struct Stores {
     /// StatefulSet).
     pub claims: Store<PersistentVolumeClaim>,
     /// The tenants' pods, status only: why a component is not ready.
-    pub pods: Store<Pod>,
+    pub pods: NamespacedStore<Pod>,
     /// The Redis data claims (created by the StatefulSet controller, selected by the
     /// StatefulSet's pod labels): what size they ask for and hold.
-    pub redis_claims: Store<PersistentVolumeClaim>,
+    pub redis_claims: NamespacedStore<PersistentVolumeClaim>,
 }
 
 /// What the operator remembers about a tenant between passes. Losing it (a restart) costs

@@ -14,6 +14,7 @@
 //! | [`apply`] ([`compare`]) | the objects the current phase needs, written only when different |
 //! | [`storage`] | growing the Redis volume in place: when to ask, replace, wait or refuse |
 //! | `mirror` ([`events`], [`status`]) | Events of journaled transitions, Warning Events, status |
+//! | `by_namespace` | the caches a pass reads per namespace, indexed by namespace |
 //! | `runtime` | watch caches, what triggers a pass, readiness, backoff |
 //! | `triggers` | which pod events start a pass |
 //! | `error` | what a pass can fail with |
@@ -29,6 +30,7 @@ pub mod registration;
 pub mod status;
 pub mod storage;
 
+mod by_namespace;
 mod context;
 mod error;
 mod mirror;
@@ -40,6 +42,7 @@ mod tests;
 mod triggers;
 mod volume_retention;
 
+pub use by_namespace::NamespacedStore;
 pub use context::{Context, Stores};
 pub use error::Error;
 pub use pass::{error_policy, reconcile};

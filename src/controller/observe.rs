@@ -152,9 +152,8 @@ impl Context {
         let mut claims: Vec<ClaimSize> = self
             .stores
             .redis_claims
-            .state()
+            .in_namespace(namespace)
             .iter()
-            .filter(|c| c.metadata.namespace.as_deref() == Some(namespace))
             .filter(|c| c.labels().get(render::TENANT_LABEL) == Some(&name))
             .map(|c| ClaimSize::of(c))
             .collect();
@@ -187,15 +186,13 @@ impl Context {
         let pods: Vec<Arc<Pod>> = self
             .stores
             .pods
-            .state()
+            .in_namespace(namespace)
             .into_iter()
             .filter(|pod| {
-                pod.metadata.namespace.as_deref() == Some(namespace)
-                    && pod
-                        .labels()
-                        .get(render::COMPONENT_LABEL)
-                        .map(String::as_str)
-                        == Some(component)
+                pod.labels()
+                    .get(render::COMPONENT_LABEL)
+                    .map(String::as_str)
+                    == Some(component)
             })
             .collect();
         failures::pod_problem(pods.iter().map(|p| p.as_ref()), now)

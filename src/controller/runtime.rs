@@ -1,8 +1,11 @@
 //! Running the controller: the watch caches and what triggers a pass, readiness, and the
 //! per-tenant backoff.
 
+use super::by_namespace::{CacheWriter, NamespacedStore, namespaced_store};
 use super::pass::{error_policy, reconcile};
-use super::triggers::PodTriggers;
+use super::triggers::{
+    ChangeTriggers, PodTriggers, cron_job_read, deployment_read, redis_claim_read, statefulset_read,
+};
 use super::{Context, Stores};
 use crate::crd::Tenant;
 use crate::render;
@@ -20,6 +23,7 @@ use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::utils::{Backoff, ResetTimerBackoff};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, Resource};
+use serde::Serialize;
 use serde::de::DeserializeOwned;
 use std::fmt::Debug;
 use std::sync::Arc;
@@ -49,7 +53,10 @@ async fn report_readiness(
         ("services", wait_ready(stores.services)),
         ("statefulsets", wait_ready(stores.statefulsets)),
         ("deployments", wait_ready(stores.deployments)),
-        ("networkpolicies", wait_ready(stores.network_policies)),
+        (
+            "networkpolicies",
+            wait_ready(stores.network_policies.store().clone()),
+        ),
         ("resourcequotas", wait_ready(stores.quotas)),
         ("limitranges", wait_ready(stores.limit_ranges)),
         (
@@ -59,8 +66,11 @@ async fn report_readiness(
         ("horizontalpodautoscalers", wait_ready(stores.autoscalers)),
         ("cronjobs", wait_ready(stores.cron_jobs)),
         ("persistentvolumeclaims", wait_ready(stores.claims)),
-        ("pods", wait_ready(stores.pods)),
-        ("persistentvolumeclaims", wait_ready(stores.redis_claims)),
+        ("pods", wait_ready(stores.pods.store().clone())),
+        (
+            "persistentvolumeclaims",
+            wait_ready(stores.redis_claims.store().clone()),
+        ),
     ];
     let mut next_report = std::time::Instant::now() + Duration::from_secs(10);
     while !pending.is_empty() {
@@ -142,18 +152,70 @@ type Watch<K> = std::pin::Pin<Box<dyn Stream<Item = Result<K, watcher::Error>> +
 /// operator's peak memory at 1,000 tenants.
 const LIST_PAGE_SIZE: u32 = 50;
 
-fn cache<K>(client: &Client) -> (Store<K>, Watch<K>)
-where
-    K: Resource<DynamicType = ()> + Clone + Debug + DeserializeOwned + Send + Sync + 'static,
+/// What a watch cache can hold: a Kubernetes object that is decoded from a watch and
+/// serialised to tell which of its events start a pass.
+trait Cached:
+    Resource<DynamicType = ()> + Clone + Debug + DeserializeOwned + Serialize + Send + Sync + 'static
 {
-    cache_stripping(client, |o: &mut K| o.meta_mut().managed_fields = None)
+}
+
+impl<K> Cached for K where
+    K: Resource<DynamicType = ()>
+        + Clone
+        + Debug
+        + DeserializeOwned
+        + Serialize
+        + Send
+        + Sync
+        + 'static
+{
+}
+
+/// A cache of our objects of kind `K`; an event starts a pass when it changes what
+/// `read` keeps of the object (see [`ChangeTriggers`]).
+fn cache<K>(client: &Client, read: fn(&mut K)) -> (Store<K>, Watch<K>)
+where
+    K: Cached,
+{
+    let (reader, writer) = reflector::store();
+    (reader, managed_cache(client, writer, read))
+}
+
+/// A cache of our objects in `K`, as [`cache`], read per namespace.
+fn namespaced_cache<K>(client: &Client, read: fn(&mut K)) -> (NamespacedStore<K>, Watch<K>)
+where
+    K: Cached,
+{
+    let (reader, writer) = namespaced_store();
+    (reader, managed_cache(client, writer, read))
+}
+
+/// Our objects of kind `K` without their managed fields, kept by `writer`.
+fn managed_cache<K>(client: &Client, writer: impl CacheWriter<K>, read: fn(&mut K)) -> Watch<K>
+where
+    K: Cached,
+{
+    let strip = |o: &mut K| o.meta_mut().managed_fields = None;
+    cache_selected(client, &managed_selector(), writer, strip, read)
+}
+
+/// Passes each watch event on after `writer` kept it (what kube's `reflect` does).
+fn keeping_in<K>(
+    mut writer: impl CacheWriter<K>,
+) -> impl FnMut(watcher::Result<watcher::Event<K>>) -> watcher::Result<watcher::Event<K>> {
+    move |event| {
+        if let Ok(event) = &event {
+            writer.apply_watcher_event(event);
+        }
+        event
+    }
 }
 
 /// The tenants' pods with only what says why one does not run: their specs (the bulk of
 /// a pod) are dropped before they enter the cache. Only the events that change what a
 /// pass reads from a pod start one (see `triggers`).
-fn pod_cache(client: &Client) -> (Store<Pod>, Watch<Pod>) {
-    let (reader, writer) = reflector::store();
+fn pod_cache(client: &Client) -> (NamespacedStore<Pod>, Watch<Pod>) {
+    let (reader, writer) = namespaced_store();
     let mut triggers = PodTriggers::default();
     let stream = watcher(
         Api::<Pod>::all(client.clone()),
@@ -165,7 +227,7 @@ fn pod_cache(client: &Client) -> (Store<Pod>, Watch<Pod>) {
         pod.metadata.annotations = None;
         pod.spec = None;
     })
-    .reflect(writer)
+    .map(keeping_in(writer))
     .filter_map(move |event| {
         futures::future::ready(match event {
             Ok(event) => triggers.on_event(event).map(Ok),
@@ -188,12 +250,18 @@ fn cache_config(selector: &str) -> watcher::Config {
 /// tenant and component labels instead.
 fn redis_claim_cache(
     client: &Client,
-) -> (Store<PersistentVolumeClaim>, Watch<PersistentVolumeClaim>) {
+) -> (
+    NamespacedStore<PersistentVolumeClaim>,
+    Watch<PersistentVolumeClaim>,
+) {
     let selector = format!("{},{}=redis", render::TENANT_LABEL, render::COMPONENT_LABEL);
-    cache_selected(client, &selector, |claim: &mut PersistentVolumeClaim| {
+    let (reader, writer) = namespaced_store();
+    let strip = |claim: &mut PersistentVolumeClaim| {
         claim.metadata.managed_fields = None;
         claim.metadata.annotations = None;
-    })
+    };
+    let watch = cache_selected(client, &selector, writer, strip, redis_claim_read);
+    (reader, watch)
 }
 
 /// The tenant a claim or pod belongs to, by its tenant label (pods are owned by ReplicaSets
@@ -207,33 +275,31 @@ fn labelled_tenant<K: Resource>(object: K) -> Option<ObjectRef<Tenant>> {
         .map(|name| ObjectRef::new(name))
 }
 
-/// A label-selected cache of `K` whose objects lose what `strip` removes on the way in.
-fn cache_stripping<K>(
-    client: &Client,
-    strip: impl FnMut(&mut K) + Send + 'static,
-) -> (Store<K>, Watch<K>)
-where
-    K: Resource<DynamicType = ()> + Clone + Debug + DeserializeOwned + Send + Sync + 'static,
-{
-    cache_selected(client, &managed_selector(), strip)
-}
-
-/// A cache of the `K` that `selector` selects, losing what `strip` removes on the way in.
+/// The watch of the `K` that `selector` selects, kept by `writer`, the objects losing what
+/// `strip` removes on the way in; its events start a pass when they change what `read`
+/// keeps.
 fn cache_selected<K>(
     client: &Client,
     selector: &str,
+    writer: impl CacheWriter<K>,
     strip: impl FnMut(&mut K) + Send + 'static,
-) -> (Store<K>, Watch<K>)
+    read: fn(&mut K),
+) -> Watch<K>
 where
-    K: Resource<DynamicType = ()> + Clone + Debug + DeserializeOwned + Send + Sync + 'static,
+    K: Cached,
 {
-    let (reader, writer) = reflector::store();
+    let mut triggers = ChangeTriggers::new(read);
     let stream = watcher(Api::<K>::all(client.clone()), cache_config(selector))
         .default_backoff()
         .modify(strip)
-        .reflect(writer)
-        .touched_objects();
-    (reader, Box::pin(stream))
+        .map(keeping_in(writer))
+        .filter_map(move |event| {
+            futures::future::ready(match event {
+                Ok(event) => triggers.on_event(event).map(Ok),
+                Err(error) => Some(Err(error)),
+            })
+        });
+    Box::pin(stream)
 }
 
 /// The Tenants owning `child`, as references without a namespace. kube's `owns_stream`
@@ -263,18 +329,26 @@ pub async fn run(
     ready: Arc<std::sync::atomic::AtomicBool>,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) {
-    let (namespaces, ns_watch) = cache::<Namespace>(&client);
-    let (config_maps, cm_watch) = cache::<ConfigMap>(&client);
-    let (services, svc_watch) = cache::<Service>(&client);
-    let (statefulsets, sts_watch) = cache::<StatefulSet>(&client);
-    let (deployments, deploy_watch) = cache::<Deployment>(&client);
-    let (network_policies, np_watch) = cache::<NetworkPolicy>(&client);
-    let (quotas, quota_watch) = cache::<ResourceQuota>(&client);
-    let (limit_ranges, lr_watch) = cache::<LimitRange>(&client);
-    let (disruption_budgets, pdb_watch) = cache::<PodDisruptionBudget>(&client);
-    let (autoscalers, hpa_watch) = cache::<HorizontalPodAutoscaler>(&client);
-    let (cron_jobs, cron_job_watch) = cache::<CronJob>(&client);
-    let (claims, claim_watch) = cache::<PersistentVolumeClaim>(&client);
+    // What a pass reads of each kind, besides metadata and spec: the namespace's phase,
+    // the workloads' readiness, the backup times; no other status.
+    let (namespaces, ns_watch) = cache::<Namespace>(&client, |ns| {
+        if let Some(status) = &mut ns.status {
+            status.conditions = None;
+        }
+    });
+    let (config_maps, cm_watch) = cache::<ConfigMap>(&client, |_| {});
+    let (services, svc_watch) = cache::<Service>(&client, |s| s.status = None);
+    let (statefulsets, sts_watch) = cache::<StatefulSet>(&client, statefulset_read);
+    let (deployments, deploy_watch) = cache::<Deployment>(&client, deployment_read);
+    let (network_policies, np_watch) = namespaced_cache::<NetworkPolicy>(&client, |_| {});
+    let (quotas, quota_watch) = cache::<ResourceQuota>(&client, |q| q.status = None);
+    let (limit_ranges, lr_watch) = cache::<LimitRange>(&client, |_| {});
+    let (disruption_budgets, pdb_watch) =
+        cache::<PodDisruptionBudget>(&client, |b| b.status = None);
+    let (autoscalers, hpa_watch) = cache::<HorizontalPodAutoscaler>(&client, |a| a.status = None);
+    let (cron_jobs, cron_job_watch) = cache::<CronJob>(&client, cron_job_read);
+    // The backup claim: read for its requested size only.
+    let (claims, claim_watch) = cache::<PersistentVolumeClaim>(&client, |c| c.status = None);
     let (pods, pod_watch) = pod_cache(&client);
     let (redis_claims, redis_claim_watch) = redis_claim_cache(&client);
     let stores = Stores {

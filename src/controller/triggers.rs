@@ -1,14 +1,24 @@
-//! Which pod events start a pass. Pods are watched only to tell why a component is not
-//! ready (`failures::pod_problem`); every other change of a pod (created, scheduled,
-//! started, ready, its IP) shows in its StatefulSet's or Deployment's status, whose own
-//! events start the pass that sees it. A pod event starts a pass only when what
-//! `pod_problem` would read from that pod changed.
+//! Which watch events start a pass: those that change what a pass reads.
+//!
+//! Pods are watched only to tell why a component is not ready (`failures::pod_problem`);
+//! every other change of a pod (created, scheduled, started, ready, its IP) shows in its
+//! StatefulSet's or Deployment's status, whose own events start the pass that sees it. A
+//! pod event starts a pass only when what `pod_problem` would read from that pod changed.
+//! The other owned objects start a pass when their metadata, spec or the status fields a
+//! pass reads changed ([`ChangeTriggers`]).
 
 use super::failures::{PodSignal, pod_signal};
-use k8s_openapi::api::core::v1::Pod;
-use kube::ResourceExt;
+use k8s_openapi::api::apps::v1::{Deployment, DeploymentStatus, StatefulSet, StatefulSetStatus};
+use k8s_openapi::api::batch::v1::{CronJob, CronJobStatus};
+use k8s_openapi::api::core::v1::{
+    PersistentVolumeClaim, PersistentVolumeClaimSpec, PersistentVolumeClaimStatus, Pod,
+    VolumeResourceRequirements,
+};
 use kube::runtime::watcher;
+use kube::{Resource, ResourceExt};
+use serde::Serialize;
 use std::collections::HashMap;
+use std::hash::{DefaultHasher, Hash, Hasher};
 
 /// The last signal of each pod that had one (a pod without is not kept).
 #[derive(Default)]
@@ -39,6 +49,154 @@ impl PodTriggers {
 
 fn key(pod: &Pod) -> (String, String) {
     (pod.namespace().unwrap_or_default(), pod.name_any())
+}
+
+/// Which events of one kind of owned object start a pass: those that change what a pass
+/// reads from the object. The status that the other controllers keep writing (a quota's
+/// usage, a budget's healthy pods, an autoscaler's metrics, every step of a rollout) is
+/// mostly read by no pass; a pass reads an object's metadata and spec (is it what the
+/// operator would apply?) and, for the workloads, the few status fields that say whether
+/// they are ready. `read` keeps of an object what a pass reads: the event starts a pass
+/// when that part differs from the one its last event had.
+pub(super) struct ChangeTriggers<K> {
+    /// The digest of what a pass reads, by a digest of the object's namespace and name
+    /// (two 64-bit digests instead of two strings per object: the map holds every owned
+    /// object of every tenant).
+    digests: HashMap<u64, u64>,
+    read: fn(&mut K),
+}
+
+impl<K: Resource + Clone + Serialize> ChangeTriggers<K> {
+    pub(super) fn new(read: fn(&mut K)) -> Self {
+        ChangeTriggers {
+            digests: HashMap::new(),
+            read,
+        }
+    }
+
+    /// The object whose event this is when it must start a pass.
+    pub(super) fn on_event(&mut self, event: watcher::Event<K>) -> Option<K> {
+        match event {
+            watcher::Event::Apply(object) | watcher::Event::InitApply(object) => {
+                let digest = self.read_digest(&object);
+                let previous = self.digests.insert(key_digest(&object), digest);
+                (previous != Some(digest)).then_some(object)
+            }
+            watcher::Event::Delete(object) => {
+                self.digests.remove(&key_digest(&object));
+                Some(object)
+            }
+            watcher::Event::Init | watcher::Event::InitDone => None,
+        }
+    }
+
+    /// A digest of what a pass reads of `object`: without its resourceVersion (which
+    /// every write changes) and with what `read` keeps of the rest.
+    fn read_digest(&self, object: &K) -> u64 {
+        let mut read = object.clone();
+        read.meta_mut().resource_version = None;
+        (self.read)(&mut read);
+        let mut hasher = HashWriter(DefaultHasher::new());
+        // Serialising to a hasher cannot fail for these types; a failure hashes what was
+        // written so far, at worst one pass more or less for this object.
+        let _ = serde_json::to_writer(&mut hasher, &read);
+        hasher.0.finish()
+    }
+}
+
+fn key_digest<K: Resource>(object: &K) -> u64 {
+    let mut hasher = DefaultHasher::new();
+    object.meta().namespace.hash(&mut hasher);
+    object.meta().name.hash(&mut hasher);
+    hasher.finish()
+}
+
+struct HashWriter(DefaultHasher);
+
+impl std::io::Write for HashWriter {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0.write(bytes);
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// What a pass reads of a StatefulSet's status (`observation::statefulset_state`).
+pub(super) fn statefulset_read(sts: &mut StatefulSet) {
+    sts.status = sts.status.take().map(|s| StatefulSetStatus {
+        observed_generation: s.observed_generation,
+        current_revision: s.current_revision,
+        update_revision: s.update_revision,
+        ready_replicas: s.ready_replicas,
+        updated_replicas: s.updated_replicas,
+        replicas: s.replicas,
+        ..StatefulSetStatus::default()
+    });
+}
+
+/// What a pass reads of a Deployment's status (`observation::deployment_state` and
+/// `failures::deployment_problem`): the counts, and the conditions that tell a failure,
+/// without their times.
+pub(super) fn deployment_read(deployment: &mut Deployment) {
+    deployment.status = deployment.status.take().map(|s| DeploymentStatus {
+        observed_generation: s.observed_generation,
+        ready_replicas: s.ready_replicas,
+        updated_replicas: s.updated_replicas,
+        replicas: s.replicas,
+        available_replicas: s.available_replicas,
+        conditions: s.conditions.map(|conditions| {
+            conditions
+                .into_iter()
+                .filter(|c| {
+                    (c.type_ == "ReplicaFailure" && c.status == "True")
+                        || (c.type_ == "Progressing" && c.status == "False")
+                })
+                .map(|c| k8s_openapi::api::apps::v1::DeploymentCondition {
+                    last_transition_time: None,
+                    last_update_time: None,
+                    ..c
+                })
+                .collect()
+        }),
+        ..DeploymentStatus::default()
+    });
+}
+
+/// What a pass reads of a Redis data claim (`storage::ClaimSize`): its class, the size it
+/// asks for, and the size it holds once bound. Binding it to a volume is not news.
+pub(super) fn redis_claim_read(claim: &mut PersistentVolumeClaim) {
+    claim.spec = claim.spec.take().map(|s| PersistentVolumeClaimSpec {
+        storage_class_name: s.storage_class_name,
+        resources: s.resources.map(|r| VolumeResourceRequirements {
+            requests: r.requests,
+            limits: None,
+        }),
+        ..PersistentVolumeClaimSpec::default()
+    });
+    let bound = claim
+        .status
+        .as_ref()
+        .is_some_and(|s| s.phase.as_deref() == Some("Bound"));
+    claim.status = claim
+        .status
+        .take()
+        .filter(|_| bound)
+        .map(|s| PersistentVolumeClaimStatus {
+            capacity: s.capacity,
+            ..PersistentVolumeClaimStatus::default()
+        });
+}
+
+/// What a pass reads of a backup CronJob's status: its last schedule and last success.
+pub(super) fn cron_job_read(cron_job: &mut CronJob) {
+    cron_job.status = cron_job.status.take().map(|s| CronJobStatus {
+        last_schedule_time: s.last_schedule_time,
+        last_successful_time: s.last_successful_time,
+        ..CronJobStatus::default()
+    });
 }
 
 #[cfg(test)]
@@ -148,5 +306,306 @@ mod tests {
         assert!(starts(&mut t, watcher::Event::Delete(pulling_failed())));
         // Once gone, its signal is forgotten.
         assert!(!starts(&mut t, watcher::Event::Delete(pulling_failed())));
+    }
+
+    mod change_triggers {
+        use super::super::*;
+        use crate::controller::failures::deployment_problem;
+        use crate::controller::observation::{deployment_state, statefulset_state};
+        use crate::crd::ServerScale;
+        use k8s_openapi::api::apps::v1::DeploymentCondition;
+        use k8s_openapi::api::core::v1::{ResourceQuota, ResourceQuotaSpec, ResourceQuotaStatus};
+        use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+        use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+        use proptest::prelude::*;
+        use std::collections::BTreeMap;
+
+        fn meta(version: &str) -> ObjectMeta {
+            ObjectMeta {
+                name: Some("acme-redis".into()),
+                namespace: Some("tenant-acme".into()),
+                resource_version: Some(version.into()),
+                generation: Some(1),
+                ..ObjectMeta::default()
+            }
+        }
+
+        fn quota(version: &str, pods: &str, used: &str) -> ResourceQuota {
+            let one = |v: &str| BTreeMap::from([("pods".to_string(), Quantity(v.into()))]);
+            ResourceQuota {
+                metadata: meta(version),
+                spec: Some(ResourceQuotaSpec {
+                    hard: Some(one(pods)),
+                    ..ResourceQuotaSpec::default()
+                }),
+                status: Some(ResourceQuotaStatus {
+                    hard: Some(one(pods)),
+                    used: Some(one(used)),
+                }),
+            }
+        }
+
+        fn starts<K: Resource + Clone + Serialize>(
+            t: &mut ChangeTriggers<K>,
+            event: watcher::Event<K>,
+        ) -> bool {
+            t.on_event(event).is_some()
+        }
+
+        #[test]
+        fn a_status_no_pass_reads_starts_no_pass() {
+            let mut t = ChangeTriggers::new(|q: &mut ResourceQuota| q.status = None);
+            assert!(starts(&mut t, watcher::Event::Apply(quota("1", "10", "0"))));
+            // The quota controller counting pods: only status and version change.
+            assert!(!starts(
+                &mut t,
+                watcher::Event::Apply(quota("2", "10", "1"))
+            ));
+            assert!(!starts(
+                &mut t,
+                watcher::Event::Apply(quota("3", "10", "2"))
+            ));
+            // Someone edits the spec: the pass must see the drift.
+            assert!(starts(&mut t, watcher::Event::Apply(quota("4", "20", "2"))));
+            let mut annotated = quota("5", "20", "2");
+            annotated.metadata.annotations = Some(BTreeMap::from([("a".into(), "b".into())]));
+            assert!(starts(&mut t, watcher::Event::Apply(annotated)));
+            assert!(starts(
+                &mut t,
+                watcher::Event::Delete(quota("6", "20", "2"))
+            ));
+        }
+
+        #[test]
+        fn a_relist_starts_passes_only_for_what_changed_meanwhile() {
+            let mut t = ChangeTriggers::new(|q: &mut ResourceQuota| q.status = None);
+            assert!(starts(
+                &mut t,
+                watcher::Event::InitApply(quota("1", "10", "0"))
+            ));
+            assert!(!starts(&mut t, watcher::Event::InitDone));
+            assert!(!starts(&mut t, watcher::Event::Init));
+            assert!(!starts(
+                &mut t,
+                watcher::Event::InitApply(quota("7", "10", "3"))
+            ));
+            assert!(starts(
+                &mut t,
+                watcher::Event::InitApply(quota("8", "30", "3"))
+            ));
+        }
+
+        fn claim(
+            volume: Option<&str>,
+            phase: &str,
+            requested: &str,
+            capacity: &str,
+        ) -> PersistentVolumeClaim {
+            let storage = |v: &str| BTreeMap::from([("storage".to_string(), Quantity(v.into()))]);
+            PersistentVolumeClaim {
+                metadata: meta("1"),
+                spec: Some(PersistentVolumeClaimSpec {
+                    volume_name: volume.map(String::from),
+                    resources: Some(VolumeResourceRequirements {
+                        requests: Some(storage(requested)),
+                        limits: None,
+                    }),
+                    ..PersistentVolumeClaimSpec::default()
+                }),
+                status: Some(PersistentVolumeClaimStatus {
+                    phase: Some(phase.into()),
+                    capacity: Some(storage(capacity)),
+                    ..PersistentVolumeClaimStatus::default()
+                }),
+            }
+        }
+
+        #[test]
+        fn a_claim_starts_a_pass_when_its_size_changes_not_when_it_is_bound() {
+            let mut t = ChangeTriggers::new(redis_claim_read);
+            assert!(starts(
+                &mut t,
+                watcher::Event::Apply(claim(None, "Pending", "1Gi", "0"))
+            ));
+            // The volume controller picks a volume: nothing ClaimSize reads.
+            assert!(!starts(
+                &mut t,
+                watcher::Event::Apply(claim(Some("pv-1"), "Pending", "1Gi", "0"))
+            ));
+            assert!(starts(
+                &mut t,
+                watcher::Event::Apply(claim(Some("pv-1"), "Bound", "1Gi", "1Gi"))
+            ));
+            // Grown: asked for, then held.
+            assert!(starts(
+                &mut t,
+                watcher::Event::Apply(claim(Some("pv-1"), "Bound", "2Gi", "1Gi"))
+            ));
+            assert!(starts(
+                &mut t,
+                watcher::Event::Apply(claim(Some("pv-1"), "Bound", "2Gi", "2Gi"))
+            ));
+            // Whatever changes, a different ClaimSize starts a pass.
+            let sizes = [
+                claim(None, "Pending", "1Gi", "0"),
+                claim(Some("pv-1"), "Bound", "1Gi", "1Gi"),
+                claim(Some("pv-1"), "Lost", "1Gi", "1Gi"),
+                claim(Some("pv-1"), "Bound", "2Gi", "1Gi"),
+            ];
+            for a in &sizes {
+                for b in &sizes {
+                    let mut t = ChangeTriggers::new(redis_claim_read);
+                    t.on_event(watcher::Event::Apply(a.clone()));
+                    let changed = crate::controller::storage::ClaimSize::of(a)
+                        != crate::controller::storage::ClaimSize::of(b);
+                    assert_eq!(
+                        t.on_event(watcher::Event::Apply(b.clone())).is_some(),
+                        changed
+                    );
+                }
+            }
+        }
+
+        fn statefulset(status: StatefulSetStatus) -> StatefulSet {
+            StatefulSet {
+                metadata: meta("1"),
+                spec: None,
+                status: Some(status),
+            }
+        }
+
+        fn deployment(status: DeploymentStatus, replicas: i32) -> Deployment {
+            Deployment {
+                metadata: meta("1"),
+                spec: Some(k8s_openapi::api::apps::v1::DeploymentSpec {
+                    replicas: Some(replicas),
+                    ..Default::default()
+                }),
+                status: Some(status),
+            }
+        }
+
+        fn condition(type_: &str, status: &str, reason: &str, at: i64) -> DeploymentCondition {
+            let time = k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+                k8s_openapi::jiff::Timestamp::from_second(at).expect("a time"),
+            );
+            DeploymentCondition {
+                type_: type_.into(),
+                status: status.into(),
+                reason: Some(reason.into()),
+                message: Some(format!("{reason} message")),
+                last_transition_time: Some(time.clone()),
+                last_update_time: Some(time),
+            }
+        }
+
+        #[test]
+        fn a_rollouts_times_and_counts_no_pass_reads_start_no_pass() {
+            let mut t = ChangeTriggers::new(deployment_read);
+            let progressing = |at| DeploymentStatus {
+                replicas: Some(1),
+                unavailable_replicas: Some(at as i32),
+                conditions: Some(vec![condition(
+                    "Progressing",
+                    "True",
+                    "ReplicaSetUpdated",
+                    at,
+                )]),
+                ..DeploymentStatus::default()
+            };
+            assert!(starts(
+                &mut t,
+                watcher::Event::Apply(deployment(progressing(1), 1))
+            ));
+            assert!(!starts(
+                &mut t,
+                watcher::Event::Apply(deployment(progressing(2), 1))
+            ));
+            let stuck = DeploymentStatus {
+                conditions: Some(vec![condition(
+                    "Progressing",
+                    "False",
+                    "ProgressDeadlineExceeded",
+                    3,
+                )]),
+                ..progressing(2)
+            };
+            assert!(starts(&mut t, watcher::Event::Apply(deployment(stuck, 1))));
+        }
+
+        fn status_strategy() -> impl Strategy<Value = (StatefulSetStatus, DeploymentStatus)> {
+            let count = || proptest::option::of(0..3i32);
+            let revision =
+                || proptest::option::of(prop_oneof![Just("a".to_string()), Just("b".to_string())]);
+            (
+                (count(), revision(), revision(), count(), count(), 0..3i32),
+                (count(), count(), count(), count(), count(), count()),
+                proptest::option::of(prop_oneof![
+                    Just(("ReplicaFailure", "True")),
+                    Just(("ReplicaFailure", "False")),
+                    Just(("Progressing", "False")),
+                    Just(("Progressing", "True")),
+                    Just(("Available", "False")),
+                ]),
+                0..3i64,
+            )
+                .prop_map(
+                    |(
+                        (generation, cur, upd, ready, updated, replicas),
+                        (dgen, dready, dupd, drep, davail, noise),
+                        cond,
+                        at,
+                    )| {
+                        let sts = StatefulSetStatus {
+                            observed_generation: generation.map(i64::from),
+                            current_revision: cur,
+                            update_revision: upd,
+                            ready_replicas: ready,
+                            updated_replicas: updated,
+                            replicas,
+                            available_replicas: noise,
+                            current_replicas: noise,
+                            ..StatefulSetStatus::default()
+                        };
+                        let deploy = DeploymentStatus {
+                            observed_generation: dgen.map(i64::from),
+                            ready_replicas: dready,
+                            updated_replicas: dupd,
+                            replicas: drep,
+                            available_replicas: davail,
+                            unavailable_replicas: noise,
+                            conditions: cond.map(|(t, s)| vec![condition(t, s, "Why", at)]),
+                            ..DeploymentStatus::default()
+                        };
+                        (sts, deploy)
+                    },
+                )
+        }
+
+        proptest! {
+            /// A status change that changes what the pass concludes always starts a pass.
+            #[test]
+            fn every_change_a_pass_would_see_starts_one(
+                (sts_a, deploy_a) in status_strategy(),
+                (sts_b, deploy_b) in status_strategy(),
+                desired in 0..3i32,
+            ) {
+                let mut t = ChangeTriggers::new(statefulset_read);
+                let (a, b) = (statefulset(sts_a), statefulset(sts_b));
+                t.on_event(watcher::Event::Apply(a.clone()));
+                if statefulset_state(Some(&a), desired, true) != statefulset_state(Some(&b), desired, true) {
+                    prop_assert!(t.on_event(watcher::Event::Apply(b)).is_some());
+                }
+                let mut t = ChangeTriggers::new(deployment_read);
+                let (a, b) = (deployment(deploy_a, desired), deployment(deploy_b, desired));
+                t.on_event(watcher::Event::Apply(a.clone()));
+                let scale = ServerScale::Fixed(desired);
+                if deployment_state(Some(&a), scale, true) != deployment_state(Some(&b), scale, true)
+                    || deployment_problem(&a) != deployment_problem(&b)
+                {
+                    prop_assert!(t.on_event(watcher::Event::Apply(b)).is_some());
+                }
+            }
+        }
     }
 }

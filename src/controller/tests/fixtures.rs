@@ -7,6 +7,7 @@
 //! fields), the pass must make them all, and a request beyond the script fails the test.
 
 use crate::auth::{AuthClient, AuthConfig, RetryPolicy};
+use crate::controller::by_namespace::{CacheWriter, NamespacedWriter};
 use crate::controller::compare::{DESIRED_HASH_ANNOTATION, desired_hash};
 use crate::controller::events::transition_event_name;
 use crate::controller::observation::{AuthState, NamespaceState, Observation, WorkloadState};
@@ -403,7 +404,7 @@ pub(super) fn namespace_uid() -> String {
     format!("uid-{NAMESPACE}")
 }
 
-fn deliver<K>(writer: &mut Writer<K>, object: &Value, deleted: bool)
+fn deliver<K>(writer: &mut impl CacheWriter<K>, object: &Value, deleted: bool)
 where
     K: Resource<DynamicType = ()> + Clone + DeserializeOwned + 'static,
 {
@@ -418,14 +419,14 @@ where
 
 /// The writing side of the operator's watch caches, one field per cache of [`Stores`].
 macro_rules! watches {
-    ($($cache:ident: $kind:ty),* $(,)?) => {
+    ($($cache:ident: $writer:ident<$kind:ty>),* $(,)?) => {
         struct Watches {
-            $($cache: Writer<$kind>,)*
+            $($cache: $writer<$kind>,)*
         }
 
         impl Watches {
             fn new() -> Self {
-                Watches { $($cache: Writer::default(),)* }
+                Watches { $($cache: $writer::default(),)* }
             }
 
             fn stores(&self) -> Stores {
@@ -445,20 +446,20 @@ macro_rules! watches {
 }
 
 watches!(
-    namespaces: Namespace,
-    config_maps: ConfigMap,
-    services: Service,
-    statefulsets: StatefulSet,
-    deployments: Deployment,
-    network_policies: NetworkPolicy,
-    quotas: ResourceQuota,
-    limit_ranges: LimitRange,
-    disruption_budgets: PodDisruptionBudget,
-    autoscalers: HorizontalPodAutoscaler,
-    cron_jobs: CronJob,
-    claims: PersistentVolumeClaim,
-    pods: Pod,
-    redis_claims: PersistentVolumeClaim,
+    namespaces: Writer<Namespace>,
+    config_maps: Writer<ConfigMap>,
+    services: Writer<Service>,
+    statefulsets: Writer<StatefulSet>,
+    deployments: Writer<Deployment>,
+    network_policies: NamespacedWriter<NetworkPolicy>,
+    quotas: Writer<ResourceQuota>,
+    limit_ranges: Writer<LimitRange>,
+    disruption_budgets: Writer<PodDisruptionBudget>,
+    autoscalers: Writer<HorizontalPodAutoscaler>,
+    cron_jobs: Writer<CronJob>,
+    claims: Writer<PersistentVolumeClaim>,
+    pods: NamespacedWriter<Pod>,
+    redis_claims: NamespacedWriter<PersistentVolumeClaim>,
 );
 
 /// One operator's pass machinery around one Tenant, with no cluster.
