@@ -6,6 +6,7 @@
 use super::compare::{DESIRED_HASH_ANNOTATION, desired_hash, is_up_to_date};
 use super::events::{self, EventType};
 use super::observation::{AuthState, NamespaceState, Observation};
+use super::own_writes::ExpectedEcho;
 use super::registration::Ownership;
 use super::{Context, Error, FINALIZER};
 use crate::crd::{Tenant, namespace_for};
@@ -42,6 +43,13 @@ const OWN_WRITES_POLL: Duration = Duration::from_millis(10);
 /// Whether a watch cache shows one write of this pass.
 type CacheCheck = Box<dyn Fn() -> bool + Send + Sync>;
 
+/// One write of this pass: how to tell that the cache shows it, and its echo, which starts
+/// no pass while this pass waits for the caches.
+struct OwnWrite {
+    cached: CacheCheck,
+    echo: Option<ExpectedEcho>,
+}
+
 pub struct Applier<'a> {
     ctx: &'a Context,
     tenant: &'a Tenant,
@@ -50,7 +58,7 @@ pub struct Applier<'a> {
     desired: &'a Result<Desired, RenderError>,
     /// The journal sequence of the current phase: "Created" Events are named after it.
     seq: u64,
-    written: Mutex<Vec<CacheCheck>>,
+    written: Mutex<Vec<OwnWrite>>,
 }
 
 /// An object that announces its creation with an Event ("Created Redis Service").
@@ -101,9 +109,10 @@ impl<'a> Applier<'a> {
 
     /// Carries out `plan` (see [`neurallog_machines::plan`]: the duties of the transition
     /// this pass took and those its phase keeps), then waits until the caches show what
-    /// this pass wrote. The next pass, usually triggered by this pass's own status patch
-    /// within milliseconds, would otherwise find a cache without the new objects and apply
-    /// them (and post their Created Events) a second time.
+    /// this pass wrote. The next pass would otherwise find a cache without the new objects
+    /// and apply them (and post their Created Events) a second time; and the pass observes
+    /// again after this, so the watch events of these writes that come meanwhile need no
+    /// pass of their own (see `own_writes`).
     pub async fn ensure(&self, plan: &[Duty]) -> Result<(), Error> {
         let result = self.carry_out_all(plan).await;
         self.await_own_writes().await;
@@ -145,11 +154,13 @@ impl<'a> Applier<'a> {
         self.tenant.name_any()
     }
 
-    /// Remembers that `store` should come to hold object `key` with desired hash `hash`.
-    fn expect_cached<K>(&self, store: &Store<K>, key: ObjectRef<K>, hash: String)
+    /// Remembers that `store` should come to hold object `key` with desired hash `hash`,
+    /// as the API server returned it in `written`.
+    fn expect_cached<K>(&self, store: &Store<K>, key: ObjectRef<K>, hash: String, written: &K)
     where
         K: Resource<DynamicType = ()> + Clone + Send + Sync + 'static,
     {
+        let echo = self.ctx.own_writes.expect(written);
         let store = store.clone();
         let check = move || {
             store.get(&key).is_some_and(|cached| {
@@ -164,28 +175,36 @@ impl<'a> Applier<'a> {
         self.written
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .push(Box::new(check));
+            .push(OwnWrite {
+                cached: Box::new(check),
+                echo,
+            });
     }
 
     /// Bounded: a cache that never shows a write (the object was changed or deleted at
-    /// once by someone else) only costs this pass the deadline, never correctness.
+    /// once by someone else) only costs this pass the deadline, never correctness. The
+    /// echoes that have not come by then are no longer expected: they start a pass, since
+    /// the observation that follows does not hold them.
     async fn await_own_writes(&self) {
-        let checks = std::mem::take(
+        let writes = std::mem::take(
             &mut *self
                 .written
                 .lock()
                 .unwrap_or_else(|poisoned| poisoned.into_inner()),
         );
-        if checks.is_empty() {
+        if writes.is_empty() {
             return;
         }
         let deadline = tokio::time::Instant::now() + OWN_WRITES_DEADLINE;
-        while !checks.iter().all(|cached| cached()) {
+        while !writes.iter().all(|write| (write.cached)()) {
             if tokio::time::Instant::now() >= deadline {
                 tracing::debug!("the caches do not show this pass's writes yet; moving on");
-                return;
+                break;
             }
             tokio::time::sleep(OWN_WRITES_POLL).await;
+        }
+        for echo in writes.iter().filter_map(|write| write.echo.as_ref()) {
+            self.ctx.own_writes.withdraw(echo);
         }
     }
 
@@ -261,7 +280,7 @@ impl<'a> Applier<'a> {
                 match api.create(&PostParams::default(), &desired).await {
                     Ok(created) => {
                         let key = ObjectRef::new(&self.namespace());
-                        self.expect_cached(&self.ctx.stores.namespaces, key, hash);
+                        self.expect_cached(&self.ctx.stores.namespaces, key, hash, &created);
                         let message = format!("Created namespace {}", self.namespace());
                         self.created_event("Namespace", &created, &message).await;
                         Ok(())
@@ -664,7 +683,7 @@ impl<'a> Applier<'a> {
         let applied = retry(|| api.patch(&key.name, &params, &patch))
             .await
             .map_err(write_error(&K::kind(&()), &key.name))?;
-        self.expect_cached(store, key, hash);
+        self.expect_cached(store, key, hash, &applied);
         Ok(observed.is_none().then_some(applied))
     }
 

@@ -6,6 +6,7 @@ use super::Error;
 use super::by_namespace::NamespacedStore;
 use super::failures;
 use super::observation::AuthState;
+use super::own_writes::OwnWrites;
 use crate::auth::AuthClient;
 use crate::crd::{Tenant, TenantStatus};
 use crate::journal::slot::JournalSlot;
@@ -103,6 +104,9 @@ pub struct Context {
     /// Degraded.
     pub(super) caches_synced: Arc<std::sync::atomic::AtomicBool>,
     pub(super) memo: Mutex<HashMap<String, TenantMemo>>,
+    /// The applies and creates of owned objects whose watch events the writing pass
+    /// awaits: those events start no pass of their own.
+    pub(super) own_writes: OwnWrites,
     /// How long a phase that waits for the cluster may go without progress.
     pub(super) progress_deadline: Duration,
     /// A failed Event write is logged at warning level once; later ones at debug.
@@ -131,6 +135,7 @@ impl Context {
             recovery: None,
             caches_synced: Arc::new(std::sync::atomic::AtomicBool::new(true)),
             memo: Mutex::default(),
+            own_writes: OwnWrites::default(),
             progress_deadline: DEFAULT_PROGRESS_DEADLINE,
             event_failure_logged: std::sync::atomic::AtomicBool::new(false),
         }
@@ -144,6 +149,12 @@ impl Context {
     /// Reconciles wait until `synced` is set (by the readiness task).
     pub fn with_caches_synced(mut self, synced: Arc<std::sync::atomic::AtomicBool>) -> Self {
         self.caches_synced = synced;
+        self
+    }
+
+    /// The passes' own writes, as the owned-object watches recognise their echoes.
+    pub(super) fn with_own_writes(mut self, own_writes: OwnWrites) -> Self {
+        self.own_writes = own_writes;
         self
     }
 

@@ -16,7 +16,8 @@
 //! | `mirror` ([`events`], [`status`]) | Events of journaled transitions, Warning Events, status |
 //! | `by_namespace` | the caches a pass reads per namespace, indexed by namespace |
 //! | `runtime` | watch caches, what triggers a pass, readiness, backoff |
-//! | `triggers` | which pod events start a pass |
+//! | `triggers` | which events of owned objects and pods start a pass |
+//! | `own_writes` | the operator's own writes whose watch events start no pass |
 //! | `error` | what a pass can fail with |
 
 pub mod apply;
@@ -35,6 +36,7 @@ mod context;
 mod error;
 mod mirror;
 mod observe;
+mod own_writes;
 mod pass;
 mod runtime;
 #[cfg(test)]

@@ -2,6 +2,7 @@
 //! per-tenant backoff.
 
 use super::by_namespace::{CacheWriter, NamespacedStore, namespaced_store};
+use super::own_writes::OwnWrites;
 use super::pass::{error_policy, reconcile};
 use super::triggers::{
     ChangeTriggers, PodTriggers, cron_job_read, deployment_read, redis_claim_read, statefulset_read,
@@ -9,7 +10,7 @@ use super::triggers::{
 use super::{Context, Stores};
 use crate::crd::Tenant;
 use crate::render;
-use futures::{Stream, StreamExt};
+use futures::{Stream, StreamExt, TryStreamExt};
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::batch::v1::CronJob;
@@ -172,31 +173,42 @@ impl<K> Cached for K where
 }
 
 /// A cache of our objects of kind `K`; an event starts a pass when it changes what
-/// `read` keeps of the object (see [`ChangeTriggers`]).
-fn cache<K>(client: &Client, read: fn(&mut K)) -> (Store<K>, Watch<K>)
+/// `read` keeps of the object (see [`ChangeTriggers`]) and is not the echo of one of
+/// `own` writes.
+fn cache<K>(client: &Client, own: &OwnWrites, read: fn(&mut K)) -> (Store<K>, Watch<K>)
 where
     K: Cached,
 {
     let (reader, writer) = reflector::store();
-    (reader, managed_cache(client, writer, read))
+    (reader, managed_cache(client, own, writer, read))
 }
 
 /// A cache of our objects in `K`, as [`cache`], read per namespace.
-fn namespaced_cache<K>(client: &Client, read: fn(&mut K)) -> (NamespacedStore<K>, Watch<K>)
+fn namespaced_cache<K>(
+    client: &Client,
+    own: &OwnWrites,
+    read: fn(&mut K),
+) -> (NamespacedStore<K>, Watch<K>)
 where
     K: Cached,
 {
     let (reader, writer) = namespaced_store();
-    (reader, managed_cache(client, writer, read))
+    (reader, managed_cache(client, own, writer, read))
 }
 
 /// Our objects of kind `K` without their managed fields, kept by `writer`.
-fn managed_cache<K>(client: &Client, writer: impl CacheWriter<K>, read: fn(&mut K)) -> Watch<K>
+fn managed_cache<K>(
+    client: &Client,
+    own: &OwnWrites,
+    writer: impl CacheWriter<K>,
+    read: fn(&mut K),
+) -> Watch<K>
 where
     K: Cached,
 {
     let strip = |o: &mut K| o.meta_mut().managed_fields = None;
-    cache_selected(client, &managed_selector(), writer, strip, read)
+    let triggers = ChangeTriggers::new(read).recognising(own.clone());
+    cache_selected(client, &managed_selector(), writer, strip, triggers)
 }
 
 /// Passes each watch event on after `writer` kept it (what kube's `reflect` does).
@@ -230,11 +242,24 @@ fn pod_cache(client: &Client) -> (NamespacedStore<Pod>, Watch<Pod>) {
     .map(keeping_in(writer))
     .filter_map(move |event| {
         futures::future::ready(match event {
-            Ok(event) => triggers.on_event(event).map(Ok),
+            Ok(event) => triggers.on_event(event).map(starts_pass).map(Ok),
             Err(error) => Some(Err(error)),
         })
     });
     (reader, Box::pin(stream))
+}
+
+/// Logs (at debug level) that the watch event of `object` starts a pass: which kinds'
+/// events start how many passes, with
+/// `RUST_LOG=info,kube=warn,neurallog_operator::controller::runtime=debug`.
+fn starts_pass<K: Resource<DynamicType = ()>>(object: K) -> K {
+    tracing::debug!(
+        kind = %K::kind(&()),
+        namespace = object.meta().namespace.as_deref().unwrap_or_default(),
+        name = object.meta().name.as_deref().unwrap_or_default(),
+        "event starts a pass"
+    );
+    object
 }
 
 /// Every owned-object cache: our label, from the watch cache, in small pages.
@@ -260,7 +285,8 @@ fn redis_claim_cache(
         claim.metadata.managed_fields = None;
         claim.metadata.annotations = None;
     };
-    let watch = cache_selected(client, &selector, writer, strip, redis_claim_read);
+    let triggers = ChangeTriggers::new(redis_claim_read);
+    let watch = cache_selected(client, &selector, writer, strip, triggers);
     (reader, watch)
 }
 
@@ -276,26 +302,24 @@ fn labelled_tenant<K: Resource>(object: K) -> Option<ObjectRef<Tenant>> {
 }
 
 /// The watch of the `K` that `selector` selects, kept by `writer`, the objects losing what
-/// `strip` removes on the way in; its events start a pass when they change what `read`
-/// keeps.
+/// `strip` removes on the way in; `triggers` tells which of its events start a pass.
 fn cache_selected<K>(
     client: &Client,
     selector: &str,
     writer: impl CacheWriter<K>,
     strip: impl FnMut(&mut K) + Send + 'static,
-    read: fn(&mut K),
+    mut triggers: ChangeTriggers<K>,
 ) -> Watch<K>
 where
     K: Cached,
 {
-    let mut triggers = ChangeTriggers::new(read);
     let stream = watcher(Api::<K>::all(client.clone()), cache_config(selector))
         .default_backoff()
         .modify(strip)
         .map(keeping_in(writer))
         .filter_map(move |event| {
             futures::future::ready(match event {
-                Ok(event) => triggers.on_event(event).map(Ok),
+                Ok(event) => triggers.on_event(event).map(starts_pass).map(Ok),
                 Err(error) => Some(Err(error)),
             })
         });
@@ -331,24 +355,26 @@ pub async fn run(
 ) {
     // What a pass reads of each kind, besides metadata and spec: the namespace's phase,
     // the workloads' readiness, the backup times; no other status.
-    let (namespaces, ns_watch) = cache::<Namespace>(&client, |ns| {
+    let own = OwnWrites::default();
+    let (namespaces, ns_watch) = cache::<Namespace>(&client, &own, |ns| {
         if let Some(status) = &mut ns.status {
             status.conditions = None;
         }
     });
-    let (config_maps, cm_watch) = cache::<ConfigMap>(&client, |_| {});
-    let (services, svc_watch) = cache::<Service>(&client, |s| s.status = None);
-    let (statefulsets, sts_watch) = cache::<StatefulSet>(&client, statefulset_read);
-    let (deployments, deploy_watch) = cache::<Deployment>(&client, deployment_read);
-    let (network_policies, np_watch) = namespaced_cache::<NetworkPolicy>(&client, |_| {});
-    let (quotas, quota_watch) = cache::<ResourceQuota>(&client, |q| q.status = None);
-    let (limit_ranges, lr_watch) = cache::<LimitRange>(&client, |_| {});
+    let (config_maps, cm_watch) = cache::<ConfigMap>(&client, &own, |_| {});
+    let (services, svc_watch) = cache::<Service>(&client, &own, |s| s.status = None);
+    let (statefulsets, sts_watch) = cache::<StatefulSet>(&client, &own, statefulset_read);
+    let (deployments, deploy_watch) = cache::<Deployment>(&client, &own, deployment_read);
+    let (network_policies, np_watch) = namespaced_cache::<NetworkPolicy>(&client, &own, |_| {});
+    let (quotas, quota_watch) = cache::<ResourceQuota>(&client, &own, |q| q.status = None);
+    let (limit_ranges, lr_watch) = cache::<LimitRange>(&client, &own, |_| {});
     let (disruption_budgets, pdb_watch) =
-        cache::<PodDisruptionBudget>(&client, |b| b.status = None);
-    let (autoscalers, hpa_watch) = cache::<HorizontalPodAutoscaler>(&client, |a| a.status = None);
-    let (cron_jobs, cron_job_watch) = cache::<CronJob>(&client, cron_job_read);
+        cache::<PodDisruptionBudget>(&client, &own, |b| b.status = None);
+    let (autoscalers, hpa_watch) =
+        cache::<HorizontalPodAutoscaler>(&client, &own, |a| a.status = None);
+    let (cron_jobs, cron_job_watch) = cache::<CronJob>(&client, &own, cron_job_read);
     // The backup claim: read for its requested size only.
-    let (claims, claim_watch) = cache::<PersistentVolumeClaim>(&client, |c| c.status = None);
+    let (claims, claim_watch) = cache::<PersistentVolumeClaim>(&client, &own, |c| c.status = None);
     let (pods, pod_watch) = pod_cache(&client);
     let (redis_claims, redis_claim_watch) = redis_claim_cache(&client);
     let stores = Stores {
@@ -367,7 +393,11 @@ pub async fn run(
         pods,
         redis_claims,
     };
-    let ctx = Arc::new(make_context(stores.clone()).with_caches_synced(ready.clone()));
+    let ctx = Arc::new(
+        make_context(stores.clone())
+            .with_caches_synced(ready.clone())
+            .with_own_writes(own),
+    );
     let tenants: Api<Tenant> = Api::all(client.clone());
     let mut tenant_watch = watcher::Config::default()
         .any_semantic()
@@ -386,7 +416,8 @@ pub async fn run(
         .filter(move |tenant| {
             let own = matches!(tenant, Ok(t) if echoes.is_own_write_echo(t));
             futures::future::ready(!own)
-        });
+        })
+        .map_ok(starts_pass);
     let controller = Controller::for_stream(tenant_stream, tenant_store)
         .watches_stream(ns_watch, owning_tenants)
         .watches_stream(cm_watch, owning_tenants)

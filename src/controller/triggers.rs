@@ -5,9 +5,11 @@
 //! StatefulSet's or Deployment's status, whose own events start the pass that sees it. A
 //! pod event starts a pass only when what `pod_problem` would read from that pod changed.
 //! The other owned objects start a pass when their metadata, spec or the status fields a
-//! pass reads changed ([`ChangeTriggers`]).
+//! pass reads changed ([`ChangeTriggers`]), unless the event is the echo of the operator's
+//! own write that the writing pass already saw ([`OwnWrites`]).
 
 use super::failures::{PodSignal, pod_signal};
+use super::own_writes::OwnWrites;
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentStatus, StatefulSet, StatefulSetStatus};
 use k8s_openapi::api::batch::v1::{CronJob, CronJobStatus};
 use k8s_openapi::api::core::v1::{
@@ -64,30 +66,47 @@ pub(super) struct ChangeTriggers<K> {
     /// object of every tenant).
     digests: HashMap<u64, u64>,
     read: fn(&mut K),
+    own_writes: OwnWrites,
 }
 
-impl<K: Resource + Clone + Serialize> ChangeTriggers<K> {
+impl<K: Resource<DynamicType = ()> + Clone + Serialize> ChangeTriggers<K> {
     pub(super) fn new(read: fn(&mut K)) -> Self {
         ChangeTriggers {
             digests: HashMap::new(),
             read,
+            own_writes: OwnWrites::default(),
         }
+    }
+
+    /// Events that echo one of `own_writes` start no pass.
+    pub(super) fn recognising(mut self, own_writes: OwnWrites) -> Self {
+        self.own_writes = own_writes;
+        self
     }
 
     /// The object whose event this is when it must start a pass.
     pub(super) fn on_event(&mut self, event: watcher::Event<K>) -> Option<K> {
         match event {
-            watcher::Event::Apply(object) | watcher::Event::InitApply(object) => {
-                let digest = self.read_digest(&object);
-                let previous = self.digests.insert(key_digest(&object), digest);
-                (previous != Some(digest)).then_some(object)
+            watcher::Event::Apply(object) => {
+                let changed = self.note(&object);
+                let echo = self.own_writes.is_echo(&object);
+                (changed && !echo).then_some(object)
             }
+            // A relist (after a watch restart) is never taken for an echo: at worst one
+            // pass more.
+            watcher::Event::InitApply(object) => self.note(&object).then_some(object),
             watcher::Event::Delete(object) => {
                 self.digests.remove(&key_digest(&object));
                 Some(object)
             }
             watcher::Event::Init | watcher::Event::InitDone => None,
         }
+    }
+
+    /// Keeps the digest of what a pass reads of `object`; whether it changed.
+    fn note(&mut self, object: &K) -> bool {
+        let digest = self.read_digest(object);
+        self.digests.insert(key_digest(object), digest) != Some(digest)
     }
 
     /// A digest of what a pass reads of `object`: without its resourceVersion (which
@@ -312,6 +331,7 @@ mod tests {
         use super::super::*;
         use crate::controller::failures::deployment_problem;
         use crate::controller::observation::{deployment_state, statefulset_state};
+        use crate::controller::own_writes::OwnWrites;
         use crate::crd::ServerScale;
         use k8s_openapi::api::apps::v1::DeploymentCondition;
         use k8s_openapi::api::core::v1::{ResourceQuota, ResourceQuotaSpec, ResourceQuotaStatus};
@@ -345,7 +365,7 @@ mod tests {
             }
         }
 
-        fn starts<K: Resource + Clone + Serialize>(
+        fn starts<K: Resource<DynamicType = ()> + Clone + Serialize>(
             t: &mut ChangeTriggers<K>,
             event: watcher::Event<K>,
         ) -> bool {
@@ -392,6 +412,60 @@ mod tests {
             assert!(starts(
                 &mut t,
                 watcher::Event::InitApply(quota("8", "30", "3"))
+            ));
+        }
+
+        #[test]
+        fn the_echo_of_an_own_write_starts_no_pass_a_later_change_does() {
+            let own = OwnWrites::default();
+            let mut t = ChangeTriggers::new(|q: &mut ResourceQuota| q.status = None)
+                .recognising(own.clone());
+            own.expect(&quota("1", "10", "0"));
+            assert!(!starts(
+                &mut t,
+                watcher::Event::Apply(quota("1", "10", "0"))
+            ));
+            // The quota controller counting pods: no pass, as for anyone's object.
+            assert!(!starts(
+                &mut t,
+                watcher::Event::Apply(quota("2", "10", "1"))
+            ));
+            // Someone else edits the spec: a new version, a pass.
+            assert!(starts(&mut t, watcher::Event::Apply(quota("3", "20", "1"))));
+            // The operator writes it back; the echo is compared with that edit, and only
+            // recognised as the operator's own.
+            own.expect(&quota("4", "10", "1"));
+            assert!(!starts(
+                &mut t,
+                watcher::Event::Apply(quota("4", "10", "1"))
+            ));
+            assert!(starts(
+                &mut t,
+                watcher::Event::Delete(quota("5", "10", "1"))
+            ));
+        }
+
+        #[test]
+        fn an_echo_no_longer_expected_or_brought_by_a_relist_starts_a_pass() {
+            let own = OwnWrites::default();
+            let mut t = ChangeTriggers::new(|q: &mut ResourceQuota| q.status = None)
+                .recognising(own.clone());
+            // The writing pass stopped waiting before the event came.
+            let echo = own.expect(&quota("1", "10", "0")).expect("a version");
+            own.withdraw(&echo);
+            assert!(starts(&mut t, watcher::Event::Apply(quota("1", "10", "0"))));
+            // A watch restarted: the relist brings the written version.
+            own.expect(&quota("2", "20", "0"));
+            assert!(starts(
+                &mut t,
+                watcher::Event::InitApply(quota("2", "20", "0"))
+            ));
+            // Without the expectation an own write's event starts a pass (the negative
+            // control of the test above).
+            let mut plain = ChangeTriggers::new(|q: &mut ResourceQuota| q.status = None);
+            assert!(starts(
+                &mut plain,
+                watcher::Event::Apply(quota("1", "10", "0"))
             ));
         }
 

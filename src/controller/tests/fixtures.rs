@@ -13,6 +13,7 @@ use crate::controller::events::transition_event_name;
 use crate::controller::observation::{AuthState, NamespaceState, Observation, WorkloadState};
 use crate::controller::registration::Ownership;
 use crate::controller::status::{JournalTail, desired_status};
+use crate::controller::triggers::ChangeTriggers;
 use crate::controller::{Context, Error, FINALIZER, Stores, reconcile};
 use crate::crd::{Tenant, TenantStatus, namespace_for};
 use crate::journal::slot::JournalSlot;
@@ -73,6 +74,10 @@ pub(super) enum Reply {
     /// 201 with the object sent, now stored (with a uid and a resourceVersion) and
     /// delivered to the watch cache of its kind, if the operator watches it.
     Created,
+    /// As `Created`, but the watch delivers the namespace only after the pass read the
+    /// answer (when its next request comes), through the operator's trigger filter (see
+    /// [`ApiServer::namespace_passes`]): as a real watch usually does.
+    CreatedNamespaceEchoedLater,
     /// The stored Tenant after the request's JSON patch or merge patch.
     PatchedTenant,
     /// The tenant namespace as cached, now terminating, and delivered so to the cache:
@@ -216,6 +221,12 @@ pub(super) struct ApiServer {
     tenant: Value,
     /// The stored Tenant's resourceVersion, bumped by each patch.
     version: u64,
+    /// What the operator's namespace watch makes of the events delivered through it.
+    namespace_triggers: ChangeTriggers<Namespace>,
+    /// Whether each namespace event delivered through the trigger filter started a pass.
+    pub(super) namespace_passes: Vec<bool>,
+    /// A created namespace the watch has not delivered yet.
+    late_namespace: Option<Value>,
 }
 
 impl ApiServer {
@@ -231,6 +242,18 @@ impl ApiServer {
     /// The watch delivers `object` to the cache of its kind.
     pub(super) fn deliver(&mut self, object: &Value) {
         self.watches.deliver(object, false);
+    }
+
+    /// The watch delivers the namespace `object` to its cache through the operator's
+    /// trigger filter, recording in [`Self::namespace_passes`] whether it starts a pass.
+    pub(super) fn deliver_namespace(&mut self, object: &Value) {
+        self.watches.deliver(object, false);
+        let namespace: Namespace = serde_json::from_value(object.clone()).expect("a namespace");
+        let starts = self
+            .namespace_triggers
+            .on_event(watcher::Event::Apply(namespace))
+            .is_some();
+        self.namespace_passes.push(starts);
     }
 
     /// The watch delivers the deletion of `object`.
@@ -255,7 +278,8 @@ impl ApiServer {
         self.watches.deliver(&namespace, true);
     }
 
-    fn cached_namespace(&self) -> Value {
+    /// The tenant namespace as cached.
+    pub(super) fn cached_namespace(&self) -> Value {
         let cached = self
             .watches
             .namespaces
@@ -274,6 +298,9 @@ impl ApiServer {
                 let Some((request, respond)) = self.handle.next_request().await else {
                     break;
                 };
+                if let Some(namespace) = self.late_namespace.take() {
+                    self.deliver_namespace(&namespace);
+                }
                 respond.send_response(self.answer(n, exchange, request).await);
                 answered.set(n + 1);
             }
@@ -345,6 +372,11 @@ impl ApiServer {
             Reply::Created => {
                 let object = stored(body);
                 self.watches.deliver(&object, false);
+                (201, object)
+            }
+            Reply::CreatedNamespaceEchoedLater => {
+                let object = stored(body);
+                self.late_namespace = Some(object.clone());
                 (201, object)
             }
             Reply::PatchedTenant => (200, self.patch_tenant(exchange.content_type, body)),
@@ -502,6 +534,9 @@ impl Fixture {
             watches,
             tenant: serde_json::to_value(&tenant).expect("a Tenant serializes"),
             version,
+            namespace_triggers: ChangeTriggers::new(|_| {}).recognising(ctx.own_writes.clone()),
+            namespace_passes: Vec::new(),
+            late_namespace: None,
         };
         Fixture {
             ctx: Arc::new(ctx),

@@ -97,6 +97,37 @@ async fn the_watch_events_of_the_passs_own_tenant_writes_are_recognised_once() {
 }
 
 #[tokio::test]
+async fn the_watch_event_of_the_namespace_a_pass_created_starts_no_second_pass() {
+    let mut fx = Fixture::new(tenant()).await;
+    let mut script = first_pass();
+    script[3] = create_namespace().reply(Reply::CreatedNamespaceEchoedLater);
+    let action = fx.pass(script).await.expect("the pass succeeds");
+    assert_eq!(
+        fx.api.namespace_passes,
+        [false],
+        "the namespace's event, at the version its create returned"
+    );
+    // The pass saw the namespace, and asks for the next one itself.
+    assert_eq!(action, Action::requeue(NEXT_TRANSITION));
+    assert_eq!(fx.ctx.own_writes.pending(), 0);
+    // Someone else changes the namespace: a new version, a pass.
+    let mut labelled = fx.api.cached_namespace();
+    labelled["metadata"]["resourceVersion"] = "2".into();
+    labelled["metadata"]["labels"]["team"] = "blue".into();
+    fx.api.deliver_namespace(&labelled);
+    assert_eq!(fx.api.namespace_passes, [false, true]);
+}
+
+#[tokio::test]
+async fn a_pass_expects_no_echo_of_its_writes_once_it_stops_waiting_for_the_caches() {
+    let mut fx = Fixture::new(tenant()).await;
+    fx.pass(first_pass()).await.expect("the pass succeeds");
+    // Here the API server fills the cache before it answers: the namespace's event came
+    // before the pass knew its version. Nothing stays expected after the pass.
+    assert_eq!(fx.ctx.own_writes.pending(), 0);
+}
+
+#[tokio::test]
 async fn a_settled_running_tenant_costs_no_request_at_all() {
     let mut fx = settled(&TO_RUNNING, AuthState::Registered).await;
     let action = fx.pass(vec![]).await.expect("the pass succeeds");
