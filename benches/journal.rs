@@ -21,6 +21,7 @@
 //! | `JOURNAL_BENCH_RECORDS` | 1000000 | records in the journal that is verified |
 //! | `JOURNAL_BENCH_CHAIN_LEN` | 100 | records per chain in that journal |
 //! | `JOURNAL_BENCH_DIR` | system temp dir | where the databases are created |
+//! | `JOURNAL_BENCH_LOG_BYTES` | the journal's default | the write-ahead log's size in the append runs |
 
 // A benchmark may stop at the first failure: the workspace lints' unwrap/expect ban is for
 // the product.
@@ -28,7 +29,7 @@
 
 use chrono::{DateTime, Duration, Utc};
 use neurallog_machines::{Input, Phase, Transition, Trigger, run};
-use neurallog_operator::journal::{Journal, NewRecord, spec_digest};
+use neurallog_operator::journal::{Journal, NewRecord, Options, spec_digest};
 use std::path::Path;
 use std::time::Instant;
 
@@ -178,7 +179,11 @@ fn concurrent_appends(
     appends: u64,
     writers: u64,
 ) -> (Latencies, f64) {
-    let journal = Journal::open(path).expect("open journal");
+    let options = Options {
+        log_bytes: env_u64("JOURNAL_BENCH_LOG_BYTES", Options::default().log_bytes),
+        ..Options::default()
+    };
+    let journal = Journal::open_with(path, options).expect("open journal");
     let per_writer = appends.div_ceil(writers);
     let started = Instant::now();
     let micros: Vec<f64> = std::thread::scope(|scope| {

@@ -52,10 +52,16 @@ fn damage(journal: &Path, how: Damage) {
     db.sync_all().expect("sync");
 }
 
-/// Whether the journal's write-ahead log holds a frame (its first page starts with the
-/// frame magic; a checkpoint zeroes it).
+/// Whether the journal's write-ahead log holds a frame: the first page of either of its
+/// halves starts with the frame magic (a checkpoint zeroes it).
 fn write_ahead_log_holds_frames(journal: &Path) -> bool {
-    std::fs::read(journal.join("wal")).is_ok_and(|log| log.starts_with(b"NLW1"))
+    const PAGE: usize = 4096;
+    std::fs::read(journal.join("wal")).is_ok_and(|log| {
+        let second_half = log.len() / PAGE / 2 * PAGE;
+        [0, second_half]
+            .iter()
+            .any(|&at| log.get(at..).is_some_and(|half| half.starts_with(b"NLW1")))
+    })
 }
 
 fn damaged_copies(journal: &Path) -> Vec<PathBuf> {

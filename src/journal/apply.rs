@@ -44,8 +44,17 @@ struct State {
 impl Progress {
     /// Waits until sled holds every batch sent so far.
     pub(super) fn settle(&self) -> Result<(), JournalError> {
+        self.settle_through(self.sent_count())
+    }
+
+    /// How many batches were sent so far.
+    pub(super) fn sent_count(&self) -> u64 {
+        self.lock().sent
+    }
+
+    /// Waits until sled holds the first `target` batches sent.
+    pub(super) fn settle_through(&self, target: u64) -> Result<(), JournalError> {
         let mut state = self.lock();
-        let target = state.sent;
         while state.applied < target && state.failure.is_none() {
             state = self.changed.wait(state).unwrap_or_else(|p| p.into_inner());
         }

@@ -14,6 +14,7 @@
 pub mod api;
 mod append;
 mod apply;
+mod checkpoint;
 pub mod client;
 pub mod codec;
 mod digest;
@@ -82,8 +83,8 @@ pub struct Journal {
 pub struct Options {
     /// sled's page cache, in bytes (sled's own default is 1 GiB).
     pub cache_bytes: u64,
-    /// The write-ahead log's size, in bytes: how much is appended between two checkpoints
-    /// (each batch takes at least a 4 KiB page).
+    /// The write-ahead log's size, in bytes, in two halves: a checkpoint starts each time
+    /// appends fill a half (each batch takes at least a 4 KiB page).
     pub log_bytes: u64,
 }
 

@@ -5,9 +5,14 @@
 //! see [`super::durable`]), after a transaction that costs as much CPU again. So the
 //! writer thread puts each batch's new record values in this file, with one `pwrite` and
 //! one `fdatasync`, and acknowledges the batch then; another thread puts the same records
-//! into sled ([`super::apply`]), which writes them in its own time. Every so often (when
-//! the log is full, before retention or an import runs, on close) the writer makes sled
-//! durable ([`super::durable::flush_durably`]) and starts the log over: a checkpoint.
+//! into sled ([`super::apply`]), which writes them in its own time.
+//!
+//! The log has two halves. When the one being written is full (or appends pause), the
+//! writer moves to the other and hands the full one to the checkpoint thread
+//! ([`super::checkpoint`]), which makes sled durable ([`super::durable::flush_durably`])
+//! once sled holds the half's records, then erases the half. So appends wait for a
+//! checkpoint only when the new half fills before the old one is erased. Before retention
+//! or an import runs, and on close, the writer waits until both halves are checkpointed.
 //!
 //! ## Layout
 //!
@@ -25,18 +30,20 @@
 //! | 4 | CRC-32 of the 24 bytes above and the payload |
 //! | … | payload: record count (4), then per record its length (4) and stored value |
 //!
-//! Starting over picks a new generation and writes from offset 0 again; frames of older
-//! generations stay in the file behind the new ones and are not read.
+//! Each half holds one run of frames from its first page: a new generation, frames
+//! numbered from 1. Erasing a half zeroes its first page; frames of older generations
+//! stay behind and are not read.
 //!
 //! ## Reading it back
 //!
-//! The log is the frames from offset 0 that share the first frame's generation and number
-//! 1, 2, 3… without a gap. It ends at the first page that does not continue it. A frame
-//! whose checksum fails there was being written when the process or the power stopped: its
-//! `fdatasync` never returned, so none of its records was acknowledged, and it is
-//! ignored. If a frame of the same generation with a later number follows it anywhere in
-//! the file, the failed frame had been synced and acknowledged, and the file was damaged
-//! afterwards: that is an error, not a tail to drop.
+//! A half's run is the frames from its first page that share the first frame's
+//! generation and number 1, 2, 3… without a gap. It ends at the first page that does not
+//! continue it. A frame whose checksum fails there was being written when the process or
+//! the power stopped: its `fdatasync` never returned, so none of its records was
+//! acknowledged, and it is ignored. If a frame of the same generation with a later number
+//! follows it anywhere in the file, the failed frame had been synced and acknowledged, and
+//! the file was damaged afterwards: that is an error, not a tail to drop. The two runs are
+//! read in the order of their generations (the older one may not be checkpointed yet).
 //!
 //! Opening the journal replays the frames read back into sled ([`replay`]), makes sled
 //! durable, and clears the log. Replay is idempotent (a record sled holds already is
@@ -56,6 +63,7 @@ use std::fs::File;
 use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
+use std::sync::Arc;
 
 /// The log's file in the journal's directory.
 pub(super) const WAL_FILE: &str = "wal";
@@ -70,13 +78,45 @@ const CRC_AT: usize = 24;
 
 /// The log, open for appending.
 pub(super) struct Wal {
-    file: File,
-    capacity: u64,
+    file: Arc<File>,
+    halves: [Half; 2],
+    /// The half frames go to; the other is empty or being checkpointed.
+    active: usize,
     /// Where the next frame goes.
     end: u64,
     generation: u64,
     /// The number of the last frame written in this generation.
     frames: u64,
+}
+
+/// A byte range of the log that one run of frames fills from its start.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Half {
+    start: u64,
+    end: u64,
+}
+
+impl Half {
+    fn len(self) -> u64 {
+        self.end - self.start
+    }
+}
+
+/// The two halves of a log of `len` bytes: the first ends on the page boundary nearest
+/// the middle (a log under two pages has only a first half).
+fn halves_of(len: u64) -> [Half; 2] {
+    let split = (len / PAGE / 2) * PAGE;
+    let split = if split == 0 { len } else { split };
+    [
+        Half {
+            start: 0,
+            end: split,
+        },
+        Half {
+            start: split,
+            end: len,
+        },
+    ]
 }
 
 /// A frame read back: the stored record values of one batch.
@@ -89,9 +129,27 @@ pub(super) struct Frame {
 /// What reading the log found.
 #[derive(Debug, Default)]
 pub(super) struct Recovered {
+    /// The frames of both halves, the older run's first.
     pub frames: Vec<Frame>,
-    /// The generation of those frames (0 if none).
+    /// The newest generation read (0 if none).
     pub generation: u64,
+}
+
+/// Erases a retired half once sled holds its records durably, from another thread than
+/// the writer's.
+pub(super) struct Eraser {
+    file: Arc<File>,
+    starts: [u64; 2],
+}
+
+impl Eraser {
+    /// Zeroes the first page of `half` and syncs it: the half holds no run any more, and
+    /// a header found there later is the next run's own (see [`Wal::clear`]).
+    pub(super) fn erase(&self, half: usize) -> io::Result<()> {
+        self.file
+            .write_all_at(&[0u8; PAGE as usize], self.starts[half])?;
+        self.file.sync_data()
+    }
 }
 
 impl Wal {
@@ -114,17 +172,41 @@ impl Wal {
             Err(e) => return Err(e),
         };
         Ok(Wal {
-            file,
-            capacity,
+            file: Arc::new(file),
+            halves: halves_of(capacity),
+            active: 0,
             end: 0,
             generation: after,
             frames: 0,
         })
     }
 
-    /// Whether a frame of `records` fits after what the log holds.
+    /// Whether a frame of `records` fits after what the active half holds.
     pub(super) fn fits(&self, records: &[Written]) -> bool {
-        self.end.saturating_add(frame_len(&values_of(records))) <= self.capacity
+        self.end.saturating_add(frame_len(&values_of(records))) <= self.halves[self.active].end
+    }
+
+    /// Whether a frame of `records` fits in the other half once the log moves to it.
+    pub(super) fn fits_after_rotating(&self, records: &[Written]) -> bool {
+        frame_len(&values_of(records)) <= self.halves[self.other_half()].len()
+    }
+
+    /// Whether the active half holds no frame.
+    pub(super) fn is_empty(&self) -> bool {
+        self.frames == 0
+    }
+
+    /// The half [`Wal::rotate`] moves to.
+    pub(super) fn other_half(&self) -> usize {
+        1 - self.active
+    }
+
+    /// A handle that erases halves from another thread.
+    pub(super) fn eraser(&self) -> Eraser {
+        Eraser {
+            file: self.file.clone(),
+            starts: [self.halves[0].start, self.halves[1].start],
+        }
     }
 
     /// Writes `records` as the next frame and waits until it is on stable storage
@@ -140,20 +222,40 @@ impl Wal {
         Ok(())
     }
 
-    /// Empties the log: zeroes its first page and syncs that, then starts a new generation
-    /// at offset 0. Only once everything it held is durable in sled. The sync comes before
-    /// the new generation's first frame is written, so a header on the first page is that
-    /// frame's own (which is how [`parse`] tells a torn first frame from a damaged one).
+    /// Moves appends to the other half, which must be erased, with a new generation, and
+    /// returns the half it retires: that one must be checkpointed and erased before the
+    /// log moves back to it.
+    pub(super) fn rotate(&mut self) -> usize {
+        let retired = self.active;
+        self.active = self.other_half();
+        self.start_generation();
+        retired
+    }
+
+    /// Empties the log: zeroes the first page of each half and syncs that, then starts a
+    /// new generation in the first half. Only once everything it held is durable in sled.
+    /// The sync comes before the new generation's first frame is written, so a header on
+    /// a half's first page is that frame's own (which is how [`parse`] tells a torn first
+    /// frame from a damaged one).
     pub(super) fn clear(&mut self) -> io::Result<()> {
-        self.file.write_all_at(&[0u8; PAGE as usize], 0)?;
+        for half in self.halves {
+            if half.len() > 0 {
+                self.file.write_all_at(&[0u8; PAGE as usize], half.start)?;
+            }
+        }
         self.file.sync_data()?;
+        self.active = 0;
+        self.start_generation();
+        Ok(())
+    }
+
+    fn start_generation(&mut self) {
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX));
         self.generation = now.max(self.generation.saturating_add(1));
-        self.end = 0;
+        self.end = self.halves[self.active].start;
         self.frames = 0;
-        Ok(())
     }
 }
 
@@ -278,9 +380,26 @@ fn frame_at(bytes: &[u8], at: usize) -> Option<(Header, &[u8])> {
 
 /// The log in `bytes` (see the module's doc), or what is wrong with it.
 pub(super) fn parse(bytes: &[u8]) -> Result<Recovered, String> {
+    let mut runs = Vec::new();
+    for half in halves_of(bytes.len() as u64) {
+        if half.len() > 0 {
+            runs.push(parse_run(bytes, half.start as usize)?);
+        }
+    }
+    runs.sort_by_key(|run| run.generation);
+    let mut recovered = Recovered::default();
+    for run in runs {
+        recovered.generation = recovered.generation.max(run.generation);
+        recovered.frames.extend(run.frames);
+    }
+    Ok(recovered)
+}
+
+/// The run of frames that starts at `start` (a half's first page).
+fn parse_run(bytes: &[u8], start: usize) -> Result<Recovered, String> {
     let page = PAGE as usize;
     let mut recovered = Recovered::default();
-    let mut at = 0usize;
+    let mut at = start;
     while let Some((header, payload)) = frame_at(bytes, at) {
         let number = recovered.frames.len() as u64 + 1;
         if header.number != number || (number > 1 && header.generation != recovered.generation) {
@@ -293,9 +412,12 @@ pub(super) fn parse(bytes: &[u8]) -> Result<Recovered, String> {
         at += (HEADER + header.payload_len).div_ceil(page) * page;
     }
     // The run's generation; for a first frame that fails, the one its header claims (the
-    // page was zeroed and synced before it was written, so a header there is its own).
+    // page was zeroed and synced before it was written, so a header there is its own). A
+    // whole frame there that is not a first one belongs to a run that started elsewhere
+    // (a log written before it had halves): it starts no run here.
     let generation = if recovered.frames.is_empty() {
         match header_at(bytes, at) {
+            Some(_) if frame_at(bytes, at).is_some() => return Ok(recovered),
             Some(header) => header.generation,
             None => return Ok(recovered),
         }
@@ -440,6 +562,7 @@ mod tests {
     use super::*;
     use crate::journal::testing::{open_temp, sample_entry};
     use crate::journal::{Journal, JournalError, Record};
+    use std::sync::mpsc;
 
     const GENERATION: u64 = 7;
 
@@ -527,6 +650,32 @@ mod tests {
     }
 
     #[test]
+    fn both_halves_are_read_the_older_run_first() {
+        // Eight pages: halves at pages 0 and 4. The newer run is in the first half.
+        let (mut bytes, _) = log_with(8, GENERATION + 1, 2);
+        let (older, _) = log_with(4, GENERATION, 3);
+        bytes[4 * PAGE as usize..].copy_from_slice(&older);
+        let recovered = parse(&bytes).unwrap();
+        assert_eq!(recovered.generation, GENERATION + 1);
+        assert_eq!(numbers(&recovered), [1, 2, 3, 1, 2]);
+        assert_eq!(recovered.frames[3].values, values(1));
+        // Damage inside the second half's run is found as in the first's.
+        bytes[5 * PAGE as usize + HEADER + 3] ^= 0x40;
+        let error = parse(&bytes).unwrap_err();
+        assert!(
+            error.contains("frame 2 at byte 20480 is damaged"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn a_run_written_before_the_log_had_halves_is_read_once_across_the_middle() {
+        let (bytes, _) = log_with(4, GENERATION, 4);
+        let recovered = parse(&bytes).unwrap();
+        assert_eq!(numbers(&recovered), [1, 2, 3, 4]);
+    }
+
+    #[test]
     fn older_generations_behind_the_run_are_not_read() {
         // An older run of four frames, then a new run of two written over its start.
         let (mut bytes, offsets) = log_with(8, GENERATION, 4);
@@ -597,6 +746,83 @@ mod tests {
         assert_eq!(reopened.tenant("uid-1").unwrap().unwrap().last_seq, 9);
     }
 
+    /// A journal at `path` whose log holds four pages: two halves of two single-append
+    /// frames.
+    fn with_four_page_log(path: &Path) -> Journal {
+        let options = crate::journal::Options {
+            log_bytes: 4 * PAGE,
+            ..Default::default()
+        };
+        Journal::open_with(path, options).unwrap()
+    }
+
+    #[test]
+    fn appends_go_on_in_the_other_half_while_a_checkpoint_is_stalled() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("journal");
+        let journal = Arc::new(with_four_page_log(&path));
+        journal.writer.hold_checkpoints(true);
+        let records: Vec<Record> = (1..=4)
+            .map(|seq| journal.append(sample_entry("acme", "uid-1", seq)).unwrap())
+            .collect();
+        // Seq 3 and 4 were acknowledged in the second half while the first, full, waited
+        // for its checkpoint: the log holds all four, the first half's run first.
+        let log = read(&path).unwrap();
+        let logged: Vec<Record> = log
+            .frames
+            .iter()
+            .flat_map(|frame| &frame.values)
+            .map(|value| codec::decode_record(value).unwrap())
+            .collect();
+        assert_eq!(logged, records);
+        // The next append needs the first half back: it waits for that checkpoint.
+        let (done, acknowledged) = mpsc::channel();
+        let appending = journal.clone();
+        std::thread::spawn(move || {
+            let _ = done.send(appending.append(sample_entry("acme", "uid-1", 5)));
+        });
+        assert!(
+            acknowledged
+                .recv_timeout(std::time::Duration::from_millis(300))
+                .is_err(),
+            "an append went into a half that was not checkpointed"
+        );
+        journal.writer.hold_checkpoints(false);
+        let fifth = acknowledged
+            .recv_timeout(std::time::Duration::from_secs(20))
+            .expect("the append waited past the checkpoint")
+            .unwrap();
+        assert_eq!(fifth.seq, 5);
+        assert!(journal.verify().unwrap().is_ok());
+    }
+
+    #[test]
+    fn a_log_with_both_halves_full_replays_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("journal");
+        let journal = with_four_page_log(&path);
+        journal.writer.hold_checkpoints(true);
+        let records: Vec<Record> = (1..=4)
+            .map(|seq| journal.append(sample_entry("acme", "uid-1", seq)).unwrap())
+            .collect();
+        let log = std::fs::read(path.join(WAL_FILE)).unwrap();
+        journal.writer.hold_checkpoints(false);
+        drop(journal);
+        // A journal that holds none of it, given that log: the second half's records
+        // continue the first's only if the first is replayed first.
+        let empty = dir.path().join("empty");
+        drop(Journal::open(&empty).unwrap());
+        std::fs::write(empty.join(WAL_FILE), log).unwrap();
+        let journal = Journal::open(&empty).unwrap();
+        for record in &records {
+            assert_eq!(
+                journal.record("uid-1", record.seq).unwrap().as_ref(),
+                Some(record)
+            );
+        }
+        assert!(journal.verify().unwrap().is_ok());
+    }
+
     #[test]
     fn a_pause_in_appends_checkpoints_the_log() {
         let (dir, journal) = open_temp();
@@ -616,7 +842,7 @@ mod tests {
     }
 
     #[test]
-    fn a_record_larger_than_the_log_is_made_durable_in_sled() {
+    fn a_record_larger_than_half_the_log_is_made_durable_in_sled() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("journal");
         let journal = with_small_log(&path);
@@ -624,9 +850,16 @@ mod tests {
         let mut large = sample_entry("acme", "uid-1", 2);
         large.message = "x".repeat(3 * PAGE as usize);
         let stored = journal.append(large).unwrap();
+        let logged: Vec<u64> = read(&path)
+            .unwrap()
+            .frames
+            .iter()
+            .flat_map(|frame| &frame.values)
+            .map(|value| codec::decode_record(value).unwrap().seq)
+            .collect();
         assert!(
-            read(&path).unwrap().frames.is_empty(),
-            "checkpointed, and the record never went into the log"
+            logged.iter().all(|&seq| seq == 1),
+            "the log holds {logged:?}"
         );
         assert_eq!(journal.record("uid-1", 2).unwrap(), Some(stored.clone()));
         // The chain goes on through the log.

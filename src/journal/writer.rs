@@ -10,13 +10,16 @@
 //! arrived during the previous sync, so an append waits for at most the sync in flight and
 //! its own.
 //!
-//! When the log is full, before exclusive work (retention, imports) and on close, the
-//! writer makes sled durable and empties the log: a checkpoint. After a storage failure
-//! it refuses every append until the journal is reopened (which replays the log).
+//! When a half of the log is full, or appends pause, the writer moves to the other half
+//! and leaves the full one to the checkpoint thread ([`super::checkpoint`]); before
+//! exclusive work (retention, imports) and on close it waits until sled is durable and
+//! the log empty. After a storage failure it refuses every append until the journal is
+//! reopened (which replays the log).
 
 use super::JournalError;
 use super::append::{Placement, conflict, place, summary_after};
 use super::apply::{Applier, Progress, Written};
+use super::checkpoint::{Checkpointer, Retired};
 use super::codec;
 use super::durable::DiskSync;
 use super::read::{decode_record, decode_summary};
@@ -30,8 +33,7 @@ use std::thread::JoinHandle;
 
 /// How long appends may sit in the log before a pause in appends checkpoints them: sled's
 /// files stay at most about this far behind, and a full disk shows within it. Under
-/// steady load the log checkpoints when it is full instead, so appends never wait for a
-/// timed checkpoint.
+/// steady load the log checkpoints when a half is full instead.
 const IDLE_CHECKPOINT: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// The most appends one batch takes.
@@ -74,6 +76,8 @@ pub(super) struct Writer {
     requests: Option<mpsc::Sender<Request>>,
     thread: Option<JoinHandle<()>>,
     progress: Arc<Progress>,
+    #[cfg(test)]
+    checkpoints: Option<super::checkpoint::Hold>,
 }
 
 impl Writer {
@@ -82,10 +86,19 @@ impl Writer {
     pub(super) fn start(store: Store, wal: Option<Wal>) -> std::io::Result<Writer> {
         let progress = Arc::new(Progress::default());
         let applier = Applier::start(store.clone(), progress.clone())?;
+        let log = match wal {
+            Some(wal) => Some(Log {
+                checkpointer: Checkpointer::start(store.clone(), progress.clone(), wal.eraser())?,
+                wal,
+            }),
+            None => None,
+        };
+        #[cfg(test)]
+        let checkpoints = log.as_ref().map(|log| log.checkpointer.hold());
         let (requests, queue) = mpsc::channel();
         let mut thread_state = WriterThread {
             store,
-            wal,
+            log,
             heads: HashMap::new(),
             applier,
             progress: progress.clone(),
@@ -99,6 +112,8 @@ impl Writer {
             requests: Some(requests),
             thread: Some(thread),
             progress,
+            #[cfg(test)]
+            checkpoints,
         })
     }
 
@@ -139,6 +154,13 @@ impl Writer {
 
 #[cfg(test)]
 impl Writer {
+    /// Stalls the checkpoints of retired halves of the log while `held`.
+    pub(super) fn hold_checkpoints(&self, held: bool) {
+        if let Some(checkpoints) = &self.checkpoints {
+            checkpoints.set(held);
+        }
+    }
+
     /// Queues `entries` in order without waiting; each answer arrives on its receiver.
     pub(super) fn queue_appends(
         &self,
@@ -167,10 +189,17 @@ impl Drop for Writer {
     }
 }
 
+/// The write-ahead log and the thread that checkpoints its retired halves.
+struct Log {
+    wal: Wal,
+    checkpointer: Checkpointer,
+}
+
 /// What the writer thread owns.
 struct WriterThread {
     store: Store,
-    wal: Option<Wal>,
+    /// `None` for a private copy, whose writes need not survive anything.
+    log: Option<Log>,
     /// Each chain's summary as of the last batch, for the chains written since the last
     /// exclusive job; sled holds the others' current summaries.
     heads: HashMap<String, TenantSummary>,
@@ -178,7 +207,7 @@ struct WriterThread {
     progress: Arc<Progress>,
     /// The storage failure after which nothing is written.
     failure: Option<sled::Error>,
-    /// When the log got its first frame since the last checkpoint.
+    /// When the log's active half got its first frame.
     logged_since: Option<std::time::Instant>,
 }
 
@@ -226,7 +255,7 @@ impl WriterThread {
                 Ok(request) => return Some(request),
                 Err(mpsc::RecvTimeoutError::Disconnected) => return None,
                 Err(mpsc::RecvTimeoutError::Timeout) => {
-                    if let Err(error) = self.checkpoint() {
+                    if let Err(error) = self.rotate() {
                         self.fail(error);
                     }
                 }
@@ -345,23 +374,22 @@ impl WriterThread {
         }
     }
 
-    /// Makes the batch's new records durable: one frame in the log, after a checkpoint
-    /// when the log is full. A batch too large for the log goes into sled at once and is
+    /// Makes the batch's new records durable: one frame in the log, in the other half when
+    /// the active one is full. A batch too large for a half goes into sled at once and is
     /// made durable there.
     fn make_durable(&mut self, batch: Vec<Written>) -> Result<(), sled::Error> {
         if batch.is_empty() {
             return Ok(());
         }
-        let Some(fits) = self.wal.as_ref().map(|wal| wal.fits(&batch)) else {
-            // A private copy: nothing needs to survive.
+        let Some(log) = self.log.as_ref() else {
             return self.apply(batch);
         };
-        if !fits {
-            self.checkpoint()?;
+        if !log.wal.fits(&batch) && log.wal.fits_after_rotating(&batch) {
+            self.rotate()?;
         }
-        match self.wal.as_mut() {
-            Some(wal) if wal.fits(&batch) => {
-                wal.append(&batch).map_err(sled::Error::Io)?;
+        match self.log.as_mut() {
+            Some(log) if log.wal.fits(&batch) => {
+                log.wal.append(&batch).map_err(sled::Error::Io)?;
                 self.logged_since
                     .get_or_insert_with(std::time::Instant::now);
                 self.apply(batch)
@@ -378,23 +406,41 @@ impl WriterThread {
         self.applier.send(written).map_err(storage_error)
     }
 
-    /// Makes sled hold everything the log holds, durably, then empties the log.
-    fn checkpoint(&mut self) -> Result<(), sled::Error> {
-        self.progress.settle().map_err(storage_error)?;
-        if self.logged_since.is_none() {
-            // The log is empty: everything in sled was made durable where it was written.
+    /// Moves appends to the other half of the log (once its own checkpoint is done) and
+    /// hands the active half, if it holds frames, to the checkpoint thread.
+    fn rotate(&mut self) -> Result<(), sled::Error> {
+        let Some(log) = self.log.as_mut() else {
+            return Ok(());
+        };
+        if log.wal.is_empty() {
             return Ok(());
         }
-        self.store.flush()?;
-        if let Some(wal) = self.wal.as_mut() {
-            wal.clear().map_err(sled::Error::Io)?;
-        }
+        log.checkpointer.wait_free(log.wal.other_half())?;
+        let half = log.wal.rotate();
         self.logged_since = None;
-        Ok(())
+        log.checkpointer.retire(Retired {
+            half,
+            through: self.progress.sent_count(),
+        })
+    }
+
+    /// Makes sled hold everything the log holds, durably, and empties the log.
+    fn checkpoint(&mut self) -> Result<(), sled::Error> {
+        self.rotate()?;
+        if let Some(log) = &self.log {
+            log.checkpointer.wait_idle()?;
+        }
+        self.progress.settle().map_err(storage_error)
     }
 
     fn healthy(&self) -> Result<(), sled::Error> {
-        match self.failure.clone().or_else(|| self.progress.failure()) {
+        let checkpoint_failure = || self.log.as_ref()?.checkpointer.failure();
+        match self
+            .failure
+            .clone()
+            .or_else(|| self.progress.failure())
+            .or_else(checkpoint_failure)
+        {
             Some(error) => Err(error),
             None => Ok(()),
         }
@@ -413,7 +459,7 @@ fn failed_all(entries: &[NewRecord], error: &sled::Error) -> Vec<Result<Record, 
         .collect()
 }
 
-fn storage_error(error: JournalError) -> sled::Error {
+pub(super) fn storage_error(error: JournalError) -> sled::Error {
     match error {
         JournalError::Storage(error) => error,
         other => sled::Error::ReportableBug(other.to_string()),
