@@ -709,10 +709,11 @@ mod tests {
         assert!(read(&dir.path().join("journal")).unwrap().frames.is_empty());
     }
 
-    /// A journal at `path` whose log holds two pages: two single-append frames.
-    fn with_small_log(path: &Path) -> Journal {
+    /// A journal at `path` whose log holds `pages` pages (a single append takes one), in
+    /// two halves.
+    fn with_log_pages(path: &Path, pages: u64) -> Journal {
         let options = crate::journal::Options {
-            log_bytes: 2 * PAGE,
+            log_bytes: pages * PAGE,
             ..Default::default()
         };
         Journal::open_with(path, options).unwrap()
@@ -722,7 +723,7 @@ mod tests {
     fn a_full_log_is_checkpointed_and_every_record_stays() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("journal");
-        let journal = with_small_log(&path);
+        let journal = with_log_pages(&path, 2);
         let records: Vec<Record> = (1..=9)
             .map(|seq| journal.append(sample_entry("acme", "uid-1", seq)).unwrap())
             .collect();
@@ -742,25 +743,15 @@ mod tests {
         }
         assert!(journal.verify().unwrap().is_ok());
         drop(journal);
-        let reopened = with_small_log(&path);
+        let reopened = with_log_pages(&path, 2);
         assert_eq!(reopened.tenant("uid-1").unwrap().unwrap().last_seq, 9);
-    }
-
-    /// A journal at `path` whose log holds four pages: two halves of two single-append
-    /// frames.
-    fn with_four_page_log(path: &Path) -> Journal {
-        let options = crate::journal::Options {
-            log_bytes: 4 * PAGE,
-            ..Default::default()
-        };
-        Journal::open_with(path, options).unwrap()
     }
 
     #[test]
     fn appends_go_on_in_the_other_half_while_a_checkpoint_is_stalled() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("journal");
-        let journal = Arc::new(with_four_page_log(&path));
+        let journal = Arc::new(with_log_pages(&path, 4));
         journal.writer.hold_checkpoints(true);
         let records: Vec<Record> = (1..=4)
             .map(|seq| journal.append(sample_entry("acme", "uid-1", seq)).unwrap())
@@ -800,7 +791,7 @@ mod tests {
     fn a_log_with_both_halves_full_replays_in_order() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("journal");
-        let journal = with_four_page_log(&path);
+        let journal = with_log_pages(&path, 4);
         journal.writer.hold_checkpoints(true);
         let records: Vec<Record> = (1..=4)
             .map(|seq| journal.append(sample_entry("acme", "uid-1", seq)).unwrap())
@@ -845,7 +836,7 @@ mod tests {
     fn a_record_larger_than_half_the_log_is_made_durable_in_sled() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("journal");
-        let journal = with_small_log(&path);
+        let journal = with_log_pages(&path, 2);
         journal.append(sample_entry("acme", "uid-1", 1)).unwrap();
         let mut large = sample_entry("acme", "uid-1", 2);
         large.message = "x".repeat(3 * PAGE as usize);
@@ -865,7 +856,7 @@ mod tests {
         // The chain goes on through the log.
         journal.append(sample_entry("acme", "uid-1", 3)).unwrap();
         drop(journal);
-        let reopened = with_small_log(&path);
+        let reopened = with_log_pages(&path, 2);
         assert_eq!(reopened.record("uid-1", 2).unwrap(), Some(stored));
         assert!(reopened.verify().unwrap().is_ok());
     }
