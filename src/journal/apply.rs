@@ -10,6 +10,7 @@ use super::JournalError;
 use super::codec;
 use super::record::TenantSummary;
 use super::writer::Store;
+use std::collections::HashMap;
 use std::sync::mpsc;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
@@ -137,11 +138,7 @@ impl Drop for Applier {
     /// Applies what is queued, then waits for the thread.
     fn drop(&mut self) {
         self.batches.take();
-        if let Some(thread) = self.thread.take()
-            && thread.join().is_err()
-        {
-            tracing::error!("the journal's apply thread panicked");
-        }
+        super::join_thread(self.thread.take(), "the journal's apply thread panicked");
     }
 }
 
@@ -160,20 +157,27 @@ fn apply_until_closed(store: &Store, queue: &mpsc::Receiver<Vec<Written>>, progr
     }
 }
 
-/// Writes a batch's records, then its chains' summaries. A crash between the two leaves
-/// records whose chain does not count them yet; the write-ahead log still holds the batch,
-/// and replaying it on open completes the summaries.
+/// Writes a batch's records, then its chains' summaries, one key at a time. Not as sled
+/// batches: sled writes out its log buffer before and after every batch and waits for the
+/// device (`sync_file_range`), so each applied batch put device writes beside the log's
+/// own syncs (1,479 of them for 8,000 appends from 4 writers). Nothing needs the batch
+/// atomic in sled: the write-ahead log holds every record applied since the last
+/// checkpoint and its replay on open completes what a crash cut short, and a record whose
+/// chain does not count it yet was never acknowledged (the next append of that seq
+/// replaces it).
 fn apply<'a>(store: &Store, batch: impl Iterator<Item = &'a Written>) -> Result<(), sled::Error> {
-    let mut records = sled::Batch::default();
-    let mut summaries = sled::Batch::default();
+    let mut summaries: HashMap<&str, &TenantSummary> = HashMap::new();
     for written in batch {
-        records.insert(written.key.as_slice(), written.value.as_slice());
-        // A later record of the same chain in the batch overwrites this summary.
-        summaries.insert(
-            written.uid.as_bytes(),
-            codec::row_from_summary(&written.summary).encode(),
-        );
+        store
+            .records
+            .insert(written.key.as_slice(), written.value.as_slice())?;
+        // A later record of the same chain in the batch replaces this summary.
+        summaries.insert(&written.uid, &written.summary);
     }
-    store.records.apply_batch(records)?;
-    store.tenants.apply_batch(summaries)
+    for (uid, summary) in summaries {
+        store
+            .tenants
+            .insert(uid.as_bytes(), codec::row_from_summary(summary).encode())?;
+    }
+    Ok(())
 }

@@ -132,11 +132,10 @@ impl Drop for Checkpointer {
     /// Finishes the checkpoints handed over, then waits for the thread.
     fn drop(&mut self) {
         self.retired.take();
-        if let Some(thread) = self.thread.take()
-            && thread.join().is_err()
-        {
-            tracing::error!("the journal's checkpoint thread panicked");
-        }
+        super::join_thread(
+            self.thread.take(),
+            "the journal's checkpoint thread panicked",
+        );
     }
 }
 

@@ -254,3 +254,13 @@ impl Drop for Journal {
         }
     }
 }
+
+/// Waits for one of the journal's threads to exit (its queue was closed first, so it
+/// finishes what was handed to it); a panic there is logged as `panicked`.
+fn join_thread(thread: Option<std::thread::JoinHandle<()>>, panicked: &str) {
+    if let Some(thread) = thread
+        && thread.join().is_err()
+    {
+        tracing::error!("{panicked}");
+    }
+}

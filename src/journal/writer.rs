@@ -181,11 +181,7 @@ impl Drop for Writer {
     /// database it holds is closed (and its file lock released) only when it has exited.
     fn drop(&mut self) {
         self.requests.take();
-        if let Some(thread) = self.thread.take()
-            && thread.join().is_err()
-        {
-            tracing::error!("the journal writer thread panicked");
-        }
+        super::join_thread(self.thread.take(), "the journal writer thread panicked");
     }
 }
 
