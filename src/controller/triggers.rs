@@ -143,44 +143,86 @@ impl std::io::Write for HashWriter {
     }
 }
 
-/// What a pass reads of a StatefulSet's status (`observation::statefulset_state`).
+/// What a pass can conclude from a StatefulSet's status (`observation::statefulset_state`):
+/// its ready count, and whether it is current by itself (the controller saw its
+/// generation, its pods run the update revision, and there are as many updated replicas
+/// as its spec asks and no more replicas). The operator's desired count is the spec's
+/// whenever the StatefulSet is what the operator would apply, and when it is not, the
+/// spec itself differs, which starts a pass anyway. So the status's intermediate steps
+/// (the generation seen, then the replicas counted, then ready) start one pass, not three.
+/// Written back as a status with just two fields set: `ready_replicas`, and `replicas` 1
+/// when current by itself, else 0.
 pub(super) fn statefulset_read(sts: &mut StatefulSet) {
-    sts.status = sts.status.take().map(|s| StatefulSetStatus {
-        observed_generation: s.observed_generation,
-        current_revision: s.current_revision,
-        update_revision: s.update_revision,
-        ready_replicas: s.ready_replicas,
-        updated_replicas: s.updated_replicas,
-        replicas: s.replicas,
-        ..StatefulSetStatus::default()
+    let desired = sts.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
+    let generation = sts.metadata.generation;
+    sts.status = sts.status.take().map(|s| {
+        let current = s.observed_generation >= generation
+            && (s.update_revision.is_none() || s.update_revision == s.current_revision)
+            && s.updated_replicas.unwrap_or(0) >= desired
+            && s.replicas <= desired;
+        StatefulSetStatus {
+            ready_replicas: s.ready_replicas,
+            replicas: i32::from(current),
+            ..StatefulSetStatus::default()
+        }
     });
 }
 
-/// What a pass reads of a Deployment's status (`observation::deployment_state` and
-/// `failures::deployment_problem`): the counts, and the conditions that tell a failure,
-/// without their times.
+/// What a pass can conclude from a Deployment's status (`observation::deployment_state`
+/// and `failures::deployment_problem`): its ready count, whether the controller saw its
+/// generation (an autoscaled one is "settling" until then), the conditions that tell a
+/// failure (without their times), and how many replicas count towards it being current.
+/// It is current when its generation was seen, it has no more replicas than its spec asks,
+/// and at least the required count are both updated and available; the required count is
+/// the spec's (or an autoscaler's minimum: at least 1 when the spec asks for any) and is
+/// not known here, so what is kept is the count that the required one is compared with:
+/// the lesser of updated and available, or -1 when those other two conditions fail. When
+/// the spec asks for replicas, -1 and 0 both fall short of any required count and are kept
+/// as 0. A new Deployment's "replicas counted, none available yet" step then starts no
+/// pass of its own. Written back as a status with `ready_replicas`,
+/// `observed_generation` (1 when seen, else 0), `available_replicas` (that count) and the
+/// failure conditions set.
 pub(super) fn deployment_read(deployment: &mut Deployment) {
-    deployment.status = deployment.status.take().map(|s| DeploymentStatus {
-        observed_generation: s.observed_generation,
-        ready_replicas: s.ready_replicas,
-        updated_replicas: s.updated_replicas,
-        replicas: s.replicas,
-        available_replicas: s.available_replicas,
-        conditions: s.conditions.map(|conditions| {
-            conditions
-                .into_iter()
-                .filter(|c| {
-                    (c.type_ == "ReplicaFailure" && c.status == "True")
-                        || (c.type_ == "Progressing" && c.status == "False")
-                })
-                .map(|c| k8s_openapi::api::apps::v1::DeploymentCondition {
-                    last_transition_time: None,
-                    last_update_time: None,
-                    ..c
-                })
-                .collect()
-        }),
-        ..DeploymentStatus::default()
+    let desired = deployment
+        .spec
+        .as_ref()
+        .and_then(|s| s.replicas)
+        .unwrap_or(1);
+    let generation = deployment.metadata.generation;
+    deployment.status = deployment.status.take().map(|s| {
+        let seen = s.observed_generation >= generation;
+        let counted = if seen && s.replicas.unwrap_or(0) <= desired {
+            s.updated_replicas
+                .unwrap_or(0)
+                .min(s.available_replicas.unwrap_or(0))
+        } else {
+            -1
+        };
+        let counted = if desired >= 1 {
+            counted.max(0)
+        } else {
+            counted
+        };
+        DeploymentStatus {
+            observed_generation: Some(i64::from(seen)),
+            ready_replicas: s.ready_replicas,
+            available_replicas: Some(counted),
+            conditions: s.conditions.map(|conditions| {
+                conditions
+                    .into_iter()
+                    .filter(|c| {
+                        (c.type_ == "ReplicaFailure" && c.status == "True")
+                            || (c.type_ == "Progressing" && c.status == "False")
+                    })
+                    .map(|c| k8s_openapi::api::apps::v1::DeploymentCondition {
+                        last_transition_time: None,
+                        last_update_time: None,
+                        ..c
+                    })
+                    .collect()
+            }),
+            ..DeploymentStatus::default()
+        }
     });
 }
 
@@ -540,10 +582,13 @@ mod tests {
             }
         }
 
-        fn statefulset(status: StatefulSetStatus) -> StatefulSet {
+        fn statefulset(status: StatefulSetStatus, replicas: i32) -> StatefulSet {
             StatefulSet {
                 metadata: meta("1"),
-                spec: None,
+                spec: Some(k8s_openapi::api::apps::v1::StatefulSetSpec {
+                    replicas: Some(replicas),
+                    ..Default::default()
+                }),
                 status: Some(status),
             }
         }
@@ -665,19 +710,25 @@ mod tests {
                 desired in 0..3i32,
             ) {
                 let mut t = ChangeTriggers::new(statefulset_read);
-                let (a, b) = (statefulset(sts_a), statefulset(sts_b));
+                let (a, b) = (statefulset(sts_a, desired), statefulset(sts_b, desired));
                 t.on_event(watcher::Event::Apply(a.clone()));
                 if statefulset_state(Some(&a), desired, true) != statefulset_state(Some(&b), desired, true) {
                     prop_assert!(t.on_event(watcher::Event::Apply(b)).is_some());
                 }
-                let mut t = ChangeTriggers::new(deployment_read);
-                let (a, b) = (deployment(deploy_a, desired), deployment(deploy_b, desired));
-                t.on_event(watcher::Event::Apply(a.clone()));
-                let scale = ServerScale::Fixed(desired);
-                if deployment_state(Some(&a), scale, true) != deployment_state(Some(&b), scale, true)
-                    || deployment_problem(&a) != deployment_problem(&b)
-                {
-                    prop_assert!(t.on_event(watcher::Event::Apply(b)).is_some());
+                // A fixed count, or an autoscaler's minimum (1 to the count it set, which
+                // the Deployment's spec holds).
+                let scales = std::iter::once(ServerScale::Fixed(desired)).chain(
+                    (1..=desired).map(|min| ServerScale::Autoscaled { min, max: 3 }),
+                );
+                for scale in scales {
+                    let mut t = ChangeTriggers::new(deployment_read);
+                    let (a, b) = (deployment(deploy_a.clone(), desired), deployment(deploy_b.clone(), desired));
+                    t.on_event(watcher::Event::Apply(a.clone()));
+                    if deployment_state(Some(&a), scale, true) != deployment_state(Some(&b), scale, true)
+                        || deployment_problem(&a) != deployment_problem(&b)
+                    {
+                        prop_assert!(t.on_event(watcher::Event::Apply(b)).is_some(), "{scale:?}");
+                    }
                 }
             }
         }
