@@ -6,7 +6,7 @@
 use super::compare::{DESIRED_HASH_ANNOTATION, desired_hash, is_up_to_date};
 use super::events::{self, EventType};
 use super::observation::{AuthState, NamespaceState, Observation};
-use super::own_writes::ExpectedEcho;
+use super::own_writes::{ExpectedEcho, InFlight};
 use super::registration::Ownership;
 use super::{Context, Error, FINALIZER};
 use crate::crd::{Tenant, namespace_for};
@@ -155,12 +155,21 @@ impl<'a> Applier<'a> {
     }
 
     /// Remembers that `store` should come to hold object `key` with desired hash `hash`,
-    /// as the API server returned it in `written`.
-    fn expect_cached<K>(&self, store: &Store<K>, key: ObjectRef<K>, hash: String, written: &K)
-    where
+    /// as the API server returned it in `written` to the write `flight`.
+    fn expect_cached<K>(
+        &self,
+        store: &Store<K>,
+        key: ObjectRef<K>,
+        hash: String,
+        flight: InFlight,
+        written: &K,
+    ) where
         K: Resource<DynamicType = ()> + Clone + Send + Sync + 'static,
     {
-        let echo = self.ctx.own_writes.expect(written);
+        let (answered, echo) = flight.answered(written);
+        if answered.other_change {
+            self.ctx.note_change_while_writing(self.tenant);
+        }
         let store = store.clone();
         let check = move || {
             store.get(&key).is_some_and(|cached| {
@@ -179,6 +188,14 @@ impl<'a> Applier<'a> {
                 cached: Box::new(check),
                 echo,
             });
+    }
+
+    /// A write that got no answer (it failed): whatever its object's events brought
+    /// meanwhile, this pass did not see.
+    fn note_unanswered(&self, flight: InFlight) {
+        if flight.settled(None).other_change {
+            self.ctx.note_change_while_writing(self.tenant);
+        }
     }
 
     /// Bounded: a cache that never shows a write (the object was changed or deleted at
@@ -253,15 +270,17 @@ impl<'a> Applier<'a> {
         ]))
         .map_err(Error::Serialize)?;
         self.ctx.metrics.count_write("patch", "tenants");
+        let flight = self.ctx.own_writes.writing::<Tenant>(None, &self.name());
         let written = api
             .patch(
                 &self.name(),
                 &PatchParams::default(),
                 &Patch::Json::<()>(patch),
             )
-            .await
-            .map_err(Error::Kube)?;
-        self.ctx.note_own_write(self.tenant, &written);
+            .await;
+        self.ctx
+            .note_tenant_write(self.tenant, flight, written.as_ref().ok());
+        written.map_err(Error::Kube)?;
         Ok(())
     }
 
@@ -277,16 +296,32 @@ impl<'a> Applier<'a> {
                 let (body, hash) = with_hash(&desired)?;
                 let desired: Namespace = serde_json::from_value(body).map_err(Error::Serialize)?;
                 self.ctx.metrics.count_write("create", "namespaces");
+                let flight = self
+                    .ctx
+                    .own_writes
+                    .writing::<Namespace>(None, &self.namespace());
                 match api.create(&PostParams::default(), &desired).await {
                     Ok(created) => {
                         let key = ObjectRef::new(&self.namespace());
-                        self.expect_cached(&self.ctx.stores.namespaces, key, hash, &created);
+                        self.expect_cached(
+                            &self.ctx.stores.namespaces,
+                            key,
+                            hash,
+                            flight,
+                            &created,
+                        );
                         let message = format!("Created namespace {}", self.namespace());
                         self.created_event("Namespace", &created, &message).await;
                         Ok(())
                     }
-                    Err(kube::Error::Api(e)) if e.code == 409 => Ok(()),
-                    Err(e) => Err(write_error("Namespace", &self.namespace())(e)),
+                    Err(kube::Error::Api(e)) if e.code == 409 => {
+                        self.note_unanswered(flight);
+                        Ok(())
+                    }
+                    Err(e) => {
+                        self.note_unanswered(flight);
+                        Err(write_error("Namespace", &self.namespace())(e))
+                    }
                 }
             }
             NamespaceState::Ours { active: true } => {
@@ -680,10 +715,18 @@ impl<'a> Applier<'a> {
         let params = PatchParams::apply(FIELD_MANAGER).force();
         self.ctx.metrics.count_write("patch", &K::plural(&()));
         let patch = Patch::Apply(&body);
-        let applied = retry(|| api.patch(&key.name, &params, &patch))
-            .await
-            .map_err(write_error(&K::kind(&()), &key.name))?;
-        self.expect_cached(store, key, hash, &applied);
+        let flight = self
+            .ctx
+            .own_writes
+            .writing::<K>(key.namespace.as_deref(), &key.name);
+        let applied = match retry(|| api.patch(&key.name, &params, &patch)).await {
+            Ok(applied) => applied,
+            Err(error) => {
+                self.note_unanswered(flight);
+                return Err(write_error(&K::kind(&()), &key.name)(error));
+            }
+        };
+        self.expect_cached(store, key, hash, flight, &applied);
         Ok(observed.is_none().then_some(applied))
     }
 

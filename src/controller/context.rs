@@ -6,7 +6,7 @@ use super::Error;
 use super::by_namespace::NamespacedStore;
 use super::failures;
 use super::observation::AuthState;
-use super::own_writes::OwnWrites;
+use super::own_writes::{InFlight, OwnWrites};
 use crate::auth::AuthClient;
 use crate::crd::{Tenant, TenantStatus};
 use crate::journal::slot::JournalSlot;
@@ -81,6 +81,9 @@ pub(super) struct TenantMemo {
     pub(super) transitions_behind: bool,
     /// Other Events that could not be written, retried by the next passes.
     pub(super) pending_events: Vec<k8s_openapi::api::core::v1::Event>,
+    /// An event parked while this pass wrote an object was not the write's own (see
+    /// `own_writes`): the pass runs again.
+    pub(super) changed_while_writing: bool,
 }
 
 /// Own Tenant writes remembered per tenant until their watch events arrive (a pass makes
@@ -170,12 +173,34 @@ impl Context {
         self.chain.as_deref()
     }
 
+    /// This operator's own write `flight` of the Tenant was answered with `written`
+    /// (`None`: it failed). Its version is remembered unless its watch event came already;
+    /// any other event meanwhile means the pass must run again.
+    pub(super) fn note_tenant_write(
+        &self,
+        tenant: &Tenant,
+        flight: InFlight,
+        written: Option<&Tenant>,
+    ) {
+        let version = written.and_then(|w| w.resource_version());
+        let answered = flight.settled(version.as_deref());
+        if answered.other_change {
+            self.note_change_while_writing(tenant);
+        }
+        if let Some(version) = version.filter(|_| !answered.echo_came) {
+            self.note_own_version(tenant, version);
+        }
+    }
+
+    /// Something other than this pass changed one of the tenant's objects (or the Tenant)
+    /// while the pass wrote it: the pass runs again when it ends.
+    pub(super) fn note_change_while_writing(&self, tenant: &Tenant) {
+        self.memo(tenant, |m| m.changed_while_writing = true);
+    }
+
     /// Remembers the resourceVersion of this operator's own write of the Tenant, as the API
     /// server returned it.
-    pub(super) fn note_own_write(&self, tenant: &Tenant, written: &Tenant) {
-        let Some(version) = written.resource_version() else {
-            return;
-        };
+    fn note_own_version(&self, tenant: &Tenant, version: String) {
         self.memo(tenant, |m| {
             if m.own_versions.len() >= MAX_OWN_VERSIONS {
                 m.own_versions.remove(0);

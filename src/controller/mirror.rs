@@ -222,10 +222,10 @@ impl Context {
         let params = PatchParams::default();
         let name = tenant.name_any();
         self.metrics.count_write("patch", "tenants/status");
-        let written = apply::retry(|| api.patch_status(&name, &params, &patch))
-            .await
-            .map_err(Error::Kube)?;
-        self.note_own_write(tenant, &written);
+        let flight = self.own_writes.writing::<Tenant>(None, &name);
+        let written = apply::retry(|| api.patch_status(&name, &params, &patch)).await;
+        self.note_tenant_write(tenant, flight, written.as_ref().ok());
+        written.map_err(Error::Kube)?;
         self.memo(tenant, |m| {
             m.status_patched_from = version.map(|from| (from, desired));
         });

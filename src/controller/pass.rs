@@ -155,6 +155,7 @@ async fn reconcile_tenant(tenant: Arc<Tenant>, ctx: Arc<Context>) -> Result<Acti
             ctx.blocking(move |j| j.last(&journal_uid)).await?
         }
     };
+    ctx.memo(&tenant, |m| m.changed_while_writing = false);
     ctx.tell_of_recovery(&tenant).await?;
     ctx.retry_events(&tenant).await;
 
@@ -217,6 +218,8 @@ async fn reconcile_tenant(tenant: Arc<Tenant>, ctx: Arc<Context>) -> Result<Acti
     ctx.metrics.set_phase(&uid, Some(phase.as_str()));
     ctx.metrics
         .observe_reconcile(phase.as_str(), started.elapsed());
+    // Events parked while this pass wrote, that were not its own writes' (see `own_writes`).
+    let changed_meanwhile = ctx.memo(&tenant, |m| std::mem::take(&mut m.changed_while_writing));
     if phase == Phase::Stalled
         && let Err(error) = &applied
         && error.is_refused_write()
@@ -224,7 +227,11 @@ async fn reconcile_tenant(tenant: Arc<Tenant>, ctx: Arc<Context>) -> Result<Acti
         tracing::debug!(%error, "still refused; retrying on the next change or recheck");
         // Refused for what it holds: retrying on a backoff would only repeat the refusal.
         // A change of the Tenant or its objects brings a pass; so does the slow recheck.
-        return Ok(Action::requeue(STALLED_RECHECK));
+        return Ok(Action::requeue(if changed_meanwhile {
+            NEXT_TRANSITION_DELAY
+        } else {
+            STALLED_RECHECK
+        }));
     }
     applied?;
     if let Some(error) = name_check_failed {
@@ -235,7 +242,9 @@ async fn reconcile_tenant(tenant: Arc<Tenant>, ctx: Arc<Context>) -> Result<Acti
     // already allow the next transition, and with an unchanged status nothing else would
     // start the pass that takes it.
     let facts = ctx.facts(&tenant, tail.as_ref());
-    if derive_input(phase, facts, &obs).is_some_and(|input| step(phase, &input).is_some()) {
+    if changed_meanwhile
+        || derive_input(phase, facts, &obs).is_some_and(|input| step(phase, &input).is_some())
+    {
         return Ok(Action::requeue(NEXT_TRANSITION_DELAY));
     }
     let mut next = match phase {

@@ -414,7 +414,7 @@ pub async fn run(
         .reflect(tenant_writer)
         .applied_objects()
         .filter(move |tenant| {
-            let own = matches!(tenant, Ok(t) if echoes.is_own_write_echo(t));
+            let own = matches!(tenant, Ok(t) if echoes.own_writes.is_echo(t) || echoes.is_own_write_echo(t));
             futures::future::ready(!own)
         })
         .map_ok(starts_pass);

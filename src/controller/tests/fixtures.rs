@@ -78,6 +78,9 @@ pub(super) enum Reply {
     /// answer (when its next request comes), through the operator's trigger filter (see
     /// [`ApiServer::namespace_passes`]): as a real watch usually does.
     CreatedNamespaceEchoedLater,
+    /// As `Created`, but the watch delivers the namespace through the operator's trigger
+    /// filter before the answer is sent: the echo overtakes the answer, as under load.
+    CreatedNamespaceEchoedFirst,
     /// The stored Tenant after the request's JSON patch or merge patch.
     PatchedTenant,
     /// The tenant namespace as cached, now terminating, and delivered so to the cache:
@@ -377,6 +380,11 @@ impl ApiServer {
             Reply::CreatedNamespaceEchoedLater => {
                 let object = stored(body);
                 self.late_namespace = Some(object.clone());
+                (201, object)
+            }
+            Reply::CreatedNamespaceEchoedFirst => {
+                let object = stored(body);
+                self.deliver_namespace(&object);
                 (201, object)
             }
             Reply::PatchedTenant => (200, self.patch_tenant(exchange.content_type, body)),

@@ -119,6 +119,26 @@ async fn the_watch_event_of_the_namespace_a_pass_created_starts_no_second_pass()
 }
 
 #[tokio::test]
+async fn the_watch_event_of_a_created_namespace_that_overtakes_the_answer_starts_no_pass() {
+    let mut fx = Fixture::new(tenant()).await;
+    let mut script = first_pass();
+    script[3] = create_namespace().reply(Reply::CreatedNamespaceEchoedFirst);
+    let action = fx.pass(script).await.expect("the pass succeeds");
+    assert_eq!(
+        fx.api.namespace_passes,
+        [false],
+        "parked until the answer named its version: the echo"
+    );
+    assert_eq!(action, Action::requeue(NEXT_TRANSITION));
+    assert_eq!(fx.ctx.own_writes.pending(), 0, "nothing parked or expected");
+    let mut labelled = fx.api.cached_namespace();
+    labelled["metadata"]["resourceVersion"] = "2".into();
+    labelled["metadata"]["labels"]["team"] = "blue".into();
+    fx.api.deliver_namespace(&labelled);
+    assert_eq!(fx.api.namespace_passes, [false, true], "a later change");
+}
+
+#[tokio::test]
 async fn a_pass_expects_no_echo_of_its_writes_once_it_stops_waiting_for_the_caches() {
     let mut fx = Fixture::new(tenant()).await;
     fx.pass(first_pass()).await.expect("the pass succeeds");
