@@ -3,11 +3,13 @@
 //! pass in phase P carries out what P keeps, so a crash between journaling and applying
 //! is repaired by the next pass.
 
-use super::compare::{DESIRED_HASH_ANNOTATION, desired_hash, is_up_to_date};
+use super::compare::DESIRED_HASH_ANNOTATION;
 use super::events::{self, EventType};
 use super::observation::{AuthState, NamespaceState, Observation};
+use super::observe::Wanted;
 use super::own_writes::{ExpectedEcho, InFlight};
 use super::registration::Ownership;
+use super::verdicts::Rendered;
 use super::{Context, Error, FINALIZER};
 use crate::crd::{Tenant, namespace_for};
 use crate::render::{self, Desired, RenderError};
@@ -23,7 +25,7 @@ use kube::{Api, Resource, ResourceExt};
 use neurallog_machines::Duty;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use serde_json::{Value, json};
+use serde_json::json;
 use std::fmt::Debug;
 use std::future::Future;
 use std::sync::Mutex;
@@ -56,6 +58,8 @@ pub struct Applier<'a> {
     obs: &'a Observation,
     /// The objects the spec asks for, rendered once for the pass.
     desired: &'a Result<Desired, RenderError>,
+    /// What they were rendered from (see `verdicts::render_inputs`).
+    inputs: &'a str,
     /// The journal sequence of the current phase: "Created" Events are named after it.
     seq: u64,
     written: Mutex<Vec<OwnWrite>>,
@@ -94,14 +98,15 @@ impl<'a> Applier<'a> {
         ctx: &'a Context,
         tenant: &'a Tenant,
         obs: &'a Observation,
-        desired: &'a Result<Desired, RenderError>,
+        wanted: &'a Wanted,
         seq: u64,
     ) -> Self {
         Self {
             ctx,
             tenant,
             obs,
-            desired,
+            desired: &wanted.objects,
+            inputs: &wanted.inputs,
             seq,
             written: Mutex::new(Vec::new()),
         }
@@ -293,8 +298,10 @@ impl<'a> Applier<'a> {
             // fails with AlreadyExists instead of adopting it. Created with its desired
             // hash, so the next pass finds it up to date instead of applying it again.
             NamespaceState::Missing => {
-                let (body, hash) = with_hash(&desired)?;
-                let desired: Namespace = serde_json::from_value(body).map_err(Error::Serialize)?;
+                let rendered = Rendered::of(&desired)?;
+                let hash = rendered.hash.clone();
+                let desired: Namespace =
+                    serde_json::from_value(rendered.annotated()).map_err(Error::Serialize)?;
                 self.ctx.metrics.count_write("create", "namespaces");
                 let flight = self
                     .ctx
@@ -507,9 +514,10 @@ impl<'a> Applier<'a> {
         let Some(live) = self.ctx.stores.deployments.get(&key) else {
             return Ok(());
         };
-        let (body, hash) = with_hash(desired)?;
-        let observed = serde_json::to_value(live.as_ref()).map_err(Error::Serialize)?;
-        if is_up_to_date(&strip_hash(&body), &observed, &hash) {
+        if self
+            .ctx
+            .is_current(self.tenant, self.inputs, desired, live.as_ref())?
+        {
             return Ok(());
         }
         let Some(replicas) = live.spec.as_ref().and_then(|s| s.replicas) else {
@@ -535,7 +543,8 @@ impl<'a> Applier<'a> {
     /// longer asks for.
     async fn remove_cached<K>(&self, store: &Store<K>, name: &str) -> Result<(), Error>
     where
-        K: Resource<DynamicType = (), Scope = NamespaceResourceScope>
+        K: k8s_openapi::Resource
+            + Resource<DynamicType = (), Scope = NamespaceResourceScope>
             + Clone
             + Debug
             + DeserializeOwned
@@ -664,7 +673,8 @@ impl<'a> Applier<'a> {
         announced: Option<Announced>,
     ) -> Result<(), Error>
     where
-        K: Resource<DynamicType = (), Scope = NamespaceResourceScope>
+        K: k8s_openapi::Resource
+            + Resource<DynamicType = (), Scope = NamespaceResourceScope>
             + Clone
             + Debug
             + Serialize
@@ -695,7 +705,8 @@ impl<'a> Applier<'a> {
         store: &Store<K>,
     ) -> Result<Option<K>, Error>
     where
-        K: Resource<DynamicType = ()>
+        K: k8s_openapi::Resource
+            + Resource<DynamicType = ()>
             + Clone
             + Debug
             + Serialize
@@ -705,13 +716,16 @@ impl<'a> Applier<'a> {
             + 'static,
     {
         let observed = store.get(&key);
-        let (body, hash) = with_hash(desired)?;
-        if let Some(observed) = &observed {
-            let observed = serde_json::to_value(observed.as_ref()).map_err(Error::Serialize)?;
-            if is_up_to_date(&strip_hash(&body), &observed, &hash) {
-                return Ok(None);
-            }
+        if let Some(observed) = &observed
+            && self
+                .ctx
+                .is_current(self.tenant, self.inputs, desired, observed.as_ref())?
+        {
+            return Ok(None);
         }
+        let rendered = Rendered::of(desired)?;
+        let hash = rendered.hash.clone();
+        let body = rendered.annotated();
         let params = PatchParams::apply(FIELD_MANAGER).force();
         self.ctx.metrics.count_write("patch", &K::plural(&()));
         let patch = Patch::Apply(&body);
@@ -746,39 +760,6 @@ impl<'a> Applier<'a> {
             .emit_event(self.tenant, name, EventType::Normal, "Created", message)
             .await;
     }
-}
-
-/// The body to apply (with the desired-state hash annotation) and that hash.
-fn with_hash<K: Serialize>(desired: &K) -> Result<(Value, String), Error> {
-    let mut body = serde_json::to_value(desired).map_err(Error::Serialize)?;
-    let hash = desired_hash(&body);
-    if let Some(meta) = body.get_mut("metadata").and_then(Value::as_object_mut) {
-        let annotations = meta.entry("annotations").or_insert_with(|| json!({}));
-        if let Some(a) = annotations.as_object_mut() {
-            a.insert(DESIRED_HASH_ANNOTATION.into(), Value::String(hash.clone()));
-        }
-    }
-    Ok((body, hash))
-}
-
-fn strip_hash(body: &Value) -> Value {
-    let mut body = body.clone();
-    if let Some(a) = body
-        .pointer_mut("/metadata/annotations")
-        .and_then(Value::as_object_mut)
-    {
-        a.remove(DESIRED_HASH_ANNOTATION);
-    }
-    body
-}
-
-/// Whether the desired object, as applied, would hold: what observation uses to decide
-/// that a workload is "current".
-pub fn matches_desired<K: Serialize>(desired: &K, observed: Option<&K>) -> bool {
-    let (Ok((body, hash)), Some(observed)) = (with_hash(desired), observed) else {
-        return false;
-    };
-    serde_json::to_value(observed).is_ok_and(|o| is_up_to_date(&strip_hash(&body), &o, &hash))
 }
 
 /// Retries conflicts, throttling and server errors with exponential backoff and jitter.

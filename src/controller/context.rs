@@ -81,6 +81,8 @@ pub(super) struct TenantMemo {
     pub(super) transitions_behind: bool,
     /// Other Events that could not be written, retried by the next passes.
     pub(super) pending_events: Vec<k8s_openapi::api::core::v1::Event>,
+    /// Desired hashes and comparison verdicts of the tenant's objects.
+    pub(super) verdicts: super::verdicts::Verdicts,
     /// An event parked while this pass wrote an object was not the write's own (see
     /// `own_writes`): the pass runs again.
     pub(super) changed_while_writing: bool,

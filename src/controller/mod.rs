@@ -42,6 +42,7 @@ mod runtime;
 #[cfg(test)]
 mod tests;
 mod triggers;
+mod verdicts;
 mod volume_retention;
 
 pub use by_namespace::NamespacedStore;

@@ -1,7 +1,6 @@
 //! Observing a tenant from the watch caches (and Auth): what exists, what is ready, and
 //! why not.
 
-use super::apply;
 use super::failures;
 use super::observation::{Observation, deployment_state, namespace_state, statefulset_state};
 use super::storage::{self, ClaimSize, Expansion, StorageState};
@@ -22,6 +21,8 @@ use std::sync::Arc;
 pub struct Wanted {
     pub problems: Vec<String>,
     pub objects: Result<render::Desired, RenderError>,
+    /// What the objects were rendered from (see `verdicts`).
+    pub inputs: String,
 }
 
 impl Wanted {
@@ -43,7 +44,11 @@ impl Wanted {
                 message: problems.join("; "),
             })
         };
-        Wanted { problems, objects }
+        Wanted {
+            problems,
+            objects,
+            inputs: super::verdicts::render_inputs(tenant),
+        }
     }
 }
 
@@ -79,8 +84,19 @@ impl Context {
             .get(&ObjectRef::new(&render::server_name(&name)).within(&ns_name));
         let (redis_matches, server_matches) = match &wanted.objects {
             Ok(desired) => (
-                apply::matches_desired(&desired.redis_statefulset, sts.as_deref()),
-                apply::matches_desired(&desired.server_deployment, deployment.as_deref()),
+                sts.as_deref().is_some_and(|sts| {
+                    self.is_current(tenant, &wanted.inputs, &desired.redis_statefulset, sts)
+                        .unwrap_or(false)
+                }),
+                deployment.as_deref().is_some_and(|deployment| {
+                    self.is_current(
+                        tenant,
+                        &wanted.inputs,
+                        &desired.server_deployment,
+                        deployment,
+                    )
+                    .unwrap_or(false)
+                }),
             ),
             Err(_) => (false, false),
         };

@@ -201,7 +201,7 @@ async fn reconcile_tenant(tenant: Arc<Tenant>, ctx: Arc<Context>) -> Result<Acti
 
     let seq = tail.as_ref().map_or(0, |r| r.seq);
     let plan = neurallog_machines::plan(&outputs, phase);
-    let applied = Applier::new(&ctx, &tenant, &obs, &wanted.objects, seq)
+    let applied = Applier::new(&ctx, &tenant, &obs, &wanted, seq)
         .ensure(&plan)
         .await;
     ctx.record_write_outcome(&tenant, seq, &applied).await;

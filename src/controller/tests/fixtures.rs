@@ -428,14 +428,17 @@ impl ApiServer {
     }
 }
 
-/// `object` as the API server stores it: with a uid and a resourceVersion.
+/// `object` as the API server stores it: with a uid and a resourceVersion of its own (as
+/// etcd's revision, every write gets a new one).
 fn stored(mut object: Value) -> Value {
+    static REVISION: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
     let name = object["metadata"]["name"]
         .as_str()
         .unwrap_or_default()
         .to_string();
+    let revision = REVISION.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     object["metadata"]["uid"] = format!("uid-{name}").into();
-    object["metadata"]["resourceVersion"] = "1".into();
+    object["metadata"]["resourceVersion"] = revision.to_string().into();
     object
 }
 
@@ -681,7 +684,7 @@ fn provisioned(tenant: &Tenant, settings: &RenderSettings) -> Vec<Value> {
 }
 
 /// `desired` as the applier writes it (with the hash of what was rendered, as
-/// `apply::with_hash` adds it) and the API server stores it, at generation 1.
+/// `verdicts::Rendered::annotated` adds it) and the API server stores it, at generation 1.
 fn applied<K: Serialize>(desired: Result<K, RenderError>) -> Value {
     let mut object = serde_json::to_value(desired.expect("renders")).expect("serializes");
     let hash = desired_hash(&object);

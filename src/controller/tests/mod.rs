@@ -4,3 +4,4 @@
 mod fixtures;
 mod pass;
 mod resize;
+mod verdicts;
