@@ -36,9 +36,11 @@ mod state;
 
 pub use cache::CachedFile;
 
+use nix::errno::Errno;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 /// A mounted LazyFs. Dropping it unmounts (lazily if the mount is busy).
 pub struct LazyFs {
@@ -99,16 +101,33 @@ impl LazyFs {
             return Ok(());
         };
         self.cut_power();
-        match session.umount_and_join() {
-            Ok(()) => Ok(()),
-            Err(error) => {
-                // Busy (a process still has a file open there): detach it now, the kernel
+        match umount_waiting_while_busy(&self.mountpoint) {
+            Ok(()) => {}
+            // Not root: only fusermount (which mounted it) may unmount it; fuser runs it.
+            Err(Errno::EPERM) => return session.umount_and_join(),
+            Err(Errno::EBUSY) => {
+                // A process still has a file open there: detach it now, the kernel
                 // finishes the unmount when the last user lets go.
                 lazy_unmount(&self.mountpoint)?;
-                Err(error)
+                return Err(Errno::EBUSY.into());
             }
+            Err(error) => return Err(error.into()),
+        }
+        match session.join() {
+            Err(error) if is_end_of_connection(&error) => Ok(()),
+            ended => ended,
         }
     }
+}
+
+/// How the filesystem's thread may see its connection end once the unmount is done:
+/// ENODEV, or ECONNABORTED where the kernel marked the torn-down connection aborted
+/// (seen on Linux 6.18 now and then, right after a successful umount).
+fn is_end_of_connection(error: &io::Error) -> bool {
+    matches!(
+        error.raw_os_error().map(Errno::from_raw),
+        Some(Errno::ENODEV | Errno::ECONNABORTED)
+    )
 }
 
 impl Drop for LazyFs {
@@ -118,6 +137,24 @@ impl Drop for LazyFs {
                 "lazyfs: unmounting {} ({error}); detached it lazily",
                 self.mountpoint.display()
             );
+        }
+    }
+}
+
+/// How long an unmount is retried while the mount is busy.
+const BUSY_PATIENCE: Duration = Duration::from_secs(5);
+
+/// `umount`, retried for [`BUSY_PATIENCE`] while it says EBUSY: a process that forks
+/// (another thread spawning a child) holds copies of every open file until it execs, so
+/// files already closed here can keep the mount busy for a moment.
+fn umount_waiting_while_busy(mountpoint: &Path) -> Result<(), Errno> {
+    let deadline = Instant::now() + BUSY_PATIENCE;
+    loop {
+        match nix::mount::umount(mountpoint) {
+            Err(Errno::EBUSY) if Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            done => return done,
         }
     }
 }
