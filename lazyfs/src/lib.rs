@@ -42,7 +42,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-/// A mounted LazyFs. Dropping it unmounts (lazily if the mount is busy).
+/// A mounted LazyFs. Dropping it unmounts (lazily if the mount stays busy).
 pub struct LazyFs {
     session: Option<fuser::BackgroundSession>,
     state: Arc<Mutex<state::State>>,
@@ -91,7 +91,8 @@ impl LazyFs {
     }
 
     /// Unmounts and waits for the filesystem's thread. Unsynced writes are discarded, as
-    /// at a power cut: unmounting is not a clean shutdown (fsync first for that).
+    /// at a power cut: unmounting is not a clean shutdown (fsync first for that). A busy
+    /// mount is retried for a few seconds, then detached lazily and reported as EBUSY.
     pub fn unmount(mut self) -> io::Result<()> {
         self.unmount_now()
     }
