@@ -28,6 +28,11 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use chrono::{DateTime, Duration, Utc};
+
+/// The operator binary's allocator (`src/main.rs`), so that the journal is measured as it
+/// runs there.
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 use neurallog_machines::{Input, Phase, Transition, Trigger, run};
 use neurallog_operator::journal::{Journal, NewRecord, Options, spec_digest};
 use std::path::Path;
