@@ -28,15 +28,15 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use chrono::{DateTime, Duration, Utc};
+use neurallog_machines::{Input, Phase, Transition, Trigger, run};
+use neurallog_operator::journal::{Journal, NewRecord, Options, spec_digest};
+use std::path::Path;
+use std::time::Instant;
 
 /// The operator binary's allocator (`src/main.rs`), so that the journal is measured as it
 /// runs there.
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
-use neurallog_machines::{Input, Phase, Transition, Trigger, run};
-use neurallog_operator::journal::{Journal, NewRecord, Options, spec_digest};
-use std::path::Path;
-use std::time::Instant;
 
 struct Config {
     appends: u64,
