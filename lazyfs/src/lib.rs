@@ -105,7 +105,7 @@ impl LazyFs {
         match umount_waiting_while_busy(&self.mountpoint) {
             Ok(()) => {}
             // Not root: only fusermount (which mounted it) may unmount it; fuser runs it.
-            Err(Errno::EPERM) => return session.umount_and_join(),
+            Err(Errno::EPERM) => return ended_cleanly(session.umount_and_join()),
             Err(Errno::EBUSY) => {
                 // A process still has a file open there: detach it now, the kernel
                 // finishes the unmount when the last user lets go.
@@ -114,21 +114,25 @@ impl LazyFs {
             }
             Err(error) => return Err(error.into()),
         }
-        match session.join() {
-            Err(error) if is_end_of_connection(&error) => Ok(()),
-            ended => ended,
-        }
+        ended_cleanly(session.join())
     }
 }
 
-/// How the filesystem's thread may see its connection end once the unmount is done:
-/// ENODEV, or ECONNABORTED where the kernel marked the torn-down connection aborted
-/// (seen on Linux 6.18 now and then, right after a successful umount).
-fn is_end_of_connection(error: &io::Error) -> bool {
-    matches!(
-        error.raw_os_error().map(Errno::from_raw),
-        Some(Errno::ENODEV | Errno::ECONNABORTED)
-    )
+/// The filesystem thread's end after an unmount, with the ways it may see its connection
+/// end taken as success: ENODEV, or ECONNABORTED where the kernel marked the torn-down
+/// connection aborted (seen on Linux 6.18 now and then, right after a successful umount).
+fn ended_cleanly(joined: io::Result<()>) -> io::Result<()> {
+    match joined {
+        Err(error)
+            if matches!(
+                error.raw_os_error().map(Errno::from_raw),
+                Some(Errno::ENODEV | Errno::ECONNABORTED)
+            ) =>
+        {
+            Ok(())
+        }
+        ended => ended,
+    }
 }
 
 impl Drop for LazyFs {
