@@ -3,6 +3,7 @@
 //! pass in phase P carries out what P keeps, so a crash between journaling and applying
 //! is repaired by the next pass.
 
+use super::cache::Cache;
 use super::compare::DESIRED_HASH_ANNOTATION;
 use super::events::{self, EventType};
 use super::observation::{AuthState, NamespaceState, Observation};
@@ -20,7 +21,7 @@ use k8s_openapi::api::batch::v1::CronJob;
 use k8s_openapi::api::core::v1::{Event, Namespace};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams, Preconditions};
-use kube::runtime::reflector::{ObjectRef, Store};
+use kube::runtime::reflector::ObjectRef;
 use kube::{Api, Resource, ResourceExt};
 use neurallog_machines::Duty;
 use serde::Serialize;
@@ -163,7 +164,7 @@ impl<'a> Applier<'a> {
     /// as the API server returned it in `written` to the write `flight`.
     fn expect_cached<K>(
         &self,
-        store: &Store<K>,
+        store: &Cache<K>,
         key: ObjectRef<K>,
         hash: String,
         flight: InFlight,
@@ -177,9 +178,8 @@ impl<'a> Applier<'a> {
         }
         let store = store.clone();
         let check = move || {
-            store.get(&key).is_some_and(|cached| {
+            store.metadata(&key).is_some_and(|cached| {
                 cached
-                    .meta()
                     .annotations
                     .as_ref()
                     .and_then(|a| a.get(DESIRED_HASH_ANNOTATION))
@@ -369,8 +369,7 @@ impl<'a> Applier<'a> {
             .filter_map(|p| p.metadata.name.clone())
             .collect();
         for policy in &desired.network_policies {
-            self.apply(policy, stores.network_policies.store(), None)
-                .await?;
+            self.apply(policy, &stores.network_policies, None).await?;
         }
         self.prune_network_policies(&wanted).await
     }
@@ -383,10 +382,12 @@ impl<'a> Applier<'a> {
             .ctx
             .stores
             .network_policies
-            .in_namespace(&ns)
-            .iter()
-            .filter(|p| p.labels().get(render::TENANT_LABEL) == Some(&tenant))
-            .map(|p| p.name_any())
+            .metadata_in_namespace(&ns)
+            .into_iter()
+            .filter(|p| {
+                p.labels.as_ref().and_then(|l| l.get(render::TENANT_LABEL)) == Some(&tenant)
+            })
+            .filter_map(|p| p.name)
             .filter(|name| !wanted.contains(name))
             .collect();
         let api: Api<NetworkPolicy> = Api::namespaced(self.ctx.client.clone(), &ns);
@@ -439,7 +440,7 @@ impl<'a> Applier<'a> {
         let stores = &self.ctx.stores;
         if let Some(claim) = &desired.backup_claim {
             let key = ObjectRef::new(render::BACKUP_CLAIM).within(&self.namespace());
-            if stores.claims.get(&key).is_none() {
+            if !stores.claims.contains(&key) {
                 self.apply(claim, &stores.claims, None).await?;
             }
         }
@@ -453,7 +454,7 @@ impl<'a> Applier<'a> {
         let ns = self.namespace();
         let name = render::BACKUP_CRONJOB;
         let key = ObjectRef::new(name).within(&ns);
-        if self.ctx.stores.cron_jobs.get(&key).is_none() {
+        if !self.ctx.stores.cron_jobs.contains(&key) {
             return Ok(());
         }
         let api: Api<CronJob> = Api::namespaced(self.ctx.client.clone(), &ns);
@@ -541,7 +542,7 @@ impl<'a> Applier<'a> {
 
     /// Deletes `name` in the tenant namespace if `store` shows it: an object the spec no
     /// longer asks for.
-    async fn remove_cached<K>(&self, store: &Store<K>, name: &str) -> Result<(), Error>
+    async fn remove_cached<K>(&self, store: &Cache<K>, name: &str) -> Result<(), Error>
     where
         K: k8s_openapi::Resource
             + Resource<DynamicType = (), Scope = NamespaceResourceScope>
@@ -553,7 +554,7 @@ impl<'a> Applier<'a> {
             + 'static,
     {
         let ns = self.namespace();
-        if store.get(&ObjectRef::new(name).within(&ns)).is_none() {
+        if !store.contains(&ObjectRef::new(name).within(&ns)) {
             return Ok(());
         }
         let api: Api<K> = Api::namespaced(self.ctx.client.clone(), &ns);
@@ -604,8 +605,8 @@ impl<'a> Applier<'a> {
                         .ctx
                         .stores
                         .namespaces
-                        .get(&ObjectRef::new(&self.namespace()))
-                        .and_then(|n| n.uid()),
+                        .metadata(&ObjectRef::new(&self.namespace()))
+                        .and_then(|n| n.uid),
                     resource_version: None,
                 }),
                 ..DeleteParams::default()
@@ -669,7 +670,7 @@ impl<'a> Applier<'a> {
     async fn apply<K>(
         &self,
         desired: &K,
-        store: &Store<K>,
+        store: &Cache<K>,
         announced: Option<Announced>,
     ) -> Result<(), Error>
     where
@@ -702,7 +703,7 @@ impl<'a> Applier<'a> {
         api: &Api<K>,
         key: ObjectRef<K>,
         desired: &K,
-        store: &Store<K>,
+        store: &Cache<K>,
     ) -> Result<Option<K>, Error>
     where
         K: k8s_openapi::Resource

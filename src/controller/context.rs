@@ -3,7 +3,7 @@
 
 use super::DEFAULT_PROGRESS_DEADLINE;
 use super::Error;
-use super::by_namespace::NamespacedStore;
+use super::cache::Cache;
 use super::failures;
 use super::observation::AuthState;
 use super::own_writes::{InFlight, OwnWrites};
@@ -21,7 +21,6 @@ use k8s_openapi::api::core::v1::{
 };
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
-use kube::runtime::reflector::Store;
 use kube::{Client, ResourceExt};
 use std::collections::HashMap;
 use std::fmt::Debug;
@@ -31,26 +30,26 @@ use std::time::Duration;
 /// Watch caches of everything the operator owns, label-selected and without managed fields.
 #[derive(Clone)]
 pub struct Stores {
-    pub namespaces: Store<Namespace>,
-    pub config_maps: Store<ConfigMap>,
-    pub services: Store<Service>,
-    pub statefulsets: Store<StatefulSet>,
-    pub deployments: Store<Deployment>,
-    pub network_policies: NamespacedStore<NetworkPolicy>,
-    pub quotas: Store<ResourceQuota>,
-    pub limit_ranges: Store<LimitRange>,
-    pub disruption_budgets: Store<PodDisruptionBudget>,
-    pub autoscalers: Store<HorizontalPodAutoscaler>,
+    pub namespaces: Cache<Namespace>,
+    pub config_maps: Cache<ConfigMap>,
+    pub services: Cache<Service>,
+    pub statefulsets: Cache<StatefulSet>,
+    pub deployments: Cache<Deployment>,
+    pub network_policies: Cache<NetworkPolicy>,
+    pub quotas: Cache<ResourceQuota>,
+    pub limit_ranges: Cache<LimitRange>,
+    pub disruption_budgets: Cache<PodDisruptionBudget>,
+    pub autoscalers: Cache<HorizontalPodAutoscaler>,
     /// The Redis backup CronJobs: applied, and read for the last successful backup.
-    pub cron_jobs: Store<CronJob>,
+    pub cron_jobs: Cache<CronJob>,
     /// Claims the operator creates itself (the backup claim; Redis's own come from its
     /// StatefulSet).
-    pub claims: Store<PersistentVolumeClaim>,
+    pub claims: Cache<PersistentVolumeClaim>,
     /// The tenants' pods, status only: why a component is not ready.
-    pub pods: NamespacedStore<Pod>,
+    pub pods: Cache<Pod>,
     /// The Redis data claims (created by the StatefulSet controller, selected by the
     /// StatefulSet's pod labels): what size they ask for and hold.
-    pub redis_claims: NamespacedStore<PersistentVolumeClaim>,
+    pub redis_claims: Cache<PersistentVolumeClaim>,
 }
 
 /// What the operator remembers about a tenant between passes. Losing it (a restart) costs

@@ -14,7 +14,7 @@
 //! | [`apply`] ([`compare`]) | the objects the current phase needs, written only when different |
 //! | [`storage`] | growing the Redis volume in place: when to ask, replace, wait or refuse |
 //! | `mirror` ([`events`], [`status`]) | Events of journaled transitions, Warning Events, status |
-//! | `by_namespace` | the caches a pass reads per namespace, indexed by namespace |
+//! | `cache` | the watch caches: objects kept as JSON, read by name or by namespace |
 //! | `runtime` | watch caches, what triggers a pass, readiness, backoff |
 //! | `triggers` | which events of owned objects and pods start a pass |
 //! | `own_writes` | the operator's own writes whose watch events start no pass |
@@ -31,7 +31,7 @@ pub mod registration;
 pub mod status;
 pub mod storage;
 
-mod by_namespace;
+mod cache;
 mod context;
 mod error;
 mod mirror;
@@ -45,7 +45,7 @@ mod triggers;
 mod verdicts;
 mod volume_retention;
 
-pub use by_namespace::NamespacedStore;
+pub use cache::Cache;
 pub use context::{Context, Stores};
 pub use error::Error;
 pub use pass::{error_policy, reconcile};

@@ -1,7 +1,7 @@
 //! Running the controller: the watch caches and what triggers a pass, readiness, and the
 //! per-tenant backoff.
 
-use super::by_namespace::{CacheWriter, NamespacedStore, namespaced_store};
+use super::cache::{self, Cache, CacheWriter, NeverSynced};
 use super::own_writes::OwnWrites;
 use super::pass::{error_policy, reconcile};
 use super::triggers::{
@@ -47,17 +47,14 @@ async fn report_readiness(
     let mut pending: Vec<(&'static str, BoxFuture<'static, _>)> = vec![
         (
             "tenants",
-            Box::pin(async move { tenants.wait_until_ready().await }),
+            Box::pin(async move { tenants.wait_until_ready().await.map_err(|_| NeverSynced) }),
         ),
         ("namespaces", wait_ready(stores.namespaces)),
         ("configmaps", wait_ready(stores.config_maps)),
         ("services", wait_ready(stores.services)),
         ("statefulsets", wait_ready(stores.statefulsets)),
         ("deployments", wait_ready(stores.deployments)),
-        (
-            "networkpolicies",
-            wait_ready(stores.network_policies.store().clone()),
-        ),
+        ("networkpolicies", wait_ready(stores.network_policies)),
         ("resourcequotas", wait_ready(stores.quotas)),
         ("limitranges", wait_ready(stores.limit_ranges)),
         (
@@ -67,11 +64,8 @@ async fn report_readiness(
         ("horizontalpodautoscalers", wait_ready(stores.autoscalers)),
         ("cronjobs", wait_ready(stores.cron_jobs)),
         ("persistentvolumeclaims", wait_ready(stores.claims)),
-        ("pods", wait_ready(stores.pods.store().clone())),
-        (
-            "persistentvolumeclaims",
-            wait_ready(stores.redis_claims.store().clone()),
-        ),
+        ("pods", wait_ready(stores.pods)),
+        ("persistentvolumeclaims", wait_ready(stores.redis_claims)),
     ];
     let mut next_report = std::time::Instant::now() + Duration::from_secs(10);
     while !pending.is_empty() {
@@ -101,13 +95,11 @@ async fn report_readiness(
     info!("caches synced");
 }
 
-fn wait_ready<K>(
-    store: Store<K>,
-) -> futures::future::BoxFuture<'static, Result<(), reflector::store::WriterDropped>>
+fn wait_ready<K>(cache: Cache<K>) -> futures::future::BoxFuture<'static, Result<(), NeverSynced>>
 where
-    K: Resource<DynamicType = ()> + Clone + Send + Sync + 'static,
+    K: Resource<DynamicType = ()> + DeserializeOwned + 'static,
 {
-    Box::pin(async move { store.wait_until_ready().await })
+    Box::pin(async move { cache.wait_until_ready().await })
 }
 
 /// Backoff of the controller's merged trigger stream. One backoff pauses every watch at
@@ -175,24 +167,11 @@ impl<K> Cached for K where
 /// A cache of our objects of kind `K`; an event starts a pass when it changes what
 /// `read` keeps of the object (see [`ChangeTriggers`]) and is not the echo of one of
 /// `own` writes.
-fn cache<K>(client: &Client, own: &OwnWrites, read: fn(&mut K)) -> (Store<K>, Watch<K>)
+fn owned_cache<K>(client: &Client, own: &OwnWrites, read: fn(&mut K)) -> (Cache<K>, Watch<K>)
 where
     K: Cached,
 {
-    let (reader, writer) = reflector::store();
-    (reader, managed_cache(client, own, writer, read))
-}
-
-/// A cache of our objects in `K`, as [`cache`], read per namespace.
-fn namespaced_cache<K>(
-    client: &Client,
-    own: &OwnWrites,
-    read: fn(&mut K),
-) -> (NamespacedStore<K>, Watch<K>)
-where
-    K: Cached,
-{
-    let (reader, writer) = namespaced_store();
+    let (reader, writer) = cache::cache();
     (reader, managed_cache(client, own, writer, read))
 }
 
@@ -200,7 +179,7 @@ where
 fn managed_cache<K>(
     client: &Client,
     own: &OwnWrites,
-    writer: impl CacheWriter<K>,
+    writer: CacheWriter<K>,
     read: fn(&mut K),
 ) -> Watch<K>
 where
@@ -212,8 +191,8 @@ where
 }
 
 /// Passes each watch event on after `writer` kept it (what kube's `reflect` does).
-fn keeping_in<K>(
-    mut writer: impl CacheWriter<K>,
+fn keeping_in<K: Cached>(
+    mut writer: CacheWriter<K>,
 ) -> impl FnMut(watcher::Result<watcher::Event<K>>) -> watcher::Result<watcher::Event<K>> {
     move |event| {
         if let Ok(event) = &event {
@@ -226,8 +205,8 @@ fn keeping_in<K>(
 /// The tenants' pods with only what says why one does not run: their specs (the bulk of
 /// a pod) are dropped before they enter the cache. Only the events that change what a
 /// pass reads from a pod start one (see `triggers`).
-fn pod_cache(client: &Client) -> (NamespacedStore<Pod>, Watch<Pod>) {
-    let (reader, writer) = namespaced_store();
+fn pod_cache(client: &Client) -> (Cache<Pod>, Watch<Pod>) {
+    let (reader, writer) = cache::cache();
     let mut triggers = PodTriggers::default();
     let stream = watcher(
         Api::<Pod>::all(client.clone()),
@@ -275,12 +254,9 @@ fn cache_config(selector: &str) -> watcher::Config {
 /// tenant and component labels instead.
 fn redis_claim_cache(
     client: &Client,
-) -> (
-    NamespacedStore<PersistentVolumeClaim>,
-    Watch<PersistentVolumeClaim>,
-) {
+) -> (Cache<PersistentVolumeClaim>, Watch<PersistentVolumeClaim>) {
     let selector = format!("{},{}=redis", render::TENANT_LABEL, render::COMPONENT_LABEL);
-    let (reader, writer) = namespaced_store();
+    let (reader, writer) = cache::cache();
     let strip = |claim: &mut PersistentVolumeClaim| {
         claim.metadata.managed_fields = None;
         claim.metadata.annotations = None;
@@ -306,7 +282,7 @@ fn labelled_tenant<K: Resource>(object: K) -> Option<ObjectRef<Tenant>> {
 fn cache_selected<K>(
     client: &Client,
     selector: &str,
-    writer: impl CacheWriter<K>,
+    writer: CacheWriter<K>,
     strip: impl FnMut(&mut K) + Send + 'static,
     mut triggers: ChangeTriggers<K>,
 ) -> Watch<K>
@@ -356,25 +332,26 @@ pub async fn run(
     // What a pass reads of each kind, besides metadata and spec: the namespace's phase,
     // the workloads' readiness, the backup times; no other status.
     let own = OwnWrites::default();
-    let (namespaces, ns_watch) = cache::<Namespace>(&client, &own, |ns| {
+    let (namespaces, ns_watch) = owned_cache::<Namespace>(&client, &own, |ns| {
         if let Some(status) = &mut ns.status {
             status.conditions = None;
         }
     });
-    let (config_maps, cm_watch) = cache::<ConfigMap>(&client, &own, |_| {});
-    let (services, svc_watch) = cache::<Service>(&client, &own, |s| s.status = None);
-    let (statefulsets, sts_watch) = cache::<StatefulSet>(&client, &own, statefulset_read);
-    let (deployments, deploy_watch) = cache::<Deployment>(&client, &own, deployment_read);
-    let (network_policies, np_watch) = namespaced_cache::<NetworkPolicy>(&client, &own, |_| {});
-    let (quotas, quota_watch) = cache::<ResourceQuota>(&client, &own, |q| q.status = None);
-    let (limit_ranges, lr_watch) = cache::<LimitRange>(&client, &own, |_| {});
+    let (config_maps, cm_watch) = owned_cache::<ConfigMap>(&client, &own, |_| {});
+    let (services, svc_watch) = owned_cache::<Service>(&client, &own, |s| s.status = None);
+    let (statefulsets, sts_watch) = owned_cache::<StatefulSet>(&client, &own, statefulset_read);
+    let (deployments, deploy_watch) = owned_cache::<Deployment>(&client, &own, deployment_read);
+    let (network_policies, np_watch) = owned_cache::<NetworkPolicy>(&client, &own, |_| {});
+    let (quotas, quota_watch) = owned_cache::<ResourceQuota>(&client, &own, |q| q.status = None);
+    let (limit_ranges, lr_watch) = owned_cache::<LimitRange>(&client, &own, |_| {});
     let (disruption_budgets, pdb_watch) =
-        cache::<PodDisruptionBudget>(&client, &own, |b| b.status = None);
+        owned_cache::<PodDisruptionBudget>(&client, &own, |b| b.status = None);
     let (autoscalers, hpa_watch) =
-        cache::<HorizontalPodAutoscaler>(&client, &own, |a| a.status = None);
-    let (cron_jobs, cron_job_watch) = cache::<CronJob>(&client, &own, cron_job_read);
+        owned_cache::<HorizontalPodAutoscaler>(&client, &own, |a| a.status = None);
+    let (cron_jobs, cron_job_watch) = owned_cache::<CronJob>(&client, &own, cron_job_read);
     // The backup claim: read for its requested size only.
-    let (claims, claim_watch) = cache::<PersistentVolumeClaim>(&client, &own, |c| c.status = None);
+    let (claims, claim_watch) =
+        owned_cache::<PersistentVolumeClaim>(&client, &own, |c| c.status = None);
     let (pods, pod_watch) = pod_cache(&client);
     let (redis_claims, redis_claim_watch) = redis_claim_cache(&client);
     let stores = Stores {

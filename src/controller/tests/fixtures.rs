@@ -7,7 +7,7 @@
 //! fields), the pass must make them all, and a request beyond the script fails the test.
 
 use crate::auth::{AuthClient, AuthConfig, RetryPolicy};
-use crate::controller::by_namespace::{CacheWriter, NamespacedWriter};
+use crate::controller::cache::CacheWriter;
 use crate::controller::compare::{DESIRED_HASH_ANNOTATION, desired_hash};
 use crate::controller::events::transition_event_name;
 use crate::controller::observation::{AuthState, NamespaceState, Observation, WorkloadState};
@@ -35,7 +35,6 @@ use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::client::Body;
 use kube::runtime::controller::Action;
 use kube::runtime::reflector::ObjectRef;
-use kube::runtime::reflector::store::Writer;
 use kube::runtime::watcher;
 use kube::{Client, Resource, ResourceExt};
 use neurallog_auth_stub::{AuthStub, AuthStubHandle};
@@ -447,9 +446,9 @@ pub(super) fn namespace_uid() -> String {
     format!("uid-{NAMESPACE}")
 }
 
-fn deliver<K>(writer: &mut impl CacheWriter<K>, object: &Value, deleted: bool)
+fn deliver<K>(writer: &mut CacheWriter<K>, object: &Value, deleted: bool)
 where
-    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + 'static,
+    K: Resource<DynamicType = ()> + Serialize + DeserializeOwned,
 {
     let object: K = serde_json::from_value(object.clone()).expect("an object of its kind");
     let event = if deleted {
@@ -489,20 +488,20 @@ macro_rules! watches {
 }
 
 watches!(
-    namespaces: Writer<Namespace>,
-    config_maps: Writer<ConfigMap>,
-    services: Writer<Service>,
-    statefulsets: Writer<StatefulSet>,
-    deployments: Writer<Deployment>,
-    network_policies: NamespacedWriter<NetworkPolicy>,
-    quotas: Writer<ResourceQuota>,
-    limit_ranges: Writer<LimitRange>,
-    disruption_budgets: Writer<PodDisruptionBudget>,
-    autoscalers: Writer<HorizontalPodAutoscaler>,
-    cron_jobs: Writer<CronJob>,
-    claims: Writer<PersistentVolumeClaim>,
-    pods: NamespacedWriter<Pod>,
-    redis_claims: NamespacedWriter<PersistentVolumeClaim>,
+    namespaces: CacheWriter<Namespace>,
+    config_maps: CacheWriter<ConfigMap>,
+    services: CacheWriter<Service>,
+    statefulsets: CacheWriter<StatefulSet>,
+    deployments: CacheWriter<Deployment>,
+    network_policies: CacheWriter<NetworkPolicy>,
+    quotas: CacheWriter<ResourceQuota>,
+    limit_ranges: CacheWriter<LimitRange>,
+    disruption_budgets: CacheWriter<PodDisruptionBudget>,
+    autoscalers: CacheWriter<HorizontalPodAutoscaler>,
+    cron_jobs: CacheWriter<CronJob>,
+    claims: CacheWriter<PersistentVolumeClaim>,
+    pods: CacheWriter<Pod>,
+    redis_claims: CacheWriter<PersistentVolumeClaim>,
 );
 
 /// One operator's pass machinery around one Tenant, with no cluster.
