@@ -1,12 +1,17 @@
 //! The watch caches of the objects the operator owns and reads: each object kept as the
-//! JSON the watch delivered (after the cache stripped what no pass reads), decoded when a
-//! pass reads it.
+//! JSON the watch delivered (after the cache stripped what no pass reads), compressed, and
+//! decoded when a pass reads it.
 //!
 //! kube's `Store` keeps one typed k8s-openapi value per object. Those values are several
 //! times the size of their JSON (every absent field of a pod template still takes its
 //! place, every one-label map a B-tree node), and at 1,000 tenants the caches held 88 MB
 //! of the operator's heap. A pass reads a few dozen objects of its own tenant, so decoding
 //! them on each read costs little next to what keeping every tenant's objects typed did.
+//!
+//! The objects of one kind differ between tenants mostly in names, uids and versions, so
+//! each is compressed (LZ4) against the first object the cache received, its prototype:
+//! what the two share costs a few bytes. That keeps about a fifth of the JSON (22 KB per
+//! tenant as JSON, measured on a converged cluster).
 //!
 //! Objects are ordered by (namespace, name): a pass reads "every object in this namespace"
 //! without walking the other tenants' objects. A relist's objects replace the old ones only
@@ -20,14 +25,17 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::marker::PhantomData;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, OnceLock, RwLock};
 use tokio::sync::watch;
 
 /// (namespace, name); the namespace is empty for a cluster-scoped object.
 type Key = (String, String);
 
-/// Objects as JSON, by key.
+/// Objects as compressed JSON, by key.
 type Objects = BTreeMap<Key, Arc<[u8]>>;
+
+/// The JSON every object of a cache is compressed against: the first one it received.
+type Prototype = Arc<OnceLock<Box<[u8]>>>;
 
 /// The cache's watch ended before the cache held its first complete list.
 #[derive(Debug, thiserror::Error)]
@@ -37,6 +45,7 @@ pub struct NeverSynced;
 /// The reading side of a cache of `K`.
 pub struct Cache<K> {
     objects: Arc<RwLock<Objects>>,
+    prototype: Prototype,
     synced: watch::Receiver<bool>,
     kind: PhantomData<fn() -> K>,
 }
@@ -45,6 +54,7 @@ impl<K> Clone for Cache<K> {
     fn clone(&self) -> Self {
         Cache {
             objects: self.objects.clone(),
+            prototype: self.prototype.clone(),
             synced: self.synced.clone(),
             kind: PhantomData,
         }
@@ -65,14 +75,14 @@ where
     /// The cached object `key`, decoded.
     pub fn get(&self, key: &ObjectRef<K>) -> Option<Arc<K>> {
         let json = self.json(key)?;
-        decode(&json).map(Arc::new)
+        self.decode(&json).map(Arc::new)
     }
 
     /// The cached objects in `namespace`, ordered by name.
     pub fn in_namespace(&self, namespace: &str) -> Vec<Arc<K>> {
         self.json_in_namespace(namespace)
             .iter()
-            .filter_map(|json| decode(json))
+            .filter_map(|json| self.decode(json))
             .map(Arc::new)
             .collect()
     }
@@ -85,7 +95,7 @@ where
     /// The metadata of the cached object `key`, without decoding the rest of it.
     pub fn metadata(&self, key: &ObjectRef<K>) -> Option<ObjectMeta> {
         let json = self.json(key)?;
-        decode::<MetadataOnly>(&json).map(|only| only.metadata)
+        self.decode::<MetadataOnly>(&json).map(|only| only.metadata)
     }
 
     /// Whether the cache holds `key`.
@@ -97,7 +107,7 @@ where
     pub fn metadata_in_namespace(&self, namespace: &str) -> Vec<ObjectMeta> {
         self.json_in_namespace(namespace)
             .iter()
-            .filter_map(|json| decode::<MetadataOnly>(json))
+            .filter_map(|json| self.decode::<MetadataOnly>(json))
             .map(|only| only.metadata)
             .collect()
     }
@@ -143,16 +153,20 @@ where
             .read()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
-}
 
-/// Decodes a cached object; the cache wrote it from a value of the same type, so a failure
-/// is a bug, logged and read as "not cached" rather than stopping the pass.
-fn decode<T: DeserializeOwned>(json: &[u8]) -> Option<T> {
-    match serde_json::from_slice(json) {
-        Ok(value) => Some(value),
-        Err(error) => {
-            tracing::error!(%error, "a cached object does not decode");
-            None
+    /// Decodes a cached object; the cache wrote it from a value of the same type, so a
+    /// failure is a bug, logged and read as "not cached" rather than stopping the pass.
+    fn decode<T: DeserializeOwned>(&self, compressed: &[u8]) -> Option<T> {
+        let prototype = self.prototype.get().map_or(&[][..], |p| &p[..]);
+        let decoded = lz4_flex::block::decompress_size_prepended_with_dict(compressed, prototype)
+            .map_err(|e| e.to_string())
+            .and_then(|json| serde_json::from_slice(&json).map_err(|e| e.to_string()));
+        match decoded {
+            Ok(value) => Some(value),
+            Err(error) => {
+                tracing::error!(%error, kind = %K::kind(&()), "a cached object does not decode");
+                None
+            }
         }
     }
 }
@@ -161,6 +175,7 @@ fn decode<T: DeserializeOwned>(json: &[u8]) -> Option<T> {
 /// `reflect`).
 pub struct CacheWriter<K> {
     objects: Arc<RwLock<Objects>>,
+    prototype: Prototype,
     synced: watch::Sender<bool>,
     /// The objects of a relist in progress.
     relisting: Objects,
@@ -171,6 +186,7 @@ impl<K> Default for CacheWriter<K> {
     fn default() -> Self {
         CacheWriter {
             objects: Arc::default(),
+            prototype: Prototype::default(),
             synced: watch::Sender::new(false),
             relisting: Objects::new(),
             kind: PhantomData,
@@ -185,6 +201,7 @@ where
     pub fn as_reader(&self) -> Cache<K> {
         Cache {
             objects: self.objects.clone(),
+            prototype: self.prototype.clone(),
             synced: self.synced.subscribe(),
             kind: PhantomData,
         }
@@ -193,7 +210,7 @@ where
     pub fn apply_watcher_event(&mut self, event: &watcher::Event<K>) {
         match event {
             watcher::Event::Apply(object) => {
-                if let Some((key, json)) = entry(object) {
+                if let Some((key, json)) = self.entry(object) {
                     self.live().insert(key, json);
                 }
             }
@@ -202,7 +219,7 @@ where
             }
             watcher::Event::Init => self.relisting = Objects::new(),
             watcher::Event::InitApply(object) => {
-                if let Some((key, json)) = entry(object) {
+                if let Some((key, json)) = self.entry(object) {
                     self.relisting.insert(key, json);
                 }
             }
@@ -218,6 +235,23 @@ where
             .write()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
+
+    /// `object`'s key, and its JSON compressed against the prototype (`object` becomes the
+    /// prototype when the cache has none yet).
+    fn entry(&self, object: &K) -> Option<(Key, Arc<[u8]>)> {
+        let json = match serde_json::to_vec(object) {
+            Ok(json) => json,
+            Err(error) => {
+                tracing::error!(%error, kind = %K::kind(&()), "a watched object does not encode; not cached");
+                return None;
+            }
+        };
+        let prototype = self
+            .prototype
+            .get_or_init(|| json.clone().into_boxed_slice());
+        let compressed = lz4_flex::block::compress_prepend_size_with_dict(&json, prototype);
+        Some((key(object), compressed.into()))
+    }
 }
 
 fn key<K: Resource>(object: &K) -> Key {
@@ -226,16 +260,6 @@ fn key<K: Resource>(object: &K) -> Key {
         meta.namespace.clone().unwrap_or_default(),
         meta.name.clone().unwrap_or_default(),
     )
-}
-
-fn entry<K: Resource + Serialize>(object: &K) -> Option<(Key, Arc<[u8]>)> {
-    match serde_json::to_vec(object) {
-        Ok(json) => Some((key(object), json.into())),
-        Err(error) => {
-            tracing::error!(%error, "a watched object does not encode; not cached");
-            None
-        }
-    }
 }
 
 /// A cache: its reader and its writer.
@@ -317,6 +341,67 @@ mod tests {
         );
         assert_eq!(cache.get(&ObjectRef::new("r").within("tenant-b")), None);
         assert_eq!(cache.get(&ObjectRef::new("r")), None, "not cluster-scoped");
+    }
+
+    fn redis_statefulset(tenant: &str) -> StatefulSet {
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"name": format!("{tenant}-redis"), "namespace": format!("tenant-{tenant}"),
+                "uid": format!("uid-{tenant}"), "resourceVersion": "7",
+                "labels": {"app.kubernetes.io/name": "redis", "neurallog.io/tenant": tenant}},
+            "spec": {"replicas": 1, "serviceName": format!("{tenant}-redis"),
+                "selector": {"matchLabels": {"app.kubernetes.io/name": "redis", "neurallog.io/tenant": tenant}},
+                "template": {"metadata": {"labels": {"app.kubernetes.io/name": "redis", "neurallog.io/tenant": tenant}},
+                    "spec": {"containers": [{"name": "redis", "image": "redis:7.2-alpine",
+                        "args": ["/etc/redis/redis.conf"], "ports": [{"containerPort": 6379, "name": "redis"}],
+                        "resources": {"limits": {"cpu": "500m", "memory": "512Mi"},
+                            "requests": {"cpu": "100m", "memory": "128Mi"}},
+                        "volumeMounts": [{"name": "data", "mountPath": "/data"},
+                            {"name": "config", "mountPath": "/etc/redis"}]}],
+                        "volumes": [{"name": "config", "configMap": {"name": format!("{tenant}-redis-config")}}]}}},
+            "status": {"replicas": 1, "readyReplicas": 1}
+        }))
+        .expect("a StatefulSet")
+    }
+
+    #[test]
+    fn objects_like_the_first_take_a_fraction_of_their_json() {
+        let (cache, mut writer) = cache::<StatefulSet>();
+        let first = redis_statefulset("alpha");
+        let second = redis_statefulset("bravo-team");
+        writer.apply_watcher_event(&Event::Apply(first.clone()));
+        writer.apply_watcher_event(&Event::Apply(second.clone()));
+        let json = serde_json::to_vec(&second).expect("encodes").len();
+        let kept = cache
+            .json(&ObjectRef::new("bravo-team-redis").within("tenant-bravo-team"))
+            .expect("cached")
+            .len();
+        assert!(kept * 4 < json, "{kept} bytes kept of {json} bytes of JSON");
+        let key = ObjectRef::new("bravo-team-redis").within("tenant-bravo-team");
+        assert_eq!(cache.get(&key).as_deref(), Some(&second));
+        let key = ObjectRef::new("alpha-redis").within("tenant-alpha");
+        assert_eq!(cache.get(&key).as_deref(), Some(&first));
+    }
+
+    #[test]
+    fn an_object_unlike_the_first_reads_back_whole() {
+        let (cache, mut writer) = cache::<StatefulSet>();
+        let small = StatefulSet {
+            metadata: ObjectMeta {
+                name: Some("s".into()),
+                namespace: Some("tenant-s".into()),
+                ..ObjectMeta::default()
+            },
+            ..StatefulSet::default()
+        };
+        let large = redis_statefulset("a-much-longer-tenant-name-than-the-prototype-had");
+        writer.apply_watcher_event(&Event::Apply(small.clone()));
+        writer.apply_watcher_event(&Event::Apply(large.clone()));
+        let key = ObjectRef::new("a-much-longer-tenant-name-than-the-prototype-had-redis")
+            .within("tenant-a-much-longer-tenant-name-than-the-prototype-had");
+        assert_eq!(cache.get(&key).as_deref(), Some(&large));
+        // The prototype stays when it is deleted: later objects still decode.
+        writer.apply_watcher_event(&Event::Delete(small));
+        assert_eq!(cache.get(&key).as_deref(), Some(&large));
     }
 
     #[test]
