@@ -54,19 +54,46 @@ pub(super) fn render_inputs(tenant: &Tenant) -> String {
 }
 
 /// One tenant's desired hashes and verdicts, by object (kind and name: the namespace is
-/// the tenant's).
+/// the tenant's). Kept for every tenant, so kept small: objects by a digest of their kind
+/// and name, versions by a digest, desired hashes as the 128-bit numbers they spell.
 #[derive(Clone, Debug, Default)]
 pub(super) struct Verdicts {
     /// The render inputs the hashes were computed from.
     inputs: String,
-    objects: HashMap<(&'static str, String), Known>,
+    objects: HashMap<u64, Known>,
 }
 
 #[derive(Clone, Debug, Default)]
 struct Known {
-    hash: Option<String>,
-    /// The object version judged, against which hash, and whether it was current.
-    verdict: Option<(String, String, bool)>,
+    hash: Option<u128>,
+    /// The object version judged (its digest), against which hash, and whether it was
+    /// current.
+    verdict: Option<(u64, u128, bool)>,
+}
+
+/// A digest of a string that tells it from the others of its kind (object names,
+/// resourceVersions) with a chance of confusion of about 2^-64.
+fn digest(parts: &[&str]) -> u64 {
+    let mut hasher = std::hash::DefaultHasher::new();
+    for part in parts {
+        std::hash::Hash::hash(part, &mut hasher);
+    }
+    std::hash::Hasher::finish(&hasher)
+}
+
+fn object_digest(object: &(&'static str, String)) -> u64 {
+    digest(&[object.0, &object.1])
+}
+
+/// A desired hash (`compare::desired_hash`: 32 hex digits) as its number.
+fn hash_number(hash: &str) -> Option<u128> {
+    (hash.len() == 32)
+        .then(|| u128::from_str_radix(hash, 16).ok())
+        .flatten()
+}
+
+fn hash_text(hash: u128) -> String {
+    format!("{hash:032x}")
 }
 
 impl Verdicts {
@@ -74,7 +101,10 @@ impl Verdicts {
         if self.inputs != inputs {
             return None;
         }
-        self.objects.get(object)?.hash.clone()
+        self.objects
+            .get(&object_digest(object))?
+            .hash
+            .map(hash_text)
     }
 
     /// Remembers `hash` for `object` rendered from `inputs`; hashes from other inputs are
@@ -86,12 +116,13 @@ impl Verdicts {
                 known.hash = None;
             }
         }
-        self.objects.entry(object).or_default().hash = Some(hash);
+        self.objects.entry(object_digest(&object)).or_default().hash = hash_number(&hash);
     }
 
     fn verdict(&self, object: &(&'static str, String), version: &str, hash: &str) -> Option<bool> {
-        match &self.objects.get(object)?.verdict {
-            Some((v, h, current)) if v == version && h == hash => Some(*current),
+        let hash = hash_number(hash)?;
+        match self.objects.get(&object_digest(object))?.verdict {
+            Some((v, h, current)) if v == digest(&[version]) && h == hash => Some(current),
             _ => None,
         }
     }
@@ -103,7 +134,13 @@ impl Verdicts {
         hash: String,
         current: bool,
     ) {
-        self.objects.entry(object).or_default().verdict = Some((version, hash, current));
+        let Some(hash) = hash_number(&hash) else {
+            return;
+        };
+        self.objects
+            .entry(object_digest(&object))
+            .or_default()
+            .verdict = Some((digest(&[&version]), hash, current));
     }
 }
 
@@ -164,6 +201,11 @@ impl Context {
 mod tests {
     use super::*;
 
+    /// A desired hash, as `compare::desired_hash` spells one.
+    fn h(n: u8) -> String {
+        format!("{n:032x}")
+    }
+
     fn object(name: &str) -> (&'static str, String) {
         ("StatefulSet", name.to_owned())
     }
@@ -171,41 +213,52 @@ mod tests {
     #[test]
     fn a_verdict_holds_for_its_object_version_and_desired_hash_only() {
         let mut verdicts = Verdicts::default();
-        verdicts.remember_verdict(object("a"), "7".into(), "h1".into(), true);
-        assert_eq!(verdicts.verdict(&object("a"), "7", "h1"), Some(true));
+        verdicts.remember_verdict(object("a"), "7".into(), h(1), true);
+        assert_eq!(verdicts.verdict(&object("a"), "7", &h(1)), Some(true));
         assert_eq!(
-            verdicts.verdict(&object("a"), "8", "h1"),
+            verdicts.verdict(&object("a"), "8", &h(1)),
             None,
             "a new version"
         );
         assert_eq!(
-            verdicts.verdict(&object("a"), "7", "h2"),
+            verdicts.verdict(&object("a"), "7", &h(2)),
             None,
             "a new desired state"
         );
         assert_eq!(
-            verdicts.verdict(&object("b"), "7", "h1"),
+            verdicts.verdict(&object("b"), "7", &h(1)),
             None,
             "another object"
         );
-        verdicts.remember_verdict(object("a"), "8".into(), "h1".into(), false);
-        assert_eq!(verdicts.verdict(&object("a"), "8", "h1"), Some(false));
+        verdicts.remember_verdict(object("a"), "8".into(), h(1), false);
+        assert_eq!(verdicts.verdict(&object("a"), "8", &h(1)), Some(false));
         assert_eq!(
-            verdicts.verdict(&object("a"), "7", "h1"),
+            verdicts.verdict(&object("a"), "7", &h(1)),
             None,
             "only the last one"
         );
     }
 
     #[test]
+    fn desired_hashes_are_kept_as_numbers_and_read_back_as_written() {
+        let hash = desired_hash(&json!({"spec": {"replicas": 2}}));
+        assert_eq!(hash_number(&hash).map(hash_text), Some(hash.clone()));
+        let mut verdicts = Verdicts::default();
+        verdicts.remember_hash("spec-1", object("a"), hash.clone());
+        assert_eq!(verdicts.hash("spec-1", &object("a")), Some(hash.clone()));
+        verdicts.remember_verdict(object("a"), "7".into(), hash.clone(), true);
+        assert_eq!(verdicts.verdict(&object("a"), "7", &hash), Some(true));
+    }
+
+    #[test]
     fn hashes_rendered_from_other_inputs_are_not_reused() {
         let mut verdicts = Verdicts::default();
-        verdicts.remember_hash("spec-1", object("a"), "h1".into());
-        verdicts.remember_hash("spec-1", object("b"), "h2".into());
-        assert_eq!(verdicts.hash("spec-1", &object("a")), Some("h1".into()));
+        verdicts.remember_hash("spec-1", object("a"), h(1));
+        verdicts.remember_hash("spec-1", object("b"), h(2));
+        assert_eq!(verdicts.hash("spec-1", &object("a")), Some(h(1)));
         assert_eq!(verdicts.hash("spec-2", &object("a")), None);
-        verdicts.remember_hash("spec-2", object("a"), "h3".into());
-        assert_eq!(verdicts.hash("spec-2", &object("a")), Some("h3".into()));
+        verdicts.remember_hash("spec-2", object("a"), h(3));
+        assert_eq!(verdicts.hash("spec-2", &object("a")), Some(h(3)));
         assert_eq!(verdicts.hash("spec-2", &object("b")), None, "from spec-1");
         assert_eq!(verdicts.hash("spec-1", &object("a")), None);
     }
