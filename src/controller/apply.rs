@@ -378,17 +378,19 @@ impl<'a> Applier<'a> {
     async fn prune_network_policies(&self, wanted: &[String]) -> Result<(), Error> {
         let ns = self.namespace();
         let tenant = self.name();
-        let stale: Vec<String> = self
-            .ctx
-            .stores
-            .network_policies
-            .metadata_in_namespace(&ns)
+        let policies = &self.ctx.stores.network_policies;
+        // Names first: only a policy not wanted is decoded (to see that it is this tenant's).
+        let stale: Vec<String> = policies
+            .names_in_namespace(&ns)
             .into_iter()
-            .filter(|p| {
-                p.labels.as_ref().and_then(|l| l.get(render::TENANT_LABEL)) == Some(&tenant)
-            })
-            .filter_map(|p| p.name)
             .filter(|name| !wanted.contains(name))
+            .filter(|name| {
+                policies
+                    .metadata(&ObjectRef::new(name).within(&ns))
+                    .and_then(|p| p.labels)
+                    .and_then(|mut l| l.remove(render::TENANT_LABEL))
+                    == Some(tenant.clone())
+            })
             .collect();
         let api: Api<NetworkPolicy> = Api::namespaced(self.ctx.client.clone(), &ns);
         let params = DeleteParams::default();
@@ -517,7 +519,7 @@ impl<'a> Applier<'a> {
         };
         if self
             .ctx
-            .is_current(self.tenant, self.inputs, desired, live.as_ref())?
+            .is_current_object(self.tenant, self.inputs, desired, live.as_ref())?
         {
             return Ok(());
         }
@@ -716,11 +718,16 @@ impl<'a> Applier<'a> {
             + Sync
             + 'static,
     {
-        let observed = store.get(&key);
-        if let Some(observed) = &observed
-            && self
-                .ctx
-                .is_current(self.tenant, self.inputs, desired, observed.as_ref())?
+        // The version first: a verdict on it spares decoding the object.
+        let cached = store.version(&key);
+        if let Some(version) = &cached
+            && self.ctx.is_current(
+                self.tenant,
+                self.inputs,
+                desired,
+                version.as_deref(),
+                || store.json_value(&key),
+            )?
         {
             return Ok(None);
         }
@@ -742,7 +749,7 @@ impl<'a> Applier<'a> {
             }
         };
         self.expect_cached(store, key, hash, flight, &applied);
-        Ok(observed.is_none().then_some(applied))
+        Ok(cached.is_none().then_some(applied))
     }
 
     /// "Created X" once per object lifetime (only a pass that created the object sends it),

@@ -32,7 +32,15 @@ use tokio::sync::watch;
 type Key = (String, String);
 
 /// Objects as compressed JSON, by key.
-type Objects = BTreeMap<Key, Arc<[u8]>>;
+type Objects = BTreeMap<Key, Entry>;
+
+/// One object: its JSON compressed, and its resourceVersion as is (a pass that has judged
+/// this version already needs nothing else of it).
+#[derive(Clone)]
+struct Entry {
+    version: Option<Box<str>>,
+    json: Arc<[u8]>,
+}
 
 /// The JSON every object of a cache is compressed against: the first one it received.
 type Prototype = Arc<OnceLock<Box<[u8]>>>;
@@ -92,6 +100,29 @@ impl<K> Cache<K>
 where
     K: Resource<DynamicType = ()>,
 {
+    /// The cached object `key` as JSON, without building the typed object.
+    pub fn json_value(&self, key: &ObjectRef<K>) -> Option<serde_json::Value> {
+        let json = self.json(key)?;
+        self.decode(&json)
+    }
+
+    /// The resourceVersion of the cached object `key`, read without decoding anything: the
+    /// outer `None` when the cache does not hold `key`.
+    pub fn version(&self, key: &ObjectRef<K>) -> Option<Option<String>> {
+        self.read()
+            .get(&Self::key(key))
+            .map(|entry| entry.version.as_deref().map(str::to_owned))
+    }
+
+    /// The names of the cached objects in `namespace`, ordered, without decoding any.
+    pub fn names_in_namespace(&self, namespace: &str) -> Vec<String> {
+        self.read()
+            .range((namespace.to_owned(), String::new())..)
+            .take_while(|((ns, _), _)| ns == namespace)
+            .map(|((_, name), _)| name.clone())
+            .collect()
+    }
+
     /// The metadata of the cached object `key`, without decoding the rest of it.
     pub fn metadata(&self, key: &ObjectRef<K>) -> Option<ObjectMeta> {
         let json = self.json(key)?;
@@ -137,14 +168,16 @@ where
     }
 
     fn json(&self, key: &ObjectRef<K>) -> Option<Arc<[u8]>> {
-        self.read().get(&Self::key(key)).cloned()
+        self.read()
+            .get(&Self::key(key))
+            .map(|entry| entry.json.clone())
     }
 
     fn json_in_namespace(&self, namespace: &str) -> Vec<Arc<[u8]>> {
         self.read()
             .range((namespace.to_owned(), String::new())..)
             .take_while(|((ns, _), _)| ns == namespace)
-            .map(|(_, json)| json.clone())
+            .map(|(_, entry)| entry.json.clone())
             .collect()
     }
 
@@ -156,11 +189,14 @@ where
 
     /// Decodes a cached object; the cache wrote it from a value of the same type, so a
     /// failure is a bug, logged and read as "not cached" rather than stopping the pass.
+    /// Decoded from text, as kube decodes what the API server sends: one instance of each
+    /// type's decoder in the binary, not two.
     fn decode<T: DeserializeOwned>(&self, compressed: &[u8]) -> Option<T> {
         let prototype = self.prototype.get().map_or(&[][..], |p| &p[..]);
         let decoded = lz4_flex::block::decompress_size_prepended_with_dict(compressed, prototype)
             .map_err(|e| e.to_string())
-            .and_then(|json| serde_json::from_slice(&json).map_err(|e| e.to_string()));
+            .and_then(|json| String::from_utf8(json).map_err(|e| e.to_string()))
+            .and_then(|json| serde_json::from_str(&json).map_err(|e| e.to_string()));
         match decoded {
             Ok(value) => Some(value),
             Err(error) => {
@@ -238,7 +274,7 @@ where
 
     /// `object`'s key, and its JSON compressed against the prototype (`object` becomes the
     /// prototype when the cache has none yet).
-    fn entry(&self, object: &K) -> Option<(Key, Arc<[u8]>)> {
+    fn entry(&self, object: &K) -> Option<(Key, Entry)> {
         let json = match serde_json::to_vec(object) {
             Ok(json) => json,
             Err(error) => {
@@ -250,7 +286,11 @@ where
             .prototype
             .get_or_init(|| json.clone().into_boxed_slice());
         let compressed = lz4_flex::block::compress_prepend_size_with_dict(&json, prototype);
-        Some((key(object), compressed.into()))
+        let entry = Entry {
+            version: object.meta().resource_version.as_deref().map(Box::from),
+            json: compressed.into(),
+        };
+        Some((key(object), entry))
     }
 }
 
@@ -315,6 +355,28 @@ mod tests {
             .iter()
             .map(|(n, p)| (n.to_string(), p.to_string()))
             .collect()
+    }
+
+    #[test]
+    fn versions_names_and_json_are_read_without_the_typed_object() {
+        let (cache, mut writer) = cache::<Pod>();
+        let mut first = pod("tenant-a", "redis-0", "Running");
+        first.metadata.resource_version = Some("41".into());
+        writer.apply_watcher_event(&Event::Apply(first));
+        writer.apply_watcher_event(&Event::Apply(pod("tenant-a", "server", "Pending")));
+        writer.apply_watcher_event(&Event::Apply(pod("tenant-ab", "other", "Running")));
+        let key = ObjectRef::new("redis-0").within("tenant-a");
+        assert_eq!(cache.version(&key), Some(Some("41".into())));
+        assert_eq!(
+            cache.version(&ObjectRef::new("server").within("tenant-a")),
+            Some(None),
+            "cached, without a version"
+        );
+        assert_eq!(cache.version(&ObjectRef::new("x").within("tenant-a")), None);
+        assert_eq!(cache.names_in_namespace("tenant-a"), ["redis-0", "server"]);
+        let json = cache.json_value(&key).expect("cached");
+        assert_eq!(json["status"]["phase"], "Running");
+        assert_eq!(json["metadata"]["resourceVersion"], "41");
     }
 
     #[test]

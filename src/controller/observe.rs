@@ -85,11 +85,11 @@ impl Context {
         let (redis_matches, server_matches) = match &wanted.objects {
             Ok(desired) => (
                 sts.as_deref().is_some_and(|sts| {
-                    self.is_current(tenant, &wanted.inputs, &desired.redis_statefulset, sts)
+                    self.is_current_object(tenant, &wanted.inputs, &desired.redis_statefulset, sts)
                         .unwrap_or(false)
                 }),
                 deployment.as_deref().is_some_and(|deployment| {
-                    self.is_current(
+                    self.is_current_object(
                         tenant,
                         &wanted.inputs,
                         &desired.server_deployment,

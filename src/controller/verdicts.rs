@@ -149,12 +149,16 @@ impl Context {
     /// it (`compare::is_up_to_date`), `desired` being rendered from `inputs`
     /// ([`render_inputs`]). Reuses what an earlier pass worked out for the same inputs and
     /// the same version of `observed`.
+    ///
+    /// `version` is the observed object's resourceVersion; `observed` gives the object as
+    /// JSON, asked for only when no verdict on that version is known (`None`: it is gone).
     pub(super) fn is_current<K>(
         &self,
         tenant: &Tenant,
         inputs: &str,
         desired: &K,
-        observed: &K,
+        version: Option<&str>,
+        observed: impl FnOnce() -> Option<Value>,
     ) -> Result<bool, Error>
     where
         K: k8s_openapi::Resource + Resource<DynamicType = ()> + Serialize,
@@ -174,8 +178,7 @@ impl Context {
                 hash
             }
         };
-        let version = observed.meta().resource_version.clone();
-        if let Some(version) = &version
+        if let Some(version) = version
             && let Some(current) =
                 self.memo(tenant, |m| m.verdicts.verdict(&object, version, &hash))
         {
@@ -185,15 +188,36 @@ impl Context {
             Some(rendered) => rendered,
             None => Rendered::of(desired)?,
         };
-        let observed = serde_json::to_value(observed).map_err(Error::Serialize)?;
+        let Some(observed) = observed() else {
+            return Ok(false);
+        };
         let current = is_up_to_date(&rendered.body, &observed, &rendered.hash);
         if let Some(version) = version {
             self.memo(tenant, |m| {
                 m.verdicts
-                    .remember_verdict(object, version, rendered.hash, current)
+                    .remember_verdict(object, version.to_owned(), rendered.hash, current)
             });
         }
         Ok(current)
+    }
+}
+
+impl Context {
+    /// [`Context::is_current`] for an object already decoded.
+    pub(super) fn is_current_object<K>(
+        &self,
+        tenant: &Tenant,
+        inputs: &str,
+        desired: &K,
+        observed: &K,
+    ) -> Result<bool, Error>
+    where
+        K: k8s_openapi::Resource + Resource<DynamicType = ()> + Serialize,
+    {
+        let version = observed.meta().resource_version.as_deref();
+        self.is_current(tenant, inputs, desired, version, || {
+            serde_json::to_value(observed).ok()
+        })
     }
 }
 

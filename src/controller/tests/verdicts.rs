@@ -23,7 +23,7 @@ async fn a_verdict_is_reused_for_the_same_version_and_redone_for_a_new_one() {
     let current = stored(&desired, "10");
     assert!(
         fx.ctx
-            .is_current(&tenant, &inputs, &desired, &current)
+            .is_current_object(&tenant, &inputs, &desired, &current)
             .expect("judged")
     );
 
@@ -33,7 +33,7 @@ async fn a_verdict_is_reused_for_the_same_version_and_redone_for_a_new_one() {
     scaled.spec.as_mut().expect("a spec").replicas = Some(3);
     assert!(
         fx.ctx
-            .is_current(&tenant, &inputs, &desired, &scaled)
+            .is_current_object(&tenant, &inputs, &desired, &scaled)
             .expect("judged")
     );
 
@@ -41,7 +41,7 @@ async fn a_verdict_is_reused_for_the_same_version_and_redone_for_a_new_one() {
     scaled.metadata.resource_version = Some("11".into());
     assert!(
         !fx.ctx
-            .is_current(&tenant, &inputs, &desired, &scaled)
+            .is_current_object(&tenant, &inputs, &desired, &scaled)
             .expect("judged")
     );
 }
@@ -54,7 +54,7 @@ async fn a_new_spec_is_judged_against_its_own_desired_state() {
     let cached = stored(&desired, "10");
     assert!(
         fx.ctx
-            .is_current(&tenant, &render_inputs(&tenant), &desired, &cached)
+            .is_current_object(&tenant, &render_inputs(&tenant), &desired, &cached)
             .expect("judged")
     );
 
@@ -63,8 +63,38 @@ async fn a_new_spec_is_judged_against_its_own_desired_state() {
     let grown_desired = render::redis_statefulset(&grown).expect("renders");
     assert!(
         !fx.ctx
-            .is_current(&grown, &render_inputs(&grown), &grown_desired, &cached)
+            .is_current_object(&grown, &render_inputs(&grown), &grown_desired, &cached)
             .expect("judged"),
         "the cached object, at the version judged current before, against the new spec"
+    );
+}
+
+#[tokio::test]
+async fn a_known_verdict_needs_only_the_version_and_a_vanished_object_is_not_current() {
+    let fx = Fixture::new(tenant()).await;
+    let tenant = fx.api.tenant();
+    let inputs = render_inputs(&tenant);
+    let desired = render::redis_statefulset(&tenant).expect("renders");
+    let current = serde_json::to_value(stored(&desired, "10")).expect("encodes");
+    let mut asked = 0;
+    let mut judge = |version: &str| {
+        fx.ctx
+            .is_current(&tenant, &inputs, &desired, Some(version), || {
+                asked += 1;
+                Some(current.clone())
+            })
+            .expect("judged")
+    };
+    assert!(judge("10"));
+    assert!(judge("10"));
+    assert_eq!(asked, 1, "the second verdict came from the version alone");
+
+    let gone = fx
+        .ctx
+        .is_current(&tenant, &inputs, &desired, Some("12"), || None)
+        .expect("judged");
+    assert!(
+        !gone,
+        "an object gone from the cache meanwhile is written again"
     );
 }
