@@ -41,6 +41,9 @@ metrics=$(curl -sf "http://127.0.0.1:$metrics_port/metrics")
 passes=$(echo "$metrics" | awk '/^neurallog_tenant_reconciliation_duration_seconds_count/ { s += $NF } END { print s + 0 }')
 errors=$(echo "$metrics" | awk '/^neurallog_reconcile_errors_total/ { s += $NF } END { print s + 0 }')
 hwm=$(awk '/VmHWM/ { print $2 }' "/proc/$op_pid/status")
+# What the resident memory is made of at the end: the heap and stacks (anonymous) and
+# the binary's pages read from its file (code: shared, clean, but counted in RSS).
+rss_parts=$(awk '/^Rss(Anon|File)/ { printf "%s %d MiB ", $1, $2 / 1024 }' "/proc/$op_pid/status")
 python3 - "$work/before.txt" "$work/after.txt" "$n" <<'PY'
 import re, sys, collections
 def load(path):
@@ -62,5 +65,5 @@ for kind, verbs in (("writes", {"POST", "PUT", "PATCH", "DELETE", "APPLY"}), ("r
         print(f"  {v} {r}: {c:.0f}")
 PY
 echo "tenants $n; converged in $seconds s; passes $passes + $errors failed = $(echo "scale=2; ($passes + $errors) / $n" | bc) per tenant"
-echo "operator CPU $(echo "$cpu_after - $cpu_before" | bc) ticks = $(echo "scale=1; ($cpu_after - $cpu_before) / 100 * 1000 / $n" | bc) CPU-s per 1,000 tenants; peak RSS $((hwm / 1024)) MiB"
+echo "operator CPU $(echo "$cpu_after - $cpu_before" | bc) ticks = $(echo "scale=1; ($cpu_after - $cpu_before) / 100 * 1000 / $n" | bc) CPU-s per 1,000 tenants; peak RSS $((hwm / 1024)) MiB; at the end ${rss_parts% }"
 echo "log: $work/operator.log"
