@@ -388,8 +388,7 @@ impl<'a> Applier<'a> {
                 policies
                     .metadata(&ObjectRef::new(name).within(&ns))
                     .and_then(|p| p.labels)
-                    .and_then(|mut l| l.remove(render::TENANT_LABEL))
-                    == Some(tenant.clone())
+                    .is_some_and(|l| l.get(render::TENANT_LABEL) == Some(&tenant))
             })
             .collect();
         let api: Api<NetworkPolicy> = Api::namespaced(self.ctx.client.clone(), &ns);

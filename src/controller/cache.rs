@@ -116,11 +116,7 @@ where
 
     /// The names of the cached objects in `namespace`, ordered, without decoding any.
     pub fn names_in_namespace(&self, namespace: &str) -> Vec<String> {
-        self.read()
-            .range((namespace.to_owned(), String::new())..)
-            .take_while(|((ns, _), _)| ns == namespace)
-            .map(|((_, name), _)| name.clone())
-            .collect()
+        self.each_in_namespace(namespace, |name, _| name.to_owned())
     }
 
     /// The metadata of the cached object `key`, without decoding the rest of it.
@@ -174,10 +170,15 @@ where
     }
 
     fn json_in_namespace(&self, namespace: &str) -> Vec<Arc<[u8]>> {
+        self.each_in_namespace(namespace, |_, entry| entry.json.clone())
+    }
+
+    /// `pick` of (name, entry) of each object in `namespace`, ordered by name.
+    fn each_in_namespace<T>(&self, namespace: &str, pick: impl Fn(&str, &Entry) -> T) -> Vec<T> {
         self.read()
             .range((namespace.to_owned(), String::new())..)
             .take_while(|((ns, _), _)| ns == namespace)
-            .map(|(_, entry)| entry.json.clone())
+            .map(|((_, name), entry)| pick(name, entry))
             .collect()
     }
 
