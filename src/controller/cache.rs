@@ -36,7 +36,6 @@ type Objects = BTreeMap<Key, Entry>;
 
 /// One object: its JSON compressed, and its resourceVersion as is (a pass that has judged
 /// this version already needs nothing else of it).
-#[derive(Clone)]
 struct Entry {
     version: Option<Box<str>>,
     json: Arc<[u8]>,
@@ -128,15 +127,6 @@ where
     /// Whether the cache holds `key`.
     pub fn contains(&self, key: &ObjectRef<K>) -> bool {
         self.read().contains_key(&Self::key(key))
-    }
-
-    /// The metadata of the cached objects in `namespace`, ordered by name.
-    pub fn metadata_in_namespace(&self, namespace: &str) -> Vec<ObjectMeta> {
-        self.json_in_namespace(namespace)
-            .iter()
-            .filter_map(|json| self.decode::<MetadataOnly>(json))
-            .map(|only| only.metadata)
-            .collect()
     }
 
     /// How many objects the cache holds.
@@ -398,10 +388,7 @@ mod tests {
         assert_eq!(cache.get(&key).as_deref(), Some(&sts));
         assert_eq!(cache.metadata(&key), Some(sts.metadata.clone()));
         assert!(cache.contains(&key));
-        assert_eq!(
-            cache.metadata_in_namespace("tenant-a"),
-            vec![sts.metadata.clone()]
-        );
+        assert_eq!(cache.names_in_namespace("tenant-a"), ["r"]);
         assert_eq!(cache.get(&ObjectRef::new("r").within("tenant-b")), None);
         assert_eq!(cache.get(&ObjectRef::new("r")), None, "not cluster-scoped");
     }
