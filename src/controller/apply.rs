@@ -513,15 +513,23 @@ impl<'a> Applier<'a> {
         let ns = self.namespace();
         let name = desired.metadata.name.clone().unwrap_or_default();
         let key = ObjectRef::new(&name).within(&ns);
-        let Some(live) = self.ctx.stores.deployments.get(&key) else {
+        let deployments = &self.ctx.stores.deployments;
+        // As in `apply_unless_current`: the version first, the object only without a verdict.
+        let Some(version) = deployments.version(&key) else {
             return Ok(());
         };
-        if self
-            .ctx
-            .is_current_object(self.tenant, self.inputs, desired, live.as_ref())?
-        {
+        if self.ctx.is_current(
+            self.tenant,
+            self.inputs,
+            desired,
+            version.as_deref(),
+            || deployments.json_value(&key),
+        )? {
             return Ok(());
         }
+        let Some(live) = deployments.get(&key) else {
+            return Ok(());
+        };
         let Some(replicas) = live.spec.as_ref().and_then(|s| s.replicas) else {
             return Ok(());
         };
