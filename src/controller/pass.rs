@@ -21,6 +21,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tracing::{Instrument, info, info_span, warn};
 
+/// Transitions one pass takes at most before it mirrors status and yields to the queue.
+const MAX_TRANSITIONS_PER_PASS: u32 = 4;
+
 impl Context {
     pub(super) async fn append(
         &self,
@@ -163,57 +166,81 @@ async fn reconcile_tenant(tenant: Arc<Tenant>, ctx: Arc<Context>) -> Result<Acti
 
     let wanted = Wanted::of(&tenant, &ctx.settings);
     let mut obs = ctx.observe(&tenant, &wanted).await?;
-    let facts = ctx.facts(&tenant, tail.as_ref());
-    let journaled = tail.as_ref().map_or(Phase::New, |r| r.to);
-    // Asked before the intent to register is journaled (see `registration`); a failure
-    // holds the transition and fails the pass once status tells why.
-    let mut name_check_failed = None;
-    if !facts.deleting
-        && registration::needs_name_check(journaled, obs.registration, obs.redis.is_ready())
-    {
-        let seq = tail.as_ref().map_or(0, |r| r.seq);
-        match ctx.check_name(&tenant, seq).await {
-            Ok(check) => obs.name_check = check,
-            Err(error) => name_check_failed = Some(error),
+    let mut transitions = 0;
+    // Each step journals a transition (when one is due), mirrors its Events and applies
+    // its phase's objects. When what it applied already allows the next transition (a new
+    // tenant's namespace is Active, so Pending may provision Redis), the same pass takes
+    // it: a pass more per step would cost a status write and a round through the queue.
+    let (phase, applied, name_check_failed, obs) = loop {
+        let facts = ctx.facts(&tenant, tail.as_ref());
+        let journaled = tail.as_ref().map_or(Phase::New, |r| r.to);
+        tracing::debug!(phase = %journaled, redis = ?obs.redis, server = ?obs.server, "pass");
+        // Asked before the intent to register is journaled (see `registration`); a failure
+        // holds the transition and fails the pass once status tells why.
+        let mut name_check_failed = None;
+        if !facts.deleting
+            && registration::needs_name_check(journaled, obs.registration, obs.redis.is_ready())
+        {
+            let seq = tail.as_ref().map_or(0, |r| r.seq);
+            match ctx.check_name(&tenant, seq).await {
+                Ok(check) => obs.name_check = check,
+                Err(error) => name_check_failed = Some(error),
+            }
         }
-    }
-    let input = derive_input(journaled, facts, &obs).map(|input| {
-        if input.trigger == Trigger::PauseRequested {
-            input.with_reason(pause::resume_command(&tenant.name_any()))
-        } else {
-            input
+        let input = derive_input(journaled, facts, &obs).map(|input| {
+            if input.trigger == Trigger::PauseRequested {
+                input.with_reason(pause::resume_command(&tenant.name_any()))
+            } else {
+                input
+            }
+        });
+        let mut outputs = Vec::new();
+        let mut transitioned = false;
+        if let Some(input) = input
+            && let Some(record) = ctx.append(&tenant, tail.as_ref(), input).await?
+        {
+            ctx.note_registration(&tenant, &record);
+            ctx.count_outcome(&record);
+            outputs.clone_from(&record.outputs);
+            tail = Some(record);
+            transitioned = true;
         }
-    });
-    let mut outputs = Vec::new();
-    if let Some(input) = input
-        && let Some(record) = ctx.append(&tenant, tail.as_ref(), input).await?
-    {
-        ctx.note_registration(&tenant, &record);
-        ctx.count_outcome(&record);
-        outputs.clone_from(&record.outputs);
-        tail = Some(record);
-    }
-    let phase = tail.as_ref().map_or(Phase::New, |r| r.to);
-    // The transition's Event before the objects its phase creates: `kubectl describe`
-    // then tells the story in causal order. Before the finalizer goes too: once the Tenant
-    // is gone nothing reconciles it again.
-    ctx.mirror_events(&tenant, tail.as_ref()).await?;
+        let phase = tail.as_ref().map_or(Phase::New, |r| r.to);
+        // The transition's Event before the objects its phase creates: `kubectl describe`
+        // then tells the story in causal order. Before the finalizer goes too: once the
+        // Tenant is gone nothing reconciles it again.
+        ctx.mirror_events(&tenant, tail.as_ref()).await?;
 
-    let seq = tail.as_ref().map_or(0, |r| r.seq);
-    let plan = neurallog_machines::plan(&outputs, phase);
-    let applied = Applier::new(&ctx, &tenant, &obs, &wanted, seq)
-        .ensure(&plan)
-        .await;
-    ctx.record_write_outcome(&tenant, seq, &applied).await;
-    if phase == Phase::Deleted {
-        applied?;
-        ctx.forget(&tenant);
-        ctx.metrics.set_phase(&uid, None);
-        return Ok(Action::await_change());
-    }
-    // Observed again: the caches now show what this pass created, so the status says
-    // "0/1 replicas ready" at once instead of "not created yet" and a second patch later.
-    let obs = ctx.observe(&tenant, &wanted).await?;
+        let seq = tail.as_ref().map_or(0, |r| r.seq);
+        let plan = neurallog_machines::plan(&outputs, phase);
+        let applied = Applier::new(&ctx, &tenant, &obs, &wanted, seq)
+            .ensure(&plan)
+            .await;
+        ctx.record_write_outcome(&tenant, seq, &applied).await;
+        if phase == Phase::Deleted {
+            applied?;
+            ctx.forget(&tenant);
+            ctx.metrics.set_phase(&uid, None);
+            return Ok(Action::await_change());
+        }
+        // Observed again: the caches now show what this step created, so the status says
+        // "0/1 replicas ready" at once instead of "not created yet" and a second patch later.
+        obs = ctx.observe(&tenant, &wanted).await?;
+        transitions += 1;
+        let next_is_due = || {
+            let facts = ctx.facts(&tenant, tail.as_ref());
+            derive_input(phase, facts, &obs).is_some_and(|input| step(phase, &input).is_some())
+        };
+        if transitioned
+            && applied.is_ok()
+            && name_check_failed.is_none()
+            && transitions < MAX_TRANSITIONS_PER_PASS
+            && next_is_due()
+        {
+            continue;
+        }
+        break (phase, applied, name_check_failed, obs);
+    };
     ctx.mirror_status(&tenant, tail.as_ref(), &obs).await?;
     ctx.metrics.set_phase(&uid, Some(phase.as_str()));
     ctx.metrics

@@ -207,8 +207,10 @@ pub(super) fn deployment_read(deployment: &mut Deployment) {
             observed_generation: Some(i64::from(seen)),
             ready_replicas: s.ready_replicas,
             available_replicas: Some(counted),
-            conditions: s.conditions.map(|conditions| {
-                conditions
+            // No failure condition and no conditions at all read the same: the
+            // controller's first status write, which adds healthy conditions, is no news.
+            conditions: s.conditions.and_then(|conditions| {
+                let failures: Vec<_> = conditions
                     .into_iter()
                     .filter(|c| {
                         (c.type_ == "ReplicaFailure" && c.status == "True")
@@ -219,7 +221,8 @@ pub(super) fn deployment_read(deployment: &mut Deployment) {
                         last_update_time: None,
                         ..c
                     })
-                    .collect()
+                    .collect();
+                (!failures.is_empty()).then_some(failures)
             }),
             ..DeploymentStatus::default()
         }
@@ -650,6 +653,29 @@ mod tests {
                 ..progressing(2)
             };
             assert!(starts(&mut t, watcher::Event::Apply(deployment(stuck, 1))));
+        }
+
+        #[test]
+        fn healthy_conditions_read_as_no_conditions() {
+            let mut t = ChangeTriggers::new(deployment_read);
+            let created = DeploymentStatus::default();
+            assert!(starts(
+                &mut t,
+                watcher::Event::Apply(deployment(created, 1))
+            ));
+            let first_write = DeploymentStatus {
+                conditions: Some(vec![condition(
+                    "Progressing",
+                    "True",
+                    "NewReplicaSetCreated",
+                    1,
+                )]),
+                ..DeploymentStatus::default()
+            };
+            assert!(!starts(
+                &mut t,
+                watcher::Event::Apply(deployment(first_write, 1))
+            ));
         }
 
         fn status_strategy() -> impl Strategy<Value = (StatefulSetStatus, DeploymentStatus)> {
