@@ -130,6 +130,14 @@ pub struct PodSignal {
     unschedulable_since: Option<DateTime<Utc>>,
 }
 
+impl PodSignal {
+    /// Until when the pod may wait for a node before [`pod_problem`] counts it.
+    pub fn waiting_for_node_until(&self) -> Option<DateTime<Utc>> {
+        self.unschedulable_since
+            .map(|since| since + UNSCHEDULABLE_GRACE)
+    }
+}
+
 pub fn pod_signal(pod: &Pod) -> Option<PodSignal> {
     if pod.metadata.deletion_timestamp.is_some() {
         return None;

@@ -5,7 +5,8 @@ use super::cache::{self, Cache, CacheWriter, NeverSynced};
 use super::own_writes::OwnWrites;
 use super::pass::{error_policy, reconcile};
 use super::triggers::{
-    ChangeTriggers, PodTriggers, cron_job_read, deployment_read, redis_claim_read, statefulset_read,
+    ChangeTriggers, cron_job_read, deployment_read, pod_triggers, redis_claim_read,
+    statefulset_read,
 };
 use super::{Context, Stores};
 use crate::crd::Tenant;
@@ -207,8 +208,7 @@ fn keeping_in<K: Cached>(
 /// pass reads from a pod start one (see `triggers`).
 fn pod_cache(client: &Client) -> (Cache<Pod>, Watch<Pod>) {
     let (reader, writer) = cache::cache();
-    let mut triggers = PodTriggers::default();
-    let stream = watcher(
+    let events = watcher(
         Api::<Pod>::all(client.clone()),
         cache_config(&managed_selector()),
     )
@@ -218,13 +218,8 @@ fn pod_cache(client: &Client) -> (Cache<Pod>, Watch<Pod>) {
         pod.metadata.annotations = None;
         pod.spec = None;
     })
-    .map(keeping_in(writer))
-    .filter_map(move |event| {
-        futures::future::ready(match event {
-            Ok(event) => triggers.on_event(event).map(starts_pass).map(Ok),
-            Err(error) => Some(Err(error)),
-        })
-    });
+    .map(keeping_in(writer));
+    let stream = pod_triggers(Box::pin(events)).map_ok(starts_pass);
     (reader, Box::pin(stream))
 }
 

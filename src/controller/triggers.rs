@@ -3,13 +3,17 @@
 //! Pods are watched only to tell why a component is not ready (`failures::pod_problem`);
 //! every other change of a pod (created, scheduled, started, ready, its IP) shows in its
 //! StatefulSet's or Deployment's status, whose own events start the pass that sees it. A
-//! pod event starts a pass only when what `pod_problem` would read from that pod changed.
+//! pod event starts a pass only when what `pod_problem` would read from that pod changed;
+//! a pod waiting for a node, which `pod_problem` passes over for a grace, starts it when
+//! the grace ends (and none if it was scheduled by then).
 //! The other owned objects start a pass when their metadata, spec or the status fields a
 //! pass reads changed ([`ChangeTriggers`]), unless the event is the echo of the operator's
 //! own write that the writing pass already saw ([`OwnWrites`]).
 
 use super::failures::{PodSignal, pod_signal};
 use super::own_writes::OwnWrites;
+use chrono::{DateTime, Utc};
+use futures::{Stream, StreamExt};
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentStatus, StatefulSet, StatefulSetStatus};
 use k8s_openapi::api::batch::v1::{CronJob, CronJobStatus};
 use k8s_openapi::api::core::v1::{
@@ -21,31 +25,166 @@ use kube::{Resource, ResourceExt};
 use serde::Serialize;
 use std::collections::HashMap;
 use std::hash::{DefaultHasher, Hash, Hasher};
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+use tokio_util::time::DelayQueue;
 
 /// The last signal of each pod that had one (a pod without is not kept).
 #[derive(Default)]
 pub(super) struct PodTriggers {
-    signals: HashMap<(String, String), PodSignal>,
+    signals: HashMap<(String, String), Kept>,
+}
+
+struct Kept {
+    signal: PodSignal,
+    /// A pass has been started for this signal (or one before it), so a pass may show it.
+    told: bool,
+    /// The pod, while its signal waits for its grace to end before it starts a pass.
+    waiting: Option<Pod>,
+}
+
+/// What a pod's event asks of its tenant.
+#[derive(Debug)]
+pub(super) enum PodVerdict {
+    Start(Pod),
+    /// Start a pass at this time, if the pod still waits for a node as it does now.
+    StartAt(PodDue),
+    Nothing,
+}
+
+/// A pod that waits for a node within its grace (see `failures::UNSCHEDULABLE_GRACE`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(super) struct PodDue {
+    key: (String, String),
+    /// The end of its grace.
+    at: DateTime<Utc>,
 }
 
 impl PodTriggers {
-    /// The pod whose event this is when it must start a pass.
-    pub(super) fn on_event(&mut self, event: watcher::Event<Pod>) -> Option<Pod> {
+    /// What the pod's event asks, as of `now`. A pod that waits for a node within its
+    /// grace is passed over by a pass (`failures::pod_problem`), so its signal starts a
+    /// pass only once the grace is over: a Redis pod waiting a few seconds for its claim
+    /// to be bound then starts no pass, nor does its being scheduled after.
+    pub(super) fn on_event(
+        &mut self,
+        event: watcher::Event<Pod>,
+        now: DateTime<Utc>,
+    ) -> PodVerdict {
         match event {
             watcher::Event::Apply(pod) | watcher::Event::InitApply(pod) => {
                 let key = key(&pod);
-                let signal = pod_signal(&pod);
-                let changed = self.signals.get(&key) != signal.as_ref();
-                match signal {
-                    Some(signal) => self.signals.insert(key, signal),
-                    None => self.signals.remove(&key),
+                let Some(signal) = pod_signal(&pod) else {
+                    return match self.signals.remove(&key) {
+                        Some(kept) if kept.told => PodVerdict::Start(pod),
+                        _ => PodVerdict::Nothing,
+                    };
                 };
-                changed.then_some(pod)
+                let kept = self.signals.get(&key);
+                if kept.is_some_and(|k| k.signal == signal) {
+                    return PodVerdict::Nothing;
+                }
+                let told = kept.is_some_and(|k| k.told);
+                let waiting = signal
+                    .waiting_for_node_until()
+                    .filter(|&until| now < until && !told);
+                match waiting {
+                    Some(until) => {
+                        let due = PodDue {
+                            key: key.clone(),
+                            at: until,
+                        };
+                        let kept = Kept {
+                            signal,
+                            told: false,
+                            waiting: Some(pod),
+                        };
+                        self.signals.insert(key, kept);
+                        PodVerdict::StartAt(due)
+                    }
+                    None => {
+                        let kept = Kept {
+                            signal,
+                            told: true,
+                            waiting: None,
+                        };
+                        self.signals.insert(key, kept);
+                        PodVerdict::Start(pod)
+                    }
+                }
             }
-            // A pod that had a problem takes it away with it.
-            watcher::Event::Delete(pod) => self.signals.remove(&key(&pod)).map(|_| pod),
-            watcher::Event::Init | watcher::Event::InitDone => None,
+            // A pod that had a problem a pass may show takes it away with it.
+            watcher::Event::Delete(pod) => match self.signals.remove(&key(&pod)) {
+                Some(kept) if kept.told => PodVerdict::Start(pod),
+                _ => PodVerdict::Nothing,
+            },
+            watcher::Event::Init | watcher::Event::InitDone => PodVerdict::Nothing,
         }
+    }
+
+    /// The pod whose grace `due` ended, when it still waits for a node since the same time
+    /// and no pass was started for it meanwhile.
+    pub(super) fn on_due(&mut self, due: &PodDue) -> Option<Pod> {
+        let kept = self.signals.get_mut(&due.key)?;
+        if kept.told || kept.signal.waiting_for_node_until() != Some(due.at) {
+            return None;
+        }
+        kept.told = true;
+        kept.waiting.take()
+    }
+}
+
+/// The pods' watch events that start a pass ([`PodTriggers`]), and the pods whose grace
+/// ended, when it ends.
+pub(super) fn pod_triggers<S>(events: S) -> impl Stream<Item = watcher::Result<Pod>> + Send
+where
+    S: Stream<Item = watcher::Result<watcher::Event<Pod>>> + Send + Unpin,
+{
+    PodTriggerStream {
+        events,
+        triggers: PodTriggers::default(),
+        timers: DelayQueue::new(),
+    }
+}
+
+struct PodTriggerStream<S> {
+    events: S,
+    triggers: PodTriggers,
+    timers: DelayQueue<PodDue>,
+}
+
+impl<S> Stream for PodTriggerStream<S>
+where
+    S: Stream<Item = watcher::Result<watcher::Event<Pod>>> + Unpin,
+{
+    type Item = watcher::Result<Pod>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = self.get_mut();
+        loop {
+            match this.events.poll_next_unpin(cx) {
+                Poll::Ready(Some(Ok(event))) => match this.triggers.on_event(event, Utc::now()) {
+                    PodVerdict::Start(pod) => return Poll::Ready(Some(Ok(pod))),
+                    PodVerdict::StartAt(due) => {
+                        // A moment after: the pass compares the API server's time (in
+                        // whole seconds) with its own clock.
+                        let wait = (due.at - Utc::now()).to_std().unwrap_or_default()
+                            + Duration::from_millis(100);
+                        this.timers.insert(due, wait);
+                    }
+                    PodVerdict::Nothing => {}
+                },
+                Poll::Ready(Some(Err(error))) => return Poll::Ready(Some(Err(error))),
+                Poll::Ready(None) => return Poll::Ready(None),
+                Poll::Pending => break,
+            }
+        }
+        while let Poll::Ready(Some(expired)) = this.timers.poll_expired(cx) {
+            if let Some(pod) = this.triggers.on_due(expired.get_ref()) {
+                return Poll::Ready(Some(Ok(pod)));
+            }
+        }
+        Poll::Pending
     }
 }
 
@@ -332,9 +471,93 @@ mod tests {
         })
     }
 
-    /// Whether `event` starts a pass.
+    /// A pod the scheduler could not place, since `since`.
+    fn waiting_since(since: DateTime<Utc>) -> Pod {
+        let mut pod = unschedulable();
+        let conditions = pod.status.as_mut().and_then(|s| s.conditions.as_mut());
+        conditions.expect("a condition")[0].last_transition_time = Some(Time(
+            k8s_openapi::jiff::Timestamp::from_second(since.timestamp()).expect("a time"),
+        ));
+        pod
+    }
+
+    #[test]
+    fn a_pod_waiting_for_a_node_within_its_grace_starts_a_pass_only_when_it_ends() {
+        let since = DateTime::from_timestamp(1_000_000, 0).expect("a time");
+        let mut t = PodTriggers::default();
+        let verdict = t.on_event(watcher::Event::Apply(waiting_since(since)), since);
+        let PodVerdict::StartAt(due) = verdict else {
+            panic!("{verdict:?}")
+        };
+        assert_eq!(
+            due.at,
+            since + crate::controller::failures::UNSCHEDULABLE_GRACE
+        );
+        // Still waiting when its grace ends: the pass that shows it starts then, once.
+        assert!(t.on_due(&due).is_some());
+        assert!(t.on_due(&due).is_none());
+        // It was told, so its being scheduled starts a pass that takes the problem away.
+        assert!(starts(&mut t, watcher::Event::Apply(running(true))));
+    }
+
+    #[test]
+    fn a_pod_scheduled_within_its_grace_starts_no_pass() {
+        let since = DateTime::from_timestamp(1_000_000, 0).expect("a time");
+        let mut t = PodTriggers::default();
+        let verdict = t.on_event(watcher::Event::Apply(waiting_since(since)), since);
+        let PodVerdict::StartAt(due) = verdict else {
+            panic!("{verdict:?}")
+        };
+        assert!(!starts(&mut t, watcher::Event::Apply(running(false))));
+        assert!(
+            t.on_due(&due).is_none(),
+            "its grace ended after it was scheduled"
+        );
+        // Waiting again later, since another time: a new grace, and its own due.
+        let later = since + chrono::TimeDelta::seconds(60);
+        let verdict = t.on_event(watcher::Event::Apply(waiting_since(later)), later);
+        assert!(
+            matches!(verdict, PodVerdict::StartAt(ref d) if d.at > due.at),
+            "{verdict:?}"
+        );
+        assert!(matches!(
+            t.on_event(watcher::Event::Delete(waiting_since(later)), later),
+            PodVerdict::Nothing
+        ));
+    }
+
+    #[test]
+    fn a_pod_that_showed_a_problem_and_then_waits_starts_a_pass_at_once() {
+        let since = DateTime::from_timestamp(1_000_000, 0).expect("a time");
+        let mut t = PodTriggers::default();
+        assert!(starts(&mut t, watcher::Event::Apply(pulling_failed())));
+        // The pass must take the problem it shows away, although it passes over the pod.
+        let verdict = t.on_event(watcher::Event::Apply(waiting_since(since)), since);
+        assert!(matches!(verdict, PodVerdict::Start(_)), "{verdict:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_pod_trigger_stream_starts_the_pass_when_the_grace_ends() {
+        let (sender, events) = futures::channel::mpsc::unbounded();
+        let mut triggers = Box::pin(pod_triggers(events));
+        let started = tokio::time::Instant::now();
+        sender
+            .unbounded_send(Ok(watcher::Event::Apply(waiting_since(Utc::now()))))
+            .expect("sent");
+        let pod = triggers.next().await.expect("a pod").expect("no error");
+        assert_eq!(pod.metadata.name.as_deref(), Some("acme-redis-0"));
+        assert!(
+            started.elapsed() >= Duration::from_secs(9),
+            "{:?}",
+            started.elapsed()
+        );
+        drop(sender);
+        assert!(triggers.next().await.is_none());
+    }
+
+    /// Whether `event` starts a pass at once.
     fn starts(triggers: &mut PodTriggers, event: watcher::Event<Pod>) -> bool {
-        triggers.on_event(event).is_some()
+        matches!(triggers.on_event(event, Utc::now()), PodVerdict::Start(_))
     }
 
     #[test]
