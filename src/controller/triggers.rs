@@ -47,7 +47,7 @@ struct Kept {
 /// What a pod's event asks of its tenant.
 #[derive(Debug)]
 pub(super) enum PodVerdict {
-    Start(Pod),
+    Start(Box<Pod>),
     /// Start a pass at this time, if the pod still waits for a node as it does now.
     StartAt(PodDue),
     Nothing,
@@ -76,7 +76,7 @@ impl PodTriggers {
                 let key = key(&pod);
                 let Some(signal) = pod_signal(&pod) else {
                     return match self.signals.remove(&key) {
-                        Some(kept) if kept.told => PodVerdict::Start(pod),
+                        Some(kept) if kept.told => PodVerdict::Start(Box::new(pod)),
                         _ => PodVerdict::Nothing,
                     };
                 };
@@ -109,13 +109,13 @@ impl PodTriggers {
                             waiting: None,
                         };
                         self.signals.insert(key, kept);
-                        PodVerdict::Start(pod)
+                        PodVerdict::Start(Box::new(pod))
                     }
                 }
             }
             // A pod that had a problem a pass may show takes it away with it.
             watcher::Event::Delete(pod) => match self.signals.remove(&key(&pod)) {
-                Some(kept) if kept.told => PodVerdict::Start(pod),
+                Some(kept) if kept.told => PodVerdict::Start(Box::new(pod)),
                 _ => PodVerdict::Nothing,
             },
             watcher::Event::Init | watcher::Event::InitDone => PodVerdict::Nothing,
@@ -164,7 +164,7 @@ where
         loop {
             match this.events.poll_next_unpin(cx) {
                 Poll::Ready(Some(Ok(event))) => match this.triggers.on_event(event, Utc::now()) {
-                    PodVerdict::Start(pod) => return Poll::Ready(Some(Ok(pod))),
+                    PodVerdict::Start(pod) => return Poll::Ready(Some(Ok(*pod))),
                     PodVerdict::StartAt(due) => {
                         // A moment after: the pass compares the API server's time (in
                         // whole seconds) with its own clock.
