@@ -64,6 +64,8 @@ pub struct Applier<'a> {
     /// The journal sequence of the current phase: "Created" Events are named after it.
     seq: u64,
     written: Mutex<Vec<OwnWrite>>,
+    /// The Tenant as the API server returned it after this applier's finalizer patch.
+    tenant_written: Mutex<Option<Tenant>>,
 }
 
 /// An object that announces its creation with an Event ("Created Redis Service").
@@ -110,6 +112,7 @@ impl<'a> Applier<'a> {
             inputs: &wanted.inputs,
             seq,
             written: Mutex::new(Vec::new()),
+            tenant_written: Mutex::new(None),
         }
     }
 
@@ -285,8 +288,21 @@ impl<'a> Applier<'a> {
             .await;
         self.ctx
             .note_tenant_write(self.tenant, flight, written.as_ref().ok());
-        written.map_err(Error::Kube)?;
+        let written = written.map_err(Error::Kube)?;
+        *self
+            .tenant_written
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(written);
         Ok(())
+    }
+
+    /// The Tenant as this applier last wrote it, if it wrote it: its resourceVersion is
+    /// what the next write of the same pass must be guarded by.
+    pub fn written_tenant(&self) -> Option<Tenant> {
+        self.tenant_written
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .take()
     }
 
     async fn ensure_namespace(&self) -> Result<(), Error> {

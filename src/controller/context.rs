@@ -1,12 +1,12 @@
 //! What every pass shares: the clients, caches, journal and metrics, and what the operator
 //! remembers about each tenant between passes.
 
-use super::DEFAULT_PROGRESS_DEADLINE;
 use super::Error;
 use super::cache::Cache;
 use super::failures;
 use super::observation::AuthState;
 use super::own_writes::{InFlight, OwnWrites};
+use super::{DEFAULT_PROGRESS_DEADLINE, DEFAULT_TRANSITIONS_PER_PASS};
 use crate::auth::AuthClient;
 use crate::crd::{Tenant, TenantStatus};
 use crate::journal::slot::JournalSlot;
@@ -115,6 +115,8 @@ pub struct Context {
     pub(super) progress_deadline: Duration,
     /// A failed Event write is logged at warning level once; later ones at debug.
     pub(super) event_failure_logged: std::sync::atomic::AtomicBool,
+    /// Transitions one pass takes at most (see `pass`).
+    pub(super) transitions_per_pass: u32,
 }
 
 impl Context {
@@ -142,7 +144,14 @@ impl Context {
             own_writes: OwnWrites::default(),
             progress_deadline: DEFAULT_PROGRESS_DEADLINE,
             event_failure_logged: std::sync::atomic::AtomicBool::new(false),
+            transitions_per_pass: DEFAULT_TRANSITIONS_PER_PASS,
         }
+    }
+
+    /// At most `transitions` per pass (at least one).
+    pub fn with_transitions_per_pass(mut self, transitions: u32) -> Self {
+        self.transitions_per_pass = transitions.max(1);
+        self
     }
 
     pub fn with_progress_deadline(mut self, deadline: Duration) -> Self {

@@ -62,6 +62,10 @@ pub const JOURNAL_UNWRITABLE: &str = "JournalUnwritable";
 /// Reason of the Warning Event telling a tenant that a damaged journal was replaced.
 pub const JOURNAL_RECOVERED: &str = "JournalRecovered";
 
+/// Transitions one pass takes at most before it mirrors status and yields to the queue:
+/// a pass whose objects already allow the next transition takes it (see `pass`).
+const DEFAULT_TRANSITIONS_PER_PASS: u32 = 4;
+
 /// How soon a pass that made the next transition possible is followed by the one taking it.
 const NEXT_TRANSITION_DELAY: Duration = Duration::from_millis(100);
 

@@ -21,9 +21,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tracing::{Instrument, info, info_span, warn};
 
-/// Transitions one pass takes at most before it mirrors status and yields to the queue.
-const MAX_TRANSITIONS_PER_PASS: u32 = 4;
-
 impl Context {
     pub(super) async fn append(
         &self,
@@ -148,7 +145,7 @@ async fn report_unwritable_journal(tenant: &Tenant, ctx: &Context, error: &Error
         .await;
 }
 
-async fn reconcile_tenant(tenant: Arc<Tenant>, ctx: Arc<Context>) -> Result<Action, Error> {
+async fn reconcile_tenant(mut tenant: Arc<Tenant>, ctx: Arc<Context>) -> Result<Action, Error> {
     let started = Instant::now();
     let uid = tenant.uid().ok_or(Error::MissingUid)?;
     let mut tail = match ctx.journal.cached_last(&uid) {
@@ -213,9 +210,10 @@ async fn reconcile_tenant(tenant: Arc<Tenant>, ctx: Arc<Context>) -> Result<Acti
 
         let seq = tail.as_ref().map_or(0, |r| r.seq);
         let plan = neurallog_machines::plan(&outputs, phase);
-        let applied = Applier::new(&ctx, &tenant, &obs, &wanted, seq)
-            .ensure(&plan)
-            .await;
+        let applier = Applier::new(&ctx, &tenant, &obs, &wanted, seq);
+        // Boxed: the applier's future is large, and held across the loop.
+        let applied = Box::pin(applier.ensure(&plan)).await;
+        let written = applier.written_tenant();
         ctx.record_write_outcome(&tenant, seq, &applied).await;
         if phase == Phase::Deleted {
             applied?;
@@ -231,12 +229,23 @@ async fn reconcile_tenant(tenant: Arc<Tenant>, ctx: Arc<Context>) -> Result<Acti
             let facts = ctx.facts(&tenant, tail.as_ref());
             derive_input(phase, facts, &obs).is_some_and(|input| step(phase, &input).is_some())
         };
+        // The next step's writes of the Tenant are guarded by the version this one's
+        // returned; a spec changed meanwhile is another pass's, with its own rendering.
+        let same_spec = written
+            .as_ref()
+            .is_none_or(|w| w.metadata.generation == tenant.metadata.generation);
         if transitioned
             && applied.is_ok()
             && name_check_failed.is_none()
-            && transitions < MAX_TRANSITIONS_PER_PASS
+            && same_spec
+            && transitions < ctx.transitions_per_pass
             && next_is_due()
         {
+            if let Some(mut written) = written {
+                // What the watch would keep of it.
+                written.metadata.managed_fields = None;
+                tenant = Arc::new(written);
+            }
             continue;
         }
         break (phase, applied, name_check_failed, obs);

@@ -515,7 +515,12 @@ pub(super) struct Fixture {
 impl Fixture {
     /// A new operator (empty caches, empty journal, nothing remembered) and the API server
     /// holding `tenant`.
+    /// Each pass takes one transition, so a test scripts one step at a time.
     pub(super) async fn new(tenant: Tenant) -> Self {
+        Self::taking(tenant, 1).await
+    }
+
+    pub(super) async fn taking(tenant: Tenant, transitions_per_pass: u32) -> Self {
         let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
         let watches = Watches::new();
         let stores = watches.stores();
@@ -535,7 +540,8 @@ impl Fixture {
             Arc::new(Metrics::default()),
             stores,
             "test-operator".into(),
-        );
+        )
+        .with_transitions_per_pass(transitions_per_pass);
         let version = tenant
             .resource_version()
             .map_or(0, |v| v.parse().unwrap_or(0));
@@ -604,9 +610,18 @@ impl Fixture {
 /// everything its phase needs applied and ready in the caches, its status mirrored, and
 /// Auth as `auth` in the operator's memory.
 pub(super) async fn settled(triggers: &[Trigger], auth: AuthState) -> Fixture {
+    settled_taking(triggers, auth, 1).await
+}
+
+/// [`settled`], its passes taking up to `transitions_per_pass` transitions.
+pub(super) async fn settled_taking(
+    triggers: &[Trigger],
+    auth: AuthState,
+    transitions_per_pass: u32,
+) -> Fixture {
     let mut tenant = tenant();
     tenant.finalizers_mut().push(FINALIZER.into());
-    let mut fx = Fixture::new(tenant.clone()).await;
+    let mut fx = Fixture::taking(tenant.clone(), transitions_per_pass).await;
     let mut tail = None;
     for trigger in triggers {
         tail = Some(fx.journal(*trigger).await);

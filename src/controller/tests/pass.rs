@@ -368,6 +368,32 @@ async fn a_free_name_is_checked_and_the_intent_journaled_before_it_is_registered
 }
 
 #[tokio::test]
+async fn a_pass_whose_objects_already_allow_the_next_transition_takes_it_and_writes_status_once() {
+    let mut fx = settled_taking(
+        &[Trigger::Observed, Trigger::NamespaceReady],
+        AuthState::Unknown,
+        crate::controller::DEFAULT_TRANSITIONS_PER_PASS,
+    )
+    .await;
+    // Redis is ready: the intent to register is journaled and carried out; the server's
+    // objects are there and ready too, so the same pass goes on to Running. Each
+    // transition has its Event, in order; the status is written once, for the last.
+    let action = fx
+        .pass(vec![
+            transition_event(3, Phase::ProvisioningServer),
+            transition_event(4, Phase::Running),
+            patch_status("Running").with("/status/journal/sequence", 4),
+        ])
+        .await
+        .expect("the pass succeeds");
+    assert_eq!(action, Action::requeue(RUNNING_RECHECK));
+    assert_eq!(auth_calls(&fx), calls(&[("GET", 200), ("POST", 201)]));
+    let running = fx.tail();
+    assert_eq!(phase_and_seq(&running), (Phase::Running, 4));
+    assert_eq!(running.from, Phase::ProvisioningServer);
+}
+
+#[tokio::test]
 async fn a_name_auth_already_knows_fails_the_tenant_and_outlives_its_deletion() {
     let mut fx = settled(
         &[Trigger::Observed, Trigger::NamespaceReady],
