@@ -249,10 +249,18 @@ impl<K: Resource<DynamicType = ()> + Clone + Serialize> ChangeTriggers<K> {
     }
 
     /// A digest of what a pass reads of `object`: without its resourceVersion (which
-    /// every write changes) and with what `read` keeps of the rest.
+    /// every write changes) and other controllers' annotations, and with what `read`
+    /// keeps of the rest.
     fn read_digest(&self, object: &K) -> u64 {
         let mut read = object.clone();
-        read.meta_mut().resource_version = None;
+        let meta = read.meta_mut();
+        meta.resource_version = None;
+        // Other controllers annotate our objects (a Deployment's revision, when its
+        // controller first writes its status); a pass reads only the operator's own.
+        if let Some(annotations) = &mut meta.annotations {
+            annotations.retain(|key, _| key.starts_with(OWN_ANNOTATION_PREFIX));
+        }
+        meta.annotations = meta.annotations.take().filter(|a| !a.is_empty());
         (self.read)(&mut read);
         let mut hasher = HashWriter(DefaultHasher::new());
         // Serialising to a hasher cannot fail for these types; a failure hashes what was
@@ -261,6 +269,10 @@ impl<K: Resource<DynamicType = ()> + Clone + Serialize> ChangeTriggers<K> {
         hasher.0.finish()
     }
 }
+
+/// The prefix of the annotations the operator writes on its objects (the desired-state
+/// hash of `compare`).
+const OWN_ANNOTATION_PREFIX: &str = "neurallog.io/";
 
 fn key_digest<K: Resource>(object: &K) -> u64 {
     let mut hasher = DefaultHasher::new();
@@ -655,12 +667,32 @@ mod tests {
             ));
             // Someone edits the spec: the pass must see the drift.
             assert!(starts(&mut t, watcher::Event::Apply(quota("4", "20", "2"))));
-            let mut annotated = quota("5", "20", "2");
-            annotated.metadata.annotations = Some(BTreeMap::from([("a".into(), "b".into())]));
-            assert!(starts(&mut t, watcher::Event::Apply(annotated)));
+            // Another controller's annotation is not read by a pass; the operator's is.
+            let annotated = |version: &str, annotations: &[(&str, &str)]| {
+                let mut quota = quota(version, "20", "2");
+                let annotations = annotations
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()));
+                quota.metadata.annotations = Some(annotations.collect());
+                quota
+            };
+            let revision = ("deployment.kubernetes.io/revision", "1");
+            assert!(!starts(
+                &mut t,
+                watcher::Event::Apply(annotated("5", &[revision]))
+            ));
+            let hash = (crate::controller::compare::DESIRED_HASH_ANNOTATION, "abc");
             assert!(starts(
                 &mut t,
-                watcher::Event::Delete(quota("6", "20", "2"))
+                watcher::Event::Apply(annotated("6", &[revision, hash]))
+            ));
+            assert!(starts(
+                &mut t,
+                watcher::Event::Apply(annotated("7", &[revision]))
+            ));
+            assert!(starts(
+                &mut t,
+                watcher::Event::Delete(quota("8", "20", "2"))
             ));
         }
 
