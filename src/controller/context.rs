@@ -6,6 +6,7 @@ use super::cache::Cache;
 use super::failures;
 use super::observation::AuthState;
 use super::own_writes::{InFlight, OwnWrites};
+use super::triggers::WantedSizes;
 use super::{DEFAULT_PROGRESS_DEADLINE, DEFAULT_TRANSITIONS_PER_PASS};
 use crate::auth::AuthClient;
 use crate::crd::{Tenant, TenantStatus};
@@ -117,6 +118,8 @@ pub struct Context {
     pub(super) event_failure_logged: std::sync::atomic::AtomicBool,
     /// Transitions one pass takes at most (see `pass`).
     pub(super) transitions_per_pass: u32,
+    /// What each tenant's spec asks of its Redis volumes, for the claim triggers.
+    pub(super) wanted_sizes: WantedSizes,
 }
 
 impl Context {
@@ -145,6 +148,7 @@ impl Context {
             progress_deadline: DEFAULT_PROGRESS_DEADLINE,
             event_failure_logged: std::sync::atomic::AtomicBool::new(false),
             transitions_per_pass: DEFAULT_TRANSITIONS_PER_PASS,
+            wanted_sizes: WantedSizes::default(),
         }
     }
 
@@ -162,6 +166,12 @@ impl Context {
     /// Reconciles wait until `synced` is set (by the readiness task).
     pub fn with_caches_synced(mut self, synced: Arc<std::sync::atomic::AtomicBool>) -> Self {
         self.caches_synced = synced;
+        self
+    }
+
+    /// Where the passes leave the Redis volume sizes the claim triggers compare with.
+    pub(super) fn with_wanted_sizes(mut self, sizes: WantedSizes) -> Self {
+        self.wanted_sizes = sizes;
         self
     }
 
@@ -256,6 +266,7 @@ impl Context {
     }
 
     pub(super) fn forget(&self, tenant: &Tenant) {
+        self.wanted_sizes.note(&tenant.name_any(), None);
         let uid = tenant.uid().unwrap_or_default();
         self.memo
             .lock()

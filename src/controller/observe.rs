@@ -62,6 +62,8 @@ impl Context {
         wanted: &Wanted,
     ) -> Result<Observation, Error> {
         let name = tenant.name_any();
+        self.wanted_sizes
+            .note(&name, Quantity::parse(&tenant.spec.redis.storage).ok());
         let ns_name = namespace_for(&name);
         let cached = self.stores.namespaces.get(&ObjectRef::new(&ns_name));
         let namespace = match cached {

@@ -5,7 +5,7 @@ use super::cache::{self, Cache, CacheWriter, NeverSynced};
 use super::own_writes::OwnWrites;
 use super::pass::{error_policy, reconcile};
 use super::triggers::{
-    ChangeTriggers, cron_job_read, deployment_read, pod_triggers, redis_claim_read,
+    ChangeTriggers, WantedSizes, cron_job_read, deployment_read, pod_triggers, redis_claim_read,
     statefulset_read,
 };
 use super::{Context, Stores};
@@ -249,6 +249,7 @@ fn cache_config(selector: &str) -> watcher::Config {
 /// tenant and component labels instead.
 fn redis_claim_cache(
     client: &Client,
+    wanted: &WantedSizes,
 ) -> (Cache<PersistentVolumeClaim>, Watch<PersistentVolumeClaim>) {
     let selector = format!("{},{}=redis", render::TENANT_LABEL, render::COMPONENT_LABEL);
     let (reader, writer) = cache::cache();
@@ -256,7 +257,7 @@ fn redis_claim_cache(
         claim.metadata.managed_fields = None;
         claim.metadata.annotations = None;
     };
-    let triggers = ChangeTriggers::new(redis_claim_read);
+    let triggers = ChangeTriggers::new(redis_claim_read(wanted.clone()));
     let watch = cache_selected(client, &selector, writer, strip, triggers);
     (reader, watch)
 }
@@ -348,7 +349,8 @@ pub async fn run(
     let (claims, claim_watch) =
         owned_cache::<PersistentVolumeClaim>(&client, &own, |c| c.status = None);
     let (pods, pod_watch) = pod_cache(&client);
-    let (redis_claims, redis_claim_watch) = redis_claim_cache(&client);
+    let wanted_sizes = WantedSizes::default();
+    let (redis_claims, redis_claim_watch) = redis_claim_cache(&client, &wanted_sizes);
     let stores = Stores {
         namespaces,
         config_maps,
@@ -368,7 +370,8 @@ pub async fn run(
     let ctx = Arc::new(
         make_context(stores.clone())
             .with_caches_synced(ready.clone())
-            .with_own_writes(own),
+            .with_own_writes(own)
+            .with_wanted_sizes(wanted_sizes),
     );
     let tenants: Api<Tenant> = Api::all(client.clone());
     let mut tenant_watch = watcher::Config::default()

@@ -64,6 +64,12 @@ impl ClaimSize {
     fn holds_less(&self, wanted: &Quantity) -> bool {
         self.capacity.as_ref().is_some_and(|c| c < wanted)
     }
+
+    /// Whether the claim neither asks nor holds less than `wanted`: [`storage_state`] then
+    /// has nothing to say of it, bound or not.
+    pub fn is_settled_at(&self, wanted: &Quantity) -> bool {
+        !self.asks_less(wanted) && !self.holds_less(wanted)
+    }
 }
 
 /// Whether a StorageClass lets its claims grow, as read from the cluster.

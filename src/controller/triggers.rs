@@ -12,6 +12,9 @@
 
 use super::failures::{PodSignal, pod_signal};
 use super::own_writes::OwnWrites;
+use super::storage::ClaimSize;
+use crate::quantity::Quantity;
+use crate::render;
 use chrono::{DateTime, Utc};
 use futures::{Stream, StreamExt};
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentStatus, StatefulSet, StatefulSetStatus};
@@ -26,6 +29,7 @@ use serde::Serialize;
 use std::collections::HashMap;
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::pin::Pin;
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio_util::time::DelayQueue;
@@ -204,15 +208,15 @@ pub(super) struct ChangeTriggers<K> {
     /// (two 64-bit digests instead of two strings per object: the map holds every owned
     /// object of every tenant).
     digests: HashMap<u64, u64>,
-    read: fn(&mut K),
+    read: Box<dyn Fn(&mut K) + Send + Sync>,
     own_writes: OwnWrites,
 }
 
 impl<K: Resource<DynamicType = ()> + Clone + Serialize> ChangeTriggers<K> {
-    pub(super) fn new(read: fn(&mut K)) -> Self {
+    pub(super) fn new(read: impl Fn(&mut K) + Send + Sync + 'static) -> Self {
         ChangeTriggers {
             digests: HashMap::new(),
-            read,
+            read: Box::new(read),
             own_writes: OwnWrites::default(),
         }
     }
@@ -380,9 +384,57 @@ pub(super) fn deployment_read(deployment: &mut Deployment) {
     });
 }
 
+/// What each tenant's spec asks of its Redis volumes (`spec.redis.storage`), as its last
+/// pass read it: a claim event is compared with it.
+#[derive(Clone, Default)]
+pub struct WantedSizes(Arc<Mutex<HashMap<String, Quantity>>>);
+
+impl WantedSizes {
+    /// What `tenant`'s spec asks now (`None`: nothing valid, or the tenant is gone).
+    pub(super) fn note(&self, tenant: &str, wanted: Option<Quantity>) {
+        let mut sizes = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        match wanted {
+            Some(wanted) if sizes.get(tenant) != Some(&wanted) => {
+                sizes.insert(tenant.to_string(), wanted);
+            }
+            Some(_) => {}
+            None => {
+                sizes.remove(tenant);
+            }
+        }
+    }
+
+    fn get(&self, tenant: &str) -> Option<Quantity> {
+        let sizes = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        sizes.get(tenant).cloned()
+    }
+}
+
 /// What a pass reads of a Redis data claim (`storage::ClaimSize`): its class, the size it
-/// asks for, and the size it holds once bound. Binding it to a volume is not news.
-pub(super) fn redis_claim_read(claim: &mut PersistentVolumeClaim) {
+/// asks for, and the size it holds once bound. Binding it to a volume is not news. Nor is
+/// anything of a claim that neither asks nor holds less than its tenant's spec asks
+/// (`wanted`): the pass's storage state has nothing to say of it, so a new claim being
+/// created and bound at the size the spec asks starts no pass. A claim of a tenant whose
+/// spec no pass has read yet is read whole.
+pub(super) fn redis_claim_read(
+    wanted: WantedSizes,
+) -> impl Fn(&mut PersistentVolumeClaim) + Send + Sync + 'static {
+    move |claim| {
+        let settled = claim
+            .labels()
+            .get(render::TENANT_LABEL)
+            .and_then(|tenant| wanted.get(tenant))
+            .is_some_and(|wanted| ClaimSize::of(claim).is_settled_at(&wanted));
+        if settled {
+            claim.spec = None;
+            claim.status = None;
+        } else {
+            claim_size_read(claim);
+        }
+    }
+}
+
+fn claim_size_read(claim: &mut PersistentVolumeClaim) {
     claim.spec = claim.spec.take().map(|s| PersistentVolumeClaimSpec {
         storage_class_name: s.storage_class_name,
         resources: s.resources.map(|r| VolumeResourceRequirements {
@@ -796,7 +848,7 @@ mod tests {
 
         #[test]
         fn a_claim_starts_a_pass_when_its_size_changes_not_when_it_is_bound() {
-            let mut t = ChangeTriggers::new(redis_claim_read);
+            let mut t = ChangeTriggers::new(redis_claim_read(WantedSizes::default()));
             assert!(starts(
                 &mut t,
                 watcher::Event::Apply(claim(None, "Pending", "1Gi", "0"))
@@ -828,7 +880,7 @@ mod tests {
             ];
             for a in &sizes {
                 for b in &sizes {
-                    let mut t = ChangeTriggers::new(redis_claim_read);
+                    let mut t = ChangeTriggers::new(redis_claim_read(WantedSizes::default()));
                     t.on_event(watcher::Event::Apply(a.clone()));
                     let changed = crate::controller::storage::ClaimSize::of(a)
                         != crate::controller::storage::ClaimSize::of(b);
@@ -838,6 +890,51 @@ mod tests {
                     );
                 }
             }
+        }
+
+        #[test]
+        fn a_claim_at_the_size_its_tenant_asks_starts_no_pass_until_it_differs() {
+            let wanted = WantedSizes::default();
+            let mut t = ChangeTriggers::new(redis_claim_read(wanted.clone()));
+            let labelled = |claim: PersistentVolumeClaim| {
+                let mut claim = claim;
+                let labels = BTreeMap::from([(render::TENANT_LABEL.to_string(), "acme".into())]);
+                claim.metadata.labels = Some(labels);
+                claim
+            };
+            let size = |q: &str| crate::quantity::Quantity::parse(q).expect("a quantity");
+            // No pass read the tenant's spec yet: the claim is read whole.
+            assert!(starts(
+                &mut t,
+                watcher::Event::Apply(labelled(claim(None, "Pending", "1Gi", "0")))
+            ));
+            wanted.note("acme", Some(size("1Gi")));
+            // Once the size is known the claim reads as settled (a change, once); bound
+            // at the size the spec asks, it is nothing a pass would say.
+            assert!(starts(
+                &mut t,
+                watcher::Event::Apply(labelled(claim(None, "Pending", "1Gi", "0")))
+            ));
+            assert!(!starts(
+                &mut t,
+                watcher::Event::Apply(labelled(claim(Some("pv-1"), "Bound", "1Gi", "1Gi")))
+            ));
+            // The spec asks for more: the claim asks for it, then its volume holds it.
+            wanted.note("acme", Some(size("2Gi")));
+            assert!(starts(
+                &mut t,
+                watcher::Event::Apply(labelled(claim(Some("pv-1"), "Bound", "2Gi", "1Gi")))
+            ));
+            assert!(starts(
+                &mut t,
+                watcher::Event::Apply(labelled(claim(Some("pv-1"), "Bound", "2Gi", "2Gi")))
+            ));
+            // A tenant gone: its claims are read whole again.
+            wanted.note("acme", None);
+            assert!(starts(
+                &mut t,
+                watcher::Event::Apply(labelled(claim(Some("pv-1"), "Bound", "2Gi", "2Gi")))
+            ));
         }
 
         fn statefulset(status: StatefulSetStatus, replicas: i32) -> StatefulSet {
