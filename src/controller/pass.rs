@@ -225,10 +225,7 @@ async fn reconcile_tenant(mut tenant: Arc<Tenant>, ctx: Arc<Context>) -> Result<
         // "0/1 replicas ready" at once instead of "not created yet" and a second patch later.
         obs = ctx.observe(&tenant, &wanted).await?;
         transitions += 1;
-        let next_is_due = || {
-            let facts = ctx.facts(&tenant, tail.as_ref());
-            derive_input(phase, facts, &obs).is_some_and(|input| step(phase, &input).is_some())
-        };
+        let next_is_due = || next_transition_is_due(phase, ctx.facts(&tenant, tail.as_ref()), &obs);
         // The next step's writes of the Tenant are guarded by the version this one's
         // returned; a spec changed meanwhile is another pass's, with its own rendering.
         let same_spec = written
@@ -278,9 +275,7 @@ async fn reconcile_tenant(mut tenant: Arc<Tenant>, ctx: Arc<Context>) -> Result<
     // already allow the next transition, and with an unchanged status nothing else would
     // start the pass that takes it.
     let facts = ctx.facts(&tenant, tail.as_ref());
-    if changed_meanwhile
-        || derive_input(phase, facts, &obs).is_some_and(|input| step(phase, &input).is_some())
-    {
+    if changed_meanwhile || next_transition_is_due(phase, facts, &obs) {
         return Ok(Action::requeue(NEXT_TRANSITION_DELAY));
     }
     let mut next = match phase {
@@ -307,6 +302,23 @@ async fn reconcile_tenant(mut tenant: Arc<Tenant>, ctx: Arc<Context>) -> Result<
     }
     tracing::debug!(?next, %phase, "next pass");
     Ok(Action::requeue(next))
+}
+
+/// Whether what a pass saw already allows the next transition: the machine takes one, or
+/// Redis is ready and only the Auth name check, which a step asks before it derives its
+/// input, stands before the intent to register (nothing else would start that pass when
+/// Redis was ready before the phase began, as after a takeover).
+fn next_transition_is_due(
+    phase: Phase,
+    facts: TenantFacts,
+    obs: &super::observation::Observation,
+) -> bool {
+    let awaits_name_check = phase == Phase::ProvisioningRedis
+        && !facts.deleting
+        && !facts.paused
+        && registration::needs_name_check(phase, obs.registration, obs.redis.is_ready());
+    awaits_name_check
+        || derive_input(phase, facts, obs).is_some_and(|input| step(phase, &input).is_some())
 }
 
 /// Failed passes retry with per-tenant exponential backoff and jitter; one stuck tenant

@@ -394,6 +394,26 @@ async fn a_pass_whose_objects_already_allow_the_next_transition_takes_it_and_wri
 }
 
 #[tokio::test]
+async fn a_pass_that_finds_redis_ready_on_entering_provisioning_redis_asks_for_the_next_at_once() {
+    // Redis was ready before the phase began (another replica provisioned it before a
+    // takeover): no StatefulSet event will come to start the pass that checks the name.
+    let mut fx = settled(&[Trigger::Observed], AuthState::Unknown).await;
+    let action = fx
+        .pass(vec![
+            transition_event(2, Phase::ProvisioningRedis),
+            patch_status("ProvisioningRedis").with("/status/journal/sequence", 2),
+        ])
+        .await
+        .expect("the pass succeeds");
+    assert_eq!(
+        action,
+        Action::requeue(NEXT_TRANSITION),
+        "the name check and the intent are next"
+    );
+    assert_eq!(auth_calls(&fx), calls(&[]));
+}
+
+#[tokio::test]
 async fn a_name_auth_already_knows_fails_the_tenant_and_outlives_its_deletion() {
     let mut fx = settled(
         &[Trigger::Observed, Trigger::NamespaceReady],
