@@ -545,14 +545,20 @@ mod tests {
         pod
     }
 
-    #[test]
-    fn a_pod_waiting_for_a_node_within_its_grace_starts_a_pass_only_when_it_ends() {
+    /// Triggers that were just told of a pod waiting for a node, as of the time it began.
+    fn waiting_within_its_grace() -> (PodTriggers, DateTime<Utc>, PodDue) {
         let since = DateTime::from_timestamp(1_000_000, 0).expect("a time");
         let mut t = PodTriggers::default();
         let verdict = t.on_event(watcher::Event::Apply(waiting_since(since)), since);
         let PodVerdict::StartAt(due) = verdict else {
             panic!("{verdict:?}")
         };
+        (t, since, due)
+    }
+
+    #[test]
+    fn a_pod_waiting_for_a_node_within_its_grace_starts_a_pass_only_when_it_ends() {
+        let (mut t, since, due) = waiting_within_its_grace();
         assert_eq!(
             due.at,
             since + crate::controller::failures::UNSCHEDULABLE_GRACE
@@ -566,12 +572,7 @@ mod tests {
 
     #[test]
     fn a_pod_scheduled_within_its_grace_starts_no_pass() {
-        let since = DateTime::from_timestamp(1_000_000, 0).expect("a time");
-        let mut t = PodTriggers::default();
-        let verdict = t.on_event(watcher::Event::Apply(waiting_since(since)), since);
-        let PodVerdict::StartAt(due) = verdict else {
-            panic!("{verdict:?}")
-        };
+        let (mut t, since, due) = waiting_within_its_grace();
         assert!(!starts(&mut t, watcher::Event::Apply(running(false))));
         assert!(
             t.on_due(&due).is_none(),
