@@ -6,7 +6,7 @@ use super::cache::Cache;
 use super::failures;
 use super::observation::AuthState;
 use super::own_writes::{InFlight, OwnWrites};
-use super::triggers::WantedSizes;
+use super::triggers::{Phases, WantedSizes};
 use super::{DEFAULT_PROGRESS_DEADLINE, DEFAULT_TRANSITIONS_PER_PASS};
 use crate::auth::AuthClient;
 use crate::crd::{Tenant, TenantStatus};
@@ -120,6 +120,8 @@ pub struct Context {
     pub(super) transitions_per_pass: u32,
     /// What each tenant's spec asks of its Redis volumes, for the claim triggers.
     pub(super) wanted_sizes: WantedSizes,
+    /// Each tenant's phase as its last pass step left it, for the workload triggers.
+    pub(super) phases: Phases,
 }
 
 impl Context {
@@ -149,6 +151,7 @@ impl Context {
             event_failure_logged: std::sync::atomic::AtomicBool::new(false),
             transitions_per_pass: DEFAULT_TRANSITIONS_PER_PASS,
             wanted_sizes: WantedSizes::default(),
+            phases: Phases::default(),
         }
     }
 
@@ -172,6 +175,12 @@ impl Context {
     /// Where the passes leave the Redis volume sizes the claim triggers compare with.
     pub(super) fn with_wanted_sizes(mut self, sizes: WantedSizes) -> Self {
         self.wanted_sizes = sizes;
+        self
+    }
+
+    /// Where the passes leave the tenants' phases the workload triggers read events with.
+    pub(super) fn with_phases(mut self, phases: Phases) -> Self {
+        self.phases = phases;
         self
     }
 
@@ -267,6 +276,7 @@ impl Context {
 
     pub(super) fn forget(&self, tenant: &Tenant) {
         self.wanted_sizes.note(&tenant.name_any(), None);
+        self.phases.note(&tenant.name_any(), None);
         let uid = tenant.uid().unwrap_or_default();
         self.memo
             .lock()

@@ -203,6 +203,9 @@ async fn reconcile_tenant(mut tenant: Arc<Tenant>, ctx: Arc<Context>) -> Result<
             transitioned = true;
         }
         let phase = tail.as_ref().map_or(Phase::New, |r| r.to);
+        // Before the step applies its phase's objects: their first events are read as
+        // that phase's (see `triggers::first_rollout`).
+        ctx.phases.note(&tenant.name_any(), Some(phase));
         // The transition's Event before the objects its phase creates: `kubectl describe`
         // then tells the story in causal order. Before the finalizer goes too: once the
         // Tenant is gone nothing reconciles it again.

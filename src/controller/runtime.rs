@@ -5,8 +5,8 @@ use super::cache::{self, Cache, CacheWriter, NeverSynced};
 use super::own_writes::OwnWrites;
 use super::pass::{error_policy, reconcile};
 use super::triggers::{
-    ChangeTriggers, WantedSizes, cron_job_read, deployment_read, pod_triggers, redis_claim_read,
-    statefulset_read,
+    ChangeTriggers, Phases, WantedSizes, cron_job_read, deployment_read, pod_triggers,
+    redis_claim_read, statefulset_read,
 };
 use super::{Context, Stores};
 use crate::crd::Tenant;
@@ -168,7 +168,11 @@ impl<K> Cached for K where
 /// A cache of our objects of kind `K`; an event starts a pass when it changes what
 /// `read` keeps of the object (see [`ChangeTriggers`]) and is not the echo of one of
 /// `own` writes.
-fn owned_cache<K>(client: &Client, own: &OwnWrites, read: fn(&mut K)) -> (Cache<K>, Watch<K>)
+fn owned_cache<K>(
+    client: &Client,
+    own: &OwnWrites,
+    read: impl Fn(&mut K) + Send + Sync + 'static,
+) -> (Cache<K>, Watch<K>)
 where
     K: Cached,
 {
@@ -181,7 +185,7 @@ fn managed_cache<K>(
     client: &Client,
     own: &OwnWrites,
     writer: CacheWriter<K>,
-    read: fn(&mut K),
+    read: impl Fn(&mut K) + Send + Sync + 'static,
 ) -> Watch<K>
 where
     K: Cached,
@@ -335,8 +339,11 @@ pub async fn run(
     });
     let (config_maps, cm_watch) = owned_cache::<ConfigMap>(&client, &own, |_| {});
     let (services, svc_watch) = owned_cache::<Service>(&client, &own, |s| s.status = None);
-    let (statefulsets, sts_watch) = owned_cache::<StatefulSet>(&client, &own, statefulset_read);
-    let (deployments, deploy_watch) = owned_cache::<Deployment>(&client, &own, deployment_read);
+    let phases = Phases::default();
+    let (statefulsets, sts_watch) =
+        owned_cache::<StatefulSet>(&client, &own, statefulset_read(phases.clone()));
+    let (deployments, deploy_watch) =
+        owned_cache::<Deployment>(&client, &own, deployment_read(phases.clone()));
     let (network_policies, np_watch) = owned_cache::<NetworkPolicy>(&client, &own, |_| {});
     let (quotas, quota_watch) = owned_cache::<ResourceQuota>(&client, &own, |q| q.status = None);
     let (limit_ranges, lr_watch) = owned_cache::<LimitRange>(&client, &own, |_| {});
@@ -371,7 +378,8 @@ pub async fn run(
         make_context(stores.clone())
             .with_caches_synced(ready.clone())
             .with_own_writes(own)
-            .with_wanted_sizes(wanted_sizes),
+            .with_wanted_sizes(wanted_sizes)
+            .with_phases(phases),
     );
     let tenants: Api<Tenant> = Api::all(client.clone());
     let mut tenant_watch = watcher::Config::default()

@@ -112,7 +112,7 @@ fn component_status(
     }
 }
 
-fn is_first_rollout(phase: Phase) -> bool {
+pub(super) fn is_first_rollout(phase: Phase) -> bool {
     matches!(phase, Phase::ProvisioningRedis | Phase::ProvisioningServer)
 }
 

@@ -17,7 +17,9 @@ use crate::quantity::Quantity;
 use crate::render;
 use chrono::{DateTime, Utc};
 use futures::{Stream, StreamExt};
-use k8s_openapi::api::apps::v1::{Deployment, DeploymentStatus, StatefulSet, StatefulSetStatus};
+use k8s_openapi::api::apps::v1::{
+    Deployment, DeploymentCondition, DeploymentStatus, StatefulSet, StatefulSetStatus,
+};
 use k8s_openapi::api::batch::v1::{CronJob, CronJobStatus};
 use k8s_openapi::api::core::v1::{
     PersistentVolumeClaim, PersistentVolumeClaimSpec, PersistentVolumeClaimStatus, Pod,
@@ -25,6 +27,7 @@ use k8s_openapi::api::core::v1::{
 };
 use kube::runtime::watcher;
 use kube::{Resource, ResourceExt};
+use neurallog_machines::Phase;
 use serde::Serialize;
 use std::collections::HashMap;
 use std::hash::{DefaultHasher, Hash, Hasher};
@@ -305,22 +308,33 @@ impl std::io::Write for HashWriter {
 /// whenever the StatefulSet is what the operator would apply, and when it is not, the
 /// spec itself differs, which starts a pass anyway. So the status's intermediate steps
 /// (the generation seen, then the replicas counted, then ready) start one pass, not three.
-/// Written back as a status with just two fields set: `ready_replicas`, and `replicas` 1
-/// when current by itself, else 0.
-pub(super) fn statefulset_read(sts: &mut StatefulSet) {
-    let desired = sts.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
-    let generation = sts.metadata.generation;
-    sts.status = sts.status.take().map(|s| {
-        let current = s.observed_generation >= generation
-            && (s.update_revision.is_none() || s.update_revision == s.current_revision)
-            && s.updated_replicas.unwrap_or(0) >= desired
-            && s.replicas <= desired;
-        StatefulSetStatus {
-            ready_replicas: s.ready_replicas,
-            replicas: i32::from(current),
-            ..StatefulSetStatus::default()
-        }
-    });
+/// While its tenant provisions (`phases`), a StatefulSet short of ready replicas reads
+/// the same current or not: a pass concludes nothing from it then (see [`first_rollout`]),
+/// so a new StatefulSet's "current, none ready yet" step starts no pass of its own.
+/// Written back as a status with just two fields set: `ready_replicas` (none for 0), and
+/// `replicas` 1 when current by itself, else 0; no status when both say nothing.
+pub(super) fn statefulset_read(
+    phases: Phases,
+) -> impl Fn(&mut StatefulSet) + Send + Sync + 'static {
+    move |sts| {
+        let desired = sts.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
+        let generation = sts.metadata.generation;
+        let provisioning = first_rollout(&phases, sts);
+        sts.status = sts.status.take().and_then(|s| {
+            let ready = s.ready_replicas.unwrap_or(0);
+            let current = s.observed_generation >= generation
+                && (s.update_revision.is_none() || s.update_revision == s.current_revision)
+                && s.updated_replicas.unwrap_or(0) >= desired
+                && s.replicas <= desired
+                && (ready >= desired || !provisioning);
+            let read = StatefulSetStatus {
+                ready_replicas: Some(ready).filter(|&r| r != 0),
+                replicas: i32::from(current),
+                ..StatefulSetStatus::default()
+            };
+            (read != StatefulSetStatus::default()).then_some(read)
+        });
+    }
 }
 
 /// What a pass can conclude from a Deployment's status (`observation::deployment_state`
@@ -334,81 +348,131 @@ pub(super) fn statefulset_read(sts: &mut StatefulSet) {
 /// the lesser of updated and available, or -1 when those other two conditions fail. When
 /// the spec asks for replicas, -1 and 0 both fall short of any required count and are kept
 /// as 0. A new Deployment's "replicas counted, none available yet" step then starts no
-/// pass of its own. Written back as a status with `ready_replicas`,
-/// `observed_generation` (1 when seen, else 0), `available_replicas` (that count) and the
-/// failure conditions set.
-pub(super) fn deployment_read(deployment: &mut Deployment) {
-    let desired = deployment
-        .spec
-        .as_ref()
-        .and_then(|s| s.replicas)
-        .unwrap_or(1);
-    let generation = deployment.metadata.generation;
-    deployment.status = deployment.status.take().map(|s| {
-        let seen = s.observed_generation >= generation;
-        let counted = if seen && s.replicas.unwrap_or(0) <= desired {
-            s.updated_replicas
-                .unwrap_or(0)
-                .min(s.available_replicas.unwrap_or(0))
-        } else {
-            -1
-        };
-        let counted = if desired >= 1 {
-            counted.max(0)
-        } else {
-            counted
-        };
-        DeploymentStatus {
-            observed_generation: Some(i64::from(seen)),
-            ready_replicas: s.ready_replicas,
-            available_replicas: Some(counted),
-            // No failure condition and no conditions at all read the same: the
-            // controller's first status write, which adds healthy conditions, is no news.
-            conditions: s.conditions.and_then(|conditions| {
-                let failures: Vec<_> = conditions
-                    .into_iter()
-                    .filter(|c| {
-                        (c.type_ == "ReplicaFailure" && c.status == "True")
-                            || (c.type_ == "Progressing" && c.status == "False")
-                    })
-                    .map(|c| k8s_openapi::api::apps::v1::DeploymentCondition {
-                        last_transition_time: None,
-                        last_update_time: None,
-                        ..c
-                    })
-                    .collect();
-                (!failures.is_empty()).then_some(failures)
-            }),
-            ..DeploymentStatus::default()
-        }
-    });
+/// pass of its own. While its tenant provisions (`phases`), a Deployment that asks for
+/// replicas and has none ready reads as its failure conditions alone (see
+/// [`first_rollout`]): the controller's first status write is no news then. Written back as
+/// a status with `ready_replicas` (none for 0), `observed_generation` (1 when seen, else
+/// 0), `available_replicas` (that count) and the failure conditions set.
+pub(super) fn deployment_read(phases: Phases) -> impl Fn(&mut Deployment) + Send + Sync + 'static {
+    move |deployment| {
+        let desired = deployment
+            .spec
+            .as_ref()
+            .and_then(|s| s.replicas)
+            .unwrap_or(1);
+        let generation = deployment.metadata.generation;
+        let provisioning = first_rollout(&phases, deployment);
+        deployment.status = deployment.status.take().and_then(|s| {
+            let ready = s.ready_replicas.unwrap_or(0);
+            let failures = failure_conditions(s.conditions);
+            if provisioning && desired >= 1 && ready == 0 {
+                return failures.map(|conditions| DeploymentStatus {
+                    conditions: Some(conditions),
+                    ..DeploymentStatus::default()
+                });
+            }
+            let seen = s.observed_generation >= generation;
+            let counted = if seen && s.replicas.unwrap_or(0) <= desired {
+                s.updated_replicas
+                    .unwrap_or(0)
+                    .min(s.available_replicas.unwrap_or(0))
+            } else {
+                -1
+            };
+            let counted = if desired >= 1 {
+                counted.max(0)
+            } else {
+                counted
+            };
+            Some(DeploymentStatus {
+                observed_generation: Some(i64::from(seen)),
+                ready_replicas: Some(ready).filter(|&r| r != 0),
+                available_replicas: Some(counted),
+                conditions: failures,
+                ..DeploymentStatus::default()
+            })
+        });
+    }
 }
 
-/// What each tenant's spec asks of its Redis volumes (`spec.redis.storage`), as its last
-/// pass read it: a claim event is compared with it.
-#[derive(Clone, Default)]
-pub struct WantedSizes(Arc<Mutex<HashMap<String, Quantity>>>);
+/// A Deployment's conditions that tell a failure, without their times; none when there is
+/// none (no conditions and healthy ones read the same: the controller's first status
+/// write, which adds healthy conditions, is no news).
+fn failure_conditions(
+    conditions: Option<Vec<DeploymentCondition>>,
+) -> Option<Vec<DeploymentCondition>> {
+    let failures: Vec<_> = conditions?
+        .into_iter()
+        .filter(|c| {
+            (c.type_ == "ReplicaFailure" && c.status == "True")
+                || (c.type_ == "Progressing" && c.status == "False")
+        })
+        .map(|c| DeploymentCondition {
+            last_transition_time: None,
+            last_update_time: None,
+            ..c
+        })
+        .collect();
+    (!failures.is_empty()).then_some(failures)
+}
 
-impl WantedSizes {
-    /// What `tenant`'s spec asks now (`None`: nothing valid, or the tenant is gone).
-    pub(super) fn note(&self, tenant: &str, wanted: Option<Quantity>) {
-        let mut sizes = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        match wanted {
-            Some(wanted) if sizes.get(tenant) != Some(&wanted) => {
-                sizes.insert(tenant.to_string(), wanted);
+/// Whether `object`'s tenant was in its first rollout (ProvisioningRedis or
+/// ProvisioningServer) when its last pass step ended. A pass then concludes nothing from
+/// a workload with fewer ready replicas than it needs beyond that count: it is not ready
+/// whether or not it is current, and its status reads "n/m replicas ready" either way
+/// (`status::component_status`); only later phases tell a rollout in progress. A tenant
+/// no pass has seen yet is not (its objects are read whole).
+fn first_rollout<K: Resource>(phases: &Phases, object: &K) -> bool {
+    object
+        .labels()
+        .get(render::TENANT_LABEL)
+        .and_then(|tenant| phases.get(tenant))
+        .is_some_and(super::status::is_first_rollout)
+}
+
+/// What each tenant's last pass step noted of it, for reading the events of its objects:
+/// one fact per tenant, by tenant name.
+pub struct TenantNotes<T>(Arc<Mutex<HashMap<String, T>>>);
+
+impl<T> Clone for TenantNotes<T> {
+    fn clone(&self) -> Self {
+        TenantNotes(self.0.clone())
+    }
+}
+
+impl<T> Default for TenantNotes<T> {
+    fn default() -> Self {
+        TenantNotes(Arc::default())
+    }
+}
+
+impl<T: Clone + PartialEq> TenantNotes<T> {
+    /// What holds for `tenant` now (`None`: nothing known, or the tenant is gone).
+    pub(super) fn note(&self, tenant: &str, fact: Option<T>) {
+        let mut notes = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        match fact {
+            Some(fact) if notes.get(tenant) != Some(&fact) => {
+                notes.insert(tenant.to_string(), fact);
             }
             Some(_) => {}
             None => {
-                sizes.remove(tenant);
+                notes.remove(tenant);
             }
         }
     }
 
-    fn get(&self, tenant: &str) -> Option<Quantity> {
-        let sizes = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        sizes.get(tenant).cloned()
+    fn get(&self, tenant: &str) -> Option<T> {
+        let notes = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        notes.get(tenant).cloned()
     }
 }
+
+/// Each tenant's phase as its last pass step left it.
+pub type Phases = TenantNotes<Phase>;
+
+/// What each tenant's spec asks of its Redis volumes (`spec.redis.storage`), as its last
+/// pass read it: a claim event is compared with it.
+pub type WantedSizes = TenantNotes<Quantity>;
 
 /// What a pass reads of a Redis data claim (`storage::ClaimSize`): its class, the size it
 /// asks for, and the size it holds once bound. Binding it to a volume is not news. Nor is
@@ -663,7 +727,7 @@ mod tests {
     mod change_triggers {
         use super::super::*;
         use crate::controller::failures::deployment_problem;
-        use crate::controller::observation::{deployment_state, statefulset_state};
+        use crate::controller::observation::{WorkloadState, deployment_state, statefulset_state};
         use crate::controller::own_writes::OwnWrites;
         use crate::crd::ServerScale;
         use k8s_openapi::api::apps::v1::DeploymentCondition;
@@ -976,7 +1040,7 @@ mod tests {
 
         #[test]
         fn a_rollouts_times_and_counts_no_pass_reads_start_no_pass() {
-            let mut t = ChangeTriggers::new(deployment_read);
+            let mut t = ChangeTriggers::new(deployment_read(Phases::default()));
             let progressing = |at| DeploymentStatus {
                 replicas: Some(1),
                 unavailable_replicas: Some(at as i32),
@@ -1010,7 +1074,7 @@ mod tests {
 
         #[test]
         fn healthy_conditions_read_as_no_conditions() {
-            let mut t = ChangeTriggers::new(deployment_read);
+            let mut t = ChangeTriggers::new(deployment_read(Phases::default()));
             let created = DeploymentStatus::default();
             assert!(starts(
                 &mut t,
@@ -1029,6 +1093,111 @@ mod tests {
                 &mut t,
                 watcher::Event::Apply(deployment(first_write, 1))
             ));
+        }
+
+        /// `object` labelled as tenant acme's, and phases that say acme is in `phase`.
+        fn of_tenant_in<K: Resource>(mut object: K, phase: Phase) -> (K, Phases) {
+            object
+                .meta_mut()
+                .labels
+                .get_or_insert_with(BTreeMap::new)
+                .insert(render::TENANT_LABEL.to_string(), "acme".into());
+            let phases = Phases::default();
+            phases.note("acme", Some(phase));
+            (object, phases)
+        }
+
+        #[test]
+        fn a_provisioning_tenants_statefulset_starts_a_pass_when_ready_not_when_current() {
+            let current_none_ready = StatefulSetStatus {
+                observed_generation: Some(1),
+                replicas: 1,
+                updated_replicas: Some(1),
+                current_replicas: Some(1),
+                ready_replicas: Some(0),
+                ..StatefulSetStatus::default()
+            };
+            let ready = StatefulSetStatus {
+                ready_replicas: Some(1),
+                available_replicas: Some(1),
+                ..current_none_ready.clone()
+            };
+            for (phase, current_starts) in [
+                (Phase::ProvisioningRedis, false),
+                (Phase::ProvisioningServer, false),
+                // Later a StatefulSet that became current shows: "rolling out" ends.
+                (Phase::Running, true),
+                (Phase::Updating, true),
+            ] {
+                let (created, phases) =
+                    of_tenant_in(statefulset(StatefulSetStatus::default(), 1), phase);
+                let mut t = ChangeTriggers::new(statefulset_read(phases));
+                assert!(starts(&mut t, watcher::Event::Apply(created.clone())));
+                let with = |status: &StatefulSetStatus| StatefulSet {
+                    status: Some(status.clone()),
+                    ..created.clone()
+                };
+                assert_eq!(
+                    starts(&mut t, watcher::Event::Apply(with(&current_none_ready))),
+                    current_starts,
+                    "{phase:?}"
+                );
+                assert!(
+                    starts(&mut t, watcher::Event::Apply(with(&ready))),
+                    "{phase:?}"
+                );
+            }
+        }
+
+        #[test]
+        fn a_provisioning_tenants_deployment_starts_a_pass_when_ready_or_failing() {
+            let first_write = DeploymentStatus {
+                observed_generation: Some(1),
+                replicas: Some(1),
+                updated_replicas: Some(1),
+                unavailable_replicas: Some(1),
+                conditions: Some(vec![condition(
+                    "Progressing",
+                    "True",
+                    "NewReplicaSetCreated",
+                    1,
+                )]),
+                ..DeploymentStatus::default()
+            };
+            let failing = DeploymentStatus {
+                conditions: Some(vec![condition("ReplicaFailure", "True", "FailedCreate", 2)]),
+                ..first_write.clone()
+            };
+            let ready = DeploymentStatus {
+                ready_replicas: Some(1),
+                available_replicas: Some(1),
+                ..first_write.clone()
+            };
+            for (phase, first_write_starts) in
+                [(Phase::ProvisioningServer, false), (Phase::Running, true)]
+            {
+                let (created, phases) =
+                    of_tenant_in(deployment(DeploymentStatus::default(), 1), phase);
+                let mut t = ChangeTriggers::new(deployment_read(phases));
+                assert!(starts(&mut t, watcher::Event::Apply(created.clone())));
+                let with = |status: &DeploymentStatus| Deployment {
+                    status: Some(status.clone()),
+                    ..created.clone()
+                };
+                assert_eq!(
+                    starts(&mut t, watcher::Event::Apply(with(&first_write))),
+                    first_write_starts,
+                    "{phase:?}"
+                );
+                assert!(
+                    starts(&mut t, watcher::Event::Apply(with(&failing))),
+                    "{phase:?}"
+                );
+                assert!(
+                    starts(&mut t, watcher::Event::Apply(with(&ready))),
+                    "{phase:?}"
+                );
+            }
         }
 
         fn status_strategy() -> impl Strategy<Value = (StatefulSetStatus, DeploymentStatus)> {
@@ -1088,7 +1257,7 @@ mod tests {
                 (sts_b, deploy_b) in status_strategy(),
                 desired in 0..3i32,
             ) {
-                let mut t = ChangeTriggers::new(statefulset_read);
+                let mut t = ChangeTriggers::new(statefulset_read(Phases::default()));
                 let (a, b) = (statefulset(sts_a, desired), statefulset(sts_b, desired));
                 t.on_event(watcher::Event::Apply(a.clone()));
                 if statefulset_state(Some(&a), desired, true) != statefulset_state(Some(&b), desired, true) {
@@ -1100,10 +1269,44 @@ mod tests {
                     (1..=desired).map(|min| ServerScale::Autoscaled { min, max: 3 }),
                 );
                 for scale in scales {
-                    let mut t = ChangeTriggers::new(deployment_read);
+                    let mut t = ChangeTriggers::new(deployment_read(Phases::default()));
                     let (a, b) = (deployment(deploy_a.clone(), desired), deployment(deploy_b.clone(), desired));
                     t.on_event(watcher::Event::Apply(a.clone()));
                     if deployment_state(Some(&a), scale, true) != deployment_state(Some(&b), scale, true)
+                        || deployment_problem(&a) != deployment_problem(&b)
+                    {
+                        prop_assert!(t.on_event(watcher::Event::Apply(b)).is_some(), "{scale:?}");
+                    }
+                }
+            }
+
+            /// While a tenant provisions, a status change that changes what a pass of that
+            /// phase concludes (ready or not, the ready count in its status, a failure)
+            /// always starts a pass.
+            #[test]
+            fn every_change_a_provisioning_pass_would_see_starts_one(
+                (sts_a, deploy_a) in status_strategy(),
+                (sts_b, deploy_b) in status_strategy(),
+                desired in 0..3i32,
+                phase in prop_oneof![Just(Phase::ProvisioningRedis), Just(Phase::ProvisioningServer)],
+            ) {
+                let seen = |state: WorkloadState| (state.exists, state.ready, state.is_ready());
+                let (a, phases) = of_tenant_in(statefulset(sts_a, desired), phase);
+                let (b, _) = of_tenant_in(statefulset(sts_b, desired), phase);
+                let mut t = ChangeTriggers::new(statefulset_read(phases));
+                t.on_event(watcher::Event::Apply(a.clone()));
+                if seen(statefulset_state(Some(&a), desired, true)) != seen(statefulset_state(Some(&b), desired, true)) {
+                    prop_assert!(t.on_event(watcher::Event::Apply(b)).is_some());
+                }
+                let scales = std::iter::once(ServerScale::Fixed(desired)).chain(
+                    (1..=desired).map(|min| ServerScale::Autoscaled { min, max: 3 }),
+                );
+                for scale in scales {
+                    let (a, phases) = of_tenant_in(deployment(deploy_a.clone(), desired), phase);
+                    let (b, _) = of_tenant_in(deployment(deploy_b.clone(), desired), phase);
+                    let mut t = ChangeTriggers::new(deployment_read(phases));
+                    t.on_event(watcher::Event::Apply(a.clone()));
+                    if seen(deployment_state(Some(&a), scale, true)) != seen(deployment_state(Some(&b), scale, true))
                         || deployment_problem(&a) != deployment_problem(&b)
                     {
                         prop_assert!(t.on_event(watcher::Event::Apply(b)).is_some(), "{scale:?}");
