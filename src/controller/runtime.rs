@@ -6,7 +6,7 @@ use super::own_writes::OwnWrites;
 use super::pass::{error_policy, reconcile};
 use super::triggers::{
     ChangeTriggers, Phases, WantedSizes, cron_job_read, deployment_read, pod_triggers,
-    redis_claim_read, statefulset_read,
+    redis_claim_triggers, statefulset_read,
 };
 use super::{Context, Stores};
 use crate::crd::Tenant;
@@ -261,7 +261,7 @@ fn redis_claim_cache(
         claim.metadata.managed_fields = None;
         claim.metadata.annotations = None;
     };
-    let triggers = ChangeTriggers::new(redis_claim_read(wanted.clone()));
+    let triggers = redis_claim_triggers(wanted.clone());
     let watch = cache_selected(client, &selector, writer, strip, triggers);
     (reader, watch)
 }

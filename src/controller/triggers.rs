@@ -212,16 +212,32 @@ pub(super) struct ChangeTriggers<K> {
     /// object of every tenant).
     digests: HashMap<u64, u64>,
     read: Box<dyn Fn(&mut K) + Send + Sync>,
+    /// Objects of which a pass has nothing to say (see [`ChangeTriggers::quiet_when`]).
+    quiet: Option<Quiet<K>>,
     own_writes: OwnWrites,
 }
+
+type Quiet<K> = Box<dyn Fn(&K) -> bool + Send + Sync>;
+
+/// The digest of a quiet object, and of one not seen yet.
+const QUIET: u64 = 0;
 
 impl<K: Resource<DynamicType = ()> + Clone + Serialize> ChangeTriggers<K> {
     pub(super) fn new(read: impl Fn(&mut K) + Send + Sync + 'static) -> Self {
         ChangeTriggers {
             digests: HashMap::new(),
             read: Box::new(read),
+            quiet: None,
             own_writes: OwnWrites::default(),
         }
+    }
+
+    /// Objects for which `quiet` holds are nothing a pass would say anything of, whatever
+    /// else they hold: one that comes quiet, or stays quiet, starts no pass; one that
+    /// becomes quiet, or stops being quiet, does.
+    pub(super) fn quiet_when(mut self, quiet: impl Fn(&K) -> bool + Send + Sync + 'static) -> Self {
+        self.quiet = Some(Box::new(quiet));
+        self
     }
 
     /// Events that echo one of `own_writes` start no pass.
@@ -251,8 +267,16 @@ impl<K: Resource<DynamicType = ()> + Clone + Serialize> ChangeTriggers<K> {
 
     /// Keeps the digest of what a pass reads of `object`; whether it changed.
     fn note(&mut self, object: &K) -> bool {
-        let digest = self.read_digest(object);
-        self.digests.insert(key_digest(object), digest) != Some(digest)
+        let key = key_digest(object);
+        // A quiet object is kept as one not seen (nothing a pass reads), so its coming
+        // starts no pass. A real digest equal to the quiet one would hide one change.
+        let previous = if self.quiet.as_ref().is_some_and(|quiet| quiet(object)) {
+            self.digests.remove(&key).map(|previous| (previous, QUIET))
+        } else {
+            let digest = self.read_digest(object).max(QUIET + 1);
+            Some((self.digests.insert(key, digest).unwrap_or(QUIET), digest))
+        };
+        previous.is_some_and(|(previous, digest)| previous != digest)
     }
 
     /// A digest of what a pass reads of `object`: without its resourceVersion (which
@@ -474,28 +498,20 @@ pub type Phases = TenantNotes<Phase>;
 /// pass read it: a claim event is compared with it.
 pub type WantedSizes = TenantNotes<Quantity>;
 
-/// What a pass reads of a Redis data claim (`storage::ClaimSize`): its class, the size it
-/// asks for, and the size it holds once bound. Binding it to a volume is not news. Nor is
-/// anything of a claim that neither asks nor holds less than its tenant's spec asks
-/// (`wanted`): the pass's storage state has nothing to say of it, so a new claim being
-/// created and bound at the size the spec asks starts no pass. A claim of a tenant whose
-/// spec no pass has read yet is read whole.
-pub(super) fn redis_claim_read(
-    wanted: WantedSizes,
-) -> impl Fn(&mut PersistentVolumeClaim) + Send + Sync + 'static {
-    move |claim| {
-        let settled = claim
+/// Which events of the Redis data claims start a pass. A pass reads a claim's class, the
+/// size it asks for, and the size it holds once bound (`storage::ClaimSize`): binding it to
+/// a volume is not news. Nor is anything of a claim that neither asks nor holds less than
+/// its tenant's spec asks (`wanted`): the pass's storage state has nothing to say of it, so
+/// a new claim created and bound at the size the spec asks starts no pass. A claim of a
+/// tenant whose spec no pass has read yet is read whole.
+pub(super) fn redis_claim_triggers(wanted: WantedSizes) -> ChangeTriggers<PersistentVolumeClaim> {
+    ChangeTriggers::new(claim_size_read).quiet_when(move |claim| {
+        claim
             .labels()
             .get(render::TENANT_LABEL)
             .and_then(|tenant| wanted.get(tenant))
-            .is_some_and(|wanted| ClaimSize::of(claim).is_settled_at(&wanted));
-        if settled {
-            claim.spec = None;
-            claim.status = None;
-        } else {
-            claim_size_read(claim);
-        }
-    }
+            .is_some_and(|wanted| ClaimSize::of(claim).is_settled_at(&wanted))
+    })
 }
 
 fn claim_size_read(claim: &mut PersistentVolumeClaim) {
@@ -913,7 +929,7 @@ mod tests {
 
         #[test]
         fn a_claim_starts_a_pass_when_its_size_changes_not_when_it_is_bound() {
-            let mut t = ChangeTriggers::new(redis_claim_read(WantedSizes::default()));
+            let mut t = redis_claim_triggers(WantedSizes::default());
             assert!(starts(
                 &mut t,
                 watcher::Event::Apply(claim(None, "Pending", "1Gi", "0"))
@@ -945,7 +961,7 @@ mod tests {
             ];
             for a in &sizes {
                 for b in &sizes {
-                    let mut t = ChangeTriggers::new(redis_claim_read(WantedSizes::default()));
+                    let mut t = redis_claim_triggers(WantedSizes::default());
                     t.on_event(watcher::Event::Apply(a.clone()));
                     let changed = crate::controller::storage::ClaimSize::of(a)
                         != crate::controller::storage::ClaimSize::of(b);
@@ -960,7 +976,7 @@ mod tests {
         #[test]
         fn a_claim_at_the_size_its_tenant_asks_starts_no_pass_until_it_differs() {
             let wanted = WantedSizes::default();
-            let mut t = ChangeTriggers::new(redis_claim_read(wanted.clone()));
+            let mut t = redis_claim_triggers(wanted.clone());
             let labelled = |claim: PersistentVolumeClaim| {
                 let mut claim = claim;
                 let labels = BTreeMap::from([(render::TENANT_LABEL.to_string(), "acme".into())]);
@@ -993,6 +1009,20 @@ mod tests {
             assert!(starts(
                 &mut t,
                 watcher::Event::Apply(labelled(claim(Some("pv-1"), "Bound", "2Gi", "2Gi")))
+            ));
+            // A new claim at the size the spec asks: not news, created or bound.
+            let second = |volume, phase, capacity| {
+                let mut claim = labelled(claim(volume, phase, "2Gi", capacity));
+                claim.metadata.name = Some("redis-data-acme-redis-1".into());
+                claim
+            };
+            assert!(!starts(
+                &mut t,
+                watcher::Event::Apply(second(None, "Pending", "0"))
+            ));
+            assert!(!starts(
+                &mut t,
+                watcher::Event::Apply(second(Some("pv-2"), "Bound", "2Gi"))
             ));
             // A tenant gone: its claims are read whole again.
             wanted.note("acme", None);
