@@ -1161,22 +1161,30 @@ mod tests {
             ] {
                 let (created, phases) =
                     of_tenant_in(statefulset(StatefulSetStatus::default(), 1), phase);
-                let mut t = ChangeTriggers::new(statefulset_read(phases));
-                assert!(starts(&mut t, watcher::Event::Apply(created.clone())));
                 let with = |status: &StatefulSetStatus| StatefulSet {
                     status: Some(status.clone()),
                     ..created.clone()
                 };
+                let steps = [with(&current_none_ready), with(&ready)];
                 assert_eq!(
-                    starts(&mut t, watcher::Event::Apply(with(&current_none_ready))),
-                    current_starts,
-                    "{phase:?}"
-                );
-                assert!(
-                    starts(&mut t, watcher::Event::Apply(with(&ready))),
+                    starts_each(statefulset_read(phases), &created, steps),
+                    [true, current_starts, true],
                     "{phase:?}"
                 );
             }
+        }
+
+        /// Whether the events of `created` and then of each of `steps` start a pass.
+        fn starts_each<K: Resource<DynamicType = ()> + Clone + Serialize, const N: usize>(
+            read: impl Fn(&mut K) + Send + Sync + 'static,
+            created: &K,
+            steps: [K; N],
+        ) -> Vec<bool> {
+            let mut t = ChangeTriggers::new(read);
+            std::iter::once(created.clone())
+                .chain(steps)
+                .map(|object| starts(&mut t, watcher::Event::Apply(object)))
+                .collect()
         }
 
         #[test]
@@ -1208,23 +1216,14 @@ mod tests {
             {
                 let (created, phases) =
                     of_tenant_in(deployment(DeploymentStatus::default(), 1), phase);
-                let mut t = ChangeTriggers::new(deployment_read(phases));
-                assert!(starts(&mut t, watcher::Event::Apply(created.clone())));
                 let with = |status: &DeploymentStatus| Deployment {
                     status: Some(status.clone()),
                     ..created.clone()
                 };
+                let steps = [with(&first_write), with(&failing), with(&ready)];
                 assert_eq!(
-                    starts(&mut t, watcher::Event::Apply(with(&first_write))),
-                    first_write_starts,
-                    "{phase:?}"
-                );
-                assert!(
-                    starts(&mut t, watcher::Event::Apply(with(&failing))),
-                    "{phase:?}"
-                );
-                assert!(
-                    starts(&mut t, watcher::Event::Apply(with(&ready))),
+                    starts_each(deployment_read(phases), &created, steps),
+                    [true, first_write_starts, true, true],
                     "{phase:?}"
                 );
             }
