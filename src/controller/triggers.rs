@@ -269,7 +269,7 @@ impl<K: Resource<DynamicType = ()> + Clone + Serialize> ChangeTriggers<K> {
     fn note(&mut self, object: &K) -> bool {
         let key = key_digest(object);
         // A quiet object is kept as one not seen (nothing a pass reads), so its coming
-        // starts no pass. A real digest equal to the quiet one would hide one change.
+        // starts no pass. A real digest is never the quiet one's, so no change hides.
         let previous = if self.quiet.as_ref().is_some_and(|quiet| quiet(object)) {
             self.digests.remove(&key).map(|previous| (previous, QUIET))
         } else {
