@@ -977,12 +977,7 @@ mod tests {
         fn a_claim_at_the_size_its_tenant_asks_starts_no_pass_until_it_differs() {
             let wanted = WantedSizes::default();
             let mut t = redis_claim_triggers(wanted.clone());
-            let labelled = |claim: PersistentVolumeClaim| {
-                let mut claim = claim;
-                let labels = BTreeMap::from([(render::TENANT_LABEL.to_string(), "acme".into())]);
-                claim.metadata.labels = Some(labels);
-                claim
-            };
+            let labelled = of_acme::<PersistentVolumeClaim>;
             let size = |q: &str| crate::quantity::Quantity::parse(q).expect("a quantity");
             // No pass read the tenant's spec yet: the claim is read whole.
             assert!(starts(
@@ -1126,15 +1121,20 @@ mod tests {
         }
 
         /// `object` labelled as tenant acme's, and phases that say acme is in `phase`.
-        fn of_tenant_in<K: Resource>(mut object: K, phase: Phase) -> (K, Phases) {
+        fn of_tenant_in<K: Resource>(object: K, phase: Phase) -> (K, Phases) {
+            let phases = Phases::default();
+            phases.note("acme", Some(phase));
+            (of_acme(object), phases)
+        }
+
+        /// `object` labelled as tenant acme's.
+        fn of_acme<K: Resource>(mut object: K) -> K {
             object
                 .meta_mut()
                 .labels
                 .get_or_insert_with(BTreeMap::new)
                 .insert(render::TENANT_LABEL.to_string(), "acme".into());
-            let phases = Phases::default();
-            phases.note("acme", Some(phase));
-            (object, phases)
+            object
         }
 
         #[test]
