@@ -13,7 +13,9 @@
 # Environment: BENCH_TENANTS (1000), BENCH_CONCURRENCY (16), BENCH_QPS / BENCH_BURST
 # (client limits of the bench cluster's controllers, default 2000 / 4000),
 # BENCH_OPERATOR_BIN (the operator to measure; default the release build of this tree,
-# e.g. a binary saved from an earlier commit for a before/after comparison).
+# e.g. a binary saved from an earlier commit for a before/after comparison),
+# BENCH_APISERVER_PROFILES=1 (CPU profiles of the API server during each side, kept per
+# round in target/bench/apiserver-profiles-round-K; `go tool pprof -top -cum FILES`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 repo=$PWD
@@ -71,8 +73,13 @@ for round in $(seq 1 "$rounds"); do
     CONVERGE_CLUSTER_DIR=$NEURALLOG_CLUSTER_DIR \
     CONVERGE_OPERATOR_BIN=${BENCH_OPERATOR_BIN:-$repo/target/release/neurallog-operator} \
     CONVERGE_WORK_DIR=$work_dir \
+    CONVERGE_APISERVER_PROFILES=${BENCH_APISERVER_PROFILES:-0} \
     cargo bench --quiet --bench converge
   cp "$work_dir/results.json" "$work_dir/results-round-$round.json"
+  if [ -d "$work_dir/apiserver-profiles" ]; then
+    rm -rf "$work_dir/apiserver-profiles-round-$round"
+    mv "$work_dir/apiserver-profiles" "$work_dir/apiserver-profiles-round-$round"
+  fi
 done
 
 if [ "$rounds" -gt 1 ]; then

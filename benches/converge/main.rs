@@ -12,6 +12,7 @@
 //! | `CONVERGE_OPERATOR_BIN` | `target/release/neurallog-operator` | the operator |
 //! | `CONVERGE_WORK_DIR` | `target/bench` | journal, operator logs, `results.json` |
 //! | `CONVERGE_TIMEOUT_SECONDS` | 1800 | limit of each wait |
+//! | `CONVERGE_APISERVER_PROFILES` | 0 | 1: CPU profiles of the API server during each side (`profile.rs`) |
 
 // Tests and benches may unwrap (clippy.toml covers only `#[test]` functions).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -21,6 +22,7 @@ mod baseline;
 mod cpu;
 mod histogram;
 mod operator;
+mod profile;
 mod report;
 mod settings;
 mod tenants;
@@ -35,6 +37,7 @@ use neurallog_auth_stub::AuthStub;
 use neurallog_operator::controller::observation::{deployment_state, statefulset_state};
 use neurallog_operator::crd::{ServerScale, Tenant};
 use operator::OperatorProcess;
+use profile::Profiler;
 use report::{Convergence, OperatorFigures, Results, Resync};
 use settings::Settings;
 use std::sync::Arc;
@@ -98,6 +101,10 @@ fn prepare_work_dir(settings: &Settings) -> anyhow::Result<()> {
     let journal = settings.work_dir.join("journal");
     if journal.exists() {
         std::fs::remove_dir_all(&journal)?;
+    }
+    let profiles = settings.work_dir.join("apiserver-profiles");
+    if profiles.exists() {
+        std::fs::remove_dir_all(&profiles)?;
     }
     std::fs::create_dir_all(&settings.work_dir)?;
     Ok(())
@@ -202,8 +209,15 @@ async fn converge_baseline(client: &Client, settings: &Settings) -> anyhow::Resu
     ));
     let processes = cpu::Processes::of_cluster(&settings.cluster_dir);
     let window = Window::open(client, &processes).await?;
+    let profiler = Profiler::start(
+        settings.apiserver_profiles,
+        client,
+        &settings.work_dir,
+        baseline::SIDE,
+    );
     let writes = baseline::provision_all(client, &names, settings.concurrency).await?;
     let done = redis_ready.await??.max(server_ready.await??);
+    profiler.stop();
     window
         .close(client, &processes, done, writes, settings.tenants)
         .await
@@ -225,6 +239,12 @@ async fn converge_operator(
     ));
     let processes = cpu::Processes::of_cluster(&settings.cluster_dir).with("operator", op.pid());
     let window = Window::open(client, &processes).await?;
+    let profiler = Profiler::start(
+        settings.apiserver_profiles,
+        client,
+        &settings.work_dir,
+        OPERATOR_SIDE,
+    );
     let creates = Arc::new(AtomicU64::new(0));
     tenants::create_all(
         client,
@@ -235,6 +255,7 @@ async fn converge_operator(
     )
     .await?;
     let done = running.await??;
+    profiler.stop();
     let metrics = op.metrics().await?;
     let by_operator = op.sum("neurallog_api_write_requests_total").await? as u64;
     let convergence = window

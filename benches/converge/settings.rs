@@ -18,6 +18,8 @@ pub struct Settings {
     pub work_dir: PathBuf,
     /// Limit of each wait (convergence, readiness, resync).
     pub timeout: Duration,
+    /// CPU profiles of the API server during each side (`profile.rs`).
+    pub apiserver_profiles: bool,
 }
 
 impl Settings {
@@ -35,6 +37,7 @@ impl Settings {
             ),
             work_dir: path_var("CONVERGE_WORK_DIR", repo.join("target/bench")),
             timeout: Duration::from_secs(number_var("CONVERGE_TIMEOUT_SECONDS", 1800)? as u64),
+            apiserver_profiles: number_var("CONVERGE_APISERVER_PROFILES", 0)? != 0,
         })
     }
 }
