@@ -1,15 +1,16 @@
 //! CPU profiles of the bench cluster's API server while one side converges
 //! (`CONVERGE_APISERVER_PROFILES=1`): where the operator side's extra API server CPU goes.
-//! Back-to-back 15-second profiles from `/debug/pprof/profile`, written as
+//! Back-to-back 5-second profiles from `/debug/pprof/profile`, written as
 //! `apiserver-profiles/<side>-<k>.pb.gz` in the work directory; `go tool pprof -top -cum
-//! <files>` merges one side's files. A profile cut short by the side's end is not written.
+//! <files>` merges one side's files. The profile cut short by the side's end is not
+//! written: short ones lose less of the side, and cover nothing of the next.
 
 use futures::AsyncReadExt;
 use kube::Client;
 use std::path::{Path, PathBuf};
 use tokio::task::JoinHandle;
 
-const PROFILE_SECONDS: u32 = 15;
+const PROFILE_SECONDS: u32 = 5;
 
 pub struct Profiler {
     task: Option<JoinHandle<()>>,
