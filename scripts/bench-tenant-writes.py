@@ -6,9 +6,10 @@ the operator makes of a Tenant, alternated with the baseline in ROUNDS rounds.
     scripts/bench-tenant-writes.py [--cluster-dir target/cluster] [--requests 1000] [--rounds 3]
 
 Needs a running local cluster (`tests/cluster/cluster.sh up`) with the CRD applied, and
-kubectl (or NEURALLOG_KUBECTL). Creates Tenant `bench-writes` (no operator needs to run)
-and ConfigMap `bench-writes` in `default`, and deletes both at the end. Each request
-changes something, as the operator's writes do (an unchanged patch is cheaper).
+kubectl (or NEURALLOG_KUBECTL), and no operator running (it would provision the Tenant and
+write its status too). Creates Tenant `bench-writes` and ConfigMap `bench-writes` in
+`default`, and deletes both at the end. Each request changes something, as the
+operator's writes do (an unchanged patch is cheaper).
 """
 import argparse
 import http.client
