@@ -4,12 +4,14 @@ run: API server CPU-seconds (utime + stime from /proc) per request, for each kin
 the operator makes of a Tenant, alternated with the baseline in ROUNDS rounds.
 
     scripts/bench-tenant-writes.py [--cluster-dir target/cluster] [--requests 1000] [--rounds 3]
+                                   [--group neurallog.io]
 
 Needs a running local cluster (`tests/cluster/cluster.sh up`) with the CRD applied, and
 kubectl (or NEURALLOG_KUBECTL), and no operator running (it would provision the Tenant and
 write its status too). Creates Tenant `bench-writes` and ConfigMap `bench-writes` in
 `default`, and deletes both at the end. Each request changes something, as the
-operator's writes do (an unchanged patch is cheaper).
+operator's writes do (an unchanged patch is cheaper). `--group` points it at a copy of the
+CRD in another API group (a variant of the schema, to see what a part of it costs).
 """
 import argparse
 import http.client
@@ -72,30 +74,29 @@ class Api:
         return json.loads(data)
 
 
-TENANT = f"/apis/neurallog.io/v1/tenants/{NAME}"
 CONFIGMAP = f"/api/v1/namespaces/default/configmaps/{NAME}"
 MERGE = "application/merge-patch+json"
 
 
-def writes(api):
+def writes(api, tenant):
     """Each kind of write: a function of the request number that makes one request."""
-    last = {"tenant": api.call("GET", TENANT + "/status")}
+    last = {"tenant": api.call("GET", tenant + "/status")}
 
     def configmap_patch(i):
         api.call("PATCH", CONFIGMAP, {"data": {"status": json.dumps(status(i))}}, MERGE)
 
     def status_merge_patch(i):
-        last["tenant"] = api.call("PATCH", TENANT + "/status", {"status": status(i)}, MERGE)
+        last["tenant"] = api.call("PATCH", tenant + "/status", {"status": status(i)}, MERGE)
 
     def status_put(i):
         # What a client that kept the last response could send: no read before the write.
         body = dict(last["tenant"], status=status(i))
-        last["tenant"] = api.call("PUT", TENANT + "/status", body)
+        last["tenant"] = api.call("PUT", tenant + "/status", body)
 
     def metadata_merge_patch(i):
         # The size of the finalizer's patch: one metadata field.
         patch = {"metadata": {"annotations": {"neurallog.io/bench": str(i)}}}
-        last["tenant"] = api.call("PATCH", TENANT, patch, MERGE)
+        last["tenant"] = api.call("PATCH", tenant, patch, MERGE)
 
     return {
         "ConfigMap merge patch (baseline)": configmap_patch,
@@ -110,7 +111,10 @@ def main():
     parser.add_argument("--cluster-dir", default="target/cluster")
     parser.add_argument("--requests", type=int, default=1000)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--group", default="neurallog.io")
     args = parser.parse_args()
+    tenants = f"/apis/{args.group}/v1/tenants"
+    tenant = f"{tenants}/{NAME}"
     kubectl = [os.environ.get("NEURALLOG_KUBECTL", "kubectl"),
                "--kubeconfig", os.path.join(args.cluster_dir, "kubeconfig")]
     pid_file = os.path.join(args.cluster_dir, "kwok/clusters/neurallog/pids/kube-apiserver.pid")
@@ -126,13 +130,13 @@ def main():
             except OSError:
                 time.sleep(0.1)
         api = Api(port)
-        api.call("POST", "/apis/neurallog.io/v1/tenants", {
-            "apiVersion": "neurallog.io/v1", "kind": "Tenant", "metadata": {"name": NAME},
+        api.call("POST", tenants, {
+            "apiVersion": f"{args.group}/v1", "kind": "Tenant", "metadata": {"name": NAME},
             "spec": {"displayName": "Bench writes"}})
         api.call("POST", "/api/v1/namespaces/default/configmaps", {
             "apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": NAME}})
-        api.call("PATCH", TENANT + "/status", {"status": status(0)}, MERGE)
-        kinds = writes(api)
+        api.call("PATCH", tenant + "/status", {"status": status(0)}, MERGE)
+        kinds = writes(api, tenant)
         per_request = {name: [] for name in kinds}
         i = 1
         for _ in range(args.rounds):
@@ -150,7 +154,8 @@ def main():
             print(f"  {name:34} {median:5.2f} ms ({min(runs):.2f}-{max(runs):.2f})  "
                   f"{median / base:4.2f}x")
     finally:
-        subprocess.run(kubectl + ["delete", "tenant", NAME, "--ignore-not-found", "--wait=false"],
+        subprocess.run(kubectl + ["delete", f"tenants.{args.group}", NAME, "--ignore-not-found",
+                                  "--wait=false"],
                        stdout=subprocess.DEVNULL)
         subprocess.run(kubectl + ["delete", "configmap", NAME, "-n", "default",
                                   "--ignore-not-found"], stdout=subprocess.DEVNULL)
