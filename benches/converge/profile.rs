@@ -33,9 +33,14 @@ impl Profiler {
         Profiler { task: Some(task) }
     }
 
-    /// Stops at once; the profile in flight is dropped.
-    pub fn stop(mut self) {
-        if let Some(task) = self.task.take() {
+    /// Stops at once; the profile in flight is dropped. (Dropping the profiler, as an
+    /// error that ends the side does, stops it too.)
+    pub fn stop(self) {}
+}
+
+impl Drop for Profiler {
+    fn drop(&mut self) {
+        if let Some(task) = &self.task {
             task.abort();
         }
     }
