@@ -216,6 +216,53 @@ fn concurrent_appends(
     (Latencies::new(micros), rate)
 }
 
+/// [`concurrent_appends`] from `writers` tokio tasks on a multi-thread runtime with one
+/// worker per core, each awaiting its appends: how the operator's reconciles append.
+fn concurrent_task_appends(
+    path: &Path,
+    workload: &Workload,
+    appends: u64,
+    writers: u64,
+) -> (Latencies, f64) {
+    let options = Options {
+        log_bytes: env_u64("JOURNAL_BENCH_LOG_BYTES", Options::default().log_bytes),
+        ..Options::default()
+    };
+    let journal = std::sync::Arc::new(Journal::open_with(path, options).expect("open journal"));
+    let per_writer = appends.div_ceil(writers);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let started = Instant::now();
+    let micros: Vec<f64> = runtime.block_on(async {
+        let tasks: Vec<_> = (0..writers)
+            .map(|writer| {
+                let journal = journal.clone();
+                let entries: Vec<NewRecord> = (0..per_writer)
+                    .map(|i| workload.entry(writer, i + 1))
+                    .collect();
+                tokio::spawn(async move {
+                    let mut micros = Vec::with_capacity(entries.len());
+                    for entry in entries {
+                        let start = Instant::now();
+                        journal.append_async(entry).await.expect("append");
+                        micros.push(start.elapsed().as_secs_f64() * 1e6);
+                    }
+                    micros
+                })
+            })
+            .collect();
+        let mut micros = Vec::new();
+        for task in tasks {
+            micros.extend(task.await.expect("writer task"));
+        }
+        micros
+    });
+    let rate = micros.len() as f64 / started.elapsed().as_secs_f64();
+    (Latencies::new(micros), rate)
+}
+
 /// The disk's own durable write: a small `pwrite` then `fdatasync`, one at a time, in the
 /// directory the journal is on. `preallocated`: over a file written and synced first, so
 /// the sync writes data only; otherwise appending, so each sync also commits the new size.
@@ -248,6 +295,70 @@ fn raw_fdatasync(dir: &Path, writes: u64, len: usize, preallocated: bool) -> Lat
     drop(file);
     std::fs::remove_file(&path).expect("remove");
     Latencies::new(micros)
+}
+
+/// The least a group commit can cost on this disk: `writers` threads send `len`-byte
+/// records to one thread that takes everything queued, writes it with one `pwrite` in
+/// place (over a file written and synced first) and one `fdatasync`, and answers each.
+/// No encoding, no chains, no sled: the floor under the journal's figure.
+fn bare_group_commit(dir: &Path, appends: u64, writers: u64, len: usize) -> (Latencies, f64) {
+    use std::os::unix::fs::FileExt;
+    use std::sync::mpsc;
+    const SPAN: u64 = 8 << 20;
+    let path = dir.join("bare-group-commit");
+    let file = std::fs::File::create(&path).expect("create");
+    let zeros = vec![0u8; 1 << 20];
+    for at in (0..SPAN).step_by(zeros.len()) {
+        file.write_all_at(&zeros, at).expect("fill");
+    }
+    file.sync_all().expect("fsync");
+    let (requests, queue) = mpsc::channel::<(Vec<u8>, mpsc::SyncSender<()>)>();
+    let committer = std::thread::spawn(move || {
+        let mut at = 0u64;
+        while let Ok(first) = queue.recv() {
+            let mut batch = vec![first];
+            batch.extend(queue.try_iter().take(1023));
+            let bytes: Vec<u8> = batch.iter().flat_map(|(r, _)| r.iter().copied()).collect();
+            if at + bytes.len() as u64 > SPAN {
+                at = 0;
+            }
+            file.write_all_at(&bytes, at).expect("pwrite");
+            file.sync_data().expect("fdatasync");
+            at += bytes.len() as u64;
+            for (_, reply) in batch {
+                let _ = reply.send(());
+            }
+        }
+    });
+    let per_writer = appends.div_ceil(writers);
+    let started = Instant::now();
+    let micros: Vec<f64> = std::thread::scope(|scope| {
+        let threads: Vec<_> = (0..writers)
+            .map(|_| {
+                let requests = requests.clone();
+                scope.spawn(move || {
+                    (0..per_writer)
+                        .map(|_| {
+                            let start = Instant::now();
+                            let (reply, answer) = mpsc::sync_channel(1);
+                            requests.send((vec![0x5a; len], reply)).expect("send");
+                            answer.recv().expect("answer");
+                            start.elapsed().as_secs_f64() * 1e6
+                        })
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        threads
+            .into_iter()
+            .flat_map(|t| t.join().expect("writer thread"))
+            .collect()
+    });
+    let rate = micros.len() as f64 / started.elapsed().as_secs_f64();
+    drop(requests);
+    committer.join().expect("committer");
+    std::fs::remove_file(&path).expect("remove");
+    (Latencies::new(micros), rate)
 }
 
 /// The size of a stored record value, read back from the closed journal's database.
@@ -334,6 +445,27 @@ fn main() {
             concurrent_appends(&path, &workload, config.concurrent_appends, writers);
         disk.print("disk: fdatasync, in place");
         latencies.print(&format!("journal append, {writers} writers"));
+        println!("{:<28} {rate:>9.0} appends/s", "");
+        ratios(&latencies, &disk);
+        let (bare, bare_rate) =
+            bare_group_commit(root, config.concurrent_appends, writers, value_len);
+        bare.print(&format!("bare group commit, {writers}"));
+        println!("{:<28} {bare_rate:>9.0} appends/s", "");
+        ratios(&bare, &disk);
+    }
+
+    println!("\n== the same from tokio tasks (as the operator's reconciles append) ==");
+    for writers in [1, 4, 16] {
+        let appends = if writers == 1 {
+            config.appends
+        } else {
+            config.concurrent_appends
+        };
+        let disk = raw_fdatasync(root, config.appends, value_len, true);
+        let path = root.join(format!("task-appends-{writers}"));
+        let (latencies, rate) = concurrent_task_appends(&path, &workload, appends, writers);
+        disk.print("disk: fdatasync, in place");
+        latencies.print(&format!("journal append, {writers} tasks"));
         println!("{:<28} {rate:>9.0} appends/s", "");
         ratios(&latencies, &disk);
     }

@@ -52,12 +52,16 @@ impl Context {
             spec_digest(&spec),
         );
         let started = Instant::now();
-        let (record, in_storage) = self
-            .blocking(move |j| {
-                let started = Instant::now();
-                j.append(entry).map(|record| (record, started.elapsed()))
-            })
-            .await?;
+        let (record, in_storage) = match self.journal.append_if_open(entry).await {
+            Ok(appended) => (appended.map_err(Error::Journal)?, started.elapsed()),
+            Err(entry) => {
+                self.blocking(move |j| {
+                    let started = Instant::now();
+                    j.append(entry).map(|record| (record, started.elapsed()))
+                })
+                .await?
+            }
+        };
         self.metrics
             .journal_append
             .observe(started.elapsed().as_secs_f64());

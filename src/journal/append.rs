@@ -32,9 +32,15 @@ impl Journal {
     /// ([`super::writer`]), so they cannot create a gap or a duplicate.
     pub fn append(&self, entry: NewRecord) -> Result<Record, JournalError> {
         validate(&entry)?;
-        let record = self.writer.append(entry)?;
-        self.tails.offer(&record.uid, Some(&record));
-        Ok(record)
+        self.writer.append(entry)
+    }
+
+    /// [`Journal::append`] for an async caller: the same append, awaited without holding
+    /// a thread while it waits for its sync (a reconcile need not borrow a blocking-pool
+    /// thread for it). Dropping the future does not undo the append.
+    pub async fn append_async(&self, entry: NewRecord) -> Result<Record, JournalError> {
+        validate(&entry)?;
+        self.writer.append_async(entry).await
     }
 
     /// Appends many records with the checks of [`Journal::append`] but without its

@@ -73,7 +73,7 @@ pub struct Journal {
     tenants: sled::Tree,
     /// `None` for a private read-only copy, which nothing needs to survive.
     disk: Option<Arc<durable::DiskSync>>,
-    tails: tails::Tails,
+    tails: Arc<tails::Tails>,
     options: Options,
     writer: writer::Writer,
 }
@@ -173,14 +173,15 @@ impl Journal {
             }
             None => None,
         };
-        let writer = writer::Writer::start(store.clone(), wal).map_err(storage)?;
+        let tails = Arc::new(tails::Tails::default());
+        let writer = writer::Writer::start(store.clone(), wal, tails.clone()).map_err(storage)?;
         Ok(Journal {
             path: path.to_owned(),
             db: store.db,
             records: store.records,
             tenants: store.tenants,
             disk: store.disk,
-            tails: Default::default(),
+            tails,
             options,
             writer,
         })

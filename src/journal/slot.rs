@@ -106,6 +106,26 @@ impl JournalSlot {
         result
     }
 
+    /// Appends `entry` without holding a thread while it waits for its sync, when the
+    /// journal is open; gives `entry` back when it is closed (reopening it blocks: append
+    /// through [`JournalSlot::with`] then). A storage failure closes the journal as there.
+    pub async fn append_if_open(
+        &self,
+        entry: crate::journal::NewRecord,
+    ) -> Result<Result<crate::journal::Record, JournalError>, crate::journal::NewRecord> {
+        let journal = match &*self.lock() {
+            State::Open(journal) => journal.clone(),
+            State::Broken { .. } => return Err(entry),
+        };
+        let result = journal.append_async(entry).await;
+        if let Err(error) = &result
+            && error.is_storage_failure()
+        {
+            self.close_after(error);
+        }
+        Ok(result)
+    }
+
     /// The last record of chain `uid` if the open journal has it in memory: no disk read,
     /// so no blocking thread needed. `None`: read it with [`JournalSlot::with`].
     pub fn cached_last(&self, uid: &str) -> Option<Option<crate::journal::Record>> {

@@ -30,6 +30,17 @@ impl Tails {
         }
     }
 
+    /// [`Tails::offer`] for each of `records`, under one lock.
+    pub(super) fn offer_all<'a>(&self, records: impl Iterator<Item = &'a Record>) {
+        let mut tails = self.lock();
+        for record in records {
+            let known = tails.entry(record.uid.clone()).or_insert(None);
+            if known.as_ref().is_none_or(|k| record.seq >= k.seq) {
+                *known = Some(record.clone());
+            }
+        }
+    }
+
     pub(super) fn seen(&self) -> Vec<Acknowledged> {
         self.lock()
             .iter()

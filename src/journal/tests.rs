@@ -489,3 +489,39 @@ fn a_chains_tail_is_read_from_memory_once_seen_and_never_moves_back() {
         None
     );
 }
+
+#[test]
+fn an_awaited_append_is_the_same_append() {
+    let (_dir, journal) = open_temp();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    let first = runtime
+        .block_on(journal.append_async(sample_entry("acme", UID_A, 1)))
+        .unwrap();
+    assert_eq!(journal.cached_last(UID_A), Some(Some(first.clone())));
+    let retried = runtime
+        .block_on(journal.append_async(sample_entry("acme", UID_A, 1)))
+        .unwrap();
+    assert_eq!(retried, first);
+    let skipped = runtime.block_on(journal.append_async(sample_entry("acme", UID_A, 3)));
+    assert!(matches!(skipped, Err(JournalError::Conflict { .. })));
+    assert_eq!(history(&journal, UID_A), vec![first]);
+}
+
+#[test]
+fn an_append_whose_caller_stopped_waiting_still_moves_the_tail() {
+    use std::future::Future;
+    let (_dir, journal) = open_temp();
+    let mut append = Box::pin(journal.append_async(sample_entry("acme", UID_A, 1)));
+    // The first poll queues the append; then the caller goes away.
+    let mut waiting = std::task::Context::from_waker(std::task::Waker::noop());
+    let _ = append.as_mut().poll(&mut waiting);
+    drop(append);
+    // The writer answers appends in order: once another chain's append is answered, the
+    // abandoned one was written, and its chain's tail (which every pass reads) moved.
+    journal.append(sample_entry("beta", UID_B, 1)).unwrap();
+    let written = history(&journal, UID_A);
+    assert_eq!(written.len(), 1);
+    assert_eq!(journal.cached_last(UID_A), Some(written.into_iter().next()));
+}

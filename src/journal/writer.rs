@@ -24,6 +24,7 @@ use super::codec;
 use super::durable::DiskSync;
 use super::read::{decode_record, decode_summary};
 use super::record::{NewRecord, Record, TenantSummary};
+use super::tails::Tails;
 use super::wal::Wal;
 use neurallog_migrations::layout::{RECORDS_TREE, display_record_key, record_key};
 use std::collections::HashMap;
@@ -70,7 +71,22 @@ enum Request {
 
 type Job = Box<dyn FnOnce(Result<&Store, JournalError>) + Send>;
 
-type Reply = mpsc::SyncSender<Result<Record, JournalError>>;
+/// Where an append's outcome goes: a thread blocked on it, or a task awaiting it (no
+/// thread is held while the append waits for its sync).
+enum Reply {
+    Blocked(mpsc::SyncSender<Result<Record, JournalError>>),
+    Awaited(tokio::sync::oneshot::Sender<Result<Record, JournalError>>),
+}
+
+impl Reply {
+    fn send(self, outcome: Result<Record, JournalError>) {
+        // A caller that gave up waiting needs no answer.
+        let _ = match self {
+            Reply::Blocked(reply) => reply.send(outcome).ok(),
+            Reply::Awaited(reply) => reply.send(outcome).ok(),
+        };
+    }
+}
 
 pub(super) struct Writer {
     requests: Option<mpsc::Sender<Request>>,
@@ -83,7 +99,11 @@ pub(super) struct Writer {
 impl Writer {
     /// Starts the writer on `store`; `wal` is the emptied write-ahead log (`None` for a
     /// private read-only copy, whose writes need not survive anything).
-    pub(super) fn start(store: Store, wal: Option<Wal>) -> std::io::Result<Writer> {
+    pub(super) fn start(
+        store: Store,
+        wal: Option<Wal>,
+        tails: Arc<Tails>,
+    ) -> std::io::Result<Writer> {
         let progress = Arc::new(Progress::default());
         let applier = Applier::start(store.clone(), progress.clone())?;
         let log = match wal {
@@ -100,6 +120,7 @@ impl Writer {
             store,
             log,
             heads: HashMap::new(),
+            tails,
             applier,
             progress: progress.clone(),
             failure: None,
@@ -120,8 +141,22 @@ impl Writer {
     /// Queues `entry` and waits until it is durable (or refused).
     pub(super) fn append(&self, entry: NewRecord) -> Result<Record, JournalError> {
         let (reply, answer) = mpsc::sync_channel(1);
-        self.send(Request::Append { entry, reply })?;
+        self.send(Request::Append {
+            entry,
+            reply: Reply::Blocked(reply),
+        })?;
         answer.recv().map_err(|_| stopped())?
+    }
+
+    /// [`Writer::append`] for a task: waits without holding a thread. The append happens
+    /// (and its tail is noted) even if the caller stops waiting.
+    pub(super) async fn append_async(&self, entry: NewRecord) -> Result<Record, JournalError> {
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        self.send(Request::Append {
+            entry,
+            reply: Reply::Awaited(reply),
+        })?;
+        answer.await.map_err(|_| stopped())?
     }
 
     /// Runs `job` on the writer thread between two batches, once sled holds every
@@ -170,6 +205,7 @@ impl Writer {
             .into_iter()
             .map(|entry| {
                 let (reply, answer) = mpsc::sync_channel(1);
+                let reply = Reply::Blocked(reply);
                 self.send(Request::Append { entry, reply }).map(|()| answer)
             })
             .collect()
@@ -199,6 +235,8 @@ struct WriterThread {
     /// Each chain's summary as of the last batch, for the chains written since the last
     /// exclusive job; sled holds the others' current summaries.
     heads: HashMap<String, TenantSummary>,
+    /// The journal's in-memory chain tails, moved on before each caller is answered.
+    tails: Arc<Tails>,
     applier: Applier,
     progress: Arc<Progress>,
     /// The storage failure after which nothing is written.
@@ -276,9 +314,10 @@ impl WriterThread {
             return;
         }
         let outcomes = self.write(entries);
+        self.tails
+            .offer_all(outcomes.iter().filter_map(|outcome| outcome.as_ref().ok()));
         for (reply, outcome) in replies.drain(..).zip(outcomes) {
-            // A caller that gave up waiting needs no answer.
-            let _ = reply.send(outcome);
+            reply.send(outcome);
         }
         entries.clear();
     }
