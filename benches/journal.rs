@@ -6,7 +6,10 @@
 //! beforehand (no size or block allocation to commit: one device round trip, the least a
 //! durable write costs), measured right after the 1-writer run and right before each
 //! concurrent one so that both see the same load; each run's ratio is to that measurement. Appending to a growing file (which also
-//! commits its new size) is shown once for reference.
+//! commits its new size) is shown once for reference. Beside each concurrent run, a bare
+//! group commit (one thread: `pwrite` + `fdatasync` per batch, nothing else) shows the
+//! floor under the journal on this disk; the runs are repeated with tokio tasks awaiting
+//! `Journal::append_async`, as the operator's reconciles append.
 //!
 //! ```text
 //! cargo bench --bench journal
