@@ -145,14 +145,18 @@ impl Context {
             return Ok(());
         }
         let first = mirrored.max(from_status).saturating_add(1);
-        let uid = tail.uid.clone();
-        let records: Vec<Record> = self
-            .blocking(move |j| {
+        // Normally only the transition just journaled is new, and the pass holds it.
+        let records: Vec<Record> = if first == tail.seq {
+            vec![tail.clone()]
+        } else {
+            let uid = tail.uid.clone();
+            self.blocking(move |j| {
                 j.history(&uid)
                     .filter(|r| r.as_ref().map_or(true, |r| r.seq >= first))
                     .collect()
             })
-            .await?;
+            .await?
+        };
         for record in records {
             let type_ = if record.to.is_warning() {
                 EventType::Warning

@@ -163,7 +163,7 @@ async fn reconcile_tenant(mut tenant: Arc<Tenant>, ctx: Arc<Context>) -> Result<
     ctx.tell_of_recovery(&tenant).await?;
     ctx.retry_events(&tenant).await;
 
-    ctx.ownership(&tenant, &uid).await?;
+    ctx.ownership(&tenant, &uid, tail.as_ref()).await?;
 
     let wanted = Wanted::of(&tenant, &ctx.settings);
     let mut obs = ctx.observe(&tenant, &wanted).await?;

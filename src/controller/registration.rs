@@ -129,12 +129,23 @@ pub fn exists_message() -> String {
 impl Context {
     /// The tenant's ownership, read from its journal once per process and kept current
     /// by [`Context::note_registration`] on every append.
-    pub(super) async fn ownership(&self, tenant: &Tenant, uid: &str) -> Result<Ownership, Error> {
+    /// `tail`: the chain's last record (`None`: the chain is empty, nothing to read).
+    pub(super) async fn ownership(
+        &self,
+        tenant: &Tenant,
+        uid: &str,
+        tail: Option<&Record>,
+    ) -> Result<Ownership, Error> {
         if let Some(known) = self.memo(tenant, |m| m.ownership) {
             return Ok(known);
         }
-        let chain = uid.to_string();
-        let records: Vec<Record> = self.blocking(move |j| j.history(&chain).collect()).await?;
+        let records: Vec<Record> = match tail {
+            None => Vec::new(),
+            Some(_) => {
+                let chain = uid.to_string();
+                self.blocking(move |j| j.history(&chain).collect()).await?
+            }
+        };
         let ownership =
             Ownership::of_chain(&records, tenant.status.as_ref(), self.recovery.is_some());
         self.memo(tenant, |m| m.ownership = Some(ownership));
