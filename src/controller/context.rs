@@ -243,7 +243,8 @@ impl Context {
     /// returned. The pass that wrote it already acted on everything that version holds and
     /// asked for its own follow-up, so the echo needs no pass of its own. Any other change
     /// (spec, labels, annotations, someone else's status edit) has another version. Each
-    /// version is recognised once: a relist that brings it again starts a pass.
+    /// version is recognised once: a relist that brings it again starts a pass. Every event
+    /// also drops the status kept from a patch made from an older version.
     pub(super) fn is_own_write_echo(&self, tenant: &Tenant) -> bool {
         let (Some(uid), Some(version)) = (tenant.uid(), tenant.resource_version()) else {
             return false;
@@ -252,9 +253,19 @@ impl Context {
             .memo
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
-        let Some(own) = memo.get_mut(&uid).map(|m| &mut m.own_versions) else {
+        let Some(memo) = memo.get_mut(&uid) else {
             return false;
         };
+        // The watch has moved past the version the last status patch was made from: what
+        // was kept to avoid patching twice from it (a status per tenant) is no longer needed.
+        if memo
+            .status_patched_from
+            .as_ref()
+            .is_some_and(|(from, _)| *from != version)
+        {
+            memo.status_patched_from = None;
+        }
+        let own = &mut memo.own_versions;
         match own.iter().position(|v| *v == version) {
             Some(at) => {
                 // Older versions of ours were overtaken: their events will not come.

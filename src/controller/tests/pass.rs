@@ -97,6 +97,28 @@ async fn the_watch_events_of_the_passs_own_tenant_writes_are_recognised_once() {
 }
 
 #[tokio::test]
+async fn the_status_a_pass_patched_is_forgotten_once_the_watch_moves_past_its_version() {
+    let mut fx = Fixture::new(tenant()).await;
+    fx.pass(first_pass()).await.expect("the pass succeeds");
+    let tenant = fx.api.tenant();
+    let kept = || fx.ctx.memo(&tenant, |m| m.status_patched_from.clone());
+    let (from, _) = kept().expect("the patch's status is kept while the watch lags");
+    let at = |version: &str| {
+        let mut tenant = fx.api.tenant();
+        tenant.metadata.resource_version = Some(version.into());
+        tenant
+    };
+    fx.ctx.is_own_write_echo(&at(&from));
+    assert!(kept().is_some(), "the watch is still at the patch's base");
+    fx.ctx.is_own_write_echo(&at("3"));
+    assert_eq!(
+        kept(),
+        None,
+        "the status patch's own event moved the watch past it"
+    );
+}
+
+#[tokio::test]
 async fn the_watch_event_of_the_namespace_a_pass_created_starts_no_second_pass() {
     let mut fx = Fixture::new(tenant()).await;
     let mut script = first_pass();
