@@ -68,7 +68,8 @@ pub(super) struct TenantMemo {
     /// The Tenant's resourceVersion this pass's status patch was made from, and the status
     /// it wrote. A pass that still sees that version (the watch has not caught up with the
     /// patch) needs no second patch: the patch's own watch event will bring a new pass.
-    pub(super) status_patched_from: Option<(String, TenantStatus)>,
+    /// Boxed: the memo of every tenant has room for it, few hold one.
+    pub(super) status_patched_from: Option<Box<(String, TenantStatus)>>,
     /// The resourceVersions the API server gave this operator's own writes of the Tenant
     /// (status, finalizer) whose watch events have not arrived yet (see
     /// [`Context::is_own_write_echo`]); the newest few.
@@ -261,7 +262,7 @@ impl Context {
         if memo
             .status_patched_from
             .as_ref()
-            .is_some_and(|(from, _)| *from != version)
+            .is_some_and(|patched| patched.0 != version)
         {
             memo.status_patched_from = None;
         }

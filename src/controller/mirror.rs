@@ -212,7 +212,7 @@ impl Context {
         let already_patched = self.memo(tenant, |m| {
             m.status_patched_from
                 .as_ref()
-                .is_some_and(|(from, status)| Some(from) == version.as_ref() && *status == desired)
+                .is_some_and(|patched| Some(&patched.0) == version.as_ref() && patched.1 == desired)
         });
         if already_patched {
             return Ok(());
@@ -231,7 +231,7 @@ impl Context {
         self.note_tenant_write(tenant, flight, written.as_ref().ok());
         written.map_err(Error::Kube)?;
         self.memo(tenant, |m| {
-            m.status_patched_from = version.map(|from| (from, desired));
+            m.status_patched_from = version.map(|from| Box::new((from, desired)));
         });
         Ok(())
     }

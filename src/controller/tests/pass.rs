@@ -102,7 +102,9 @@ async fn the_status_a_pass_patched_is_forgotten_once_the_watch_moves_past_its_ve
     fx.pass(first_pass()).await.expect("the pass succeeds");
     let tenant = fx.api.tenant();
     let kept = || fx.ctx.memo(&tenant, |m| m.status_patched_from.clone());
-    let (from, _) = kept().expect("the patch's status is kept while the watch lags");
+    let from = kept()
+        .expect("the patch's status is kept while the watch lags")
+        .0;
     let at = |version: &str| {
         let mut tenant = fx.api.tenant();
         tenant.metadata.resource_version = Some(version.into());
