@@ -179,31 +179,34 @@ fn raw_sled_appends(path: &Path, appends: u64, value_len: usize) -> Latencies {
     Latencies::new(micros)
 }
 
-/// Journal appends from `writers` threads at once, each on its own chains, as concurrent
-/// reconciles append; returns each append's latency and the appends per second of the run.
-fn concurrent_appends(
-    path: &Path,
-    workload: &Workload,
-    appends: u64,
-    writers: u64,
-) -> (Latencies, f64) {
-    let options = Options {
+/// The options of the journals the append runs open.
+fn append_options() -> Options {
+    Options {
         log_bytes: env_u64("JOURNAL_BENCH_LOG_BYTES", Options::default().log_bytes),
         ..Options::default()
-    };
-    let journal = Journal::open_with(path, options).expect("open journal");
-    let per_writer = appends.div_ceil(writers);
+    }
+}
+
+/// Runs `per_writer` calls on each of `writers` threads at once: `prepare(writer, i)`
+/// untimed, then `call` on what it made, timed. Returns each call's latency and the calls
+/// per second of the whole run.
+fn timed_on_threads<T>(
+    writers: u64,
+    per_writer: u64,
+    prepare: impl Fn(u64, u64) -> T + Sync,
+    call: impl Fn(T) + Sync,
+) -> (Latencies, f64) {
     let started = Instant::now();
     let micros: Vec<f64> = std::thread::scope(|scope| {
         let threads: Vec<_> = (0..writers)
             .map(|writer| {
-                let journal = &journal;
+                let (prepare, call) = (&prepare, &call);
                 scope.spawn(move || {
                     (0..per_writer)
                         .map(|i| {
-                            let entry = workload.entry(writer, i + 1);
+                            let input = prepare(writer, i);
                             let start = Instant::now();
-                            journal.append(entry).expect("append");
+                            call(input);
                             start.elapsed().as_secs_f64() * 1e6
                         })
                         .collect::<Vec<_>>()
@@ -219,6 +222,25 @@ fn concurrent_appends(
     (Latencies::new(micros), rate)
 }
 
+/// Journal appends from `writers` threads at once, each on its own chains, as concurrent
+/// reconciles append; returns each append's latency and the appends per second of the run.
+fn concurrent_appends(
+    path: &Path,
+    workload: &Workload,
+    appends: u64,
+    writers: u64,
+) -> (Latencies, f64) {
+    let journal = Journal::open_with(path, append_options()).expect("open journal");
+    timed_on_threads(
+        writers,
+        appends.div_ceil(writers),
+        |writer, i| workload.entry(writer, i + 1),
+        |entry| {
+            journal.append(entry).expect("append");
+        },
+    )
+}
+
 /// [`concurrent_appends`] from `writers` tokio tasks on a multi-thread runtime with one
 /// worker per core, each awaiting its appends: how the operator's reconciles append.
 fn concurrent_task_appends(
@@ -227,11 +249,8 @@ fn concurrent_task_appends(
     appends: u64,
     writers: u64,
 ) -> (Latencies, f64) {
-    let options = Options {
-        log_bytes: env_u64("JOURNAL_BENCH_LOG_BYTES", Options::default().log_bytes),
-        ..Options::default()
-    };
-    let journal = std::sync::Arc::new(Journal::open_with(path, options).expect("open journal"));
+    let journal =
+        std::sync::Arc::new(Journal::open_with(path, append_options()).expect("open journal"));
     let per_writer = appends.div_ceil(writers);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -333,35 +352,20 @@ fn bare_group_commit(dir: &Path, appends: u64, writers: u64, len: usize) -> (Lat
             }
         }
     });
-    let per_writer = appends.div_ceil(writers);
-    let started = Instant::now();
-    let micros: Vec<f64> = std::thread::scope(|scope| {
-        let threads: Vec<_> = (0..writers)
-            .map(|_| {
-                let requests = requests.clone();
-                scope.spawn(move || {
-                    (0..per_writer)
-                        .map(|_| {
-                            let start = Instant::now();
-                            let (reply, answer) = mpsc::sync_channel(1);
-                            requests.send((vec![0x5a; len], reply)).expect("send");
-                            answer.recv().expect("answer");
-                            start.elapsed().as_secs_f64() * 1e6
-                        })
-                        .collect::<Vec<_>>()
-                })
-            })
-            .collect();
-        threads
-            .into_iter()
-            .flat_map(|t| t.join().expect("writer thread"))
-            .collect()
-    });
-    let rate = micros.len() as f64 / started.elapsed().as_secs_f64();
+    let (latencies, rate) = timed_on_threads(
+        writers,
+        appends.div_ceil(writers),
+        |_, _| vec![0x5a; len],
+        |record| {
+            let (reply, answer) = mpsc::sync_channel(1);
+            requests.send((record, reply)).expect("send");
+            answer.recv().expect("answer");
+        },
+    );
     drop(requests);
     committer.join().expect("committer");
     std::fs::remove_file(&path).expect("remove");
-    (Latencies::new(micros), rate)
+    (latencies, rate)
 }
 
 /// The size of a stored record value, read back from the closed journal's database.
