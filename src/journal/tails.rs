@@ -22,22 +22,17 @@ impl Tails {
     /// Records `tail` as the chain's tail unless a later one is known: a read that raced
     /// with an append never moves a tail back.
     pub(super) fn offer(&self, uid: &str, tail: Option<&Record>) {
-        let mut tails = self.lock();
-        let known = tails.entry(uid.to_owned()).or_insert(None);
-        let seq = |r: Option<&Record>| r.map_or(0, |r| r.seq);
-        if seq(tail) >= seq(known.as_ref()) {
-            *known = tail.cloned();
-        }
+        keep_later(self.lock().entry(uid.to_owned()).or_insert(None), tail);
     }
 
     /// [`Tails::offer`] for each of `records`, under one lock.
     pub(super) fn offer_all<'a>(&self, records: impl Iterator<Item = &'a Record>) {
         let mut tails = self.lock();
         for record in records {
-            let known = tails.entry(record.uid.clone()).or_insert(None);
-            if known.as_ref().is_none_or(|k| record.seq >= k.seq) {
-                *known = Some(record.clone());
-            }
+            keep_later(
+                tails.entry(record.uid.clone()).or_insert(None),
+                Some(record),
+            );
         }
     }
 
@@ -51,5 +46,13 @@ impl Tails {
     fn lock(&self) -> MutexGuard<'_, HashMap<String, Option<Record>>> {
         // Each update replaces one entry whole: a panic cannot leave one half-written.
         self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// Replaces `known` with `tail` unless `known` is later.
+fn keep_later(known: &mut Option<Record>, tail: Option<&Record>) {
+    let seq = |r: Option<&Record>| r.map_or(0, |r| r.seq);
+    if seq(tail) >= seq(known.as_ref()) {
+        *known = tail.cloned();
     }
 }
