@@ -504,27 +504,31 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let ctx_journal = journal.clone();
     let ctx_client = client.clone();
     let progress_deadline_seconds = args.progress_deadline_seconds.max(1);
-    let controller = controller::run(
-        client,
-        move |stores| {
-            Context::new(
-                ctx_client,
-                ctx_journal,
-                auth,
-                settings,
-                metrics,
-                stores,
-                instance,
-            )
-            .with_recovery(recovery)
-            .with_progress_deadline(Duration::from_secs(progress_deadline_seconds))
-        },
-        args.concurrency,
-        args.tenant_selector.as_deref(),
-        ready,
-        stopped(stop),
-    );
-    run_while_leading(controller, leadership, &journal).await;
+    let tenant_selector = args.tenant_selector.clone();
+    let controller = async move {
+        controller::run(
+            client,
+            move |stores| {
+                Context::new(
+                    ctx_client,
+                    ctx_journal,
+                    auth,
+                    settings,
+                    metrics,
+                    stores,
+                    instance,
+                )
+                .with_recovery(recovery)
+                .with_progress_deadline(Duration::from_secs(progress_deadline_seconds))
+            },
+            args.concurrency,
+            tenant_selector.as_deref(),
+            ready,
+            stopped(stop),
+        )
+        .await
+    };
+    run_while_leading(on_the_workers(controller), leadership, &journal).await;
     upkeep.abort();
     leading.set(0);
     journal.flush()?;
@@ -705,6 +709,20 @@ fn register_leader_gauge(metrics: &mut Metrics) -> Gauge {
         leading.clone(),
     );
     leading
+}
+
+/// Runs `controller` as a task of the runtime's worker threads. The future `main` blocks on
+/// is polled on the main thread instead: the controller's watch streams, scheduler and
+/// applier would run there while their HTTP connections and reconciles run on the workers,
+/// and every watch event and every reconcile would wake a thread to cross over. A panic
+/// in the controller goes on as a panic, as it did when `main` polled it.
+async fn on_the_workers(controller: impl Future<Output = ()> + Send + 'static) {
+    if let Err(stopped) = tokio::spawn(controller).await {
+        if stopped.is_panic() {
+            std::panic::resume_unwind(stopped.into_panic());
+        }
+        tracing::error!(error = %stopped, "the controller task was cancelled");
+    }
 }
 
 /// Runs the controller to its end, then steps down (releasing the lease). A leader that
@@ -944,5 +962,22 @@ mod tests {
         .expect_err("a renew deadline of 10s with a 5s lease");
         assert!(error.to_string().contains("renew deadline"));
         assert!(lease_config(&["--leader-election", "--lease-retry-period-seconds=-1"]).is_err());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_controller_runs_on_a_worker_not_on_the_thread_that_awaits_it() {
+        let awaiting = std::thread::current().id();
+        let (ran_on, seen) = tokio::sync::oneshot::channel();
+        on_the_workers(async move {
+            let _ = ran_on.send(std::thread::current().id());
+        })
+        .await;
+        assert_ne!(seen.await.unwrap(), awaiting);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    #[should_panic(expected = "a bug in a reconcile")]
+    async fn a_panic_in_the_controller_is_not_swallowed() {
+        on_the_workers(async { panic!("a bug in a reconcile") }).await;
     }
 }
