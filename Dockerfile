@@ -9,6 +9,8 @@ FROM rust:1.95-alpine AS build
 RUN apk add --no-cache musl-dev
 WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
+# jemalloc's build-time options (one arena, small thread caches).
+COPY .cargo .cargo
 COPY machines machines
 COPY migrations migrations
 # Workspace members the operator does not link still need their manifests here.
