@@ -6,6 +6,7 @@
 use super::cache::Cache;
 use super::compare::DESIRED_HASH_ANNOTATION;
 use super::events::{self, EventType};
+use super::lean::Lean;
 use super::observation::{AuthState, NamespaceState, Observation};
 use super::observe::Wanted;
 use super::own_writes::{ExpectedEcho, InFlight};
@@ -271,7 +272,7 @@ impl<'a> Applier<'a> {
     /// A JSON patch guarded by the resourceVersion, so another controller's finalizer added
     /// meanwhile is never lost (the conflict is retried from a fresh read).
     async fn patch_finalizers(&self, finalizers: Vec<String>) -> Result<(), Error> {
-        let api: Api<Tenant> = Api::all(self.ctx.client.clone());
+        let api: Api<Lean<Tenant>> = Api::all(self.ctx.client.clone());
         let patch: json_patch::Patch = serde_json::from_value(json!([
             {"op": "test", "path": "/metadata/resourceVersion", "value": self.tenant.resource_version()},
             {"op": "add", "path": "/metadata/finalizers", "value": finalizers},
@@ -285,7 +286,8 @@ impl<'a> Applier<'a> {
                 &PatchParams::default(),
                 &Patch::Json::<()>(patch),
             )
-            .await;
+            .await
+            .map(Lean::into_inner);
         self.ctx
             .note_tenant_write(self.tenant, flight, written.as_ref().ok());
         let written = written.map_err(Error::Kube)?;
@@ -307,7 +309,7 @@ impl<'a> Applier<'a> {
 
     async fn ensure_namespace(&self) -> Result<(), Error> {
         let desired = self.desired()?.namespace.clone();
-        let api: Api<Namespace> = Api::all(self.ctx.client.clone());
+        let api: Api<Lean<Namespace>> = Api::all(self.ctx.client.clone());
         match &self.obs.namespace {
             NamespaceState::Foreign { .. } | NamespaceState::Ours { active: false } => Ok(()),
             // Create, never apply: if a namespace of that name appeared meanwhile, this
@@ -323,8 +325,12 @@ impl<'a> Applier<'a> {
                     .ctx
                     .own_writes
                     .writing::<Namespace>(None, &self.namespace());
-                match api.create(&PostParams::default(), &desired).await {
+                match api
+                    .create(&PostParams::default(), &Lean::new(desired))
+                    .await
+                {
                     Ok(created) => {
+                        let created = created.into_inner();
                         let key = ObjectRef::new(&self.namespace());
                         self.expect_cached(
                             &self.ctx.stores.namespaces,
@@ -711,7 +717,7 @@ impl<'a> Applier<'a> {
     {
         let name = desired.meta().name.clone().unwrap_or_default();
         let ns = self.namespace();
-        let api: Api<K> = Api::namespaced(self.ctx.client.clone(), &ns);
+        let api: Api<Lean<K>> = Api::namespaced(self.ctx.client.clone(), &ns);
         let key = ObjectRef::new(&name).within(&ns);
         let new_object = self.apply_unless_current(&api, key, desired, store).await?;
         if let (Some(applied), Some(announced)) = (new_object, announced) {
@@ -725,7 +731,7 @@ impl<'a> Applier<'a> {
     /// returns the applied object when the cache had none (a new object).
     async fn apply_unless_current<K>(
         &self,
-        api: &Api<K>,
+        api: &Api<Lean<K>>,
         key: ObjectRef<K>,
         desired: &K,
         store: &Cache<K>,
@@ -765,7 +771,7 @@ impl<'a> Applier<'a> {
             .own_writes
             .writing::<K>(key.namespace.as_deref(), &key.name);
         let applied = match retry(|| api.patch(&key.name, &params, &patch)).await {
-            Ok(applied) => applied,
+            Ok(applied) => applied.into_inner(),
             Err(error) => {
                 self.note_unanswered(flight);
                 return Err(write_error(&K::kind(&()), &key.name)(error));
@@ -820,8 +826,12 @@ pub fn is_transient(error: &kube::Error) -> bool {
 
 /// Creates an Event; `AlreadyExists` means it was mirrored before.
 pub async fn create_event(client: &kube::Client, event: &Event) -> Result<bool, kube::Error> {
-    let api: Api<Event> = Api::namespaced(client.clone(), events::EVENT_NAMESPACE);
-    match api.create(&PostParams::default(), event).await {
+    // Decoded lean: the answer is only looked at for success.
+    let api: Api<Lean<Event>> = Api::namespaced(client.clone(), events::EVENT_NAMESPACE);
+    match api
+        .create(&PostParams::default(), &Lean::new(event.clone()))
+        .await
+    {
         Ok(_) => Ok(true),
         Err(kube::Error::Api(e)) if e.code == 409 => Ok(false),
         Err(e) => Err(e),

@@ -5,6 +5,7 @@ use super::apply::{self, create_event};
 use super::error::source_code;
 use super::events::{self, EventType};
 use super::failures;
+use super::lean::Lean;
 use super::observation::Observation;
 use super::status;
 use super::{Context, Error};
@@ -217,7 +218,7 @@ impl Context {
         if already_patched {
             return Ok(());
         }
-        let api: Api<Tenant> = Api::all(self.client.clone());
+        let api: Api<Lean<Tenant>> = Api::all(self.client.clone());
         let mut status = serde_json::to_value(&desired).map_err(Error::Serialize)?;
         let current = serde_json::to_value(&tenant.status).map_err(Error::Serialize)?;
         null_what_is_gone(&mut status, &current);
@@ -227,7 +228,9 @@ impl Context {
         let name = tenant.name_any();
         self.metrics.count_write("patch", "tenants/status");
         let flight = self.own_writes.writing::<Tenant>(None, &name);
-        let written = apply::retry(|| api.patch_status(&name, &params, &patch)).await;
+        let written = apply::retry(|| api.patch_status(&name, &params, &patch))
+            .await
+            .map(Lean::into_inner);
         self.note_tenant_write(tenant, flight, written.as_ref().ok());
         written.map_err(Error::Kube)?;
         self.memo(tenant, |m| {

@@ -34,6 +34,7 @@ pub mod storage;
 mod cache;
 mod context;
 mod error;
+mod lean;
 mod mirror;
 mod observe;
 mod own_writes;

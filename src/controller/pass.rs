@@ -245,9 +245,7 @@ async fn reconcile_tenant(mut tenant: Arc<Tenant>, ctx: Arc<Context>) -> Result<
             && transitions < ctx.transitions_per_pass
             && next_is_due()
         {
-            if let Some(mut written) = written {
-                // What the watch would keep of it.
-                written.metadata.managed_fields = None;
+            if let Some(written) = written {
                 tenant = Arc::new(written);
             }
             continue;

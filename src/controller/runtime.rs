@@ -2,6 +2,7 @@
 //! per-tenant backoff.
 
 use super::cache::{self, Cache, CacheWriter, NeverSynced};
+use super::lean::{self, Lean, ManagedFields, Omitted};
 use super::own_writes::OwnWrites;
 use super::pass::{error_policy, reconcile};
 use super::triggers::{
@@ -190,9 +191,8 @@ fn managed_cache<K>(
 where
     K: Cached,
 {
-    let strip = |o: &mut K| o.meta_mut().managed_fields = None;
     let triggers = ChangeTriggers::new(read).recognising(own.clone());
-    cache_selected(client, &managed_selector(), writer, strip, triggers)
+    cache_selected::<K, ManagedFields>(client, &managed_selector(), writer, triggers)
 }
 
 /// Passes each watch event on after `writer` kept it (what kube's `reflect` does).
@@ -207,21 +207,33 @@ fn keeping_in<K: Cached>(
     }
 }
 
-/// The tenants' pods with only what says why one does not run: their specs (the bulk of
-/// a pod) are dropped before they enter the cache. Only the events that change what a
-/// pass reads from a pod start one (see `triggers`).
+/// What the pod cache keeps of a pod: what says why it does not run. Its spec (the bulk of
+/// a pod) and annotations are not even decoded.
+struct PodStatus;
+
+impl Omitted for PodStatus {
+    const FIELDS: &'static [&'static str] = &["spec"];
+    const METADATA: &'static [&'static str] = &["managedFields", "annotations"];
+}
+
+/// What the Redis claim cache keeps of a claim: no annotations (the volume binding's).
+struct WithoutAnnotations;
+
+impl Omitted for WithoutAnnotations {
+    const FIELDS: &'static [&'static str] = &[];
+    const METADATA: &'static [&'static str] = &["managedFields", "annotations"];
+}
+
+/// The tenants' pods with only what says why one does not run (see [`PodStatus`]). Only
+/// the events that change what a pass reads from a pod start one (see `triggers`).
 fn pod_cache(client: &Client) -> (Cache<Pod>, Watch<Pod>) {
     let (reader, writer) = cache::cache();
     let events = watcher(
-        Api::<Pod>::all(client.clone()),
+        Api::<Lean<Pod, PodStatus>>::all(client.clone()),
         cache_config(&managed_selector()),
     )
     .default_backoff()
-    .modify(|pod: &mut Pod| {
-        pod.metadata.managed_fields = None;
-        pod.metadata.annotations = None;
-        pod.spec = None;
-    })
+    .map_ok(lean::into_inner_event)
     .map(keeping_in(writer));
     let stream = pod_triggers(Box::pin(events)).map_ok(starts_pass);
     (reader, Box::pin(stream))
@@ -257,12 +269,8 @@ fn redis_claim_cache(
 ) -> (Cache<PersistentVolumeClaim>, Watch<PersistentVolumeClaim>) {
     let selector = format!("{},{}=redis", render::TENANT_LABEL, render::COMPONENT_LABEL);
     let (reader, writer) = cache::cache();
-    let strip = |claim: &mut PersistentVolumeClaim| {
-        claim.metadata.managed_fields = None;
-        claim.metadata.annotations = None;
-    };
     let triggers = redis_claim_triggers(wanted.clone());
-    let watch = cache_selected(client, &selector, writer, strip, triggers);
+    let watch = cache_selected::<_, WithoutAnnotations>(client, &selector, writer, triggers);
     (reader, watch)
 }
 
@@ -277,21 +285,22 @@ fn labelled_tenant<K: Resource>(object: K) -> Option<ObjectRef<Tenant>> {
         .map(|name| ObjectRef::new(name))
 }
 
-/// The watch of the `K` that `selector` selects, kept by `writer`, the objects losing what
-/// `strip` removes on the way in; `triggers` tells which of its events start a pass.
-fn cache_selected<K>(
+/// The watch of the `K` that `selector` selects, decoded without what `O` omits and kept
+/// by `writer`; `triggers` tells which of its events start a pass.
+fn cache_selected<K, O>(
     client: &Client,
     selector: &str,
     writer: CacheWriter<K>,
-    strip: impl FnMut(&mut K) + Send + 'static,
     mut triggers: ChangeTriggers<K>,
 ) -> Watch<K>
 where
     K: Cached,
+    O: Omitted + 'static,
 {
-    let stream = watcher(Api::<K>::all(client.clone()), cache_config(selector))
+    let api = Api::<Lean<K, O>>::all(client.clone());
+    let stream = watcher(api, cache_config(selector))
         .default_backoff()
-        .modify(strip)
+        .map_ok(lean::into_inner_event)
         .map(keeping_in(writer))
         .filter_map(move |event| {
             futures::future::ready(match event {
@@ -381,7 +390,7 @@ pub async fn run(
             .with_wanted_sizes(wanted_sizes)
             .with_phases(phases),
     );
-    let tenants: Api<Tenant> = Api::all(client.clone());
+    let tenants: Api<Lean<Tenant>> = Api::all(client.clone());
     let mut tenant_watch = watcher::Config::default()
         .any_semantic()
         .page_size(LIST_PAGE_SIZE);
@@ -389,11 +398,11 @@ pub async fn run(
         tenant_watch = tenant_watch.labels(selector);
     }
     let (tenant_store, tenant_writer) = reflector::store();
-    // Managed fields are dropped here too: a Tenant's status entry alone decodes into a
-    // tree of maps many times the size of the status it describes.
+    // Managed fields are not decoded here either: a Tenant's status entry alone would
+    // decode into a tree of maps many times the size of the status it describes.
     let echoes = ctx.clone();
     let tenant_stream = watcher(tenants, tenant_watch)
-        .modify(|t| t.meta_mut().managed_fields = None)
+        .map_ok(lean::into_inner_event)
         .reflect(tenant_writer)
         .applied_objects()
         .filter(move |tenant| {
