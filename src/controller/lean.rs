@@ -110,9 +110,13 @@ impl<K: Serialize, O> Serialize for Lean<K, O> {
 
 impl<'de, K: Deserialize<'de>, O: Omitted> Deserialize<'de> for Lean<K, O> {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let depth = InObject {
+            fields: O::FIELDS,
+            metadata: O::METADATA,
+        };
         let object = K::deserialize(Skipping {
             inner: deserializer,
-            level: Level::Object(O::FIELDS, O::METADATA),
+            depth,
         })?;
         Ok(Lean::new(object))
     }
@@ -129,36 +133,87 @@ pub fn into_inner_event<K, O>(event: watcher::Event<Lean<K, O>>) -> watcher::Eve
     }
 }
 
-/// Where in the object a map being decoded is: the object itself, whose `metadata` value
-/// and listed fields are special, or its metadata, whose listed fields are skipped.
+/// What the maps at one depth of the object do with their fields. Two depths, two types:
+/// were the depth a value, every field type of every object would be compiled again for
+/// the deeper one (serde's decoding is generic over the deserializer), which made the
+/// binary 7% larger.
+trait Depth: Copy {
+    fn skips(self, key: &str) -> bool;
+    /// Whether the value of `key` is decoded at the next depth.
+    fn descends(self, key: &str) -> bool;
+    /// Decodes the value of the key just read: at the next depth when it `descends`.
+    fn next_value<'de, A: MapAccess<'de>, S: DeserializeSeed<'de>>(
+        self,
+        map: &mut A,
+        seed: S,
+        descends: bool,
+    ) -> Result<S::Value, A::Error>;
+}
+
+/// The object itself: skips its omitted top-level fields, decodes `metadata` as
+/// [`InMetadata`].
 #[derive(Clone, Copy)]
-enum Level {
-    Object(&'static [&'static str], &'static [&'static str]),
-    Metadata(&'static [&'static str]),
+struct InObject {
+    fields: &'static [&'static str],
+    metadata: &'static [&'static str],
 }
 
-impl Level {
+impl Depth for InObject {
     fn skips(self, key: &str) -> bool {
-        match self {
-            Level::Object(fields, _) => fields.contains(&key),
-            Level::Metadata(fields) => fields.contains(&key),
-        }
+        self.fields.contains(&key)
     }
 
-    /// The level of the value of `key` in a map at this level, if it is special.
-    fn below(self, key: &str) -> Option<Level> {
-        match self {
-            Level::Object(_, metadata) if key == "metadata" => Some(Level::Metadata(metadata)),
-            _ => None,
+    fn descends(self, key: &str) -> bool {
+        key == "metadata"
+    }
+
+    fn next_value<'de, A: MapAccess<'de>, S: DeserializeSeed<'de>>(
+        self,
+        map: &mut A,
+        seed: S,
+        descends: bool,
+    ) -> Result<S::Value, A::Error> {
+        if descends {
+            let depth = InMetadata {
+                fields: self.metadata,
+            };
+            map.next_value_seed(SkippingSeed { seed, depth })
+        } else {
+            map.next_value_seed(seed)
         }
     }
 }
 
-/// A deserializer whose maps (at `level`) skip the omitted fields; everything else is the
+/// The object's metadata: skips its omitted fields, and nothing below them.
+#[derive(Clone, Copy)]
+struct InMetadata {
+    fields: &'static [&'static str],
+}
+
+impl Depth for InMetadata {
+    fn skips(self, key: &str) -> bool {
+        self.fields.contains(&key)
+    }
+
+    fn descends(self, _: &str) -> bool {
+        false
+    }
+
+    fn next_value<'de, A: MapAccess<'de>, S: DeserializeSeed<'de>>(
+        self,
+        map: &mut A,
+        seed: S,
+        _: bool,
+    ) -> Result<S::Value, A::Error> {
+        map.next_value_seed(seed)
+    }
+}
+
+/// A deserializer whose maps (at `depth`) skip the omitted fields; everything else is the
 /// inner deserializer's.
-struct Skipping<D> {
+struct Skipping<D, P> {
     inner: D,
-    level: Level,
+    depth: P,
 }
 
 macro_rules! forward_to_inner {
@@ -169,22 +224,22 @@ macro_rules! forward_to_inner {
     )*};
 }
 
-impl<'de, D: Deserializer<'de>> Deserializer<'de> for Skipping<D> {
+impl<'de, D: Deserializer<'de>, P: Depth> Deserializer<'de> for Skipping<D, P> {
     type Error = D::Error;
 
     fn deserialize_any<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Self::Error> {
-        let level = self.level;
+        let depth = self.depth;
         self.inner.deserialize_any(SkippingVisitor {
             inner: visitor,
-            level,
+            depth,
         })
     }
 
     fn deserialize_map<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Self::Error> {
-        let level = self.level;
+        let depth = self.depth;
         self.inner.deserialize_map(SkippingVisitor {
             inner: visitor,
-            level,
+            depth,
         })
     }
 
@@ -194,22 +249,22 @@ impl<'de, D: Deserializer<'de>> Deserializer<'de> for Skipping<D> {
         fields: &'static [&'static str],
         visitor: V,
     ) -> Result<V::Value, Self::Error> {
-        let level = self.level;
+        let depth = self.depth;
         self.inner.deserialize_struct(
             name,
             fields,
             SkippingVisitor {
                 inner: visitor,
-                level,
+                depth,
             },
         )
     }
 
     fn deserialize_option<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Self::Error> {
-        let level = self.level;
+        let depth = self.depth;
         self.inner.deserialize_option(SkippingVisitor {
             inner: visitor,
-            level,
+            depth,
         })
     }
 
@@ -218,12 +273,12 @@ impl<'de, D: Deserializer<'de>> Deserializer<'de> for Skipping<D> {
         name: &'static str,
         visitor: V,
     ) -> Result<V::Value, Self::Error> {
-        let level = self.level;
+        let depth = self.depth;
         self.inner.deserialize_newtype_struct(
             name,
             SkippingVisitor {
                 inner: visitor,
-                level,
+                depth,
             },
         )
     }
@@ -293,9 +348,9 @@ impl<'de, D: Deserializer<'de>> Deserializer<'de> for Skipping<D> {
 }
 
 /// The visitor of the decoded type, given maps that skip the omitted fields.
-struct SkippingVisitor<V> {
+struct SkippingVisitor<V, P> {
     inner: V,
-    level: Level,
+    depth: P,
 }
 
 macro_rules! forward_visit {
@@ -306,7 +361,7 @@ macro_rules! forward_visit {
     )*};
 }
 
-impl<'de, V: Visitor<'de>> Visitor<'de> for SkippingVisitor<V> {
+impl<'de, V: Visitor<'de>, P: Depth> Visitor<'de> for SkippingVisitor<V, P> {
     type Value = V::Value;
 
     fn expecting(&self, formatter: &mut fmt::Formatter) -> fmt::Result {
@@ -316,15 +371,15 @@ impl<'de, V: Visitor<'de>> Visitor<'de> for SkippingVisitor<V> {
     fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
         self.inner.visit_map(SkippingMap {
             inner: map,
-            level: self.level,
-            next_value: None,
+            depth: self.depth,
+            descends: false,
         })
     }
 
     fn visit_some<D: Deserializer<'de>>(self, deserializer: D) -> Result<Self::Value, D::Error> {
         self.inner.visit_some(Skipping {
             inner: deserializer,
-            level: self.level,
+            depth: self.depth,
         })
     }
 
@@ -334,7 +389,7 @@ impl<'de, V: Visitor<'de>> Visitor<'de> for SkippingVisitor<V> {
     ) -> Result<Self::Value, D::Error> {
         self.inner.visit_newtype_struct(Skipping {
             inner: deserializer,
-            level: self.level,
+            depth: self.depth,
         })
     }
 
@@ -386,14 +441,14 @@ impl<'de, V: Visitor<'de>> Visitor<'de> for SkippingVisitor<V> {
 
 /// A map that passes over the omitted fields: their keys are read, their values skipped
 /// by the parser without being built.
-struct SkippingMap<A> {
+struct SkippingMap<A, P> {
     inner: A,
-    level: Level,
-    /// The level of the value whose key was just read, when that value is special.
-    next_value: Option<Level>,
+    depth: P,
+    /// Whether the value whose key was just read is decoded at the next depth.
+    descends: bool,
 }
 
-impl<'de, A: MapAccess<'de>> MapAccess<'de> for SkippingMap<A> {
+impl<'de, A: MapAccess<'de>, P: Depth> MapAccess<'de> for SkippingMap<A, P> {
     type Error = A::Error;
 
     fn next_key_seed<S: DeserializeSeed<'de>>(
@@ -403,12 +458,12 @@ impl<'de, A: MapAccess<'de>> MapAccess<'de> for SkippingMap<A> {
         loop {
             let key = self.inner.next_key_seed(KeySeed {
                 seed,
-                level: self.level,
+                depth: self.depth,
             })?;
             match key {
                 None => return Ok(None),
-                Some(Key::Kept { value, below }) => {
-                    self.next_value = below;
+                Some(Key::Kept { value, descends }) => {
+                    self.descends = descends;
                     return Ok(Some(value));
                 }
                 Some(Key::Skipped(returned)) => {
@@ -423,10 +478,8 @@ impl<'de, A: MapAccess<'de>> MapAccess<'de> for SkippingMap<A> {
         &mut self,
         seed: S,
     ) -> Result<S::Value, Self::Error> {
-        match self.next_value.take() {
-            Some(level) => self.inner.next_value_seed(SkippingSeed { seed, level }),
-            None => self.inner.next_value_seed(seed),
-        }
+        let descends = std::mem::take(&mut self.descends);
+        self.depth.next_value(&mut self.inner, seed, descends)
     }
 
     fn size_hint(&self) -> Option<usize> {
@@ -438,17 +491,17 @@ impl<'de, A: MapAccess<'de>> MapAccess<'de> for SkippingMap<A> {
 /// decoded by the map's own seed.
 enum Key<S, T> {
     Skipped(S),
-    Kept { value: T, below: Option<Level> },
+    Kept { value: T, descends: bool },
 }
 
 /// Reads a key as a string, without allocating when the parser can lend it, and decodes
 /// it with `seed` unless it is omitted.
-struct KeySeed<S> {
+struct KeySeed<S, P> {
     seed: S,
-    level: Level,
+    depth: P,
 }
 
-impl<'de, S: DeserializeSeed<'de>> DeserializeSeed<'de> for KeySeed<S> {
+impl<'de, S: DeserializeSeed<'de>, P: Depth> DeserializeSeed<'de> for KeySeed<S, P> {
     type Value = Key<S, S::Value>;
 
     fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Self::Value, D::Error> {
@@ -456,24 +509,24 @@ impl<'de, S: DeserializeSeed<'de>> DeserializeSeed<'de> for KeySeed<S> {
     }
 }
 
-impl<'de, S: DeserializeSeed<'de>> KeySeed<S> {
+impl<'de, S: DeserializeSeed<'de>, P: Depth> KeySeed<S, P> {
     fn key<E: de::Error>(
         self,
         key: &str,
         decode: impl FnOnce(S) -> Result<S::Value, E>,
     ) -> Result<Key<S, S::Value>, E> {
-        if self.level.skips(key) {
+        if self.depth.skips(key) {
             return Ok(Key::Skipped(self.seed));
         }
-        let below = self.level.below(key);
+        let descends = self.depth.descends(key);
         Ok(Key::Kept {
             value: decode(self.seed)?,
-            below,
+            descends,
         })
     }
 }
 
-impl<'de, S: DeserializeSeed<'de>> Visitor<'de> for KeySeed<S> {
+impl<'de, S: DeserializeSeed<'de>, P: Depth> Visitor<'de> for KeySeed<S, P> {
     type Value = Key<S, S::Value>;
 
     fn expecting(&self, formatter: &mut fmt::Formatter) -> fmt::Result {
@@ -493,19 +546,19 @@ impl<'de, S: DeserializeSeed<'de>> Visitor<'de> for KeySeed<S> {
     }
 }
 
-/// The seed of a special value (an object's `metadata`), decoded at its own level.
-struct SkippingSeed<S> {
+/// The seed of a value decoded at the next depth (an object's `metadata`).
+struct SkippingSeed<S, P> {
     seed: S,
-    level: Level,
+    depth: P,
 }
 
-impl<'de, S: DeserializeSeed<'de>> DeserializeSeed<'de> for SkippingSeed<S> {
+impl<'de, S: DeserializeSeed<'de>, P: Depth> DeserializeSeed<'de> for SkippingSeed<S, P> {
     type Value = S::Value;
 
     fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Self::Value, D::Error> {
         self.seed.deserialize(Skipping {
             inner: deserializer,
-            level: self.level,
+            depth: self.depth,
         })
     }
 }
