@@ -216,6 +216,14 @@ struct Skipping<D, P> {
     depth: P,
 }
 
+macro_rules! wrapping_the_visitor {
+    ($($method:ident),*) => {$(
+        fn $method<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Self::Error> {
+            self.inner.$method(SkippingVisitor::new(visitor, self.depth))
+        }
+    )*};
+}
+
 macro_rules! forward_to_inner {
     ($($method:ident),*) => {$(
         fn $method<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Self::Error> {
@@ -227,21 +235,7 @@ macro_rules! forward_to_inner {
 impl<'de, D: Deserializer<'de>, P: Depth> Deserializer<'de> for Skipping<D, P> {
     type Error = D::Error;
 
-    fn deserialize_any<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Self::Error> {
-        let depth = self.depth;
-        self.inner.deserialize_any(SkippingVisitor {
-            inner: visitor,
-            depth,
-        })
-    }
-
-    fn deserialize_map<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Self::Error> {
-        let depth = self.depth;
-        self.inner.deserialize_map(SkippingVisitor {
-            inner: visitor,
-            depth,
-        })
-    }
+    wrapping_the_visitor!(deserialize_any, deserialize_map, deserialize_option);
 
     fn deserialize_struct<V: Visitor<'de>>(
         self,
@@ -249,23 +243,8 @@ impl<'de, D: Deserializer<'de>, P: Depth> Deserializer<'de> for Skipping<D, P> {
         fields: &'static [&'static str],
         visitor: V,
     ) -> Result<V::Value, Self::Error> {
-        let depth = self.depth;
-        self.inner.deserialize_struct(
-            name,
-            fields,
-            SkippingVisitor {
-                inner: visitor,
-                depth,
-            },
-        )
-    }
-
-    fn deserialize_option<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Self::Error> {
-        let depth = self.depth;
-        self.inner.deserialize_option(SkippingVisitor {
-            inner: visitor,
-            depth,
-        })
+        let visitor = SkippingVisitor::new(visitor, self.depth);
+        self.inner.deserialize_struct(name, fields, visitor)
     }
 
     fn deserialize_newtype_struct<V: Visitor<'de>>(
@@ -273,14 +252,8 @@ impl<'de, D: Deserializer<'de>, P: Depth> Deserializer<'de> for Skipping<D, P> {
         name: &'static str,
         visitor: V,
     ) -> Result<V::Value, Self::Error> {
-        let depth = self.depth;
-        self.inner.deserialize_newtype_struct(
-            name,
-            SkippingVisitor {
-                inner: visitor,
-                depth,
-            },
-        )
+        let visitor = SkippingVisitor::new(visitor, self.depth);
+        self.inner.deserialize_newtype_struct(name, visitor)
     }
 
     forward_to_inner!(
@@ -351,6 +324,12 @@ impl<'de, D: Deserializer<'de>, P: Depth> Deserializer<'de> for Skipping<D, P> {
 struct SkippingVisitor<V, P> {
     inner: V,
     depth: P,
+}
+
+impl<V, P> SkippingVisitor<V, P> {
+    fn new(inner: V, depth: P) -> Self {
+        SkippingVisitor { inner, depth }
+    }
 }
 
 macro_rules! forward_visit {

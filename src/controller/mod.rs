@@ -15,6 +15,7 @@
 //! | [`storage`] | growing the Redis volume in place: when to ask, replace, wait or refuse |
 //! | `mirror` ([`events`], [`status`]) | Events of journaled transitions, Warning Events, status |
 //! | `cache` | the watch caches: objects kept as JSON, read by name or by namespace |
+//! | `lean` | objects decoded without the fields no pass reads (managed fields, pod specs) |
 //! | `runtime` | watch caches, what triggers a pass, readiness, backoff |
 //! | `triggers` | which events of owned objects and pods start a pass |
 //! | `own_writes` | the operator's own writes whose watch events start no pass |
