@@ -69,7 +69,7 @@ impl SourceArgs {
                 Some(token) => Some(token),
                 None => kubeconfig_token(&config)?,
             };
-            let client = kube::Client::try_from(config)?;
+            let client = super::api_client::client(config)?;
             return Ok(Source::kube(client, service, token));
         }
         let path = self

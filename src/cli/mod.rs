@@ -1,5 +1,6 @@
 //! The command line of `neurallog-operator`.
 
+mod api_client;
 pub mod journal;
 mod progress;
 pub mod replay;

@@ -394,7 +394,7 @@ pub(crate) async fn kube_config(kubeconfig: Option<&PathBuf>) -> anyhow::Result<
 }
 
 pub(crate) async fn kube_client(kubeconfig: Option<&PathBuf>) -> anyhow::Result<kube::Client> {
-    Ok(kube::Client::try_from(kube_config(kubeconfig).await?)?)
+    super::api_client::client(kube_config(kubeconfig).await?)
 }
 
 pub async fn run(args: RunArgs) -> anyhow::Result<()> {

@@ -1,0 +1,58 @@
+//! The operator's client of the Kubernetes API: kube's own stack (base URI, credentials,
+//! extra headers, retries of 429, 503 and 504), over a connection that speaks HTTP/2 when
+//! the API server offers it.
+//!
+//! kube's default client offers only HTTP/1.1, where every request in flight and every
+//! watch holds a TLS connection of its own: the operator's 15 watches and 16 concurrent
+//! passes kept about 30, and each response woke that connection's own task. Over HTTP/2
+//! they are streams of one connection (as client-go's are).
+
+use anyhow::Context as _;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use kube::client::ConfigExt;
+use kube::client::retry::RetryPolicy;
+use tower::ServiceBuilder;
+use tower::retry::RetryLayer;
+
+/// A client for `config` that negotiates HTTP/2 (falling back to HTTP/1.1).
+pub(crate) fn client(config: kube::Config) -> anyhow::Result<kube::Client> {
+    let mut http = HttpConnector::new();
+    http.enforce_http(false);
+    let tls = config
+        .rustls_client_config()
+        .context("cannot set up TLS for the API server")?;
+    let mut builder = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls)
+        .https_or_http();
+    if let Some(name) = &config.tls_server_name {
+        let name = rustls_pki_types::ServerName::try_from(name.clone())
+            .with_context(|| format!("invalid TLS server name {name:?} in the kubeconfig"))?;
+        builder =
+            builder.with_server_name_resolver(hyper_rustls::FixedServerNameResolver::new(name));
+    }
+    let mut connector =
+        hyper_timeout::TimeoutConnector::new(builder.enable_all_versions().wrap_connector(http));
+    connector.set_connect_timeout(config.connect_timeout);
+    connector.set_read_timeout(config.read_timeout);
+    connector.set_write_timeout(config.write_timeout);
+    connector.set_reset_reader_on_write(config.reset_reader_on_write);
+    let http_client: hyper_util::client::legacy::Client<_, kube::client::Body> =
+        hyper_util::client::legacy::Client::builder(TokioExecutor::new()).build(connector);
+
+    let service = ServiceBuilder::new()
+        .layer(config.base_uri_layer())
+        .option_layer(
+            config
+                .default_retry
+                .then(|| RetryLayer::new(RetryPolicy::server_retry())),
+        )
+        .option_layer(config.auth_layer()?)
+        .layer(config.extra_headers_layer()?)
+        .map_err(tower::BoxError::from)
+        .service(http_client);
+    Ok(kube::Client::new(service, config.default_namespace))
+}
+
+#[cfg(test)]
+mod tests;
