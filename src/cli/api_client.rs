@@ -9,14 +9,34 @@
 
 use anyhow::Context as _;
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
 use kube::client::ConfigExt;
 use kube::client::retry::RetryPolicy;
+use std::time::Duration;
 use tower::ServiceBuilder;
 use tower::retry::RetryLayer;
 
+/// How a connection is found dead: a PING after this much silence, and no answer to it in
+/// time closes the connection (what client-go does, with the same figures). One connection
+/// carries everything, so one that a vanished peer left half-open must not hold every
+/// request until the read timeout (295 s) ends it; the next request opens a new one.
+#[derive(Debug, Clone, Copy)]
+struct Liveness {
+    ping_after: Duration,
+    answer_within: Duration,
+}
+
+const LIVENESS: Liveness = Liveness {
+    ping_after: Duration::from_secs(30),
+    answer_within: Duration::from_secs(15),
+};
+
 /// A client for `config` that negotiates HTTP/2 (falling back to HTTP/1.1).
 pub(crate) fn client(config: kube::Config) -> anyhow::Result<kube::Client> {
+    client_checking(config, LIVENESS)
+}
+
+fn client_checking(config: kube::Config, liveness: Liveness) -> anyhow::Result<kube::Client> {
     let mut http = HttpConnector::new();
     http.enforce_http(false);
     let tls = config
@@ -38,7 +58,12 @@ pub(crate) fn client(config: kube::Config) -> anyhow::Result<kube::Client> {
     connector.set_write_timeout(config.write_timeout);
     connector.set_reset_reader_on_write(config.reset_reader_on_write);
     let http_client: hyper_util::client::legacy::Client<_, kube::client::Body> =
-        hyper_util::client::legacy::Client::builder(TokioExecutor::new()).build(connector);
+        hyper_util::client::legacy::Client::builder(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .http2_keep_alive_interval(liveness.ping_after)
+            .http2_keep_alive_timeout(liveness.answer_within)
+            .http2_keep_alive_while_idle(true)
+            .build(connector);
 
     let service = ServiceBuilder::new()
         .layer(config.base_uri_layer())
