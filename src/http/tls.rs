@@ -67,7 +67,7 @@ impl CertResolver {
     }
 
     #[cfg(test)]
-    fn certificate(&self) -> CertificateDer<'static> {
+    pub(crate) fn certificate(&self) -> CertificateDer<'static> {
         self.current
             .read()
             .unwrap_or_else(std::sync::PoisonError::into_inner)

@@ -1,9 +1,8 @@
 use super::{Liveness, client, client_checking};
-use crate::http::tls::TlsListener;
+use crate::http::tls::{CertSource, TlsListener, server_config};
 use axum::Router;
 use axum::extract::Request;
 use axum::routing::get;
-use rustls_pki_types::PrivateKeyDer;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -14,17 +13,9 @@ use tokio::net::{TcpListener, TcpStream};
 /// An HTTPS server on loopback offering `protocols` by ALPN, that answers `/version` with
 /// the HTTP version of the request; the URL and the certificate's DER.
 async fn server(protocols: &[&[u8]]) -> (String, Vec<u8>) {
-    let made = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_string()]).unwrap();
-    let der = made.cert.der().clone();
-    let key = PrivateKeyDer::try_from(made.signing_key.serialize_der()).unwrap();
-    let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_no_client_auth()
-    .with_single_cert(vec![der.clone()], key)
-    .unwrap();
+    let names = vec!["127.0.0.1".to_string()];
+    let (config, resolver) = server_config(&CertSource::SelfSigned { names }).unwrap();
+    let mut config = Arc::unwrap_or_clone(config);
     config.alpn_protocols = protocols.iter().map(|p| p.to_vec()).collect();
     let tcp = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("https://{}", tcp.local_addr().unwrap());
@@ -34,7 +25,7 @@ async fn server(protocols: &[&[u8]]) -> (String, Vec<u8>) {
         get(|request: Request| async move { format!("{:?}", request.version()) }),
     );
     tokio::spawn(async move { axum::serve(listener, router).await });
-    (url, der.to_vec())
+    (url, resolver.certificate().to_vec())
 }
 
 fn config(url: &str, ca: Vec<u8>) -> kube::Config {
