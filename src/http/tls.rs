@@ -131,8 +131,9 @@ pub fn server_config(
         .context("TLS protocol versions")?
         .with_no_client_auth()
         .with_cert_resolver(resolver.clone());
-    // axum serves HTTP/1.1 only here: offering h2 makes clients that take it (the kubelet's
-    // probes, the API server's proxy) speak a protocol the server then drops.
+    // Only HTTP/1.1 is offered: the kubelet's probes and the API server's proxy were tested
+    // against it. (hyper-util is now built with HTTP/2 for the operator's API client, so
+    // axum could serve h2 too; offering it here is left untested and off.)
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok((Arc::new(config), resolver))
 }
