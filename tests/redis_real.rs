@@ -512,6 +512,32 @@ fn a_setting_redis_does_not_report_as_written_is_caught() {
     assert_eq!(settings_not_read_back(&redis, &claimed).len(), 1);
 }
 
+/// Two tests may pick the same free port; the Redis that binds second must not be taken
+/// for ready because the first answers PING there (CI once read another test's `hz 10`).
+#[test]
+fn a_redis_that_loses_its_port_to_another_is_not_taken_for_ready() {
+    let (first, second) = (Sandbox::new(), Sandbox::new());
+    let port = free_port();
+    let argv = |sandbox: &Sandbox| {
+        let dir = sandbox.data_dir().display().to_string();
+        [redis_server_path().display().to_string()]
+            .into_iter()
+            .chain(["--bind", "127.0.0.1", "--save", "", "--dir", &dir].map(String::from))
+            .chain(["--port".to_string(), port.to_string()])
+            .collect::<Vec<_>>()
+    };
+    let holder = RedisProcess::start(&argv(&first), port, &first.log_path())
+        .unwrap_or_else(|failure| panic!("the first Redis: {failure}"));
+    match RedisProcess::start(&argv(&second), port, &second.log_path()) {
+        Ok(loser) => panic!(
+            "taken for ready on port {port}, which pid {} holds (this one is pid {})",
+            holder.pid(),
+            loser.pid()
+        ),
+        Err(failure) => assert!(failure.port_was_taken(), "{failure}"),
+    }
+}
+
 // ---------------------------------------------------------------------------------------
 // Persistence: write, stop Redis, start it again on the same data dir
 

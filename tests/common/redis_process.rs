@@ -140,14 +140,18 @@ impl RedisProcess {
         Ok(redis)
     }
 
-    /// Polls PING until PONG; fails as soon as Redis exits, or at the deadline.
+    /// Polls until our Redis answers on the port; fails as soon as it exits, or at the
+    /// deadline. Another test's Redis may hold the same port (both picked it while it was
+    /// free), so a PONG alone does not say it is ours: the answering server's process id
+    /// must be our child's. Ours then exits on "Address already in use" and the caller
+    /// retries on another port.
     fn wait_until_ready(&mut self) -> Result<(), StartFailure> {
         let deadline = Instant::now() + START_TIMEOUT;
         loop {
             if let Ok(Some(status)) = self.child.try_wait() {
                 return Err(self.failure(format!("redis-server exited with {status}")));
             }
-            if self.answers_ping() {
+            if self.answers_as_our_process() {
                 return Ok(());
             }
             if Instant::now() > deadline {
@@ -159,10 +163,21 @@ impl RedisProcess {
         }
     }
 
-    fn answers_ping(&self) -> bool {
-        Connection::open(self.port)
-            .and_then(|mut c| c.command(&["PING"]))
-            .is_ok_and(|reply| reply == Reply::Status("PONG".into()))
+    fn answers_as_our_process(&self) -> bool {
+        let Ok(mut connection) = Connection::open(self.port) else {
+            return false;
+        };
+        let pong = connection.command(&["PING"]);
+        if !pong.is_ok_and(|reply| reply == Reply::Status("PONG".into())) {
+            return false;
+        }
+        let ours = format!("process_id:{}", self.pid());
+        match connection.command(&["INFO", "server"]) {
+            Ok(Reply::Bulk(Some(info))) => String::from_utf8_lossy(&info)
+                .lines()
+                .any(|line| line.trim_end() == ours),
+            _ => false,
+        }
     }
 
     fn failure(&mut self, reason: String) -> StartFailure {
