@@ -99,3 +99,39 @@ async fn workloads_become_ready_claims_bind_and_namespace_deletion_cleans_up() {
     let leftover = deployments.get_opt("web").await.expect("readable");
     assert!(leftover.is_none(), "the deployment outlived its namespace");
 }
+
+/// The operator harness counts a /readyz answer only from the process holding the port
+/// (two tests may pick the same free port): its /proc reading must tell holders apart.
+#[test]
+fn the_harness_tells_which_process_listens_on_a_port() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let me = std::process::id();
+    assert!(
+        common::listens_on(me, port),
+        "this process holds port {port}"
+    );
+    let mut other = std::process::Command::new("sleep")
+        .arg("30")
+        .spawn()
+        .unwrap();
+    assert!(!common::listens_on(other.id(), port), "sleep holds no port");
+    assert!(common::process_alive(other.id()));
+    drop(listener);
+    assert!(!common::listens_on(me, port), "port {port} was closed");
+    other.kill().unwrap();
+    wait_for_exit_unreaped(other.id());
+    assert!(!common::process_alive(other.id()), "a zombie does not run");
+    other.wait().unwrap();
+}
+
+/// Waits (up to 10 s) until `pid` has exited, without reaping it.
+fn wait_for_exit_unreaped(pid: u32) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .is_ok_and(|stat| !stat.contains(") Z"))
+    {
+        assert!(std::time::Instant::now() < deadline, "pid {pid} still runs");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}

@@ -206,6 +206,53 @@ pub async fn install_crd(client: &Client) {
     .await;
 }
 
+/// Whether process `pid` holds a listening TCP socket on `port` (Linux's /proc).
+pub fn listens_on(pid: u32, port: u16) -> bool {
+    let listening = listening_socket_inodes(port);
+    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return false;
+    };
+    fds.filter_map(|fd| std::fs::read_link(fd.ok()?.path()).ok())
+        .filter_map(|target| {
+            let target = target
+                .to_str()?
+                .strip_prefix("socket:[")?
+                .strip_suffix(']')?;
+            target.parse::<u64>().ok()
+        })
+        .any(|inode| listening.contains(&inode))
+}
+
+/// The inodes of the sockets listening on `port`, IPv4 or IPv6.
+fn listening_socket_inodes(port: u16) -> Vec<u64> {
+    const LISTEN: &str = "0A";
+    ["/proc/net/tcp", "/proc/net/tcp6"]
+        .iter()
+        .filter_map(|table| std::fs::read_to_string(table).ok())
+        .flat_map(|table| {
+            table
+                .lines()
+                .skip(1)
+                .filter_map(|line| {
+                    let fields: Vec<&str> = line.split_whitespace().collect();
+                    let (_, local_port) = fields.get(1)?.rsplit_once(':')?;
+                    let listens_here = u16::from_str_radix(local_port, 16).ok() == Some(port)
+                        && *fields.get(3)? == LISTEN;
+                    listens_here.then(|| fields.get(9)?.parse().ok())?
+                })
+                .collect::<Vec<u64>>()
+        })
+        .collect()
+}
+
+/// Whether `pid` runs (a zombie, exited but not yet waited for, does not).
+pub fn process_alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        let state = stat.rsplit_once(") ").map(|(_, rest)| rest.chars().next());
+        !matches!(state, Some(Some('Z' | 'X')) | None)
+    })
+}
+
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
@@ -297,15 +344,33 @@ impl Operator {
         self.child = Some(child);
     }
 
-    /// Waits until /readyz answers 200.
+    /// Waits until /readyz answers 200 from this operator. Two tests may pick the same
+    /// free port, so the answer only counts once this process holds the listening socket.
     pub async fn wait_ready(&self) {
         let url = format!("{}/readyz", self.metrics_url);
-        let what = format!("the operator to be ready (log: {})", self.log.display());
+        let pid = self.child.as_ref().expect("a running operator").id();
+        let port: u16 = self
+            .metrics_url
+            .rsplit(':')
+            .next()
+            .and_then(|port| port.parse().ok())
+            .expect("the metrics URL ends in a port");
+        let what = format!(
+            "operator pid {pid} to be ready on port {port} (log: {})",
+            self.log.display()
+        );
         wait_for(&what, Duration::from_secs(90), || {
             let url = url.clone();
             async move {
                 let r = loopback_http().get(&url).send().await.ok()?;
-                r.status().is_success().then_some(())
+                let ours = listens_on(pid, port);
+                assert!(
+                    ours || process_alive(pid),
+                    "operator pid {pid} exited while another process answers on its port \
+                     {port} (log: {})",
+                    self.log.display()
+                );
+                (r.status().is_success() && ours).then_some(())
             }
         })
         .await;
