@@ -354,6 +354,47 @@ async fn pod_failures_name_the_pod_and_stall_after_the_deadline_then_recover() {
     }
 }
 
+/// A claim that never binds (its StorageClass does not exist) keeps the Redis pod
+/// unschedulable. While a volume may still be on its way (two minutes, the operator's
+/// volume grace) the status says only that Redis is not ready; then it names the pod and
+/// the scheduler's words, in `kubectl describe`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_claim_that_never_binds_is_reported_after_the_volume_grace() {
+    const VOLUME_GRACE: Duration = Duration::from_secs(120);
+    let env = env("noclaim", &[]).await;
+    let name = env.run.clone();
+    let _cleanup = TenantCleanup(vec![name.clone()]);
+    let mut tenant = tenant_from_yaml(BASIC, &name, &env.run);
+    tenant.spec.redis.storage_class_name = Some("no-such-class".into());
+    let applied = std::time::Instant::now();
+    apply_tenant(&env.client, &tenant).await;
+    let words = "pod has unbound immediate PersistentVolumeClaims";
+    let reported = wait_for_status(
+        &env.client,
+        &name,
+        "the Redis status to name the unbound claim",
+        VOLUME_GRACE + PROVISION,
+        |t| redis_message(t).contains(words),
+    )
+    .await;
+    // The pod waits from some time after the apply; lastTransitionTime has whole seconds.
+    let waited = applied.elapsed();
+    assert!(
+        waited >= VOLUME_GRACE - Duration::from_secs(2),
+        "reported after {waited:?}, within the volume grace: {}",
+        redis_message(&reported)
+    );
+    assert_eq!(phase_of(&reported), "ProvisioningRedis");
+    let described = kubectl(&["describe", "tenant", &name]);
+    let shown = format!("Redis has 0/1 replicas ready: {name}-redis-0: Unschedulable: ");
+    assert!(
+        described.contains(&shown) && described.contains(words),
+        "{described}"
+    );
+    kubectl(&["delete", "tenant", &name, "--wait=false"]);
+    wait_until_gone(&tenants(&env.client), &name, PROVISION).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_namespace_conflict_heals_once_the_foreign_namespace_is_gone() {
     let env = env("conflict", &[]).await;

@@ -92,9 +92,22 @@ const STUCK_WAITING: [&str; 9] = [
     "PreCreateHookError",
 ];
 
-/// How long a pod may be unschedulable before it counts as a problem: a Redis pod waits a
-/// moment for its claim to be bound, and saying so would be noise (and a status write).
+/// How long a pod may be unschedulable before it counts as a problem: a scheduler's
+/// verdict can change within seconds (a node coming up, a pod going away), and saying so
+/// would be noise (and a status write).
 pub const UNSCHEDULABLE_GRACE: chrono::TimeDelta = chrono::TimeDelta::seconds(10);
+
+/// How long a pod may wait for its claim to be bound before that counts as a problem.
+/// Provisioning a volume is a step like creating the pod, and it is slow on some storage
+/// and on a busy cluster (the controller manager's volume binder fell up to two minutes
+/// behind at 1,000 new tenants): showing each such wait, and then its end, would cost
+/// two status writes per tenant for nothing to do. A claim that does not bind within it
+/// is reported like any unschedulable pod.
+pub const VOLUME_GRACE: chrono::TimeDelta = chrono::TimeDelta::seconds(120);
+
+/// What the scheduler says of a pod whose claim is not bound yet (its volume binding
+/// plugin's words, the same since Kubernetes 1.x).
+const WAITING_FOR_CLAIM: &str = "unbound immediate PersistentVolumeClaims";
 
 /// The first reason among `pods` (of one component) that a pod is not running, if any, as
 /// of `now`; and when a pod that is unschedulable but within its grace would count.
@@ -109,10 +122,10 @@ pub fn pod_problem<'a>(
     pods.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
     let mut due = None;
     for pod in pods {
-        if let Some(since) = unschedulable_since(pod)
-            && now < since + UNSCHEDULABLE_GRACE
+        if let Some(until) = waiting_for_node_until(pod)
+            && now < until
         {
-            due = Some(since + UNSCHEDULABLE_GRACE);
+            due = Some(until);
             continue;
         }
         if let Some(problem) = problem_of(pod) {
@@ -127,14 +140,13 @@ pub fn pod_problem<'a>(
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PodSignal {
     problem: Option<PodProblem>,
-    unschedulable_since: Option<DateTime<Utc>>,
+    waiting_for_node_until: Option<DateTime<Utc>>,
 }
 
 impl PodSignal {
     /// Until when the pod may wait for a node before [`pod_problem`] counts it.
     pub fn waiting_for_node_until(&self) -> Option<DateTime<Utc>> {
-        self.unschedulable_since
-            .map(|since| since + UNSCHEDULABLE_GRACE)
+        self.waiting_for_node_until
     }
 }
 
@@ -144,19 +156,33 @@ pub fn pod_signal(pod: &Pod) -> Option<PodSignal> {
     }
     let signal = PodSignal {
         problem: problem_of(pod),
-        unschedulable_since: unschedulable_since(pod),
+        waiting_for_node_until: waiting_for_node_until(pod),
     };
-    (signal.problem.is_some() || signal.unschedulable_since.is_some()).then_some(signal)
+    (signal.problem.is_some() || signal.waiting_for_node_until.is_some()).then_some(signal)
 }
 
-fn unschedulable_since(pod: &Pod) -> Option<DateTime<Utc>> {
+/// The end of the grace of a pod that waits for a node: [`VOLUME_GRACE`] after it began
+/// when it waits for its claim, [`UNSCHEDULABLE_GRACE`] otherwise.
+fn waiting_for_node_until(pod: &Pod) -> Option<DateTime<Utc>> {
     let condition = pod.status.as_ref()?.conditions.iter().flatten().find(|c| {
         c.type_ == "PodScheduled"
             && c.status == "False"
             && c.reason.as_deref() == Some("Unschedulable")
     })?;
     let at = condition.last_transition_time.as_ref()?.0;
-    DateTime::from_timestamp(at.as_second(), 0)
+    let since = DateTime::from_timestamp(at.as_second(), 0)?;
+    let waits_for_claim = condition
+        .message
+        .as_deref()
+        .is_some_and(|m| m.contains(WAITING_FOR_CLAIM));
+    Some(
+        since
+            + if waits_for_claim {
+                VOLUME_GRACE
+            } else {
+                UNSCHEDULABLE_GRACE
+            },
+    )
 }
 
 fn problem_of(pod: &Pod) -> Option<PodProblem> {
@@ -333,7 +359,7 @@ mod tests {
         }]}));
         let since = DateTime::from_timestamp(1_800_000_000, 0).expect("a time");
         let (none, due) = pod_problem([&p], since + chrono::Duration::seconds(3));
-        assert_eq!(none, None, "within the grace a pod may wait for its claim");
+        assert_eq!(none, None, "within the grace a node may come");
         assert_eq!(due, Some(since + UNSCHEDULABLE_GRACE));
         assert_eq!(
             pod_problem([&p], since + UNSCHEDULABLE_GRACE)
@@ -344,6 +370,33 @@ mod tests {
                     .into()
             )
         );
+    }
+
+    #[test]
+    fn a_pod_waiting_for_its_claim_counts_only_after_the_volume_grace() {
+        let message = "0/3 nodes are available: pod has unbound immediate \
+                       PersistentVolumeClaims. not found";
+        let p = pod(json!({"phase": "Pending", "conditions": [{
+            "type": "PodScheduled", "status": "False", "reason": "Unschedulable",
+            "message": message, "lastTransitionTime": "2027-01-15T08:00:00Z"
+        }]}));
+        let since = DateTime::from_timestamp(1_800_000_000, 0).expect("a time");
+        let (none, due) = pod_problem([&p], since + UNSCHEDULABLE_GRACE);
+        assert_eq!(
+            none, None,
+            "a volume being provisioned is not a problem yet"
+        );
+        assert_eq!(due, Some(since + VOLUME_GRACE));
+        assert!(VOLUME_GRACE > UNSCHEDULABLE_GRACE);
+        assert_eq!(
+            pod_problem([&p], since + VOLUME_GRACE).0,
+            Some(PodProblem {
+                reason: "Unschedulable".into(),
+                message: format!("t-server-7d9c-abcde: Unschedulable: {message}"),
+            })
+        );
+        let signal = pod_signal(&p).expect("a signal");
+        assert_eq!(signal.waiting_for_node_until(), Some(since + VOLUME_GRACE));
     }
 
     #[test]

@@ -60,7 +60,8 @@ pub(super) enum PodVerdict {
     Nothing,
 }
 
-/// A pod that waits for a node within its grace (see `failures::UNSCHEDULABLE_GRACE`).
+/// A pod that waits for a node within its grace (see `failures::UNSCHEDULABLE_GRACE` and
+/// `failures::VOLUME_GRACE`).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(super) struct PodDue {
     key: (String, String),

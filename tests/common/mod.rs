@@ -915,6 +915,15 @@ pub fn is_transition_event_name(name: &str) -> bool {
 }
 
 /// The message of the tenant's server status ("" before there is one).
+pub fn redis_message(tenant: &Tenant) -> String {
+    tenant
+        .status
+        .as_ref()
+        .and_then(|s| s.redis_status.as_ref())
+        .map(|s| s.message.clone())
+        .unwrap_or_default()
+}
+
 pub fn server_message(tenant: &Tenant) -> String {
     tenant
         .status
