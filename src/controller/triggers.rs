@@ -105,7 +105,7 @@ impl PodTriggers {
                         let kept = Kept {
                             signal,
                             told: false,
-                            waiting: Some(pod),
+                            waiting: Some(identity_of(pod)),
                         };
                         self.signals.insert(key, kept);
                         PodVerdict::StartAt(due)
@@ -139,6 +139,20 @@ impl PodTriggers {
         }
         kept.told = true;
         kept.waiting.take()
+    }
+}
+
+/// What the pass a waiting pod starts needs of it: its name and its tenant's label. A pod
+/// waits up to `failures::VOLUME_GRACE`, so many may wait at once on a busy cluster.
+fn identity_of(pod: Pod) -> Pod {
+    Pod {
+        metadata: kube::api::ObjectMeta {
+            name: pod.metadata.name,
+            namespace: pod.metadata.namespace,
+            labels: pod.metadata.labels,
+            ..Default::default()
+        },
+        ..Default::default()
     }
 }
 
@@ -560,6 +574,7 @@ mod tests {
             metadata: ObjectMeta {
                 name: Some("acme-redis-0".into()),
                 namespace: Some("tenant-acme".into()),
+                labels: Some([(render::TENANT_LABEL.to_string(), "acme".to_string())].into()),
                 ..ObjectMeta::default()
             },
             spec: None,
@@ -644,8 +659,14 @@ mod tests {
             due.at,
             since + crate::controller::failures::UNSCHEDULABLE_GRACE
         );
-        // Still waiting when its grace ends: the pass that shows it starts then, once.
-        assert!(t.on_due(&due).is_some());
+        // Still waiting when its grace ends: the pass that shows it starts then, once,
+        // for the pod's tenant.
+        let pod = t.on_due(&due).expect("the waiting pod");
+        assert_eq!(pod.metadata.name.as_deref(), Some("acme-redis-0"));
+        assert_eq!(
+            pod.labels().get(render::TENANT_LABEL).map(String::as_str),
+            Some("acme")
+        );
         assert!(t.on_due(&due).is_none());
         // It was told, so its being scheduled starts a pass that takes the problem away.
         assert!(starts(&mut t, watcher::Event::Apply(running(true))));
