@@ -106,7 +106,8 @@ pub const UNSCHEDULABLE_GRACE: chrono::TimeDelta = chrono::TimeDelta::seconds(10
 pub const VOLUME_GRACE: chrono::TimeDelta = chrono::TimeDelta::seconds(120);
 
 /// What the scheduler says of a pod whose claim is not bound yet (its volume binding
-/// plugin's words, the same since Kubernetes 1.x).
+/// plugin's words; read verbatim from kube-scheduler 1.35 by the e2e test
+/// `a_claim_that_never_binds_is_reported_after_the_volume_grace`).
 const WAITING_FOR_CLAIM: &str = "unbound immediate PersistentVolumeClaims";
 
 /// The first reason among `pods` (of one component) that a pod is not running, if any, as
