@@ -3,7 +3,7 @@
 //! apart.
 
 use kube::Client;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
 const WRITE_VERBS: [&str; 5] = ["POST", "PUT", "PATCH", "DELETE", "APPLY"];
@@ -25,7 +25,7 @@ const TENANT_RESOURCES: [&str; 10] = [
 ];
 
 /// Write requests by "VERB resource[/subresource]".
-#[derive(Clone, Debug, Default, Serialize)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct Writes(pub BTreeMap<String, u64>);
 
 impl Writes {

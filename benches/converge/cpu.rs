@@ -1,7 +1,7 @@
 //! CPU time of the processes that share the machine during a phase: each control-plane
 //! component, the operator, this driver, and the whole machine (other work included).
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::Path;
 
@@ -53,7 +53,7 @@ pub struct Sample {
 }
 
 /// CPU seconds spent between two samples.
-#[derive(Clone, Debug, Default, Serialize)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct Usage {
     pub by_process: BTreeMap<String, f64>,
     /// Every CPU of the machine, including work that is not this benchmark's.

@@ -13,6 +13,9 @@
 //! | `CONVERGE_WORK_DIR` | `target/bench` | journal, operator logs, `results.json` |
 //! | `CONVERGE_TIMEOUT_SECONDS` | 1800 | limit of each wait |
 //! | `CONVERGE_APISERVER_PROFILES` | 0 | 1: CPU profiles of the API server during each side (`profile.rs`) |
+//! | `CONVERGE_RUN` | `both` | the sides converged: `both`, `baseline`, `operator` or `baseline-twice` (`settings::Run`) |
+//! | `CONVERGE_BASELINE_JSON` | `$CONVERGE_WORK_DIR/baseline.json` | `operator`: the figures of a `baseline` run |
+//! | `CONVERGE_MIRRORED_JSON` | unset | `operator`: the figures of a `mirrored` run, reported beside |
 
 // Tests and benches may unwrap (clippy.toml covers only `#[test]` functions).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -21,6 +24,7 @@ mod apiserver;
 mod baseline;
 mod cpu;
 mod histogram;
+mod mirror;
 mod operator;
 mod profile;
 mod report;
@@ -39,7 +43,7 @@ use neurallog_operator::crd::{ServerScale, Tenant};
 use operator::OperatorProcess;
 use profile::Profiler;
 use report::{Convergence, OperatorFigures, Results, Resync};
-use settings::Settings;
+use settings::{Run, Settings};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -59,8 +63,28 @@ async fn main() -> anyhow::Result<()> {
         settings.concurrency
     );
 
-    let baseline = converge_baseline(&client, &settings).await?;
+    if settings.run == Run::Mirrored {
+        let mirrored = converge_baseline(&client, &settings, &baseline::MIRRORED).await?;
+        eprintln!(
+            "bench: mirrored baseline converged in {:.1} s",
+            mirrored.seconds
+        );
+        return write_side(&settings.work_dir.join("mirrored.json"), &mirrored);
+    }
+    let baseline = match settings.run {
+        Run::Operator => read_side(&settings.baseline_json)?,
+        _ => converge_baseline(&client, &settings, &baseline::FIRST).await?,
+    };
     eprintln!("bench: baseline converged in {:.1} s", baseline.seconds);
+    match settings.run {
+        Run::Baseline => return write_side(&settings.baseline_json, &baseline),
+        Run::BaselineTwice => return baseline_twice(&client, &settings, baseline).await,
+        _ => {}
+    }
+    let mirrored = match &settings.mirrored_json {
+        Some(path) => Some(read_side(path)?),
+        None => None,
+    };
 
     let auth = AuthStub::start("127.0.0.1:0".parse()?, None).await?;
     let mut op = OperatorProcess::start(&settings, "operator-converge", &auth.url(), &selector())?;
@@ -81,6 +105,9 @@ async fn main() -> anyhow::Result<()> {
         concurrency: settings.concurrency,
         machine_cpus: std::thread::available_parallelism().map_or(0, |c| c.get()),
         ratio_operator_to_baseline: operator.seconds / baseline.seconds,
+        ratio_mirrored_to_baseline: mirrored.as_ref().map(|m| m.seconds / baseline.seconds),
+        ratio_operator_to_mirrored: mirrored.as_ref().map(|m| operator.seconds / m.seconds),
+        mirrored,
         baseline,
         operator,
         operator_process,
@@ -89,6 +116,42 @@ async fn main() -> anyhow::Result<()> {
     let path = settings.work_dir.join("results.json");
     std::fs::write(&path, serde_json::to_string_pretty(&results)?)?;
     println!("{}", results.markdown());
+    println!("results: {}", path.display());
+    Ok(())
+}
+
+/// The figures of a side run alone, kept for the `operator` run on a fresh cluster.
+fn write_side(path: &std::path::Path, side: &Convergence) -> anyhow::Result<()> {
+    std::fs::write(path, serde_json::to_string_pretty(side)?)?;
+    println!("figures: {}", path.display());
+    Ok(())
+}
+
+fn read_side(path: &std::path::Path) -> anyhow::Result<Convergence> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        anyhow::anyhow!(
+            "CONVERGE_RUN=operator needs the figures of a run of that side at {}: {e}",
+            path.display()
+        )
+    })?;
+    Ok(serde_json::from_str(&text)?)
+}
+
+/// The control of a `both` run: the same baseline again, after the first's tenants.
+async fn baseline_twice(
+    client: &Client,
+    settings: &Settings,
+    first: Convergence,
+) -> anyhow::Result<()> {
+    let again = converge_baseline(client, settings, &baseline::AGAIN).await?;
+    eprintln!(
+        "bench: the baseline again converged in {:.1} s",
+        again.seconds
+    );
+    let control = report::Control::of(first, again);
+    let path = settings.work_dir.join("baseline-twice.json");
+    std::fs::write(&path, serde_json::to_string_pretty(&control)?)?;
+    println!("{}", control.markdown(settings.tenants));
     println!("results: {}", path.display());
     Ok(())
 }
@@ -187,22 +250,26 @@ impl Window {
     }
 }
 
-async fn converge_baseline(client: &Client, settings: &Settings) -> anyhow::Result<Convergence> {
-    let names = tenants::names("bl", settings.tenants);
-    let spec = tenants::template("bl", baseline::SIDE).spec;
+async fn converge_baseline(
+    client: &Client,
+    settings: &Settings,
+    run: &baseline::Run,
+) -> anyhow::Result<Convergence> {
+    let names = tenants::names(run.prefix, settings.tenants);
+    let spec = tenants::template(run.prefix, run.side).spec;
     let (redis_replicas, server_replicas) = (spec.redis.replicas, spec.server.replicas);
     let redis_ready = tokio::spawn(wait::until_all(
-        "baseline Redis StatefulSets ready".into(),
+        format!("{} Redis StatefulSets ready", run.side),
         Api::<StatefulSet>::all(client.clone()),
-        baseline::workload_selector(),
+        run.workload_selector(),
         settings.tenants,
         settings.timeout,
         move |s| statefulset_state(Some(s), redis_replicas, true).is_ready(),
     ));
     let server_ready = tokio::spawn(wait::until_all(
-        "baseline server Deployments ready".into(),
+        format!("{} server Deployments ready", run.side),
         Api::<Deployment>::all(client.clone()),
-        baseline::workload_selector(),
+        run.workload_selector(),
         settings.tenants,
         settings.timeout,
         move |d| deployment_state(Some(d), ServerScale::Fixed(server_replicas), true).is_ready(),
@@ -213,9 +280,9 @@ async fn converge_baseline(client: &Client, settings: &Settings) -> anyhow::Resu
         settings.apiserver_profiles,
         client,
         &settings.work_dir,
-        baseline::SIDE,
+        run.side,
     );
-    let writes = baseline::provision_all(client, &names, settings.concurrency).await?;
+    let writes = baseline::provision_all(client, run, &names, settings.concurrency).await?;
     let done = redis_ready.await??.max(server_ready.await??);
     profiler.stop();
     window

@@ -3,7 +3,7 @@
 use crate::apiserver::Writes;
 use crate::cpu::Usage;
 use crate::histogram::Summary;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
 pub const TARGET_RATIO: f64 = 1.25;
@@ -23,13 +23,21 @@ pub struct Results {
     pub operator: Convergence,
     pub operator_process: OperatorFigures,
     pub ratio_operator_to_baseline: f64,
+    /// The baseline that also writes what the operator must beyond the objects (a
+    /// `mirrored` run), when one was made: the floor of any operator of this product.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mirrored: Option<Convergence>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ratio_mirrored_to_baseline: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ratio_operator_to_mirrored: Option<f64>,
     pub resync: Resync,
 }
 
 /// One side's convergence of N tenants, from the first Tenant create until the last
 /// tenant is ready (baseline: Redis StatefulSet and server Deployment ready; operator:
 /// phase Running, which requires the same).
-#[derive(Serialize)]
+#[derive(Serialize, Deserialize)]
 pub struct Convergence {
     pub seconds: f64,
     /// Write requests the side sent itself (Tenant creates included).
@@ -240,6 +248,25 @@ impl Results {
                 String::new(),
             ),
         ];
+        let mut rows = rows.to_vec();
+        if let (Some(mirrored), Some(floor), Some(above)) = (
+            &self.mirrored,
+            self.ratio_mirrored_to_baseline,
+            self.ratio_operator_to_mirrored,
+        ) {
+            rows.push((
+                "Convergence, baseline with the operator's Events, status and finalizer".into(),
+                format!("{:.1} s", mirrored.seconds),
+                String::new(),
+                String::new(),
+            ));
+            rows.push((
+                "Ratio mirrored baseline / baseline (the floor), operator / mirrored".into(),
+                format!("{floor:.2}, {above:.2}"),
+                String::new(),
+                String::new(),
+            ));
+        }
         let mut out = format!(
             "N = {} tenants per side, concurrency {}, {} CPUs, {}\n\n\
              | Figure | Value | Target | |\n| --- | --- | --- | --- |\n",
@@ -247,6 +274,73 @@ impl Results {
         );
         for (name, value, target, met) in rows {
             out.push_str(&format!("| {name} | {value} | {target} | {met} |\n"));
+        }
+        out
+    }
+}
+
+/// The baseline run twice on one cluster (`CONVERGE_RUN=baseline-twice`): what a side
+/// pays for coming after another's converged tenants, as the operator does in a `both` run.
+#[derive(Serialize)]
+pub struct Control {
+    pub first: Convergence,
+    pub again: Convergence,
+    pub ratio_again_to_first: f64,
+    pub machine_busy_ratio_again_to_first: f64,
+}
+
+impl Control {
+    pub fn of(first: Convergence, again: Convergence) -> Self {
+        Control {
+            ratio_again_to_first: again.seconds / first.seconds,
+            machine_busy_ratio_again_to_first: again.cpu_seconds.machine_busy
+                / first.cpu_seconds.machine_busy,
+            first,
+            again,
+        }
+    }
+
+    pub fn markdown(&self, tenants: usize) -> String {
+        let mut out = format!(
+            "The baseline twice, N = {tenants} each, one cluster\n\n\
+             | Figure | First | Again | Again / first |\n| --- | --- | --- | --- |\n"
+        );
+        let row = |name: &str, first: f64, again: f64| {
+            format!(
+                "| {name} | {first:.1} | {again:.1} | {:.3} |\n",
+                again / first
+            )
+        };
+        out.push_str(&row(
+            "Convergence (s)",
+            self.first.seconds,
+            self.again.seconds,
+        ));
+        out.push_str(&row(
+            "Machine busy (CPU-s)",
+            self.first.cpu_seconds.machine_busy,
+            self.again.cpu_seconds.machine_busy,
+        ));
+        let processes = self
+            .first
+            .cpu_seconds
+            .by_process
+            .keys()
+            .chain(self.again.cpu_seconds.by_process.keys())
+            .collect::<std::collections::BTreeSet<_>>();
+        for process in processes {
+            let cpu = |side: &Convergence| {
+                side.cpu_seconds
+                    .by_process
+                    .get(process)
+                    .copied()
+                    .unwrap_or(0.0)
+            };
+            out.push_str(&row(
+                &format!("CPU-s, {process}"),
+                cpu(&self.first),
+                cpu(&self.again),
+            ));
         }
         out
     }
