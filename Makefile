@@ -35,7 +35,7 @@ N ?= 1000
 CONCURRENCY ?= 16
 # Runs of `make bench`, each on a fresh bench cluster (ROUNDS=3: median and spread).
 ROUNDS ?= 1
-# More of scripts/bench.sh: --floor, --control, --one-cluster (see the script's header).
+# More of scripts/bench.sh: --mirrored, --control, --one-cluster (see the script's header).
 BENCH_FLAGS ?=
 
 bench: ## Converge N tenants with the operator and with a plain client on a bench cluster

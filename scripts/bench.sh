@@ -4,7 +4,7 @@
 # resync. Figures go to stdout and target/bench/results.json (benches/converge/).
 #
 #   scripts/bench.sh [--tenants N] [--concurrency C] [--rounds R] [--keep-cluster]
-#                    [--one-cluster | --control] [--floor]
+#                    [--one-cluster | --control] [--mirrored]
 #
 # --rounds R (default 1) repeats the whole run R times, each on a fresh bench cluster, so
 # the two sides alternate (baseline, operator, baseline, operator, ...); each round's
@@ -17,9 +17,9 @@
 # `--control` measures. --one-cluster runs both sides on one control plane, baseline
 # first, as rounds one to seventeen did. --control runs the baseline twice on one control
 # plane instead of the operator (results: baseline-twice-round-K.json, controls.json).
-# --floor adds a third side, on a fresh control plane too, between the two: the baseline
-# that also writes the operator's Events, status patches and finalizer
-# (benches/converge/mirror.rs), the floor of any operator of this product.
+# --mirrored adds a third side, on a fresh control plane too, between the two: the
+# baseline that also writes the operator's Events, status patches and finalizer with the
+# objects (benches/converge/mirror.rs).
 #
 # Environment: BENCH_TENANTS (1000), BENCH_CONCURRENCY (16), BENCH_QPS / BENCH_BURST
 # (client limits of the bench cluster's controllers, default 2000 / 4000),
@@ -36,7 +36,7 @@ concurrency=${BENCH_CONCURRENCY:-16}
 keep_cluster=0
 rounds=1
 mode=per-side
-floor=0
+mirrored=0
 while [ $# -gt 0 ]; do
   case $1 in
     --tenants) tenants=$2; shift 2 ;;
@@ -45,15 +45,15 @@ while [ $# -gt 0 ]; do
     --keep-cluster) keep_cluster=1; shift ;;
     --one-cluster) mode=one-cluster; shift ;;
     --control) mode=control; shift ;;
-    --floor) floor=1; shift ;;
-    *) echo "usage: $0 [--tenants N] [--concurrency C] [--rounds R] [--keep-cluster] [--one-cluster | --control] [--floor]" >&2; exit 2 ;;
+    --mirrored) mirrored=1; shift ;;
+    *) echo "usage: $0 [--tenants N] [--concurrency C] [--rounds R] [--keep-cluster] [--one-cluster | --control] [--mirrored]" >&2; exit 2 ;;
   esac
 done
 
 log() { printf 'bench: %s\n' "$*" >&2; }
 
-if [ "$floor" = 1 ] && [ "$mode" != per-side ]; then
-  echo "--floor needs a control plane per side (not --one-cluster or --control)" >&2
+if [ "$mirrored" = 1 ] && [ "$mode" != per-side ]; then
+  echo "--mirrored needs a control plane per side (not --one-cluster or --control)" >&2
   exit 2
 fi
 
@@ -120,7 +120,7 @@ for round in $(seq 1 "$rounds"); do
       fresh_cluster
       converge baseline
       keep_profiles "$round"
-      if [ "$floor" = 1 ]; then
+      if [ "$mirrored" = 1 ]; then
         fresh_cluster
         converge mirrored
         keep_profiles "$round"

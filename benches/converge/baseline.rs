@@ -39,8 +39,7 @@ pub struct Run {
     pub managed_by: &'static str,
     /// Tenant names are `<prefix>-00000` ...
     pub prefix: &'static str,
-    /// Also what the operator writes beyond the objects (`mirror`): the floor of any
-    /// operator of this product.
+    /// Also what the operator writes beyond the objects (`mirror`), with the objects.
     pub mirrored: bool,
 }
 

@@ -24,7 +24,7 @@ pub struct Results {
     pub operator_process: OperatorFigures,
     pub ratio_operator_to_baseline: f64,
     /// The baseline that also writes what the operator must beyond the objects (a
-    /// `mirrored` run), when one was made: the floor of any operator of this product.
+    /// `mirrored` run), when one was made.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub mirrored: Option<Convergence>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -249,7 +249,7 @@ impl Results {
             ),
         ];
         let mut rows = rows.to_vec();
-        if let (Some(mirrored), Some(floor), Some(above)) = (
+        if let (Some(mirrored), Some(mirrored_ratio), Some(operator_ratio)) = (
             &self.mirrored,
             self.ratio_mirrored_to_baseline,
             self.ratio_operator_to_mirrored,
@@ -261,8 +261,8 @@ impl Results {
                 String::new(),
             ));
             rows.push((
-                "Ratio mirrored baseline / baseline (the floor), operator / mirrored".into(),
-                format!("{floor:.2}, {above:.2}"),
+                "Ratio mirrored baseline / baseline, operator / mirrored baseline".into(),
+                format!("{mirrored_ratio:.2}, {operator_ratio:.2}"),
                 String::new(),
                 String::new(),
             ));
