@@ -13,7 +13,7 @@
 //! | `CONVERGE_WORK_DIR` | `target/bench` | journal, operator logs, `results.json` |
 //! | `CONVERGE_TIMEOUT_SECONDS` | 1800 | limit of each wait |
 //! | `CONVERGE_APISERVER_PROFILES` | 0 | 1: CPU profiles of the API server during each side (`profile.rs`) |
-//! | `CONVERGE_RUN` | `both` | the sides converged: `both`, `baseline`, `operator` or `baseline-twice` (`settings::Run`) |
+//! | `CONVERGE_RUN` | `both` | the sides converged: `both`, `baseline`, `operator`, `mirrored` (to `$CONVERGE_WORK_DIR/mirrored.json`) or `baseline-twice` (`settings::Run`) |
 //! | `CONVERGE_BASELINE_JSON` | `$CONVERGE_WORK_DIR/baseline.json` | `operator`: the figures of a `baseline` run |
 //! | `CONVERGE_MIRRORED_JSON` | unset | `operator`: the figures of a `mirrored` run, reported beside |
 
