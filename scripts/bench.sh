@@ -95,11 +95,9 @@ converge() {
     cargo bench --quiet --bench converge
 }
 
-# A fresh control plane: nothing of an earlier side or round is left in it.
+# A fresh control plane: nothing of an earlier side or round is left in it (`up` stops
+# and removes the cluster its state directory holds before it starts one).
 fresh_cluster() {
-  if [ -e "$NEURALLOG_CLUSTER_DIR/kubeconfig" ]; then
-    bash tests/cluster/cluster.sh down
-  fi
   bash tests/cluster/cluster.sh up
 }
 
